@@ -1,0 +1,38 @@
+//! `flowcredits`: the command line. Only argument parsing and glue live here; the work is done
+//! by the library crates.
+
+mod cmd_simulate;
+mod rules;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Runs workflows and meters, limits and bills the credits they consume.
+#[derive(Parser)]
+#[command(name = "flowcredits", version, about, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    rules: rules::RulesArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Simulate(cmd_simulate::SimulateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate(args) => cmd_simulate::run(&cli.rules, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

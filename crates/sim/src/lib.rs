@@ -1,0 +1,1 @@
+//! Scenario replay (work in progress).
