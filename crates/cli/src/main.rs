@@ -1,6 +1,9 @@
 //! `flowcredits`: the command line. Only argument parsing and glue live here; the work is done
 //! by the library crates.
 
+mod bench_engine;
+mod bench_ledger;
+mod cmd_bench;
 mod cmd_simulate;
 mod rules;
 
@@ -21,12 +24,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Simulate(cmd_simulate::SimulateArgs),
+    /// Benchmarks (see BENCHMARKS.md).
+    Bench(cmd_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(args) => cmd_simulate::run(&cli.rules, args),
+        Command::Bench(args) => cmd_bench::run(args),
     };
     match result {
         Ok(code) => code,
