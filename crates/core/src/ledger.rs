@@ -15,8 +15,10 @@ use jiff::Timestamp;
 use crate::pricing::{block_price, run_needs_credits};
 use crate::{AnchorDay, BlockKind, BlockUsage, CoreError, Credits, MicroUsd, Period, PlanCatalog, PlanId, PriceBook, RunContext};
 
-/// Longest run or execution id, in bytes.
-pub const ID_BYTES_MAX: usize = 128;
+/// Longest run id, in bytes.
+pub const RUN_ID_BYTES_MAX: usize = 128;
+/// Longest execution id, in bytes: room for a run id plus a block path within the run.
+pub const EXECUTION_ID_BYTES_MAX: usize = 512;
 /// Most credits one purchase may add.
 pub const PURCHASE_CREDITS_MAX: u64 = 1_000_000_000;
 /// Highest monthly pay-as-you-go cap a team may set: $10,000,000.
@@ -50,7 +52,7 @@ impl Rules {
 }
 
 macro_rules! checked_id {
-    ($name:ident, $field:literal) => {
+    ($name:ident, $field:literal, $max:expr) => {
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
 
@@ -60,8 +62,8 @@ macro_rules! checked_id {
                 if id.is_empty() {
                     return Err(CoreError::IdEmpty { field: $field });
                 }
-                if id.len() > ID_BYTES_MAX {
-                    return Err(CoreError::IdTooLong { field: $field, length: id.len(), max: ID_BYTES_MAX });
+                if id.len() > $max {
+                    return Err(CoreError::IdTooLong { field: $field, length: id.len(), max: $max });
                 }
                 Ok($name(id))
             }
@@ -79,8 +81,8 @@ macro_rules! checked_id {
     };
 }
 
-checked_id!(RunId, "run id");
-checked_id!(ExecutionId, "execution id");
+checked_id!(RunId, "run id", RUN_ID_BYTES_MAX);
+checked_id!(ExecutionId, "execution id", EXECUTION_ID_BYTES_MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RunStatus {
