@@ -199,6 +199,16 @@ impl PeriodUsage {
         self.payg_credits.payg_price()
     }
 
+    /// Thresholds already announced this period (each fires once).
+    pub fn alerts_fired(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts_fired.iter()
+    }
+
+    /// A period's totals as a store saved them, with the alerts it had already fired.
+    pub fn restored(period: Period, included: Credits, alerts_fired: impl IntoIterator<Item = Alert>) -> PeriodUsage {
+        PeriodUsage { alerts_fired: alerts_fired.into_iter().collect(), ..PeriodUsage::new(period, included) }
+    }
+
     fn record(&mut self, split: &ChargeSplit) {
         self.included_used += split.included;
         self.purchased_used += split.purchased_total();
@@ -274,6 +284,18 @@ pub enum LedgerEvent {
     AlertCrossed { alert: Alert, period_start: Timestamp, at: Timestamp },
 }
 
+/// What [`TeamLedger::restore`] needs: the state a store keeps between commands.
+#[derive(Clone, Debug)]
+pub struct LedgerSnapshot {
+    pub settings: TeamSettings,
+    pub clock: Option<Timestamp>,
+    pub current: Option<PeriodUsage>,
+    pub grants: Vec<Grant>,
+    /// Runs that are running or paused.
+    pub runs: Vec<(RunId, RunRecord)>,
+    pub next_run_seq: u64,
+}
+
 /// One team's ledger and run admission state.
 #[derive(Clone, Debug)]
 pub struct TeamLedger {
@@ -291,6 +313,22 @@ pub struct TeamLedger {
 impl TeamLedger {
     pub fn new(settings: TeamSettings) -> TeamLedger {
         TeamLedger { settings, clock: None, current: None, periods: BTreeMap::new(), grants: Vec::new(), runs: HashMap::new(), paused: BTreeMap::new(), next_run_seq: 1 }
+    }
+
+    /// A ledger picked up where a store left it: `current` is the period the clock is in, `runs`
+    /// the runs not finished yet (paused ones resume in `seq` order), `next_run_seq` the
+    /// admission number the next run gets.
+    pub fn restore(snapshot: LedgerSnapshot) -> TeamLedger {
+        let LedgerSnapshot { settings, clock, current, grants, runs, next_run_seq } = snapshot;
+        let paused = runs.iter().filter(|(_, record)| record.status == RunStatus::Paused).map(|(run, record)| (record.seq, run.clone())).collect();
+        let period = current.as_ref().map(|usage| usage.period);
+        let periods = current.into_iter().map(|usage| (usage.period.start, usage)).collect();
+        TeamLedger { settings, clock, current: period, periods, grants, runs: runs.into_iter().collect(), paused, next_run_seq }
+    }
+
+    /// The admission number the next started run gets.
+    pub fn next_run_seq(&self) -> u64 {
+        self.next_run_seq
     }
 
     pub fn settings(&self) -> &TeamSettings {
@@ -563,5 +601,54 @@ impl TeamLedger {
             return Err(CoreError::RunNotRunning { run: run.0.clone(), status: record.status });
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::Trigger;
+
+    fn snapshot(ledger: &TeamLedger) -> LedgerSnapshot {
+        let current = ledger.current_period().map(|usage| {
+            let mut restored = PeriodUsage::restored(usage.period, usage.included, usage.alerts_fired().copied());
+            (restored.included_used, restored.purchased_used) = (usage.included_used, usage.purchased_used);
+            (restored.payg_credits, restored.unbilled_credits) = (usage.payg_credits, usage.unbilled_credits);
+            restored
+        });
+        let runs = ledger.runs().filter(|(_, record)| !record.status.is_finished()).map(|(run, record)| (run.clone(), record.clone())).collect();
+        LedgerSnapshot { settings: ledger.settings().clone(), clock: ledger.clock(), current, grants: ledger.grants().to_vec(), runs, next_run_seq: ledger.next_run_seq() }
+    }
+
+    /// A restored ledger answers every later command exactly as the one it was saved from.
+    #[test]
+    fn a_restored_ledger_continues_like_the_original() {
+        let rules = Rules::shipped();
+        let mut original = TeamLedger::new(TeamSettings::new(PlanId::Team));
+        let at: Timestamp = "2026-03-02T10:00:00Z".parse().unwrap();
+        let context = RunContext::automated(Trigger::Api).unwrap();
+        let run = |id: &str| RunId::new(id).unwrap();
+        let charge = |id: &str, n: u32| Command::ChargeBlock { run: run(id), execution: ExecutionId::new(format!("{id}-{n}")).unwrap(), usage: BlockUsage::of_kind(BlockKind::Integration) };
+        let before = [Command::StartRun { run: run("a"), context, needs_credits: true }]
+            .into_iter()
+            .chain((0..60).map(|n| charge("a", n)))
+            .chain([Command::StartRun { run: run("b"), context, needs_credits: true }, Command::StartRun { run: run("c"), context, needs_credits: true }]);
+        for command in before {
+            original.advance_to(&rules, at).unwrap();
+            original.apply(&rules, at, command).unwrap();
+        }
+        assert_eq!(original.paused_runs().count(), 2, "the included credits are gone, so b and c wait");
+        let mut restored = TeamLedger::restore(snapshot(&original));
+        let later: Timestamp = "2026-04-01T00:00:00Z".parse().unwrap();
+        let after = [Command::SetPaygCap { cap: Some(MicroUsd(5_000)) }, charge("a", 99), Command::EndRun { run: run("a") }, Command::CancelRun { run: run("c") }];
+        for command in after {
+            for ledger in [&mut original, &mut restored] {
+                ledger.advance_to(&rules, at).unwrap();
+            }
+            assert_eq!(original.apply(&rules, at, command.clone()), restored.apply(&rules, at, command));
+        }
+        assert_eq!(original.advance_to(&rules, later), restored.advance_to(&rules, later), "the new period resumes b in both");
+        assert_eq!(original.current_period(), restored.current_period());
+        assert_eq!(original.next_run_seq(), restored.next_run_seq());
     }
 }
