@@ -1,0 +1,777 @@
+//! The executor. A run is one tokio task: each scope (the flow, one loop iteration, one nested
+//! flow) is a [`Frame`] with a ready queue. Blocks whose work is pure run inline as soon as
+//! their inputs arrive, with no task or allocation of their own; blocks that wait (HTTP,
+//! delays, scripts, loops, nested flows, providers) become futures polled together, so
+//! independent branches proceed concurrently. Every execution is charged through the
+//! [`Meter`] as it completes; charges of inline blocks are batched until the frame next waits.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flowcredits_core::{BlockKind, BlockUsage, Credits, ExecutionId, RunContext, RunId};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use serde_json::{Map, Value, json};
+
+use crate::error::{EngineError, Problem, Problems};
+use crate::flow::{BlockIx, Flow, ROOT_SCOPE, ScopeIx, TargetKind};
+use crate::meter::{Admission, BlockCharge, Meter};
+use crate::op::{LOOP_ITERATIONS_MAX, Op};
+use crate::path::{Scope as TemplateScope, truthy};
+use crate::provider::{AiCall, Providers};
+use crate::resolve::{FlowResolver, MapResolver, resolve_all};
+
+/// Charges of inline blocks wait at most this many executions before they go to the meter.
+pub const CHARGE_BATCH_MAX: usize = 1024;
+/// Most `display` and `log` outputs one run keeps; later ones are counted, not kept.
+pub const RUN_OUTPUTS_MAX: usize = 10_000;
+/// Most variables one run may set.
+pub const RUN_VARIABLES_MAX: usize = 10_000;
+
+/// An HTTP request that triggered a deployed flow (for `request` blocks).
+#[derive(Clone, Debug, Default)]
+pub struct HttpTrigger {
+    pub method: String,
+    pub path: String,
+    pub headers: Map<String, Value>,
+    pub query: Map<String, Value>,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub run: RunId,
+    pub context: RunContext,
+    /// What trigger blocks emit: `start.input`, `request.body`, `mcp.arguments`.
+    pub input: Value,
+    /// Overrides of the flow's `config` values.
+    pub config: Map<String, Value>,
+    pub http: Option<HttpTrigger>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunOutcome {
+    Completed,
+    /// Not admitted: it needs credits the team lacks. Nothing executed.
+    Paused,
+    /// A block failed; blocks already started finished and were charged, nothing new started.
+    Failed { error: String },
+}
+
+/// A value a `display` or `log` block showed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// Where: the block id, behind the loop iterations and nested flows it ran in
+    /// (`each#2/show`).
+    pub at: String,
+    pub label: Option<String>,
+    pub value: Value,
+}
+
+/// One charged block execution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Execution {
+    pub id: ExecutionId,
+    pub kind: BlockKind,
+    pub credits: Credits,
+    /// Whether the block succeeded; a failed block that started is charged all the same.
+    pub ok: bool,
+}
+
+impl Execution {
+    /// The block's id (the last part of the execution id).
+    pub fn block(&self) -> &str {
+        self.id.as_str().rsplit('/').next().unwrap_or_default()
+    }
+}
+
+/// What a `response` block answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub run: RunId,
+    pub outcome: RunOutcome,
+    pub outputs: Vec<Output>,
+    pub logs: Vec<Output>,
+    pub response: Option<Response>,
+    pub executions: Vec<Execution>,
+    pub total: Credits,
+}
+
+/// Runs flows. Cheap to share; one engine serves many runs.
+pub struct Engine {
+    http: reqwest::Client,
+    providers: Providers,
+    resolver: Arc<dyn FlowResolver>,
+}
+
+impl Default for Engine {
+    fn default() -> Engine {
+        Engine::new(Providers::default(), Arc::new(MapResolver::default()))
+    }
+}
+
+impl Engine {
+    pub fn new(providers: Providers, resolver: Arc<dyn FlowResolver>) -> Engine {
+        Engine { http: crate::http::client(), providers, resolver }
+    }
+
+    pub fn resolver(&self) -> &dyn FlowResolver {
+        &*self.resolver
+    }
+
+    /// Admits the run through the meter and, when admitted, runs it to the end.
+    pub async fn run(&self, flow: &Flow, request: RunRequest, meter: &dyn Meter) -> Result<RunReport, EngineError> {
+        let flows = resolve_all(flow, &*self.resolver)?;
+        let planned = planned_usage(flow, &flows);
+        let admission = meter.admit(&request.run, request.context, &planned).await.map_err(|err| name_model_problem(err, flow, &flows))?;
+        let mut config = flow.config.clone();
+        config.extend(request.config.clone());
+        let mut report = RunReport { run: request.run.clone(), outcome: RunOutcome::Completed, outputs: Vec::new(), logs: Vec::new(), response: None, executions: Vec::new(), total: Credits::ZERO };
+        if admission == Admission::Paused {
+            report.outcome = RunOutcome::Paused;
+            return Ok(report);
+        }
+        let configs = flows.iter().map(|(name, child)| (name.clone(), Value::Object(child.config.clone()))).collect();
+        let run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()) };
+        let instance = Instance { flow, config: Value::Object(config), input: run.request.input.clone(), response: Mutex::new(None) };
+        let frame = Frame::new(&run, &instance, ROOT_SCOPE, format!("{}/", run.request.run), Arc::new(HashMap::new()));
+        frame.start_root().drive().await;
+        let flushed = run.flush().await;
+        let ended = meter.end(&run.request.run).await;
+        let state = run.state.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        flushed?;
+        ended?;
+        report.outcome = match state.failure {
+            None => RunOutcome::Completed,
+            Some(error) => RunOutcome::Failed { error },
+        };
+        report.total = state.executions.iter().map(|execution| execution.credits).sum();
+        report.outputs = state.outputs;
+        report.logs = state.logs;
+        report.executions = state.executions;
+        report.response = instance.response.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(report)
+    }
+}
+
+/// The usage every block of a run may have, known before it starts (AI blocks by model).
+pub fn planned_usage(flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> Vec<BlockUsage> {
+    std::iter::once(flow).chain(flows.values().map(|child| &**child)).flat_map(|flow| flow.blocks.iter()).map(|block| match &block.op {
+        Op::Ai(spec) => spec.planned_usage(),
+        _ => BlockUsage::of_kind(block.kind),
+    }).collect()
+}
+
+/// An unknown model is a problem in the flow file: say which block has it.
+fn name_model_problem(err: EngineError, flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> EngineError {
+    let EngineError::Meter(flowcredits_core::CoreError::UnknownModel { model, .. }) = &err else { return err };
+    for flow in std::iter::once(flow).chain(flows.values().map(|child| &**child)) {
+        for block in &flow.blocks {
+            if matches!(&block.op, Op::Ai(spec) if spec.model == *model) {
+                let problem = Problem::block(&block.id, "config.model", format!("unknown model `{model}` for {}", block.kind));
+                return EngineError::Invalid { flow: flow.name.clone(), problems: Problems(vec![problem]) };
+            }
+        }
+    }
+    err
+}
+
+struct Run<'a> {
+    engine: &'a Engine,
+    meter: &'a dyn Meter,
+    request: RunRequest,
+    flows: BTreeMap<String, Arc<Flow>>,
+    configs: BTreeMap<String, Value>,
+    state: Mutex<RunState>,
+}
+
+#[derive(Default)]
+struct RunState {
+    charges: Vec<BlockCharge>,
+    charged_ok: Vec<bool>,
+    executions: Vec<Execution>,
+    outputs: Vec<Output>,
+    logs: Vec<Output>,
+    vars: HashMap<String, Value>,
+    failure: Option<String>,
+}
+
+impl Run<'_> {
+    fn state(&self) -> MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn failed(&self) -> bool {
+        self.state().failure.is_some()
+    }
+
+    fn fail(&self, message: String) {
+        self.state().failure.get_or_insert(message);
+    }
+
+    /// Queues the charge of an execution that completed.
+    fn executed(&self, execution: ExecutionId, usage: BlockUsage, ok: bool) -> usize {
+        let mut state = self.state();
+        state.charges.push(BlockCharge { execution, usage });
+        state.charged_ok.push(ok);
+        state.charges.len()
+    }
+
+    /// Sends queued charges to the meter. A meter failure fails the run.
+    async fn flush(&self) -> Result<(), EngineError> {
+        let (charges, oks) = {
+            let mut state = self.state();
+            if state.charges.is_empty() {
+                return Ok(());
+            }
+            (std::mem::take(&mut state.charges), std::mem::take(&mut state.charged_ok))
+        };
+        let result = self.meter.charge(&self.request.run, &charges).await;
+        let mut state = self.state();
+        match result {
+            Ok(credits) => {
+                let executions = charges.into_iter().zip(oks).zip(credits).map(|((charge, ok), credits)| Execution { id: charge.execution, kind: charge.usage.kind, credits, ok });
+                state.executions.extend(executions);
+                Ok(())
+            }
+            Err(err) => {
+                state.failure.get_or_insert_with(|| format!("metering failed: {err}"));
+                Err(err)
+            }
+        }
+    }
+
+    fn show(&self, display: bool, at: String, label: Option<String>, value: Value) {
+        let mut state = self.state();
+        let list = if display { &mut state.outputs } else { &mut state.logs };
+        if list.len() < RUN_OUTPUTS_MAX {
+            list.push(Output { at, label, value });
+        }
+    }
+}
+
+/// One flow being run: the top-level flow, or a flow run by a `flow` block.
+struct Instance<'a> {
+    flow: &'a Flow,
+    config: Value,
+    input: Value,
+    response: Mutex<Option<Response>>,
+}
+
+/// Values from enclosing scopes that a loop body reads.
+type Env = HashMap<(BlockIx, usize), Value>;
+
+/// Outputs of one execution: (output port, value).
+type Emits = Vec<(usize, Value)>;
+
+/// A waiting block's completion.
+struct Done {
+    /// Executions to charge, in order: (block, usage, ok).
+    executed: Vec<(BlockIx, BlockUsage, bool)>,
+    /// Values to send: (block, output port, value).
+    emits: Vec<(BlockIx, usize, Value)>,
+    error: Option<(BlockIx, String)>,
+}
+
+struct Frame<'a> {
+    run: &'a Run<'a>,
+    instance: &'a Instance<'a>,
+    flow: &'a Flow,
+    scope: ScopeIx,
+    /// Execution id prefix: `run/`, `run/loop#3/`, `run/subflow/`.
+    prefix: String,
+    env: Arc<Env>,
+    slots: Vec<Option<Value>>,
+    waits: Vec<u32>,
+    fired: Vec<bool>,
+    ready: VecDeque<BlockIx>,
+    /// Outputs that loop bodies in this scope read.
+    captured: Env,
+    /// Per collect of this body: values gathered so far across iterations.
+    collected: Vec<Vec<Value>>,
+    stop: bool,
+}
+
+impl<'a> Frame<'a> {
+    fn new(run: &'a Run<'a>, instance: &'a Instance<'a>, scope: ScopeIx, prefix: String, env: Arc<Env>) -> Frame<'a> {
+        let flow = instance.flow;
+        let info = &flow.scopes[scope];
+        let waits: Vec<u32> = info.members.iter().map(|&b| flow.waits[b]).collect();
+        Frame {
+            run,
+            instance,
+            flow,
+            scope,
+            prefix,
+            env,
+            slots: vec![None; info.slots],
+            waits,
+            fired: vec![false; info.members.len()],
+            ready: VecDeque::new(),
+            captured: HashMap::new(),
+            collected: vec![Vec::new(); info.collects.len()],
+            stop: false,
+        }
+    }
+
+    /// Queues the members with nothing to wait for, after filling values from outside.
+    fn start_root(mut self) -> Frame<'a> {
+        let info = &self.flow.scopes[self.scope];
+        for &(to, port, from, out) in &info.inherited {
+            if self.flow.scope_of[to] == self.scope {
+                let value = self.env.get(&(from, out)).cloned().expect("a loop starts only once the values its body reads have arrived");
+                self.deliver(to, port, value);
+            }
+        }
+        for &b in &info.members {
+            let local = self.flow.local[b];
+            // Blocks that wait for nothing start now; the others are queued as their inputs
+            // arrive (the inherited ones above, or a loop's iteration values).
+            if self.flow.waits[b] == 0 && !matches!(self.flow.blocks[b].op, Op::Collect) && !self.fired[local] {
+                self.ready.push_back(b);
+            }
+        }
+        self
+    }
+
+    fn drive(mut self) -> BoxFuture<'a, Frame<'a>> {
+        async move {
+            let mut waiting: FuturesUnordered<BoxFuture<'a, Done>> = FuturesUnordered::new();
+            loop {
+                while let Some(b) = self.ready.pop_front() {
+                    if self.run.failed() {
+                        self.ready.clear();
+                        break;
+                    }
+                    if let Some(future) = self.execute(b) {
+                        waiting.push(future);
+                    }
+                    if self.run.state().charges.len() >= CHARGE_BATCH_MAX {
+                        let _ = self.run.flush().await;
+                    }
+                }
+                if waiting.is_empty() {
+                    break;
+                }
+                let _ = self.run.flush().await;
+                let done = waiting.next().await.expect("not empty");
+                self.complete(done);
+            }
+            self
+        }
+        .boxed()
+    }
+
+    fn execution_id(&self, b: BlockIx) -> Result<ExecutionId, String> {
+        ExecutionId::new(format!("{}{}", self.prefix, self.flow.blocks[b].id)).map_err(|err| format!("its execution id is too long to record ({err}); nest fewer loops or flows, or use shorter block ids"))
+    }
+
+    /// Where a display shows up: the execution id without the run id.
+    fn at(&self, b: BlockIx) -> String {
+        let prefix = self.prefix.split_once('/').map_or("", |(_, rest)| rest);
+        format!("{prefix}{}", self.flow.blocks[b].id)
+    }
+
+    fn fail(&self, b: BlockIx, message: &str) {
+        let block = &self.flow.blocks[b];
+        let err = EngineError::block(&self.at(b), block.kind, message);
+        self.run.fail(err.to_string());
+    }
+
+    /// Runs an inline block now, or returns the future of a waiting one.
+    fn execute(&mut self, b: BlockIx) -> Option<BoxFuture<'a, Done>> {
+        let local = self.flow.local[b];
+        self.fired[local] = true;
+        let block = &self.flow.blocks[b];
+        let base = self.flow.slot[b];
+        let inputs: Vec<Option<Value>> = self.slots[base..base + block.inputs.len()].iter_mut().map(Option::take).collect();
+        match self.inline(b, &inputs) {
+            Inline::Done(result) => {
+                self.finish_inline(b, BlockUsage::of_kind(block.kind), result);
+                None
+            }
+            Inline::Wait => Some(self.waiting(b, inputs)),
+        }
+    }
+
+    fn finish_inline(&mut self, b: BlockIx, usage: BlockUsage, result: Result<Emits, String>) {
+        let id = match self.execution_id(b) {
+            Ok(id) => id,
+            Err(message) => return self.fail(b, &message),
+        };
+        self.run.executed(id, usage, result.is_ok());
+        match result {
+            Ok(emits) => {
+                for (port, value) in emits {
+                    self.emit(b, port, value);
+                }
+            }
+            Err(message) => self.fail(b, &message),
+        }
+    }
+
+    fn complete(&mut self, done: Done) {
+        for (b, usage, ok) in done.executed {
+            match self.execution_id(b) {
+                Ok(id) => {
+                    self.run.executed(id, usage, ok);
+                }
+                Err(message) => self.fail(b, &message),
+            }
+        }
+        if let Some((b, message)) = done.error {
+            return self.fail(b, &message);
+        }
+        for (b, port, value) in done.emits {
+            self.emit(b, port, value);
+        }
+    }
+
+    /// Sends an output value along its edges.
+    fn emit(&mut self, b: BlockIx, port: usize, value: Value) {
+        let route = &self.flow.routes[b][port];
+        if !route.waiters.is_empty() {
+            self.captured.insert((b, port), value.clone());
+            for &waiter in &route.waiters {
+                self.arrived(waiter);
+            }
+        }
+        let targets = &route.targets;
+        let Some((last, rest)) = targets.split_last() else { return };
+        for target in rest {
+            self.send(target.kind, target.block, target.port, value.clone());
+        }
+        self.send(last.kind, last.block, last.port, value);
+    }
+
+    fn send(&mut self, kind: TargetKind, to: BlockIx, port: usize, value: Value) {
+        match kind {
+            TargetKind::Local => self.deliver(to, port, value),
+            TargetKind::Collect => {
+                let index = self.flow.scopes[self.scope].collects.iter().position(|&c| c == to).expect("a collect target belongs to this body");
+                self.collected[index].push(value);
+            }
+            TargetKind::Stop => self.stop = true,
+        }
+    }
+
+    fn deliver(&mut self, to: BlockIx, port: usize, value: Value) {
+        let local = self.flow.local[to];
+        let slot = self.flow.slot[to] + port;
+        if self.flow.blocks[to].inputs[port].multi && (self.fired[local] || self.slots[slot].is_some()) {
+            return;
+        }
+        self.slots[slot] = Some(value);
+        self.arrived(to);
+    }
+
+    fn arrived(&mut self, to: BlockIx) {
+        let local = self.flow.local[to];
+        self.waits[local] -= 1;
+        if self.waits[local] == 0 {
+            self.ready.push_back(to);
+        }
+    }
+
+    fn config(&self) -> &'a Value {
+        &self.instance.config
+    }
+
+    /// The inline blocks: pure work on values in hand.
+    fn inline(&mut self, b: BlockIx, inputs: &[Option<Value>]) -> Inline {
+        let block = &self.flow.blocks[b];
+        let first = || inputs.first().cloned().flatten().unwrap_or(Value::Null);
+        let input = |name: &str| block.input(name).and_then(|port| inputs[port].clone());
+        let out = |name: &str, value: Value| (block.output(name).expect("catalog port"), value);
+        let result = match &block.op {
+            Op::Start => Ok(vec![out("input", self.instance.input.clone())]),
+            Op::Request => {
+                let http = self.run.request.http.clone().unwrap_or_else(|| HttpTrigger { method: "POST".into(), path: "/".into(), ..HttpTrigger::default() });
+                Ok(vec![out("body", self.instance.input.clone()), out("headers", Value::Object(http.headers)), out("query", Value::Object(http.query)), out("method", Value::String(http.method)), out("path", Value::String(http.path))])
+            }
+            Op::Schedule { .. } => Ok(vec![out("time", Value::String(jiff::Timestamp::now().to_string()))]),
+            Op::Mcp { schema } => {
+                let errors = schema_errors(schema, &self.instance.input);
+                if errors.is_empty() { Ok(vec![out("arguments", self.instance.input.clone())]) } else { Err(format!("the arguments do not match the tool's input schema: {}", errors.join("; "))) }
+            }
+            Op::Response { status } => {
+                let status = input("status").and_then(|value| value.as_u64()).map_or(*status, |status| status as u16);
+                *self.instance.response.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Response { status, body: first() });
+                Ok(vec![])
+            }
+            Op::If { test } => {
+                let value = first();
+                let holds = match (input("condition"), test) {
+                    (Some(condition), _) => truthy(&condition),
+                    (None, Some(test)) => test.holds(&value),
+                    (None, None) => false,
+                };
+                Ok(vec![out(if holds { "then" } else { "else" }, value)])
+            }
+            Op::Condition { branches } => {
+                let value = first();
+                let branch = branches.iter().position(|(_, test)| test.holds(&value)).unwrap_or(branches.len());
+                Ok(vec![(branch, value)])
+            }
+            Op::Or | Op::Delay { ms: 0 } => Ok(vec![(0, inputs.iter().flatten().next().cloned().unwrap_or(Value::Null))]),
+            Op::Validate { schema } => {
+                let value = first();
+                let errors = schema_errors(schema, &value);
+                if errors.is_empty() { Ok(vec![out("pass", value)]) } else { Ok(vec![out("fail", value), out("errors", json!(errors))]) }
+            }
+            Op::Const(value) => Ok(vec![(0, value.clone())]),
+            Op::List { items, inputs: names } => {
+                let mut list = items.clone();
+                list.extend(names.iter().filter_map(|name| input(name)));
+                Ok(vec![(0, Value::Array(list))])
+            }
+            Op::Record { fields, inputs: names } => {
+                let mut record = fields.clone();
+                record.extend(names.iter().filter_map(|name| input(name).map(|value| (name.clone(), value))));
+                Ok(vec![(0, Value::Object(record))])
+            }
+            Op::Select { path, default } => {
+                let value = inputs[0].as_ref().expect("select's value is required");
+                match path.get(value).or(default.as_ref()) {
+                    Some(found) => Ok(vec![(0, found.clone())]),
+                    None => Err("the path finds nothing in the value and no `default` is configured".to_owned()),
+                }
+            }
+            Op::Template(template) => {
+                let value = first();
+                template.render(&TemplateScope { input: &value, config: self.config() }).map(|text| vec![(0, Value::String(text))])
+            }
+            Op::Now => {
+                let now = jiff::Timestamp::now();
+                Ok(vec![out("time", Value::String(now.to_string())), out("epoch_ms", json!(now.as_millisecond()))])
+            }
+            Op::Date { add_ms } => date(&first(), *add_ms).map(|(iso, epoch_ms)| vec![out("date", Value::String(iso[..10].to_owned())), out("iso", Value::String(iso)), out("epoch_ms", json!(epoch_ms))]),
+            Op::SetVariable { name } => {
+                let value = first();
+                let mut state = self.run.state();
+                if state.vars.len() >= RUN_VARIABLES_MAX && !state.vars.contains_key(name) {
+                    Err(format!("a run may set at most {RUN_VARIABLES_MAX} variables"))
+                } else {
+                    state.vars.insert(name.clone(), value.clone());
+                    Ok(vec![(0, value)])
+                }
+            }
+            Op::GetVariable { name, default } => match self.run.state().vars.get(name).or(default.as_ref()) {
+                Some(value) => Ok(vec![(0, value.clone())]),
+                None => Err(format!("variable `{name}` is not set; set it first (connect this block's `after` input to the set_variable block) or configure a `default`")),
+            },
+            Op::GetConfig { key, default } => match self.config().get(key).or(default.as_ref()) {
+                Some(value) => Ok(vec![(0, value.clone())]),
+                None => Err(format!("config key `{key}` is not set; add it to the flow's `config` or pass it when running")),
+            },
+            Op::Display { label } | Op::Log { label } => {
+                self.run.show(matches!(block.op, Op::Display { .. }), self.at(b), label.clone(), first());
+                Ok(vec![])
+            }
+            Op::Http(_) | Op::Integration(_) | Op::Flow { .. } | Op::Ai(_) | Op::Evaluate(_) | Op::Delay { .. } | Op::Repeat { .. } | Op::For | Op::Collect => return Inline::Wait,
+        };
+        Inline::Done(result)
+    }
+
+    /// The waiting blocks, as futures that own what they need.
+    fn waiting(&mut self, b: BlockIx, inputs: Vec<Option<Value>>) -> BoxFuture<'a, Done> {
+        let (run, flow, config) = (self.run, self.flow, self.config());
+        let block = &flow.blocks[b];
+        let usage = BlockUsage::of_kind(block.kind);
+        let single = move |result: Result<Emits, String>, usage: BlockUsage| match result {
+            Ok(emits) => Done { executed: vec![(b, usage, true)], emits: emits.into_iter().map(|(port, value)| (b, port, value)).collect(), error: None },
+            Err(message) => Done { executed: vec![(b, usage, false)], emits: Vec::new(), error: Some((b, message)) },
+        };
+        let input_named = |name: &str| block.input(name).and_then(|port| inputs[port].clone());
+        match &block.op {
+            Op::Http(spec) => {
+                let input = input_named("input").unwrap_or(Value::Null);
+                let body = input_named("body");
+                async move {
+                    let scope = TemplateScope { input: &input, config };
+                    let result = spec.send(&run.engine.http, &scope, body).await.map(|emits| emits.into_iter().map(|(name, value)| (block.output(name).expect("catalog port"), value)).collect());
+                    single(result, usage)
+                }
+                .boxed()
+            }
+            Op::Delay { ms } => {
+                let (ms, value) = (*ms, inputs.into_iter().flatten().next().unwrap_or(Value::Null));
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    single(Ok(vec![(0, value)]), usage)
+                }
+                .boxed()
+            }
+            Op::Evaluate(script) => {
+                let (script, input) = (Arc::clone(script), input_named("input").unwrap_or(Value::Null));
+                async move {
+                    let result = match tokio::task::spawn_blocking(move || script.run(&input)).await {
+                        Ok(result) => result,
+                        Err(err) => Err(format!("the script engine stopped unexpectedly: {err}")),
+                    };
+                    single(result.map(|value| vec![(0, value)]), usage)
+                }
+                .boxed()
+            }
+            Op::Ai(spec) => {
+                let prompt = input_named("prompt").unwrap_or(Value::Null);
+                async move {
+                    let provider = match run.engine.providers.ai(spec) {
+                        Ok(provider) => provider,
+                        Err(message) => return single(Err(message), spec.planned_usage()),
+                    };
+                    let (result, used) = match provider.call(AiCall { spec, prompt: &prompt }).await {
+                        Ok(outcome) => (Ok(vec![(0, outcome.output.clone())]), outcome),
+                        Err(failure) => (Err(failure.message), failure.used),
+                    };
+                    let mut usage = spec.planned_usage();
+                    if spec.kind == BlockKind::AiAgent {
+                        usage.external_mcp_tools = used.external_mcp_tools;
+                        usage.internal_mcp_tools = used.internal_mcp_tools;
+                    }
+                    single(result, usage)
+                }
+                .boxed()
+            }
+            Op::Integration(spec) => {
+                let input = input_named("input").unwrap_or(Value::Null);
+                async move {
+                    let result = match run.engine.providers.connector(spec) {
+                        Ok(connector) => connector.invoke(spec, &input).await,
+                        Err(message) => Err(message),
+                    };
+                    single(result.map(|value| vec![(0, value)]), usage)
+                }
+                .boxed()
+            }
+            Op::Flow { name } => {
+                let input = input_named("input").unwrap_or(Value::Null);
+                let prefix = format!("{}{}/", self.prefix, block.id);
+                let child = run.flows.get(name).expect("resolved before the run started");
+                let child_config = run.configs.get(name).expect("resolved before the run started").clone();
+                async move {
+                    let instance = Instance { flow: child, config: child_config, input, response: Mutex::new(None) };
+                    Frame::new(run, &instance, ROOT_SCOPE, prefix, Arc::new(HashMap::new())).start_root().drive().await;
+                    let result = instance.response.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).map_or(Value::Null, |response| response.body);
+                    single(Ok(vec![(0, result)]), usage)
+                }
+                .boxed()
+            }
+            Op::Repeat { times } => {
+                let count = match (times, input_named("times")) {
+                    (Some(times), _) => Ok(*times),
+                    (None, Some(value)) => value.as_u64().filter(|n| *n <= LOOP_ITERATIONS_MAX).ok_or_else(|| format!("`times` must be a whole number from 0 to {LOOP_ITERATIONS_MAX}, not {value}")),
+                    (None, None) => Ok(0),
+                };
+                match count {
+                    Ok(count) => self.run_loop(b, Iterations::Count(count)),
+                    Err(message) => futures_util::future::ready(single(Err(message), usage)).boxed(),
+                }
+            }
+            Op::For => match input_named("list") {
+                Some(Value::Array(items)) if items.len() as u64 <= LOOP_ITERATIONS_MAX => self.run_loop(b, Iterations::Items(items)),
+                Some(Value::Array(items)) => futures_util::future::ready(single(Err(format!("the list has {} items, more than the limit of {LOOP_ITERATIONS_MAX} iterations", items.len())), usage)).boxed(),
+                other => futures_util::future::ready(single(Err(format!("`list` must be a list, not {}", other.unwrap_or(Value::Null))), usage)).boxed(),
+            },
+            _ => unreachable!("inline blocks do not wait"),
+        }
+    }
+
+    /// Runs a loop's body once per iteration, one iteration after another, then emits `done`
+    /// and the lists of its collects.
+    fn run_loop(&mut self, b: BlockIx, iterations: Iterations) -> BoxFuture<'a, Done> {
+        let (run, instance, flow) = (self.run, self.instance, self.flow);
+        let body = flow.body_of[b].expect("loops have bodies");
+        // The body reads outside values as they are now; the loop waited for them.
+        let mut env = Env::new();
+        for &(_, _, from, out) in &flow.scopes[body].inherited {
+            let value = self.captured.get(&(from, out)).or_else(|| self.env.get(&(from, out))).cloned().expect("a loop starts only once the values its body reads have arrived");
+            env.insert((from, out), value);
+        }
+        let env = Arc::new(env);
+        let prefix = format!("{}{}#", self.prefix, flow.blocks[b].id);
+        let block = &flow.blocks[b];
+        let (item_port, index_port, done_port) = (block.output("item"), block.output("index").expect("loops have index"), block.output("done").expect("loops have done"));
+        async move {
+            let count = iterations.len();
+            let mut collected = vec![Vec::new(); flow.scopes[body].collects.len()];
+            let mut ran = 0u64;
+            let mut items = iterations.into_items();
+            while ran < count && !run.failed() {
+                let mut frame = Frame::new(run, instance, body, format!("{prefix}{ran}/"), Arc::clone(&env));
+                frame.collected = std::mem::take(&mut collected);
+                if let (Some(port), Some(items)) = (item_port, items.as_mut()) {
+                    frame.emit(b, port, std::mem::take(&mut items[ran as usize]));
+                }
+                frame.emit(b, index_port, json!(ran));
+                let frame = frame.start_root().drive().await;
+                collected = frame.collected;
+                ran += 1;
+                if frame.stop {
+                    break;
+                }
+            }
+            let mut done = Done { executed: vec![(b, BlockUsage::of_kind(block.kind), true)], emits: vec![(b, done_port, json!(ran))], error: None };
+            for (&c, list) in flow.scopes[body].collects.iter().zip(collected) {
+                done.executed.push((c, BlockUsage::of_kind(BlockKind::Collect), true));
+                done.emits.push((c, 0, Value::Array(list)));
+            }
+            done
+        }
+        .boxed()
+    }
+}
+
+enum Inline {
+    Done(Result<Emits, String>),
+    Wait,
+}
+
+enum Iterations {
+    Count(u64),
+    Items(Vec<Value>),
+}
+
+impl Iterations {
+    fn len(&self) -> u64 {
+        match self {
+            Iterations::Count(count) => *count,
+            Iterations::Items(items) => items.len() as u64,
+        }
+    }
+
+    fn into_items(self) -> Option<Vec<Value>> {
+        match self {
+            Iterations::Count(_) => None,
+            Iterations::Items(items) => Some(items),
+        }
+    }
+}
+
+/// Validation errors, each with the path of the value at fault.
+pub(crate) fn schema_errors(schema: &jsonschema::Validator, value: &Value) -> Vec<String> {
+    schema.iter_errors(value).map(|err| {
+        let path = err.instance_path().to_string();
+        if path.is_empty() { err.to_string() } else { format!("{path}: {err}") }
+    }).collect()
+}
+
+/// A date from RFC 3339 text or epoch milliseconds, moved by `add_ms`.
+fn date(value: &Value, add_ms: i64) -> Result<(String, i64), String> {
+    let at = match value {
+        Value::String(text) => text.parse::<jiff::Timestamp>().map_err(|err| format!("`{text}` is not an RFC 3339 date-time: {err}"))?,
+        Value::Number(number) => number.as_i64().and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).ok_or_else(|| format!("{number} is not a time in epoch milliseconds"))?,
+        other => return Err(format!("expected an RFC 3339 date-time or epoch milliseconds, not {other}")),
+    };
+    let moved = at.as_millisecond().checked_add(add_ms).and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).ok_or("the date moves out of the supported range")?;
+    Ok((moved.to_string(), moved.as_millisecond()))
+}

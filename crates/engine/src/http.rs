@@ -1,0 +1,188 @@
+//! The `http_request` block: config, and the request itself over reqwest with rustls (ring).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::config::Cfg;
+use crate::path::{Scope, Template};
+
+/// Longest a request may take when the block does not say, in milliseconds.
+pub const HTTP_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Longest a block may ask a request to take, in milliseconds.
+pub const HTTP_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Largest response body read; a longer one fails the request rather than fill memory.
+pub const HTTP_RESPONSE_BYTES_MAX: usize = 10 * 1024 * 1024;
+/// Redirects followed before giving up.
+pub const HTTP_REDIRECTS_MAX: usize = 5;
+
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+#[derive(Clone, Debug)]
+pub enum BodySpec {
+    /// JSON as written in the config.
+    Json(Value),
+    /// Form fields, each a template.
+    Form(Vec<(String, Template)>),
+    /// Text, a template.
+    Text(Template),
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpSpec {
+    pub method: reqwest::Method,
+    pub url: Template,
+    pub headers: Vec<(String, Template)>,
+    pub query: Vec<(String, Template)>,
+    pub body: Option<BodySpec>,
+    pub timeout_ms: u64,
+}
+
+impl HttpSpec {
+    pub(crate) fn parse(cfg: &mut Cfg<'_>) -> HttpSpec {
+        let method = cfg.text("method").map_or("GET".to_owned(), |method| method.to_ascii_uppercase());
+        if !METHODS.contains(&method.as_str()) {
+            cfg.problem("method", format!("`{method}` is not one of {}", METHODS.join(", ")));
+        }
+        let url = cfg.required_text("url", "the URL, e.g. \"{{config.base_url}}/health\"").and_then(|text| template(cfg, "url", &text));
+        let headers = templates(cfg, "headers");
+        let query = templates(cfg, "query");
+        let body = cfg.object("body").and_then(|body| parse_body(cfg, body));
+        let timeout_ms = cfg.integer("timeout_ms", 1, HTTP_TIMEOUT_MS_MAX, "milliseconds").unwrap_or(HTTP_TIMEOUT_MS_DEFAULT);
+        HttpSpec {
+            method: method.parse().unwrap_or(reqwest::Method::GET),
+            url: url.unwrap_or_else(|| Template::parse("").expect("empty template parses")),
+            headers,
+            query,
+            body,
+            timeout_ms,
+        }
+    }
+
+    /// Sends the request. `Ok` carries the block's outputs: a response (any status) fills
+    /// `status`, `headers`, `body` and `success` (2xx) or `failure`; a request that got no
+    /// response fills `failure` with the reason. `Err` is a block failure (a template that
+    /// cannot be filled).
+    pub async fn send(&self, client: &reqwest::Client, scope: &Scope<'_>, body_input: Option<Value>) -> Result<Vec<(&'static str, Value)>, String> {
+        let url = self.url.render(scope)?;
+        let mut request = client.request(self.method.clone(), &url).timeout(Duration::from_millis(self.timeout_ms));
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.render(scope)?);
+        }
+        if !self.query.is_empty() {
+            let pairs = self.query.iter().map(|(name, value)| Ok((name.as_str(), value.render(scope)?))).collect::<Result<Vec<_>, String>>()?;
+            request = request.query(&pairs);
+        }
+        request = match (body_input, &self.body) {
+            (Some(value), _) => request.header("content-type", "application/json").body(value.to_string()),
+            (None, Some(BodySpec::Json(value))) => request.header("content-type", "application/json").body(value.to_string()),
+            (None, Some(BodySpec::Form(fields))) => {
+                let pairs = fields.iter().map(|(name, value)| Ok((name.as_str(), value.render(scope)?))).collect::<Result<Vec<_>, String>>()?;
+                request.form(&pairs)
+            }
+            (None, Some(BodySpec::Text(text))) => request.header("content-type", "text/plain; charset=utf-8").body(text.render(scope)?),
+            (None, None) => request,
+        };
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return Ok(vec![("failure", json!({"error": describe(&err), "url": url}))]),
+        };
+        let status = response.status().as_u16();
+        let headers: Map<String, Value> = response.headers().iter().map(|(name, value)| (name.as_str().to_owned(), Value::String(String::from_utf8_lossy(value.as_bytes()).into_owned()))).collect();
+        let is_json = response.headers().get("content-type").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("json"));
+        let bytes = match read_limited(response).await {
+            Ok(bytes) => bytes,
+            Err(message) => return Ok(vec![("failure", json!({"status": status, "error": message, "url": url}))]),
+        };
+        let body = if is_json { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) } else { Value::String(String::from_utf8_lossy(&bytes).into_owned()) };
+        let record = json!({"status": status, "headers": headers, "body": body});
+        let route = if (200..300).contains(&status) { "success" } else { "failure" };
+        Ok(vec![("status", json!(status)), ("headers", Value::Object(headers)), ("body", body), (route, record)])
+    }
+}
+
+/// The client every `http_request` of an engine shares (connection reuse).
+pub fn client() -> reqwest::Client {
+    // reqwest is built without a default crypto provider (the aws-lc one compiles a large C
+    // library); ring is installed here, once per process. A second install is a no-op error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::limited(HTTP_REDIRECTS_MAX))
+        .user_agent(concat!("flowcredits/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("an HTTP client with a crypto provider installed builds")
+}
+
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    let mut response = response;
+    while let Some(chunk) = response.chunk().await.map_err(|err| describe(&err))? {
+        if bytes.len() + chunk.len() > HTTP_RESPONSE_BYTES_MAX {
+            return Err(format!("the response body is longer than the limit of {HTTP_RESPONSE_BYTES_MAX} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    let what = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "could not connect"
+    } else {
+        "failed"
+    };
+    let mut message = format!("request {what}");
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+fn template(cfg: &mut Cfg<'_>, key: &str, text: &str) -> Option<Template> {
+    Template::parse(text).map_err(|message| cfg.problem(key, message)).ok()
+}
+
+fn templates(cfg: &mut Cfg<'_>, key: &'static str) -> Vec<(String, Template)> {
+    let Some(map) = cfg.object(key) else { return Vec::new() };
+    map.iter()
+        .filter_map(|(name, value)| match value {
+            Value::String(text) => template(cfg, &format!("{key}.{name}"), text).map(|template| (name.clone(), template)),
+            Value::Number(_) | Value::Bool(_) => Some((name.clone(), Template::parse(&value.to_string()).expect("a scalar has no placeholders"))),
+            _ => {
+                cfg.problem(&format!("{key}.{name}"), "must be text");
+                None
+            }
+        })
+        .collect()
+}
+
+fn parse_body(cfg: &mut Cfg<'_>, body: &Map<String, Value>) -> Option<BodySpec> {
+    let mut entries = body.iter();
+    let (Some((kind, value)), None) = (entries.next(), entries.next()) else {
+        cfg.problem("body", "must have exactly one of `json`, `form` or `text`");
+        return None;
+    };
+    match (kind.as_str(), value) {
+        ("json", value) => Some(BodySpec::Json(value.clone())),
+        ("text", Value::String(text)) => template(cfg, "body.text", text).map(BodySpec::Text),
+        ("form", Value::Object(fields)) => {
+            let mut parsed = Vec::new();
+            for (name, value) in fields {
+                let text = match value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                parsed.push((name.clone(), template(cfg, &format!("body.form.{name}"), &text)?));
+            }
+            Some(BodySpec::Form(parsed))
+        }
+        (kind, _) => {
+            cfg.problem(&format!("body.{kind}"), "expected `json` (any value), `form` (a record) or `text` (text)");
+            None
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `evaluate` and `evaluate_with_packages`: JavaScript (or TypeScript with its types stripped)
+//! in an embedded QuickJS. The sandbox has the language's built-ins only: no module loader, no
+//! file system, no network, no timers. Each execution gets its own runtime, bounded in time (an
+//! interrupt handler checks a deadline), memory and stack.
+//!
+//! The code is a function body: `input` holds the block's input and `return` gives the result,
+//! which must survive `JSON.stringify`. With packages, `require("lodash")` (or a top-of-script
+//! `import _ from "lodash"`) reaches the vetted set in `vendor/js`, and nothing else.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::Cfg;
+use crate::ts;
+
+/// Longest a script may run when the block does not say, in milliseconds.
+pub const EVALUATE_TIME_MS_DEFAULT: u64 = 1_000;
+/// Longest a block may let a script run, in milliseconds.
+pub const EVALUATE_TIME_MS_MAX: u64 = 10_000;
+/// Heap one script execution may use, in bytes (packages count too).
+pub const EVALUATE_MEMORY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Native stack one script execution may use, in bytes.
+pub const EVALUATE_STACK_BYTES_MAX: usize = 512 * 1024;
+/// Longest script source, in bytes.
+pub const EVALUATE_SOURCE_BYTES_MAX: usize = 256 * 1024;
+
+/// The vetted packages: name, version and the built single-file source shipped in the crate.
+pub const PACKAGES: &[(&str, &str, &str)] = &[
+    ("lodash", "4.17.21", include_str!("../vendor/js/lodash.min.js")),
+    ("dayjs", "1.11.13", include_str!("../vendor/js/dayjs.min.js")),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    JavaScript,
+    TypeScript,
+}
+
+/// A checked script, ready to run any number of times.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub language: Language,
+    /// The packages it imports, as indexes into [`PACKAGES`].
+    pub packages: Vec<usize>,
+    pub timeout_ms: u64,
+    /// The user's code with types stripped and imports turned into `require` calls.
+    body: String,
+}
+
+impl Script {
+    pub(crate) fn parse(cfg: &mut Cfg<'_>, with_packages: bool) -> Script {
+        let code = cfg.required_text("code", "the script; `input` is the block input and `return` gives the result").unwrap_or_default();
+        let language = match cfg.text("language").as_deref() {
+            None | Some("javascript" | "js") => Language::JavaScript,
+            Some("typescript" | "ts") => Language::TypeScript,
+            Some(other) => {
+                cfg.problem("language", format!("`{other}` is not javascript or typescript"));
+                Language::JavaScript
+            }
+        };
+        let timeout_ms = cfg.integer("timeout_ms", 1, EVALUATE_TIME_MS_MAX, "milliseconds").unwrap_or(EVALUATE_TIME_MS_DEFAULT);
+        let mut script = Script { language, packages: Vec::new(), timeout_ms, body: String::new() };
+        if code.len() > EVALUATE_SOURCE_BYTES_MAX {
+            cfg.problem("code", format!("{} bytes is more than the limit of {EVALUATE_SOURCE_BYTES_MAX}", code.len()));
+            return script;
+        }
+        let code = match language {
+            Language::JavaScript => code,
+            Language::TypeScript => match ts::strip_types(&code) {
+                Ok(code) => code,
+                Err(message) => {
+                    cfg.problem("code", message);
+                    return script;
+                }
+            },
+        };
+        let (body, imported) = rewrite_imports(&code);
+        for name in imported {
+            match PACKAGES.iter().position(|(package, _, _)| *package == name) {
+                Some(_) if !with_packages => cfg.problem("code", format!("imports `{name}`, but evaluate runs without packages; use an evaluate_with_packages block")),
+                Some(index) => script.packages.push(index),
+                None => cfg.problem("code", format!("imports `{name}`, which is not in the vetted package set ({})", PACKAGES.iter().map(|(name, _, _)| *name).collect::<Vec<_>>().join(", "))),
+            }
+        }
+        script.packages.sort_unstable();
+        script.packages.dedup();
+        script.body = body;
+        script
+    }
+
+    /// Runs the script on `input`. Blocking: call it off the async threads.
+    pub fn run(&self, input: &Value) -> Result<Value, String> {
+        let runtime = rquickjs::Runtime::new().map_err(|err| format!("cannot start the script engine: {err}"))?;
+        runtime.set_memory_limit(EVALUATE_MEMORY_BYTES_MAX);
+        runtime.set_max_stack_size(EVALUATE_STACK_BYTES_MAX);
+        let deadline = Instant::now() + Duration::from_millis(self.timeout_ms);
+        runtime.set_interrupt_handler(Some(Box::new(move || Instant::now() >= deadline)));
+        let context = rquickjs::Context::full(&runtime).map_err(|err| format!("cannot start the script engine: {err}"))?;
+        let source = self.source();
+        let outcome = context.with(|ctx| {
+            ctx.globals().set("__flowcredits_input", input.to_string()).map_err(|err| err.to_string())?;
+            match ctx.eval::<String, _>(source) {
+                Ok(json) => Ok(json),
+                Err(rquickjs::Error::Exception) => Err(exception_message(&ctx.catch())),
+                Err(err) => Err(err.to_string()),
+            }
+        });
+        match outcome {
+            Ok(json) => serde_json::from_str(&json).map_err(|err| format!("the result is not JSON: {err}")),
+            Err(_) if Instant::now() >= deadline => Err(format!("the script ran longer than its limit of {} ms and was stopped", self.timeout_ms)),
+            Err(message) if message.contains("out of memory") => Err(format!("the script used more than the memory limit of {EVALUATE_MEMORY_BYTES_MAX} bytes and was stopped")),
+            Err(message) => Err(format!("the script threw: {message}")),
+        }
+    }
+
+    fn source(&self) -> String {
+        let mut source = String::from("(function(){\n\"use strict\";\nvar __modules = {};\n");
+        for &index in &self.packages {
+            let (name, _, code) = PACKAGES[index];
+            // Each package is a UMD bundle: given a CommonJS `module`, it assigns its exports.
+            source.push_str(&format!("__modules[{name:?}] = (function(){{ var module = {{ exports: {{}} }}; var exports = module.exports; (function(){{\n{code}\n}}).call(globalThis); return module.exports; }})();\n"));
+        }
+        source.push_str("function require(name) { if (Object.prototype.hasOwnProperty.call(__modules, name)) return __modules[name]; throw new Error(\"package `\" + name + \"` is not available\"); }\n");
+        source.push_str("var __result = (function(input, require) {\n");
+        source.push_str(&self.body);
+        source.push_str("\n})(JSON.parse(__flowcredits_input), require);\nreturn JSON.stringify(__result === undefined ? null : __result);\n})()");
+        source
+    }
+}
+
+fn exception_message(value: &rquickjs::Value<'_>) -> String {
+    if let Some(exception) = value.as_exception() {
+        let message = exception.message().unwrap_or_default();
+        return if message.is_empty() { "an error without a message".to_owned() } else { message };
+    }
+    if let Some(text) = value.as_string().and_then(|text| text.to_string().ok()) {
+        return text;
+    }
+    format!("{value:?}")
+}
+
+/// Turns top-of-script ES imports into `require` calls and lists every package the script
+/// names, through either form. Supported: `import x from "p"`, `import * as x from "p"`,
+/// `import { a, b as c } from "p"` and `require("p")` with a literal name.
+fn rewrite_imports(code: &str) -> (String, Vec<String>) {
+    let mut names = Vec::new();
+    let mut body = String::with_capacity(code.len());
+    for line in code.lines() {
+        let trimmed = line.trim();
+        match parse_import(trimmed) {
+            Some((binding, package)) => {
+                body.push_str(&format!("const {binding} = require({package:?});\n"));
+                names.push(package);
+            }
+            None => {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+    }
+    let mut rest = code;
+    while let Some(at) = rest.find("require(") {
+        rest = &rest[at + "require(".len()..];
+        let quoted = rest.trim_start();
+        if let Some(quote) = quoted.chars().next().filter(|c| matches!(c, '"' | '\'' | '`')) {
+            if let Some(end) = quoted[1..].find(quote) {
+                names.push(quoted[1..1 + end].to_owned());
+            }
+        }
+    }
+    if code.contains("import(") {
+        names.push("import()".to_owned());
+    }
+    (body, names)
+}
+
+fn parse_import(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix("import ")?;
+    let (clause, source) = rest.rsplit_once(" from ")?;
+    let source = source.trim().trim_end_matches(';').trim();
+    let package = source.strip_prefix(['"', '\''])?.strip_suffix(['"', '\''])?.to_owned();
+    let clause = clause.trim();
+    let binding = if let Some(name) = clause.strip_prefix("* as ") {
+        name.trim().to_owned()
+    } else if clause.starts_with('{') {
+        // `{ a, b as c }` becomes the destructuring `{ a, b: c }`.
+        clause.replace(" as ", ": ")
+    } else {
+        clause.to_owned()
+    };
+    Some((binding, package))
+}
