@@ -4,6 +4,8 @@
 mod bench_engine;
 mod bench_ledger;
 mod cmd_bench;
+mod cmd_estimate;
+mod cmd_run;
 mod cmd_simulate;
 mod rules;
 
@@ -24,6 +26,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Simulate(cmd_simulate::SimulateArgs),
+    Run(cmd_run::RunArgs),
+    Estimate(cmd_estimate::EstimateArgs),
     /// Benchmarks (see BENCHMARKS.md).
     Bench(cmd_bench::BenchArgs),
 }
@@ -32,6 +36,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Simulate(args) => cmd_simulate::run(&cli.rules, args),
+        Command::Run(args) => cmd_run::run(&cli.rules, args),
+        Command::Estimate(args) => cmd_estimate::run(&cli.rules, args),
         Command::Bench(args) => cmd_bench::run(args),
     };
     match result {

@@ -1,0 +1,69 @@
+//! `flowcredits estimate FLOW`: whether a run needs credits and what it will cost.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use flowcredits_core::{CloudRun, RunContext, Timestamp, Trigger};
+use serde_json::json;
+
+use crate::cmd_run::load_flow;
+use crate::rules::RulesArgs;
+
+/// Prices a run of a flow before it runs: whether it needs credits, and its cost (exact where
+/// the graph fixes it, otherwise a minimum and the cost of each loop iteration).
+#[derive(clap::Args)]
+pub struct EstimateArgs {
+    /// The flow file (YAML or JSON).
+    pub flow: PathBuf,
+    /// How the run is started: manual, api or mcp (schedules and webhooks count as api).
+    #[arg(long, default_value = "manual", value_name = "TRIGGER")]
+    pub trigger: String,
+    /// A manual run with Cloud Run on (api and mcp runs are always in the cloud).
+    #[arg(long)]
+    pub cloud_run: bool,
+    /// Where flows run by `flow` blocks are found (default: the flow file's directory).
+    #[arg(long, value_name = "DIR")]
+    pub flows: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(rules: &RulesArgs, args: EstimateArgs) -> anyhow::Result<ExitCode> {
+    let rules = rules.load()?;
+    let trigger: Trigger = args.trigger.parse().context("--trigger")?;
+    if args.cloud_run && trigger != Trigger::Manual {
+        anyhow::bail!("--cloud-run applies to manual runs only; {trigger} runs always execute in the cloud, so drop --cloud-run");
+    }
+    let context = RunContext::for_trigger(trigger, CloudRun::from(args.cloud_run));
+    let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;
+    let estimate = flowcredits_engine::estimate(&rules, Timestamp::now(), context, &flow, &*resolver)?;
+    if args.json {
+        let loops: Vec<_> = estimate.per_iteration.iter().map(|line| json!({"loop": line.at, "credits": line.credits.0})).collect();
+        println!("{}", json!({
+            "flow": flow.name,
+            "trigger": trigger.as_str(),
+            "location": context.location().as_str(),
+            "needs_credits": estimate.needs_credits,
+            "exact": estimate.exact.map(|credits| credits.0),
+            "minimum": estimate.minimum.0,
+            "per_iteration": loops,
+            "notes": estimate.notes,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("flow `{}`, {} run ({}):", flow.name, trigger, context.location().as_str());
+    println!("  needs credits: {}", if estimate.needs_credits { "yes" } else { "no" });
+    match estimate.exact {
+        Some(credits) => println!("  cost: exactly {} credits", credits.0),
+        None => println!("  cost: at least {} credits", estimate.minimum.0),
+    }
+    for line in &estimate.per_iteration {
+        println!("  plus up to {} credits per iteration of loop `{}`", line.credits.0, line.at);
+    }
+    for note in &estimate.notes {
+        println!("  note: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,156 @@
+//! `flowcredits run FLOW`: runs a flow on the local canvas (trigger manual), metered, and
+//! prints its outputs and a receipt.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use flowcredits_core::{CloudRun, PlanId, RunContext, RunId, TeamLedger, TeamSettings};
+use flowcredits_engine::{DirResolver, Engine, Flow, LedgerMeter, Meter, Providers, RunOutcome, RunReport, RunRequest, Syntax};
+use serde_json::{Map, Value, json};
+
+use crate::rules::RulesArgs;
+
+/// Exit status of a run that was paused for lack of credits.
+pub const EXIT_PAUSED: u8 = 3;
+
+/// Runs a flow on this machine, as a manual run, and prints its outputs and credit receipt.
+///
+/// Exit status: 0 when the run completed, 1 when a block failed or the flow is invalid, 3 when
+/// the run was paused because the team has no credits left.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The flow file (YAML or JSON; `.json` is read as JSON).
+    pub flow: PathBuf,
+    /// The team the run is metered for.
+    #[arg(long, value_name = "TEAM")]
+    pub team: String,
+    /// What the flow's trigger block emits: JSON text, or `@FILE` to read it from a file.
+    #[arg(long, value_name = "JSON")]
+    pub input: Option<String>,
+    /// Run in the cloud (Cloud Run on): cloud prices apply.
+    #[arg(long)]
+    pub cloud_run: bool,
+    /// Override a value of the flow's `config` (the value is JSON, or else text). Repeatable.
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Where flows run by `flow` blocks are found (default: the flow file's directory).
+    #[arg(long, value_name = "DIR")]
+    pub flows: Option<PathBuf>,
+    /// The team's plan, for the in-memory ledger used without `--db`.
+    #[arg(long, value_name = "PLAN", default_value = "team")]
+    pub plan: String,
+    /// The run id (default: `local-` and the current time in milliseconds).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads and checks a flow file, and the resolver for the flows it runs.
+pub fn load_flow(path: &Path, flows: Option<&Path>) -> anyhow::Result<(Flow, Arc<DirResolver>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read flow file {}", path.display()))?;
+    let flow = Flow::load(&text, Syntax::of_path(path)).with_context(|| format!("in {}; fix these and try again", path.display()))?;
+    let dir = flows.map(Path::to_path_buf).unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
+    Ok((flow, Arc::new(DirResolver::new(dir))))
+}
+
+pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let rules = rules.load()?;
+    let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;
+    let input = parse_input(args.input.as_deref())?;
+    let config = parse_config(&args.config)?;
+    let plan: PlanId = args.plan.parse().context("--plan")?;
+    let run_id = RunId::new(args.run_id.clone().unwrap_or_else(|| format!("local-{}", flowcredits_core::Timestamp::now().as_millisecond()))).context("--run-id")?;
+    let context = RunContext::manual(CloudRun::from(args.cloud_run));
+    let request = RunRequest { run: run_id, context, input, config, http: None };
+    let engine = Engine::new(Providers::default(), resolver);
+    // Without a durable store the team's ledger lives for this one run, on the plan given.
+    let meter = LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan)));
+    let report = block_on(engine.run(&flow, request, &meter as &dyn Meter))?;
+    print_report(&args, &flow, &report);
+    Ok(match report.outcome {
+        RunOutcome::Completed => ExitCode::SUCCESS,
+        RunOutcome::Failed { .. } => ExitCode::FAILURE,
+        RunOutcome::Paused => ExitCode::from(EXIT_PAUSED),
+    })
+}
+
+/// Runs a future to completion on a small runtime (the engine needs tokio's timers and its
+/// blocking pool for scripts).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime starts").block_on(future)
+}
+
+fn parse_input(input: Option<&str>) -> anyhow::Result<Value> {
+    let Some(input) = input else { return Ok(Value::Null) };
+    let text = match input.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read --input file {path}"))?,
+        None => input.to_owned(),
+    };
+    serde_json::from_str(&text).context("--input is not JSON (quote text as \"...\", or pass @FILE)")
+}
+
+fn parse_config(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut config = Map::new();
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').with_context(|| format!("--config `{pair}` is not KEY=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        config.insert(key.to_owned(), value);
+    }
+    Ok(config)
+}
+
+fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport) {
+    if args.json {
+        println!("{}", report_json(&args.team, flow, report));
+        return;
+    }
+    let outcome = match &report.outcome {
+        RunOutcome::Completed => "completed".to_owned(),
+        RunOutcome::Paused => "paused: the team has no credits left; turn on pay-as-you-go, buy credits or wait for the next period".to_owned(),
+        RunOutcome::Failed { error } => format!("failed: {error}"),
+    };
+    println!("run {} of flow `{}` for team {}: {outcome}", report.run, flow.name, args.team);
+    for (title, lines) in [("outputs", &report.outputs), ("log", &report.logs)] {
+        if !lines.is_empty() {
+            println!("\n{title}:");
+        }
+        for output in lines {
+            println!("  {}: {}", output.label.as_deref().unwrap_or(&output.at), output.value);
+        }
+    }
+    if let Some(response) = &report.response {
+        println!("\nresponse {}: {}", response.status, response.body);
+    }
+    println!("\nreceipt:");
+    let width = report.executions.iter().map(|execution| execution.id.as_str().len()).max().unwrap_or(0);
+    for execution in &report.executions {
+        let failed = if execution.ok { "" } else { "  (failed)" };
+        println!("  {:width$}  {:<22} {:>6}{failed}", execution.id.as_str(), execution.kind.as_str(), execution.credits.0);
+    }
+    println!("  {:width$}  {:<22} {:>6} credits", "total", "", report.total.0);
+}
+
+fn report_json(team: &str, flow: &Flow, report: &RunReport) -> Value {
+    let (outcome, error) = match &report.outcome {
+        RunOutcome::Completed => ("completed", None),
+        RunOutcome::Paused => ("paused", None),
+        RunOutcome::Failed { error } => ("failed", Some(error.clone())),
+    };
+    let outputs = |lines: &[flowcredits_engine::Output]| lines.iter().map(|output| json!({"at": output.at, "label": output.label, "value": output.value})).collect::<Vec<_>>();
+    json!({
+        "run": report.run.as_str(),
+        "team": team,
+        "flow": flow.name,
+        "outcome": outcome,
+        "error": error,
+        "outputs": outputs(&report.outputs),
+        "logs": outputs(&report.logs),
+        "response": report.response.as_ref().map(|response| json!({"status": response.status, "body": response.body})),
+        "executions": report.executions.iter().map(|execution| json!({"id": execution.id.as_str(), "block": execution.block(), "kind": execution.kind.as_str(), "credits": execution.credits.0, "ok": execution.ok})).collect::<Vec<_>>(),
+        "total": report.total.0,
+    })
+}
