@@ -1,0 +1,66 @@
+//! The durable flowcredits ledger.
+//!
+//! Every decision (admission, draw-down, pausing and resuming) is made by the core's
+//! [`TeamLedger`](flowcredits_core::TeamLedger) state machine; this crate persists what it
+//! decided, so that balances survive a crash and can be rebuilt from the append-only entries.
+//! [`LedgerStore`] is the storage boundary; [`SqliteStore`] is the embedded backend (one file, WAL,
+//! a single writer thread that group-commits many callers' requests in one transaction).
+//!
+//! Invariants:
+//! - every charged block execution has exactly one ledger entry, and every entry names its
+//!   execution; an execution id is recorded once per team, whatever the retries;
+//! - a request the ledger refuses, or a batch with one bad event, writes nothing;
+//! - periods, grants, run totals and usage rollups equal their rebuild from the entries
+//!   (checked by [`LedgerStore::verify`]).
+
+mod codec;
+mod error;
+mod ids;
+pub mod limits;
+mod model;
+mod schema;
+mod sqlite;
+
+use flowcredits_core::{PeriodUsage, RunId, Timestamp};
+
+pub use error::{Result, StoreError};
+pub use ids::ExecutionIds;
+pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport};
+pub use schema::SCHEMA_VERSION;
+pub use sqlite::{Durability, SqliteOptions, SqliteStore, migrate};
+
+/// The ledger's storage: what a backend must offer. Shaped so that a PostgreSQL backend can
+/// implement it with per-team row locks in place of the single writer.
+///
+/// All methods block until the answer is known; a write returns once it is durable. Instants
+/// are the caller's clock; a team's ledger never moves back in time, so an instant earlier than
+/// the team's last one is recorded at the team's last one.
+pub trait LedgerStore: Send + Sync {
+    /// Creates a team; creating it again with the same settings is acknowledged.
+    fn create_team(&self, new: NewTeam) -> Result<TeamInfo>;
+    fn team(&self, team: &TeamName) -> Result<TeamInfo>;
+    /// Every team, by name.
+    fn teams(&self) -> Result<Vec<TeamInfo>>;
+    /// Admits a run: it starts, or waits paused when it needs credits the team lacks. A repeated
+    /// start of the same run is acknowledged with the run's current status.
+    fn start_run(&self, team: &TeamName, start: StartRun) -> Result<Admission>;
+    /// Charges block executions, all or nothing (at most [`limits::BATCH_EVENTS_MAX`]). An event
+    /// whose execution id was recorded with the same content is acknowledged, not charged again.
+    fn charge(&self, team: &TeamName, events: Vec<UsageEvent>) -> Result<Vec<ChargeOutcome>>;
+    fn end_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()>;
+    fn cancel_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()>;
+    /// Pay-as-you-go, its cap and alerts, purchases and plan changes; recorded in the audit log.
+    fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<()>;
+    /// Moves every team's clock to `at`: periods that ended are invoiced and paused runs resume
+    /// with the new period's credits. Returns how many invoices were issued.
+    fn close_periods(&self, at: Timestamp) -> Result<usize>;
+    fn run(&self, team: &TeamName, run: &RunId) -> Result<Option<RunInfo>>;
+    /// Every period the team's ledger opened, oldest first.
+    fn periods(&self, team: &TeamName) -> Result<Vec<PeriodUsage>>;
+    /// Usage of the period named `YYYY-MM`, or of the team's current period.
+    fn usage(&self, team: &TeamName, month: Option<&str>) -> Result<UsageReport>;
+    fn invoices(&self, team: &TeamName) -> Result<Vec<Invoice>>;
+    fn audit_log(&self, team: &TeamName) -> Result<Vec<AuditEntry>>;
+    /// Compares every stored balance and rollup with its rebuild from the ledger entries.
+    fn verify(&self) -> Result<VerifyReport>;
+}

@@ -1,0 +1,234 @@
+//! The store's vocabulary: what callers send and what they get back. Constructors check every
+//! field, so a value of these types is already valid input.
+
+use std::fmt;
+
+use flowcredits_core::{BlockKind, BlockUsage, Credits, ExecutionId, MicroUsd, Period, PlanId, RunContext, RunId, RunStatus, TeamSettings, Timestamp, Trigger};
+
+use crate::error::{Result, StoreError};
+use crate::limits::{ACTOR_BYTES_MAX, INSTANT_MS_MAX, INSTANT_MS_MIN, MODEL_BYTES_MAX, TEAM_NAME_BYTES_MAX, TOOL_NAME_BYTES_MAX};
+
+/// A team's name: 1 to 64 bytes of letters, digits, `-`, `_` and `.`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TeamName(String);
+
+impl TeamName {
+    pub fn new(name: impl Into<String>) -> Result<TeamName> {
+        let name = name.into();
+        check_len("team", &name, TEAM_NAME_BYTES_MAX)?;
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+            return Err(StoreError::invalid("team", format!("character {bad:?} is not allowed (letters, digits, '-', '_', '.')")));
+        }
+        Ok(TeamName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TeamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who made a billing change, as the audit log records it (a user, an API key, `cli`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor(String);
+
+impl Actor {
+    pub fn new(actor: impl Into<String>) -> Result<Actor> {
+        let actor = actor.into();
+        check_len("actor", &actor, ACTOR_BYTES_MAX)?;
+        Ok(Actor(actor))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check_len(field: &'static str, text: &str, max: usize) -> Result<()> {
+    if text.is_empty() {
+        return Err(StoreError::invalid(field, "is empty"));
+    }
+    if text.len() > max {
+        return Err(StoreError::invalid(field, format!("is {} bytes long, more than the limit of {max}", text.len())));
+    }
+    Ok(())
+}
+
+/// Refuses instants outside 2000–2200: a clock that far off is a bug upstream.
+pub(crate) fn check_instant(field: &'static str, at: Timestamp) -> Result<i64> {
+    let ms = at.as_millisecond();
+    if !(INSTANT_MS_MIN..=INSTANT_MS_MAX).contains(&ms) {
+        return Err(StoreError::invalid(field, format!("{at} is outside 2000-01-01 to 2200-01-01")));
+    }
+    Ok(ms)
+}
+
+/// A team to create.
+#[derive(Clone, Debug)]
+pub struct NewTeam {
+    pub name: TeamName,
+    pub settings: TeamSettings,
+    pub actor: Actor,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamInfo {
+    pub name: TeamName,
+    pub settings: TeamSettings,
+    pub created_at: Timestamp,
+    /// The last instant the team's ledger has seen.
+    pub clock: Option<Timestamp>,
+}
+
+/// A run to admit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartRun {
+    pub run: RunId,
+    pub context: RunContext,
+    /// Whether any block of the flow costs credits (see `Rules::run_needs_credits`).
+    pub needs_credits: bool,
+    pub at: Timestamp,
+}
+
+/// How a run was admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// `Running` or `Paused` for a new run; the run's current status for a repeated start.
+    pub status: RunStatus,
+    /// The run was started before with the same content: nothing new was written.
+    pub replayed: bool,
+}
+
+/// One block execution to charge. `execution` is the idempotency key; time-ordered ids (see
+/// [`crate::ExecutionIds`]) keep the index appends sequential and ingestion fast.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageEvent {
+    pub execution: ExecutionId,
+    pub run: RunId,
+    pub usage: BlockUsage,
+    pub at: Timestamp,
+}
+
+impl UsageEvent {
+    /// Field checks the core does not make (lengths of free-text fields, the instant).
+    pub(crate) fn check(&self) -> Result<()> {
+        check_instant("at", self.at)?;
+        if let Some(model) = &self.usage.model {
+            check_len("model", model, MODEL_BYTES_MAX)?;
+        }
+        for tool in self.usage.external_mcp_tools.iter().chain(&self.usage.internal_mcp_tools) {
+            check_len("mcp tool name", tool, TOOL_NAME_BYTES_MAX)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one usage event cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChargeOutcome {
+    pub credits: Credits,
+    /// The same event was recorded before: acknowledged again, not charged again.
+    pub replayed: bool,
+}
+
+/// A billing change, recorded in the audit log with who made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BillingChange {
+    SetPayg { enabled: bool },
+    SetPaygCap { cap: Option<MicroUsd> },
+    SetPaygAlerts { amounts: Vec<MicroUsd> },
+    Purchase { credits: Credits, expires_at: Option<Timestamp> },
+    ChangePlan { plan: PlanId },
+}
+
+/// A run as the store knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    pub status: RunStatus,
+    pub credits: Credits,
+    pub context: RunContext,
+}
+
+/// One billing period's usage, from the balances and rollups kept with the ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageReport {
+    pub team: TeamName,
+    pub period: Period,
+    pub included: Credits,
+    pub included_used: Credits,
+    pub purchased_used: Credits,
+    pub payg_credits: Credits,
+    pub unbilled_credits: Credits,
+    /// Purchased credits still usable at the team's clock.
+    pub purchased_remaining: Credits,
+    /// Usage by block kind and trigger, largest first.
+    pub breakdown: Vec<UsageLine>,
+}
+
+impl UsageReport {
+    pub fn used(&self) -> Credits {
+        self.included_used + self.purchased_used + self.payg_credits + self.unbilled_credits
+    }
+
+    /// Included and purchased credits left before pay-as-you-go (or pausing) starts.
+    pub fn remaining(&self) -> Credits {
+        self.included.saturating_sub(self.included_used) + self.purchased_remaining
+    }
+
+    pub fn payg_amount(&self) -> MicroUsd {
+        self.payg_credits.payg_price()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageLine {
+    pub kind: BlockKind,
+    pub trigger: Trigger,
+    pub executions: u64,
+    pub credits: Credits,
+}
+
+/// The bill of one closed period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invoice {
+    pub period: Period,
+    pub included: Credits,
+    pub included_used: Credits,
+    /// Included credits left unused at the period's end: they expire.
+    pub included_expired: Credits,
+    pub purchased_used: Credits,
+    pub payg_credits: Credits,
+    pub unbilled_credits: Credits,
+    /// Pay-as-you-go credits at $0.001 each; purchased credits are paid when bought.
+    pub amount_due: MicroUsd,
+    pub issued_at: Timestamp,
+}
+
+/// One line of the append-only audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// What `verify` compared and what disagreed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub entries: u64,
+    pub balances_checked: u64,
+    pub mismatches: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.mismatches.is_empty()
+    }
+}

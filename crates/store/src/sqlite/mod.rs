@@ -1,0 +1,281 @@
+//! The SQLite backend: one database file in WAL mode, created on first use.
+//!
+//! Writes go to one writer thread (see [`writer`]) that group-commits; reads use their own
+//! connections, which WAL lets run beside the writer and see only committed data.
+
+mod read;
+mod team;
+mod verify;
+mod writer;
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use flowcredits_core::{PeriodUsage, Rules, RunId, Timestamp};
+use rusqlite::{Connection, OpenFlags};
+
+use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
+use crate::error::{Result, StoreError};
+use crate::limits::{BATCH_EVENTS_MAX, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX};
+use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, check_instant};
+use crate::{LedgerStore, schema};
+
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub rules: Rules,
+    /// `Full` fsyncs every commit (the default: an acknowledged write survives power loss);
+    /// `Normal` survives a process crash but may lose the last commits on power loss.
+    pub durability: Durability,
+    /// Keep how long each admission decision took (for `bench ledger`).
+    pub record_decision_times: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    Full,
+    Normal,
+}
+
+impl SqliteOptions {
+    pub fn new(rules: Rules) -> SqliteOptions {
+        SqliteOptions { rules, durability: Durability::Full, record_decision_times: false }
+    }
+}
+
+/// A handle on a SQLite ledger. Cheap to clone, `Send + Sync`; the last clone dropped stops the
+/// writer thread after it has committed what it was given.
+///
+/// Every method blocks the calling thread until its answer is known, and a write until it is
+/// committed (for `Durability::Full`: on disk). From async code, call it through
+/// `tokio::task::spawn_blocking`.
+#[derive(Clone)]
+pub struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    rules: Rules,
+    requests: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Mutex<Vec<Connection>>,
+    decision_ns: Option<DecisionTimes>,
+    /// Held while the store is open: the writer's cached team states are only right while it
+    /// is the file's one writer. The operating system releases it if the process dies.
+    _writer_lock: File,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer's loop once it has answered what is queued.
+        drop(self.requests.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Creates the database file if needed and applies pending migrations; returns how many ran.
+pub fn migrate(path: &Path) -> Result<usize> {
+    let mut conn = open_connection(path, Durability::Full)?;
+    schema::migrate(&mut conn)
+}
+
+/// Takes the exclusive lock on `<database>-writer.lock`, or says who holds it.
+fn lock_for_writing(path: &Path) -> Result<File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push("-writer.lock");
+    let file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|err| StoreError::Locked(format!("cannot open {}: {err}", Path::new(&lock_path).display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked(format!("{} is open in another process", path.display()))),
+        Err(TryLockError::Error(err)) => Err(StoreError::Locked(format!("cannot lock {}: {err}", Path::new(&lock_path).display()))),
+    }
+}
+
+fn open_connection(path: &Path, durability: Durability) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
+    // 64 MiB of page cache: the hot ends of the indexes stay in memory.
+    conn.pragma_update(None, "cache_size", -65_536)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    pub fn open(path: impl AsRef<Path>, rules: Rules) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, SqliteOptions::new(rules))
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
+        let path = path.as_ref().to_path_buf();
+        let writer_lock = lock_for_writing(&path)?;
+        let mut conn = open_connection(&path, options.durability)?;
+        schema::migrate(&mut conn)?;
+        let rules = Arc::new(options.rules.clone());
+        let decision_ns = options.record_decision_times.then(DecisionTimes::default);
+        let writer = Writer::new(conn, rules, decision_ns.clone())?;
+        let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
+        let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
+        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, _writer_lock: writer_lock };
+        Ok(SqliteStore { shared: Arc::new(shared) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.shared.rules
+    }
+
+    /// Admission decision times recorded so far, in nanoseconds, emptied by the call (only with
+    /// `record_decision_times`).
+    pub fn take_decision_times_ns(&self) -> Vec<u32> {
+        self.shared.decision_ns.as_ref().map(|times| std::mem::take(&mut *times.lock().expect("decision times lock"))).unwrap_or_default()
+    }
+
+    fn call(&self, op: Op) -> Result<Reply> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let requests = self.shared.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.send(Request { op, reply }).map_err(|_| StoreError::Closed)?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on an idle read connection (opening one if none is idle).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let idle = self.shared.readers.lock().expect("reader pool lock").pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_connection(&self.shared.path, Durability::Full)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.shared.readers.lock().expect("reader pool lock");
+        if idle.len() < READERS_IDLE_MAX {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn unexpected(reply: Reply) -> StoreError {
+    let name = match reply {
+        Reply::TeamCreated => "team created",
+        Reply::Admission(_) => "admission",
+        Reply::Charges(_) => "charges",
+        Reply::Done => "done",
+        Reply::Invoiced(_) => "invoiced",
+    };
+    StoreError::Corrupt(format!("the writer answered `{name}` to another request"))
+}
+
+impl LedgerStore for SqliteStore {
+    fn create_team(&self, new: NewTeam) -> Result<TeamInfo> {
+        check_instant("at", new.at)?;
+        let name = new.name.clone();
+        match self.call(Op::CreateTeam(new))? {
+            Reply::TeamCreated => self.team(&name),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn team(&self, team: &TeamName) -> Result<TeamInfo> {
+        self.read(|conn| read::team(conn, team))
+    }
+
+    fn teams(&self) -> Result<Vec<TeamInfo>> {
+        self.read(read::teams)
+    }
+
+    fn start_run(&self, team: &TeamName, start: StartRun) -> Result<Admission> {
+        check_instant("at", start.at)?;
+        match self.call(Op::Start(team.clone(), start))? {
+            Reply::Admission(admission) => Ok(admission),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn charge(&self, team: &TeamName, events: Vec<UsageEvent>) -> Result<Vec<ChargeOutcome>> {
+        if events.is_empty() {
+            return Err(StoreError::invalid("events", "the batch is empty"));
+        }
+        if events.len() > BATCH_EVENTS_MAX {
+            return Err(StoreError::invalid("events", format!("{} events in one batch is more than the limit of {BATCH_EVENTS_MAX}", events.len())));
+        }
+        for (index, event) in events.iter().enumerate() {
+            event.check().map_err(|source| StoreError::Event { index, source: Box::new(source) })?;
+        }
+        match self.call(Op::Charge(team.clone(), events))? {
+            Reply::Charges(outcomes) => Ok(outcomes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn end_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()> {
+        self.finish(team, run, at, RunEnd::Complete)
+    }
+
+    fn cancel_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()> {
+        self.finish(team, run, at, RunEnd::Cancel)
+    }
+
+    fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<()> {
+        check_instant("at", at)?;
+        if let BillingChange::Purchase { expires_at: Some(expires_at), .. } = &change {
+            check_instant("expires_at", *expires_at)?;
+        }
+        self.expect_done(self.call(Op::Billing(team.clone(), actor.clone(), at, change))?)
+    }
+
+    fn close_periods(&self, at: Timestamp) -> Result<usize> {
+        check_instant("at", at)?;
+        match self.call(Op::CloseAll(at))? {
+            Reply::Invoiced(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn run(&self, team: &TeamName, run: &RunId) -> Result<Option<RunInfo>> {
+        self.read(|conn| read::run(conn, team, run))
+    }
+
+    fn periods(&self, team: &TeamName) -> Result<Vec<PeriodUsage>> {
+        self.read(|conn| read::periods(conn, team))
+    }
+
+    fn usage(&self, team: &TeamName, month: Option<&str>) -> Result<UsageReport> {
+        self.read(|conn| read::usage(conn, team, month))
+    }
+
+    fn invoices(&self, team: &TeamName) -> Result<Vec<Invoice>> {
+        self.read(|conn| read::invoices(conn, team))
+    }
+
+    fn audit_log(&self, team: &TeamName) -> Result<Vec<AuditEntry>> {
+        self.read(|conn| read::audit_log(conn, team))
+    }
+
+    fn verify(&self) -> Result<VerifyReport> {
+        self.read(verify::verify)
+    }
+}
+
+impl SqliteStore {
+    fn finish(&self, team: &TeamName, run: &RunId, at: Timestamp, end: RunEnd) -> Result<()> {
+        check_instant("at", at)?;
+        self.expect_done(self.call(Op::End(team.clone(), run.clone(), at, end))?)
+    }
+
+    fn expect_done(&self, reply: Reply) -> Result<()> {
+        match reply {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+}

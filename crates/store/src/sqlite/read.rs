@@ -1,0 +1,160 @@
+//! Queries on committed data: teams, runs, usage (from the balances and rollups, never a scan
+//! of executions), invoices and the audit log.
+
+use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, RunId};
+use jiff::civil::Date;
+use jiff::tz::Offset;
+use rusqlite::{Connection, params};
+
+use super::team::{TEAM_COLUMNS, TeamRow, find_run, find_team, load_period, team_row};
+use crate::codec::{context_from, instant, kind_from, status_from, to_u64, trigger_from};
+use crate::error::{Result, StoreError};
+use crate::model::{AuditEntry, Invoice, RunInfo, TeamInfo, TeamName, UsageLine, UsageReport};
+
+/// Runs `f` in one read transaction, so that every query sees the same commit.
+pub(super) fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("BEGIN DEFERRED")?;
+    let result = f(conn);
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+fn info(row: TeamRow) -> Result<TeamInfo> {
+    let name = TeamName::new(row.name).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    Ok(TeamInfo { name, settings: row.settings, created_at: instant(row.created_ms)?, clock: row.clock_ms.map(instant).transpose()? })
+}
+
+pub(super) fn team(conn: &Connection, team: &TeamName) -> Result<TeamInfo> {
+    info(find_team(conn, team)?)
+}
+
+pub(super) fn teams(conn: &Connection) -> Result<Vec<TeamInfo>> {
+    let mut statement = conn.prepare_cached(&format!("SELECT {TEAM_COLUMNS} FROM teams ORDER BY name"))?;
+    let rows = statement.query_map([], team_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter().map(|row| info(row?)).collect()
+}
+
+pub(super) fn run(conn: &Connection, team: &TeamName, run: &RunId) -> Result<Option<RunInfo>> {
+    let team = find_team(conn, team)?;
+    let Some(stored) = find_run(conn, team.id, run)? else { return Ok(None) };
+    Ok(Some(RunInfo { status: status_from(stored.status)?, credits: Credits(to_u64(stored.credits)?), context: context_from(stored.trigger, stored.location)? }))
+}
+
+pub(super) fn periods(conn: &Connection, team: &TeamName) -> Result<Vec<PeriodUsage>> {
+    snapshot(conn, |conn| {
+        let team = find_team(conn, team)?;
+        let mut statement = conn.prepare_cached("SELECT start_ms, end_ms FROM periods WHERE team_id = ?1 ORDER BY start_ms")?;
+        let bounds = statement.query_map([team.id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut periods = Vec::with_capacity(bounds.len());
+        for (start, end) in bounds {
+            let period = Period { start: instant(start)?, end: instant(end)? };
+            periods.extend(load_period(conn, team.id, period)?);
+        }
+        Ok(periods)
+    })
+}
+
+/// The period named `YYYY-MM` (the one starting on the team's anchor day of that month), or the
+/// one the team's clock is in.
+fn chosen_period(team: &TeamRow, month: Option<&str>) -> Result<Period> {
+    let anchor = team.settings.anchor_day;
+    let Some(month) = month else {
+        let at = instant(team.clock_ms.unwrap_or(team.created_ms))?;
+        return Ok(Period::containing(anchor, at));
+    };
+    let bad = || StoreError::BadPeriod { period: month.to_owned() };
+    let (year, month_number) = month.split_once('-').ok_or_else(bad)?;
+    if year.len() != 4 || month_number.len() != 2 {
+        return Err(bad());
+    }
+    let (year, month_number): (i16, i8) = (year.parse().map_err(|_| bad())?, month_number.parse().map_err(|_| bad())?);
+    let date = Date::new(year, month_number, anchor.get() as i8).map_err(|_| bad())?;
+    let start = Offset::UTC.to_timestamp(date.to_datetime(jiff::civil::Time::midnight())).map_err(|_| bad())?;
+    Ok(Period::containing(anchor, start))
+}
+
+pub(super) fn usage(conn: &Connection, team: &TeamName, month: Option<&str>) -> Result<UsageReport> {
+    snapshot(conn, |conn| {
+        let row = find_team(conn, team)?;
+        let period = chosen_period(&row, month)?;
+        let usage = load_period(conn, row.id, period)?;
+        let included = match &usage {
+            Some(usage) => usage.included,
+            None => Credits(0),
+        };
+        let clock = row.clock_ms.unwrap_or(row.created_ms);
+        let purchased_remaining = conn
+            .prepare_cached("SELECT coalesce(sum(remaining), 0) FROM grants WHERE team_id = ?1 AND granted_ms <= ?2 AND ?2 < expires_ms")?
+            .query_row(params![row.id, clock], |row| row.get::<_, i64>(0))?;
+        let mut report = UsageReport {
+            team: team.clone(),
+            period,
+            included,
+            included_used: Credits::ZERO,
+            purchased_used: Credits::ZERO,
+            payg_credits: Credits::ZERO,
+            unbilled_credits: Credits::ZERO,
+            purchased_remaining: Credits(to_u64(purchased_remaining)?),
+            breakdown: breakdown(conn, row.id, period)?,
+        };
+        if let Some(usage) = usage {
+            (report.included_used, report.purchased_used, report.payg_credits, report.unbilled_credits) = (usage.included_used, usage.purchased_used, usage.payg_credits, usage.unbilled_credits);
+        }
+        Ok(report)
+    })
+}
+
+fn breakdown(conn: &Connection, team_id: i64, period: Period) -> Result<Vec<UsageLine>> {
+    let sql = "SELECT kind, trigger, executions, credits FROM usage_rollups WHERE team_id = ?1 AND period_start_ms = ?2 ORDER BY credits DESC, executions DESC, kind, trigger";
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(params![team_id, period.start.as_millisecond()], |row| Ok([row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?, row.get(3)?]))?;
+    let mut lines = Vec::new();
+    for row in rows {
+        let [kind, trigger, executions, credits] = row?;
+        lines.push(UsageLine { kind: kind_from(kind)?, trigger: trigger_from(trigger)?, executions: to_u64(executions)?, credits: Credits(to_u64(credits)?) });
+    }
+    Ok(lines)
+}
+
+pub(super) fn invoices(conn: &Connection, team: &TeamName) -> Result<Vec<Invoice>> {
+    let team = find_team(conn, team)?;
+    let sql = "SELECT period_start_ms, period_end_ms, included, included_used, included_expired, purchased_used, payg_credits, unbilled_credits, amount_due_micro_usd, issued_ms \
+        FROM invoices WHERE team_id = ?1 ORDER BY period_start_ms";
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map([team.id], |row| {
+        let mut values = [0i64; 10];
+        for (index, value) in values.iter_mut().enumerate() {
+            *value = row.get(index)?;
+        }
+        Ok(values)
+    })?;
+    let mut invoices = Vec::new();
+    for row in rows {
+        let [start, end, included, included_used, expired, purchased_used, payg, unbilled, due, issued] = row?;
+        let credits = |value: i64| to_u64(value).map(Credits);
+        invoices.push(Invoice {
+            period: Period { start: instant(start)?, end: instant(end)? },
+            included: credits(included)?,
+            included_used: credits(included_used)?,
+            included_expired: credits(expired)?,
+            purchased_used: credits(purchased_used)?,
+            payg_credits: credits(payg)?,
+            unbilled_credits: credits(unbilled)?,
+            amount_due: MicroUsd(to_u64(due)?),
+            issued_at: instant(issued)?,
+        });
+    }
+    Ok(invoices)
+}
+
+pub(super) fn audit_log(conn: &Connection, team: &TeamName) -> Result<Vec<AuditEntry>> {
+    let team = find_team(conn, team)?;
+    let mut statement = conn.prepare_cached("SELECT at_ms, actor, action, detail FROM audit_log WHERE team_id = ?1 ORDER BY id")?;
+    let rows = statement.query_map([team.id], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (at, actor, action, detail) = row?;
+        entries.push(AuditEntry { at: instant(at)?, actor, action, detail });
+    }
+    Ok(entries)
+}

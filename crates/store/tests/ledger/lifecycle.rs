@@ -1,0 +1,186 @@
+//! Runs, charges, pausing and resuming, period close and invoices, the audit log, and state that
+//! survives reopening the file.
+
+use flowcredits_core::{BlockKind, CloudRun, Command, Credits, ExecutionId, MicroUsd, PlanId, RunContext, RunStatus, Rules, TeamLedger, TeamSettings, Trigger};
+use flowcredits_store::{BillingChange, LedgerStore, StoreError};
+
+use crate::support::*;
+
+#[test]
+fn a_run_is_admitted_charged_and_ended() {
+    let dir = TempDir::new("lifecycle");
+    let store = open(&dir.db());
+    create(&store, "acme", PlanId::Team);
+    let admission = store.start_run(&team("acme"), start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    assert_eq!((admission.status, admission.replayed), (RunStatus::Running, false));
+    let events = (0..3).map(|n| integration(&format!("e{n}"), "r1", "2026-03-02T10:00:01Z")).collect();
+    let outcomes = store.charge(&team("acme"), events).unwrap();
+    assert_eq!(outcomes.iter().map(|outcome| outcome.credits).sum::<Credits>(), Credits(6));
+    store.end_run(&team("acme"), &run("r1"), ts("2026-03-02T10:00:02Z")).unwrap();
+
+    let info = store.run(&team("acme"), &run("r1")).unwrap().unwrap();
+    assert_eq!((info.status, info.credits), (RunStatus::Completed, Credits(6)));
+    let usage = store.usage(&team("acme"), None).unwrap();
+    assert_eq!((usage.included, usage.used(), usage.remaining()), (Credits(100), Credits(6), Credits(94)));
+    assert_eq!(usage.period.start, ts("2026-03-01T00:00:00Z"));
+    let line = &usage.breakdown[0];
+    assert_eq!((line.kind, line.trigger, line.executions, line.credits), (BlockKind::Integration, Trigger::Api, 3, Credits(6)));
+    assert_eq!(store.usage(&team("acme"), Some("2026-03")).unwrap(), usage);
+    assert_eq!(store.usage(&team("acme"), Some("2026-04")).unwrap().used(), Credits(0));
+    assert_verified(&store);
+}
+
+/// The same commands, sent to a store that is closed and reopened between every two of them,
+/// leave the same ledger as the core state machine kept in memory.
+#[test]
+fn reopened_store_decides_like_the_in_memory_ledger() {
+    let rules = Rules::shipped();
+    let dir = TempDir::new("reopen");
+    let context = RunContext::manual(CloudRun::On);
+    let charge = |id: &str, n: u32| Command::ChargeBlock { run: run(id), execution: ExecutionId::new(format!("{id}-{n}")).unwrap(), usage: flowcredits_core::BlockUsage::of_kind(BlockKind::EvaluateWithPackages) };
+    let mut script: Vec<(&str, Command)> = vec![("2026-03-02T10:00:00Z", Command::StartRun { run: run("a"), context, needs_credits: true })];
+    script.extend((0..26).map(|n| ("2026-03-02T10:00:01Z", charge("a", n))));
+    script.extend([
+        ("2026-03-02T11:00:00Z", Command::StartRun { run: run("b"), context, needs_credits: true }),
+        ("2026-03-02T11:00:00Z", Command::StartRun { run: run("c"), context, needs_credits: false }),
+        ("2026-03-03T09:00:00Z", Command::SetPaygCap { cap: Some(MicroUsd(3_000)) }),
+        ("2026-03-03T09:00:01Z", Command::SetPayg { enabled: true }),
+        ("2026-03-03T09:00:02Z", charge("b", 0)),
+        ("2026-03-03T09:00:03Z", charge("b", 1)),
+        ("2026-03-03T09:00:04Z", Command::EndRun { run: run("a") }),
+        ("2026-03-03T09:00:05Z", Command::StartRun { run: run("d"), context, needs_credits: true }),
+        ("2026-04-01T00:00:00Z", charge("b", 2)),
+        ("2026-04-02T00:00:00Z", Command::CancelRun { run: run("d") }),
+    ]);
+    let mut memory = TeamLedger::new(TeamSettings::new(PlanId::Solo));
+    {
+        let store = open(&dir.db());
+        create(&store, "t", PlanId::Solo);
+    }
+    for (at, command) in script {
+        let at = ts(at);
+        let expected = memory.advance_to(&rules, at).and_then(|_| memory.apply(&rules, at, command.clone()));
+        let store = open(&dir.db());
+        let got = send(&store, at, command);
+        assert_eq!(got.is_ok(), expected.is_ok(), "{got:?} vs {expected:?}");
+    }
+    let store = open(&dir.db());
+    assert_eq!(store.periods(&team("t")).unwrap(), memory.periods().cloned().collect::<Vec<_>>());
+    for (id, record) in memory.runs() {
+        let info = store.run(&team("t"), id).unwrap().unwrap();
+        assert_eq!((info.status, info.credits), (record.status, record.credits), "run {id}");
+    }
+    assert_verified(&store);
+}
+
+fn send(store: &flowcredits_store::SqliteStore, at: flowcredits_core::Timestamp, command: Command) -> Result<(), StoreError> {
+    let t = team("t");
+    match command {
+        Command::StartRun { run, context, needs_credits } => store.start_run(&t, flowcredits_store::StartRun { run, context, needs_credits, at }).map(drop),
+        Command::ChargeBlock { run, execution, usage } => store.charge(&t, vec![flowcredits_store::UsageEvent { execution, run, usage, at }]).map(drop),
+        Command::EndRun { run } => store.end_run(&t, &run, at),
+        Command::CancelRun { run } => store.cancel_run(&t, &run, at),
+        Command::SetPayg { enabled } => store.change_billing(&t, &actor(), at, BillingChange::SetPayg { enabled }),
+        Command::SetPaygCap { cap } => store.change_billing(&t, &actor(), at, BillingChange::SetPaygCap { cap }),
+        other => panic!("not used here: {other:?}"),
+    }
+}
+
+#[test]
+fn period_close_issues_an_invoice_and_resumes_paused_runs() {
+    let dir = TempDir::new("invoice");
+    let store = open(&dir.db());
+    create(&store, "acme", PlanId::Team);
+    let acme = team("acme");
+    store.start_run(&acme, start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    store.charge(&acme, (0..50).map(|n| integration(&format!("e{n}"), "r1", "2026-03-02T10:00:01Z")).collect()).unwrap();
+    store.change_billing(&acme, &actor(), ts("2026-03-03T00:00:00Z"), BillingChange::SetPayg { enabled: true }).unwrap();
+    store.charge(&acme, (50..551).map(|n| integration(&format!("e{n}"), "r1", "2026-03-03T00:00:01Z")).collect()).unwrap();
+    store.change_billing(&acme, &actor(), ts("2026-03-04T00:00:00Z"), BillingChange::SetPayg { enabled: false }).unwrap();
+    assert_eq!(store.start_run(&acme, start("r2", "2026-03-05T00:00:00Z")).unwrap().status, RunStatus::Paused);
+    assert!(store.invoices(&acme).unwrap().is_empty(), "no period has ended yet");
+
+    assert_eq!(store.close_periods(ts("2026-04-01T00:00:00Z")).unwrap(), 1);
+    let invoices = store.invoices(&acme).unwrap();
+    let invoice = &invoices[0];
+    assert_eq!((invoice.period.start, invoice.period.end), (ts("2026-03-01T00:00:00Z"), ts("2026-04-01T00:00:00Z")));
+    assert_eq!((invoice.included_used, invoice.included_expired, invoice.payg_credits), (Credits(100), Credits(0), Credits(1_002)));
+    assert_eq!(invoice.amount_due.to_string(), "1.002");
+    assert_eq!(store.run(&acme, &run("r2")).unwrap().unwrap().status, RunStatus::Running, "the new period's credits resume r2");
+    assert_eq!(store.close_periods(ts("2026-04-02T00:00:00Z")).unwrap(), 0, "each period is invoiced once");
+    assert_verified(&store);
+}
+
+#[test]
+fn the_audit_log_records_billing_changes_and_cannot_be_rewritten() {
+    let dir = TempDir::new("audit");
+    let store = open(&dir.db());
+    create(&store, "big", PlanId::Enterprise);
+    let big = team("big");
+    store.change_billing(&big, &actor(), ts("2026-03-02T00:00:00Z"), BillingChange::SetPayg { enabled: true }).unwrap();
+    store.change_billing(&big, &actor(), ts("2026-03-02T00:00:01Z"), BillingChange::Purchase { credits: Credits(1_000), expires_at: None }).unwrap();
+    store.change_billing(&big, &actor(), ts("2026-03-02T00:00:02Z"), BillingChange::ChangePlan { plan: PlanId::Free }).unwrap();
+    let log = store.audit_log(&big).unwrap();
+    let actions: Vec<&str> = log.iter().map(|entry| entry.action.as_str()).collect();
+    assert_eq!(actions, ["team_created", "payg_enabled", "credits_purchased", "plan_changed", "payg_disabled"]);
+    assert!(log.iter().all(|entry| entry.actor == "ana@example.com"));
+    assert_eq!(log[3].detail, "enterprise to free");
+
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let err = conn.execute("UPDATE audit_log SET actor = 'mallory'", []).unwrap_err().to_string();
+    assert!(err.contains("append-only"), "{err}");
+    let err = conn.execute("DELETE FROM audit_log", []).unwrap_err().to_string();
+    assert!(err.contains("append-only"), "{err}");
+}
+
+#[test]
+fn purchased_credits_are_drawn_and_balanced() {
+    let dir = TempDir::new("grants");
+    let store = open(&dir.db());
+    create(&store, "big", PlanId::Enterprise);
+    let big = team("big");
+    store.start_run(&big, start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    store.change_billing(&big, &actor(), ts("2026-03-02T10:00:00Z"), BillingChange::Purchase { credits: Credits(10), expires_at: None }).unwrap();
+    store.charge(&big, (0..253).map(|n| integration(&format!("e{n}"), "r1", "2026-03-02T10:00:01Z")).collect()).unwrap();
+    let usage = store.usage(&big, None).unwrap();
+    assert_eq!((usage.included_used, usage.purchased_used, usage.unbilled_credits, usage.purchased_remaining), (Credits(500), Credits(6), Credits(0), Credits(4)));
+    assert_eq!(count(&dir.db(), "SELECT count(*) FROM grant_draws"), 3);
+    assert_verified(&store);
+}
+
+#[test]
+fn verify_reports_a_balance_that_disagrees_with_the_entries() {
+    let dir = TempDir::new("tamper");
+    let store = open(&dir.db());
+    create(&store, "acme", PlanId::Team);
+    store.start_run(&team("acme"), start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    store.charge(&team("acme"), vec![integration("e1", "r1", "2026-03-02T10:00:01Z")]).unwrap();
+    assert_verified(&store);
+    rusqlite::Connection::open(dir.db()).unwrap().execute("UPDATE periods SET included_used = included_used + 1", []).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(report.mismatches.len(), 1, "{:#?}", report.mismatches);
+    assert!(report.mismatches[0].starts_with("period"), "{}", report.mismatches[0]);
+}
+
+#[test]
+fn crossed_alerts_are_kept_once_per_period() {
+    // A charge that crosses 75% and 100% of the included credits fires both alerts once.
+    let dir = TempDir::new("alerts");
+    let store = open(&dir.db());
+    create(&store, "acme", PlanId::Free);
+    store.start_run(&team("acme"), start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    store.charge(&team("acme"), (0..13).map(|n| integration(&format!("e{n}"), "r1", "2026-03-02T10:00:01Z")).collect()).unwrap();
+    assert_eq!(count(&dir.db(), "SELECT count(*) FROM alerts"), 2);
+    let periods = store.periods(&team("acme")).unwrap();
+    assert_eq!(periods[0].alerts_fired().count(), 2);
+}
+
+#[test]
+fn one_writer_per_database_file() {
+    let dir = TempDir::new("lock");
+    let store = open(&dir.db());
+    let err = flowcredits_store::SqliteStore::open(dir.db(), Rules::shipped()).err().expect("a second writer is refused");
+    assert!(err.to_string().contains("open in another process"), "{err}");
+    drop(store);
+    open(&dir.db());
+}
