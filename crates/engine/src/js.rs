@@ -44,6 +44,9 @@ pub struct Script {
     /// The packages it imports, as indexes into [`PACKAGES`].
     pub packages: Vec<usize>,
     pub timeout_ms: u64,
+    /// `evaluate_with_packages`: `require` reaches the vetted set. Plain `evaluate` has no
+    /// `require` at all.
+    pub with_packages: bool,
     /// The user's code with types stripped and imports turned into `require` calls.
     body: String,
 }
@@ -60,7 +63,7 @@ impl Script {
             }
         };
         let timeout_ms = cfg.integer("timeout_ms", 1, EVALUATE_TIME_MS_MAX, "milliseconds").unwrap_or(EVALUATE_TIME_MS_DEFAULT);
-        let mut script = Script { language, packages: Vec::new(), timeout_ms, body: String::new() };
+        let mut script = Script { language, packages: Vec::new(), timeout_ms, with_packages, body: String::new() };
         if code.len() > EVALUATE_SOURCE_BYTES_MAX {
             cfg.problem("code", format!("{} bytes is more than the limit of {EVALUATE_SOURCE_BYTES_MAX}", code.len()));
             return script;
@@ -121,7 +124,11 @@ impl Script {
             // Each package is a UMD bundle: given a CommonJS `module`, it assigns its exports.
             source.push_str(&format!("__modules[{name:?}] = (function(){{ var module = {{ exports: {{}} }}; var exports = module.exports; (function(){{\n{code}\n}}).call(globalThis); return module.exports; }})();\n"));
         }
-        source.push_str("function require(name) { if (Object.prototype.hasOwnProperty.call(__modules, name)) return __modules[name]; throw new Error(\"package `\" + name + \"` is not available\"); }\n");
+        if self.with_packages {
+            source.push_str("function require(name) { if (Object.prototype.hasOwnProperty.call(__modules, name)) return __modules[name]; throw new Error(\"package `\" + name + \"` is not available\"); }\n");
+        } else {
+            source.push_str("var require = undefined;\n");
+        }
         source.push_str("var __result = (function(input, require) {\n");
         source.push_str(&self.body);
         source.push_str("\n})(JSON.parse(__flowcredits_input), require);\nreturn JSON.stringify(__result === undefined ? null : __result);\n})()");

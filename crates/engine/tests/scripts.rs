@@ -1,0 +1,99 @@
+//! evaluate and evaluate_with_packages: results, the sandbox, and the limits.
+
+mod common;
+
+use common::*;
+use flowcredits_engine::{EngineError, RunOutcome, RunReport};
+use serde_json::{Value, json};
+
+/// Runs `start -> script -> display` with the script block given as YAML flow-style config.
+async fn script(kind: &str, config: &str, input: Value) -> RunReport {
+    let yaml = format!(
+        "name: script\nblocks:\n  - {{ id: start, kind: start }}\n  - {{ id: js, kind: {kind}, config: {config} }}\n  - {{ id: show, kind: display }}\nedges:\n  - {{ from: start.input, to: js.input }}\n  - {{ from: js.result, to: show.value }}\n"
+    );
+    run(&yaml, cloud(), input).await
+}
+
+fn result(report: &RunReport) -> Value {
+    assert_eq!(report.outcome, RunOutcome::Completed, "{:?}", report.outcome);
+    report.outputs[0].value.clone()
+}
+
+fn error(report: &RunReport) -> String {
+    match &report.outcome {
+        RunOutcome::Failed { error } => error.clone(),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn javascript_reads_input_and_returns_json() {
+    let report = script("evaluate", r#"{ code: "return { sum: input.a + input.b, list: [1, 2].map(x => x * 2) };" }"#, json!({"a": 2, "b": 3})).await;
+    assert_eq!(result(&report), json!({"sum": 5, "list": [2, 4]}));
+    // evaluate costs 1 credit in the cloud.
+    assert_eq!(receipt(&report).iter().find(|(id, _)| id == "js").unwrap().1, 1);
+}
+
+#[tokio::test]
+async fn typescript_runs_with_its_types_stripped() {
+    let code = r#""interface Row { n: number }\nconst rows: Row[] = input;\nconst total: number = rows.reduce((sum: number, row: Row) => sum + row.n, 0);\nreturn total as number;""#;
+    let report = script("evaluate", &format!("{{ language: typescript, code: {code} }}"), json!([{"n": 1}, {"n": 41}])).await;
+    assert_eq!(result(&report), json!(42));
+}
+
+#[tokio::test]
+async fn a_runaway_script_is_stopped_at_its_time_limit_and_still_charged() {
+    let report = script("evaluate", r#"{ code: "while (true) {}", timeout_ms: 50 }"#, json!(null)).await;
+    let error = error(&report);
+    assert!(error.contains("`js`") && error.contains("50 ms"), "{error}");
+    let js = report.executions.iter().find(|execution| execution.block() == "js").unwrap();
+    assert!(!js.ok);
+    assert_eq!(js.credits.0, 1);
+}
+
+#[tokio::test]
+async fn a_script_that_allocates_without_bound_hits_the_memory_limit() {
+    let report = script("evaluate", r#"{ code: "const a = []; while (true) { a.push('x'.repeat(1 << 16)); }", timeout_ms: 10000 }"#, json!(null)).await;
+    let error = error(&report);
+    assert!(error.contains("memory"), "{error}");
+}
+
+#[tokio::test]
+async fn thrown_errors_name_the_block() {
+    let error = error(&script("evaluate", r#"{ code: "throw new Error('bad row')" }"#, json!(null)).await);
+    assert!(error.contains("`js`") && error.contains("bad row"), "{error}");
+}
+
+#[tokio::test]
+async fn the_sandbox_has_no_modules_files_or_network() {
+    for code in ["return typeof require", "return typeof fetch", "return typeof std", "return typeof os", "return typeof XMLHttpRequest"] {
+        let report = script("evaluate", &format!("{{ code: {code:?} }}"), json!(null)).await;
+        assert_eq!(result(&report), json!("undefined"), "{code}");
+    }
+}
+
+#[tokio::test]
+async fn packages_come_from_the_vetted_set() {
+    let code = r#""import _ from 'lodash';\nconst dayjs = require('dayjs');\nreturn { chunks: _.chunk(input, 2), day: dayjs('2026-03-02T10:00:00Z').add(1, 'day').toISOString().slice(0, 10) };""#;
+    let report = script("evaluate_with_packages", &format!("{{ code: {code} }}"), json!([1, 2, 3])).await;
+    assert_eq!(result(&report), json!({"chunks": [[1, 2], [3]], "day": "2026-03-03"}));
+    // evaluate_with_packages costs 2 credits in the cloud.
+    assert_eq!(receipt(&report).iter().find(|(id, _)| id == "js").unwrap().1, 2);
+}
+
+#[test]
+fn imports_are_checked_when_the_flow_loads() {
+    let load = |kind: &str, code: &str| {
+        let yaml = format!("name: s\nblocks:\n  - {{ id: js, kind: {kind}, config: {{ code: {code:?} }} }}\n");
+        match flowcredits_engine::Flow::load(&yaml, flowcredits_engine::Syntax::Yaml) {
+            Err(EngineError::Invalid { problems, .. }) => problems.to_string(),
+            Err(other) => panic!("{other}"),
+            Ok(_) => String::new(),
+        }
+    };
+    let plain = load("evaluate", "const _ = require('lodash'); return 1");
+    assert!(plain.contains("block `js`, config.code") && plain.contains("evaluate_with_packages"), "{plain}");
+    let unknown = load("evaluate_with_packages", "import x from 'left-pad'\nreturn 1");
+    assert!(unknown.contains("left-pad") && unknown.contains("lodash, dayjs"), "{unknown}");
+    assert_eq!(load("evaluate_with_packages", "import * as _ from 'lodash'\nreturn 1"), "");
+}
