@@ -161,14 +161,14 @@ impl Builder {
         };
         self.edges(&file, &mut flow);
         self.required_inputs(&flow);
-        if self.problems.is_empty() {
-            self.cycles(&flow);
-        }
-        if self.problems.is_empty() {
+        // Loop bodies are worked out on any graph without cycles, so their problems are
+        // reported beside config and edge problems; edge routing needs consistent bodies.
+        if self.cycles(&flow) {
+            let before = self.problems.len();
             self.scopes(&mut flow);
-        }
-        if self.problems.is_empty() {
-            self.routes(&mut flow);
+            if self.problems.len() == before {
+                self.routes(&mut flow);
+            }
         }
         if self.problems.is_empty() { Ok(flow) } else { Err(self.problems) }
     }
@@ -265,7 +265,7 @@ impl Builder {
     }
 
     /// Every edge except those into a loop's `stop` port must go forward.
-    fn cycles(&mut self, flow: &Flow) {
+    fn cycles(&mut self, flow: &Flow) -> bool {
         let count = flow.blocks.len();
         let mut indegree = vec![0usize; count];
         let mut next: Vec<Vec<BlockIx>> = vec![Vec::new(); count];
@@ -296,6 +296,7 @@ impl Builder {
             let message = format!("is part of a cycle among {}; only an edge into a loop's `stop` port may point back", stuck.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", "));
             self.problems.push(Problem::block(stuck[0], "edges", message));
         }
+        done == count
     }
 
     /// Works out loop bodies and gives every block its scope.
@@ -351,9 +352,6 @@ impl Builder {
                 self.problems.push(Problem::block(&flow.blocks[b].id, "inputs.item", format!("is reached from loop `{}` both directly and through a nested loop; give each level its own collect", flow.blocks[l].id)));
             }
             bodies.insert(l, depth_of.into_keys().collect());
-        }
-        if !self.problems.is_empty() {
-            return;
         }
         // Scopes: the root, then one per loop. A block's scope is the smallest body holding it.
         flow.scopes.push(Scope { owner: None, members: Vec::new(), inherited: Vec::new(), collects: Vec::new(), slots: 0 });

@@ -29,6 +29,9 @@ impl Path {
         }
         for part in text.split('.') {
             let (key, mut rest) = part.split_once('[').map_or((part, ""), |(key, rest)| (key, rest));
+            if part.contains('[') && rest.is_empty() {
+                return Err(format!("`{text}` has an unclosed `[`"));
+            }
             if !key.is_empty() {
                 segments.push(match key.parse::<usize>() {
                     Ok(index) => Segment::Index(index),

@@ -1,0 +1,114 @@
+//! Loading flow files: every problem is reported at once, with its block and field.
+
+use flowcredits_engine::{EngineError, Flow, Syntax};
+
+/// Loads `text` and returns its problems, one string each (empty when the flow is valid).
+fn problems(text: &str, syntax: Syntax) -> Vec<String> {
+    match Flow::load(text, syntax) {
+        Ok(_) => Vec::new(),
+        Err(EngineError::Invalid { problems, .. }) => problems.0.iter().map(ToString::to_string).collect(),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+fn check(yaml: &str, expect: &[&str]) {
+    let found = problems(yaml, Syntax::Yaml);
+    assert_eq!(found.len(), expect.len(), "expected {expect:#?}\nfound {found:#?}");
+    for (found, expect) in found.iter().zip(expect) {
+        assert!(found.contains(expect), "`{found}` should contain `{expect}`\nall: {:#?}", problems(yaml, Syntax::Yaml));
+    }
+}
+
+#[test]
+fn every_problem_is_reported_with_block_and_field() {
+    check(r#"
+name: broken
+blocks:
+  - { id: start, kind: start }
+  - { id: fetch, kind: http_request, config: { method: FETCH, timeout_ms: 999999 } }
+  - { id: magic, kind: teleport }
+  - { id: pick, kind: select, config: { path: "a[", colour: red } }
+  - { id: n, kind: number, config: { value: "seven" } }
+  - { id: each, kind: for }
+  - { id: show, kind: display }
+edges:
+  - { from: start.input, to: fetch.nope }
+  - { from: n.value, to: each.list }
+  - { from: ghost.value, to: show.value }
+  - { from: show.value, to: pick.value }
+"#, &[
+        "block `fetch`, config.method: `FETCH` is not one of GET",
+        "block `fetch`, config.url: missing",
+        "block `fetch`, config.timeout_ms: must be a whole number of milliseconds from 1 to 60000",
+        "block `magic`, kind: unknown block kind `teleport`",
+        "block `pick`, config.path: `a[` has an unclosed `[`",
+        "block `pick`, config.colour: unknown field (expected path, default)",
+        "block `n`, config.value: expected a number, found \"seven\"",
+        "block `fetch`, edges[0].to: `nope` is not an input port of this http_request block; inputs: input, body",
+        "block `each`, edges[1].to: `list` takes a list, but `n.value` gives a number",
+        "edges[2].from: no block has the id `ghost`",
+        "block `show`, edges[3].from: `value` is not an output port of this display block (that is an input port",
+        "block `pick`, inputs.value: required input has no edge",
+        "block `show`, inputs.value: required input has no edge",
+    ]);
+}
+
+#[test]
+fn a_cycle_is_refused_unless_it_goes_into_a_loops_stop_port() {
+    check(r#"
+name: cycle
+blocks:
+  - { id: a, kind: or }
+  - { id: b, kind: select, config: { path: x } }
+edges:
+  - { from: a.value, to: b.value }
+  - { from: b.value, to: a.value }
+"#, &["block `a`, edges: is part of a cycle among `a`, `b`"]);
+    check(r#"
+name: stop-from-outside
+blocks:
+  - { id: start, kind: start }
+  - { id: loop, kind: repeat, config: { times: 2 } }
+  - { id: log, kind: log }
+edges:
+  - { from: start.input, to: loop.stop }
+  - { from: loop.index, to: log.value }
+"#, &["block `loop`, inputs.stop: the edge from `start` comes from outside this loop's body"]);
+}
+
+#[test]
+fn loops_need_their_collects_and_inputs() {
+    check(r#"
+name: loops
+blocks:
+  - { id: start, kind: start }
+  - { id: gather, kind: collect }
+  - { id: again, kind: repeat }
+  - { id: one, kind: repeat, config: { times: 2 } }
+  - { id: both, kind: collect }
+  - { id: two, kind: repeat, config: { times: 2 } }
+  - { id: mix, kind: or }
+edges:
+  - { from: start.input, to: gather.item }
+  - { from: one.index, to: mix.value }
+  - { from: two.index, to: mix.value }
+  - { from: mix.value, to: both.item }
+"#, &[
+        "block `again`, config.times: missing; give the number of iterations or connect the `times` input",
+        "block `both`, inputs.item: is fed by both loop `one` and loop `two`",
+        "block `mix`, edges: is in the bodies of loops `one` and `two`, which are not nested",
+        "block `gather`, inputs.item: is not fed from inside a loop",
+    ]);
+}
+
+#[test]
+fn json_and_yaml_load_the_same_flow() {
+    let json = r#"{"name": "j", "blocks": [{"id": "s", "type": "string", "config": {"value": "hi"}}, {"id": "d", "kind": "display"}], "edges": [{"from": "s.value", "to": "d.value"}]}"#;
+    assert!(problems(json, Syntax::Json).is_empty());
+    assert!(problems(json, Syntax::Yaml).is_empty(), "JSON is YAML too");
+    let bad = problems(r#"{"name": "j", "blocks": [], "extra": 1}"#, Syntax::Json);
+    assert!(bad[0].starts_with("file: unknown field `extra`"), "{bad:?}");
+    let duplicate = problems("name: d\nblocks:\n  - { id: a, kind: start }\n  - { id: a, kind: start }\n  - { id: 'a.b', kind: start }\n", Syntax::Yaml);
+    assert_eq!(duplicate.len(), 2, "{duplicate:?}");
+    assert!(duplicate[0].contains("block id `a` is used twice") && duplicate[1].contains("blocks[2].id: `a.b` is not a block id"), "{duplicate:?}");
+}
