@@ -1,0 +1,217 @@
+//! Metering: admission, charges as blocks complete, runs past the limit, idempotency, AI and
+//! connector blocks, nested flows and estimates.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::*;
+use flowcredits_core::{BlockKind, BlockUsage, Credits, ExecutionId, PlanId, RunId, Rules, Timestamp, Trigger, RunContext};
+use flowcredits_engine::{AiCall, AiFailure, AiOutcome, AiProvider, BlockCharge, Engine, EngineError, MapResolver, Meter, Providers, RunOutcome};
+use futures_util::future::{BoxFuture, FutureExt};
+use serde_json::{Value, json};
+
+/// 30 `if` executions: 30 credits in the cloud, 0 locally.
+const THIRTY_IFS: &str = r#"
+name: thirty
+blocks:
+  - { id: loop, kind: repeat, config: { times: 30 } }
+  - { id: check, kind: if, config: { test: { op: ge, value: 0 } } }
+  - { id: show, kind: display }
+edges:
+  - { from: loop.index, to: check.value }
+  - { from: loop.done, to: show.value }
+"#;
+
+#[tokio::test]
+async fn a_running_run_finishes_past_the_limit_and_the_next_paid_run_is_paused() {
+    let flow = flow(THIRTY_IFS);
+    let meter = meter(PlanId::Free);
+    let engine = Engine::default();
+    let first = engine.run(&flow, request("r1", cloud(), Value::Null), &meter).await.unwrap();
+    assert_eq!(first.outcome, RunOutcome::Completed);
+    assert_eq!(first.total, Credits(30), "the run completes although Free includes 25");
+    let usage = meter.ledger().current_period().unwrap().clone();
+    assert_eq!((usage.included_used, usage.unbilled_credits), (Credits(25), Credits(5)));
+
+    let second = engine.run(&flow, request("r2", cloud(), Value::Null), &meter).await.unwrap();
+    assert_eq!(second.outcome, RunOutcome::Paused);
+    assert!(second.executions.is_empty() && second.outputs.is_empty(), "a paused run executes nothing");
+
+    let local_run = engine.run(&flow, request("r3", local(), Value::Null), &meter).await.unwrap();
+    assert_eq!(local_run.outcome, RunOutcome::Completed, "a run that needs no credits always starts");
+    assert_eq!(local_run.executions.len(), 30 + 2);
+}
+
+#[tokio::test]
+async fn charges_are_idempotent_by_execution_id() {
+    let meter = meter(PlanId::Team);
+    let run = RunId::new("r1").unwrap();
+    assert_eq!(meter.admit(&run, cloud(), &[BlockUsage::of_kind(BlockKind::HttpRequest)]).await.unwrap(), flowcredits_engine::Admission::Running);
+    let charge = BlockCharge { execution: ExecutionId::new("r1/fetch").unwrap(), usage: BlockUsage::of_kind(BlockKind::HttpRequest) };
+    assert_eq!(meter.charge(&run, &[charge.clone(), charge.clone()]).await.unwrap(), vec![Credits(1), Credits(1)]);
+    assert_eq!(meter.ledger().run(&run).unwrap().credits, Credits(1), "the same execution is counted once");
+    let conflicting = BlockCharge { usage: BlockUsage::of_kind(BlockKind::Evaluate), ..charge };
+    assert!(matches!(meter.charge(&run, &[conflicting]).await, Err(EngineError::ExecutionConflict { .. })));
+}
+
+const AGENT: &str = r#"
+name: agent
+blocks:
+  - { id: start, kind: start }
+  - { id: think, kind: ai_agent, config: { model: gpt-5, tools: [{ name: search }, { name: kb, internal: true }] } }
+  - { id: show, kind: display }
+edges:
+  - { from: start.input, to: think.prompt }
+  - { from: think.response, to: show.value }
+"#;
+
+#[tokio::test]
+async fn ai_blocks_without_a_provider_fail_clearly_and_are_charged() {
+    let report = run(AGENT, local(), json!("hi")).await;
+    let RunOutcome::Failed { error } = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert!(error.contains("`think`") && error.contains("no AI provider is configured"), "{error}");
+    // The model's price applies on any run type, local too.
+    assert_eq!(report.total, Credits(10));
+}
+
+struct FakeAgent;
+
+impl AiProvider for FakeAgent {
+    fn call<'a>(&'a self, call: AiCall<'a>) -> BoxFuture<'a, Result<AiOutcome, AiFailure>> {
+        let outcome = AiOutcome { output: json!(format!("answer to {}", call.prompt)), external_mcp_tools: vec!["search".into(), "fetch".into(), "search".into()], internal_mcp_tools: vec!["kb".into()] };
+        async move { Ok(outcome) }.boxed()
+    }
+}
+
+#[tokio::test]
+async fn ai_agent_usage_from_the_provider_sets_the_price() {
+    let engine = Engine::new(Providers::default().with_ai("fake", Arc::new(FakeAgent)), Arc::new(MapResolver::default()));
+    let report = engine.run(&flow(AGENT), request("r1", local(), json!("q")), &meter(PlanId::Team)).await.unwrap();
+    assert_eq!(report.outcome, RunOutcome::Completed);
+    assert_eq!(report.outputs[0].value, json!("answer to \"q\""));
+    // gpt-5 (10) + 2 unique external tools (2 each); internal tools are free.
+    assert_eq!(report.total, Credits(14));
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_a_problem_of_its_block() {
+    let flow = flow(&AGENT.replace("gpt-5", "gpt-99"));
+    let err = Engine::default().run(&flow, request("r1", local(), Value::Null), &meter(PlanId::Team)).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("block `think`, config.model: unknown model `gpt-99`"), "{message}");
+}
+
+#[tokio::test]
+async fn integrations_without_a_connector_fail_and_cost_two_credits_even_locally() {
+    let report = run(r#"
+name: notify
+blocks:
+  - { id: post, kind: integration, config: { connector: slack, action: post, params: { channel: ops } } }
+"#, local(), Value::Null).await;
+    let RunOutcome::Failed { error } = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert!(error.contains("no connector named `slack`"), "{error}");
+    assert_eq!(report.total, Credits(2));
+}
+
+fn resolver_with(flows: &[&str]) -> MapResolver {
+    MapResolver(flows.iter().map(|yaml| { let flow = flow(yaml); (flow.name.clone(), Arc::new(flow)) }).collect::<BTreeMap<_, _>>())
+}
+
+const DOUBLE: &str = r#"
+name: double
+blocks:
+  - { id: start, kind: start }
+  - { id: twice, kind: list, config: { inputs: [a, b] } }
+  - { id: check, kind: if, config: { test: { op: truthy } } }
+  - { id: reply, kind: response }
+edges:
+  - { from: start.input, to: twice.a }
+  - { from: start.input, to: twice.b }
+  - { from: twice.list, to: check.value }
+  - { from: check.then, to: reply.body }
+"#;
+
+#[tokio::test]
+async fn a_flow_block_runs_another_flow_charged_in_this_run() {
+    let engine = Engine::new(Providers::default(), Arc::new(resolver_with(&[DOUBLE])));
+    let parent = flow(r#"
+name: parent
+blocks:
+  - { id: start, kind: start }
+  - { id: sub, kind: flow, config: { flow: double } }
+  - { id: show, kind: display }
+edges:
+  - { from: start.input, to: sub.input }
+  - { from: sub.result, to: show.value }
+"#);
+    let report = engine.run(&parent, request("r1", cloud(), json!(7)), &meter(PlanId::Team)).await.unwrap();
+    assert_eq!(shown(&report), vec![("show".to_owned(), json!([7, 7]))]);
+    assert_eq!(receipt(&report), vec![("show".into(), 0), ("start".into(), 0), ("sub".into(), 0), ("sub/check".into(), 1), ("sub/reply".into(), 0), ("sub/start".into(), 0), ("sub/twice".into(), 0)]);
+    assert_eq!(report.total, Credits(1));
+}
+
+#[tokio::test]
+async fn a_flow_that_runs_itself_is_refused_before_it_starts() {
+    let looping = r#"
+name: ouroboros
+blocks:
+  - { id: again, kind: flow, config: { flow: ouroboros } }
+"#;
+    let engine = Engine::new(Providers::default(), Arc::new(resolver_with(&[looping])));
+    let err = engine.run(&flow(looping), request("r1", local(), Value::Null), &meter(PlanId::Team)).await.unwrap_err();
+    assert!(err.to_string().contains("ouroboros -> ouroboros"), "{err}");
+}
+
+fn estimate(yaml: &str, context: RunContext) -> flowcredits_engine::Estimate {
+    flowcredits_engine::estimate(&Rules::shipped(), Timestamp::now(), context, &flow(yaml), &resolver_with(&[DOUBLE])).unwrap()
+}
+
+#[test]
+fn estimates_are_exact_when_the_graph_fixes_the_cost() {
+    let api = RunContext::automated(Trigger::Api).unwrap();
+    let fixed = estimate(THIRTY_IFS, api);
+    assert!(fixed.needs_credits);
+    assert_eq!(fixed.exact, Some(Credits(30)));
+    let local_run = estimate(THIRTY_IFS, local());
+    assert!(!local_run.needs_credits);
+    assert_eq!(local_run.exact, Some(Credits(0)));
+    let nested = estimate("name: n\nblocks:\n  - { id: sub, kind: flow, config: { flow: double } }\n", api);
+    // The nested flow's `if` always runs; the branch after it holds only free blocks.
+    assert_eq!(nested.exact, Some(Credits(1)));
+}
+
+#[test]
+fn estimates_give_a_minimum_and_the_cost_per_iteration_otherwise() {
+    let open = estimate(r#"
+name: open
+blocks:
+  - { id: start, kind: start }
+  - { id: first, kind: evaluate, config: { code: "return input" } }
+  - { id: each, kind: for }
+  - { id: fetch, kind: http_request, config: { url: "http://127.0.0.1:9/{{input}}" } }
+  - { id: ok, kind: validate, config: { schema: { type: object } } }
+  - { id: route, kind: if, config: { test: { path: body } } }
+edges:
+  - { from: start.input, to: first.input }
+  - { from: first.result, to: each.list }
+  - { from: each.item, to: fetch.input }
+  - { from: fetch.success, to: ok.value }
+  - { from: first.result, to: route.value }
+"#, cloud());
+    assert!(open.needs_credits);
+    assert_eq!(open.exact, None);
+    assert_eq!(open.minimum, Credits(2), "evaluate and if always run");
+    assert_eq!(open.per_iteration, vec![flowcredits_engine::estimate::LoopCost { at: "each".into(), credits: Credits(2) }]);
+}
+
+#[test]
+fn the_run_future_can_move_between_threads() {
+    fn assert_send<T: Send>(_: &T) {}
+    let flow = flow(THIRTY_IFS);
+    let meter = meter(PlanId::Team);
+    let engine = Engine::default();
+    let future = engine.run(&flow, request("r1", local(), Value::Null), &meter);
+    assert_send(&future);
+}
