@@ -1,0 +1,43 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use flowcredits_server::serve::{ServeConfig, serve};
+
+use crate::rules::RulesArgs;
+
+/// Serves the HTTP API, deployed-flow hooks, the MCP endpoint and the usage dashboard.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// SQLite file for the ledger and the catalog (created on first use).
+    #[arg(long, default_value = "flowcredits.db", env = "FLOWCREDITS_DB")]
+    db: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "FLOWCREDITS_LISTEN")]
+    listen: SocketAddr,
+    /// Create a demo team (`demo`, plan team) with a deployed flow, and print its owner's key.
+    #[arg(long)]
+    demo: bool,
+    /// Seconds shutdown waits for running flows to finish.
+    #[arg(long, default_value_t = 300)]
+    drain_timeout_s: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+pub fn run(rules: &RulesArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWCREDITS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    let config = ServeConfig { db: args.db, listen: args.listen, rules: rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s) };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(serve(config)).map_err(|err| anyhow::anyhow!("{err}"))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,177 @@
+//! API keys and roles. A key is 256 random bits shown once; only its SHA-256 is stored, so a
+//! leaked database does not leak keys. A key acts for one user; a user has a role per team.
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::catalog::{self, User};
+use crate::error::ApiError;
+
+/// Every key starts with this, so a leaked key is recognisable in logs and by secret scanners.
+pub const KEY_PREFIX: &str = "fck_";
+
+/// A new random key and the digest to store.
+pub fn new_key() -> (String, Vec<u8>) {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).expect("the OS random source is available");
+    let token = format!("{KEY_PREFIX}{}", secret.iter().map(|byte| format!("{byte:02x}")).collect::<String>());
+    let digest = key_digest(&token);
+    (token, digest)
+}
+
+pub fn key_digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// A role in a team, from most to least powerful.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Billing,
+    Editor,
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Owner, Role::Admin, Role::Billing, Role::Editor, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Billing => "billing",
+            Role::Editor => "editor",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// What this role may do.
+    pub fn allows(self, action: Action) -> bool {
+        match action {
+            Action::Read => true,
+            Action::Build => matches!(self, Role::Owner | Role::Admin | Role::Editor),
+            Action::Bill => matches!(self, Role::Owner | Role::Admin | Role::Billing),
+            Action::ManageMembers => matches!(self, Role::Owner | Role::Admin),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Role, String> {
+        Role::ALL.into_iter().find(|role| role.as_str() == text).ok_or_else(|| format!("unknown role `{text}` (expected owner, admin, billing, editor or viewer)"))
+    }
+}
+
+/// What a request wants to do in a team.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// See flows, runs, usage, invoices.
+    Read,
+    /// Create flows, snapshots and deployments; start and cancel runs.
+    Build,
+    /// Change billing settings and buy credits.
+    Bill,
+    /// Add, change and remove members.
+    ManageMembers,
+}
+
+impl Action {
+    fn describe(self) -> &'static str {
+        match self {
+            Action::Read => "read this team",
+            Action::Build => "change flows, deployments or runs (owner, admin or editor)",
+            Action::Bill => "change billing or buy credits (owner, admin or billing)",
+            Action::ManageMembers => "manage members (owner or admin)",
+        }
+    }
+}
+
+/// The user behind a request's API key.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user: User,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+        let token = header.and_then(|value| value.strip_prefix("Bearer ")).map(str::trim).filter(|token| token.starts_with(KEY_PREFIX)).ok_or(ApiError::Unauthenticated)?;
+        let digest = key_digest(token);
+        let user = state.catalog.call(move |connection| catalog::user_by_key(connection, &digest)).await?;
+        user.map(|user| Caller { user }).ok_or(ApiError::Unauthenticated)
+    }
+}
+
+impl Caller {
+    pub fn require_operator(&self) -> Result<(), ApiError> {
+        if self.user.is_operator { Ok(()) } else { Err(ApiError::Forbidden("only a platform operator may do this".into())) }
+    }
+
+    /// The caller's effective role in `team`, checked against `action`. Operators act as owners
+    /// everywhere; on plans without RBAC every member is an admin. A caller who is not a member
+    /// gets "not found", so team names cannot be probed.
+    pub async fn authorize(&self, state: &AppState, team: &str, action: Action) -> Result<Role, ApiError> {
+        let info = state.ledger.team(team).await?;
+        if self.user.is_operator {
+            return Ok(Role::Owner);
+        }
+        let (team_name, user_id) = (team.to_owned(), self.user.id.clone());
+        let role = state.catalog.call(move |connection| catalog::role_of(connection, &team_name, &user_id)).await?.ok_or_else(|| ApiError::NotFound(format!("team {team}")))?;
+        let rbac = state.rules.plans.get(info.plan).rbac;
+        let effective = if rbac || role == Role::Owner { role } else { Role::Admin };
+        if effective.allows(action) {
+            Ok(effective)
+        } else {
+            Err(ApiError::Forbidden(format!("your role in team {team} is {effective}; it cannot {}", action.describe())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_role_matrix() {
+        use Action::*;
+        let table = [
+            (Role::Owner, [true, true, true, true]),
+            (Role::Admin, [true, true, true, true]),
+            (Role::Billing, [true, false, true, false]),
+            (Role::Editor, [true, true, false, false]),
+            (Role::Viewer, [true, false, false, false]),
+        ];
+        for (role, allowed) in table {
+            for (action, expected) in [Read, Build, Bill, ManageMembers].into_iter().zip(allowed) {
+                assert_eq!(role.allows(action), expected, "{role} {action:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_are_random_and_stored_as_digests() {
+        let (first, digest) = new_key();
+        let (second, _) = new_key();
+        assert_ne!(first, second);
+        assert!(first.starts_with(KEY_PREFIX) && first.len() == KEY_PREFIX.len() + 64);
+        assert_eq!(digest, key_digest(&first));
+        assert_eq!(digest.len(), 32);
+    }
+}

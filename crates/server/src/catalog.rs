@@ -1,0 +1,487 @@
+//! The server's catalog: who may call it (users, API keys, team roles) and what teams built
+//! (flows, snapshots, deployments), plus run history and alert deliveries. Credits live in the
+//! ledger store, never here.
+//!
+//! SQLite through one connection: the catalog sees little write traffic (configuration and one
+//! history row per run), so a mutex is simpler than a pool and never the bottleneck; every call
+//! runs on the blocking pool so async workers never wait on the disk.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::Role;
+use crate::error::ApiError;
+
+/// Most rows a list request returns.
+pub const PAGE_ITEMS_MAX: u32 = 200;
+/// Rows a list request returns when it does not say.
+pub const PAGE_ITEMS_DEFAULT: u32 = 50;
+
+const SCHEMA: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE users (id TEXT PRIMARY KEY, name TEXT NOT NULL, is_operator INTEGER NOT NULL, created_ms INTEGER NOT NULL);
+     CREATE TABLE api_keys (id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES users(id), token_sha256 BLOB NOT NULL UNIQUE,
+        label TEXT NOT NULL, created_ms INTEGER NOT NULL, revoked_ms INTEGER);
+     CREATE TABLE members (team TEXT NOT NULL, user_id TEXT NOT NULL REFERENCES users(id), role TEXT NOT NULL, PRIMARY KEY (team, user_id));
+     CREATE INDEX members_by_user ON members (user_id);
+     CREATE TABLE flows (id TEXT PRIMARY KEY, team TEXT NOT NULL, name TEXT NOT NULL, definition TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, UNIQUE (team, name));
+     CREATE TABLE snapshots (flow_id TEXT NOT NULL REFERENCES flows(id), number INTEGER NOT NULL, definition TEXT NOT NULL,
+        created_ms INTEGER NOT NULL, PRIMARY KEY (flow_id, number));
+     CREATE TABLE deployments (id TEXT PRIMARY KEY, team TEXT NOT NULL, path TEXT NOT NULL, flow_id TEXT NOT NULL REFERENCES flows(id),
+        snapshot INTEGER NOT NULL, trigger TEXT NOT NULL, schedule_every_s INTEGER, created_ms INTEGER NOT NULL, UNIQUE (team, path));
+     CREATE TABLE run_history (id TEXT PRIMARY KEY, team TEXT NOT NULL, flow_id TEXT NOT NULL, snapshot INTEGER, deployment_id TEXT,
+        trigger TEXT NOT NULL, location TEXT NOT NULL, status TEXT NOT NULL, created_ms INTEGER NOT NULL, started_ms INTEGER,
+        ended_ms INTEGER, credits INTEGER NOT NULL DEFAULT 0, error TEXT, input TEXT NOT NULL, output TEXT);
+     CREATE INDEX run_history_by_team ON run_history (team, id);
+     CREATE TABLE run_history_blocks (run_id TEXT NOT NULL REFERENCES run_history(id), seq INTEGER NOT NULL, block_id TEXT NOT NULL, kind TEXT NOT NULL,
+        status TEXT NOT NULL, input TEXT NOT NULL, output TEXT, started_ms INTEGER NOT NULL, duration_us INTEGER NOT NULL,
+        credits INTEGER NOT NULL, error TEXT, PRIMARY KEY (run_id, seq));
+     CREATE TABLE team_settings (team TEXT PRIMARY KEY, alert_webhook_url TEXT);
+     CREATE TABLE alert_deliveries (id TEXT PRIMARY KEY, team TEXT NOT NULL, alert TEXT NOT NULL, period_start_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL, delivered_ms INTEGER, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+        UNIQUE (team, alert, period_start_ms));",
+];
+
+#[derive(Clone)]
+pub struct Catalog {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog in the SQLite file at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Catalog, ApiError> {
+        Catalog::migrate(Connection::open(path)?)
+    }
+
+    pub fn open_in_memory() -> Result<Catalog, ApiError> {
+        Catalog::migrate(Connection::open_in_memory()?)
+    }
+
+    fn migrate(mut connection: Connection) -> Result<Catalog, ApiError> {
+        // Another process (the ledger's writer) may hold the write lock briefly.
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        let tx = connection.transaction()?;
+        tx.execute("CREATE TABLE IF NOT EXISTS catalog_migrations (version INTEGER PRIMARY KEY)", [])?;
+        let applied: i64 = tx.query_row("SELECT COUNT(*) FROM catalog_migrations", [], |row| row.get(0))?;
+        for (version, sql) in SCHEMA.iter().enumerate().skip(applied as usize) {
+            tx.execute_batch(sql)?;
+            tx.execute("INSERT INTO catalog_migrations (version) VALUES (?1)", [version as i64 + 1])?;
+        }
+        tx.commit()?;
+        Ok(Catalog { connection: Arc::new(Mutex::new(connection)) })
+    }
+
+    /// Runs `work` with the connection on the blocking pool.
+    pub async fn call<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut connection)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+}
+
+/// A fresh time-ordered id: milliseconds then randomness, so ids sort by creation and index
+/// inserts append.
+pub fn new_id(prefix: &str) -> String {
+    let mut random = [0u8; 5];
+    getrandom::fill(&mut random).expect("the OS random source is available");
+    let random = random.iter().fold(0u64, |acc, byte| acc << 8 | u64::from(*byte));
+    format!("{prefix}_{:011x}{random:010x}", jiff::Timestamp::now().as_millisecond())
+}
+
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+fn ms_to_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|at| at.to_string()).unwrap_or_default()
+}
+
+fn json_column(text: Option<String>) -> Value {
+    text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null)
+}
+
+/// One page of a list, and the cursor for the next.
+#[derive(Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Where a list starts and how long it is.
+#[derive(Clone, Debug)]
+pub struct PageRequest {
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows: the extra row only says there is more.
+    pub(crate) fn from_rows(mut rows: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Page<T> {
+        let next = (rows.len() > limit as usize).then(|| {
+            rows.truncate(limit as usize);
+            cursor(rows.last().expect("limit is at least 1"))
+        });
+        Page { items: rows, next }
+    }
+}
+
+// ---------------------------------------------------------------- users and keys
+
+#[derive(Clone, Debug, Serialize)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub is_operator: bool,
+    pub created_at: String,
+}
+
+pub fn create_user(connection: &Connection, name: &str, is_operator: bool) -> Result<User, ApiError> {
+    let id = new_id("usr");
+    let created = now_ms();
+    connection.execute("INSERT INTO users (id, name, is_operator, created_ms) VALUES (?1, ?2, ?3, ?4)", params![id, name, is_operator, created])?;
+    Ok(User { id, name: name.to_owned(), is_operator, created_at: ms_to_text(created) })
+}
+
+pub fn user_count(connection: &Connection) -> Result<u64, ApiError> {
+    Ok(connection.query_row("SELECT COUNT(*) FROM users", [], |row| row.get::<_, i64>(0))? as u64)
+}
+
+pub fn user(connection: &Connection, id: &str) -> Result<User, ApiError> {
+    connection
+        .query_row("SELECT id, name, is_operator, created_ms FROM users WHERE id = ?1", [id], |row| {
+            Ok(User { id: row.get(0)?, name: row.get(1)?, is_operator: row.get(2)?, created_at: ms_to_text(row.get(3)?) })
+        })
+        .optional()?
+        .ok_or_else(|| ApiError::NotFound(format!("user {id}")))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub user_id: String,
+    pub label: String,
+    pub created_at: String,
+}
+
+pub fn create_key(connection: &Connection, user_id: &str, label: &str, token_sha256: &[u8]) -> Result<ApiKeyInfo, ApiError> {
+    let id = new_id("key");
+    let created = now_ms();
+    connection.execute(
+        "INSERT INTO api_keys (id, user_id, token_sha256, label, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, user_id, token_sha256, label, created],
+    )?;
+    Ok(ApiKeyInfo { id, user_id: user_id.to_owned(), label: label.to_owned(), created_at: ms_to_text(created) })
+}
+
+/// The user a live key acts for.
+pub fn user_by_key(connection: &Connection, token_sha256: &[u8]) -> Result<Option<User>, ApiError> {
+    let user_id: Option<String> = connection
+        .query_row("SELECT user_id FROM api_keys WHERE token_sha256 = ?1 AND revoked_ms IS NULL", [token_sha256], |row| row.get(0))
+        .optional()?;
+    user_id.map(|id| user(connection, &id)).transpose()
+}
+
+// ---------------------------------------------------------------- members
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Member {
+    pub user_id: String,
+    pub name: String,
+    pub role: Role,
+}
+
+pub fn set_member(connection: &Connection, team: &str, user_id: &str, role: Role) -> Result<(), ApiError> {
+    user(connection, user_id)?;
+    connection.execute(
+        "INSERT INTO members (team, user_id, role) VALUES (?1, ?2, ?3) ON CONFLICT (team, user_id) DO UPDATE SET role = excluded.role",
+        params![team, user_id, role.as_str()],
+    )?;
+    Ok(())
+}
+
+pub fn remove_member(connection: &Connection, team: &str, user_id: &str) -> Result<(), ApiError> {
+    match connection.execute("DELETE FROM members WHERE team = ?1 AND user_id = ?2", params![team, user_id])? {
+        0 => Err(ApiError::NotFound(format!("member {user_id} of team {team}"))),
+        _ => Ok(()),
+    }
+}
+
+pub fn members(connection: &Connection, team: &str) -> Result<Vec<Member>, ApiError> {
+    let mut statement = connection.prepare("SELECT m.user_id, u.name, m.role FROM members m JOIN users u ON u.id = m.user_id WHERE m.team = ?1 ORDER BY m.user_id")?;
+    let rows = statement.query_map([team], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (user_id, name, role) = row?;
+        out.push(Member { user_id, name, role: role.parse().map_err(ApiError::internal)? });
+    }
+    Ok(out)
+}
+
+pub fn role_of(connection: &Connection, team: &str, user_id: &str) -> Result<Option<Role>, ApiError> {
+    let role: Option<String> = connection.query_row("SELECT role FROM members WHERE team = ?1 AND user_id = ?2", params![team, user_id], |row| row.get(0)).optional()?;
+    role.map(|role| role.parse().map_err(ApiError::internal)).transpose()
+}
+
+pub fn teams_of(connection: &Connection, user_id: &str) -> Result<Vec<String>, ApiError> {
+    let mut statement = connection.prepare("SELECT team FROM members WHERE user_id = ?1 ORDER BY team")?;
+    let teams = statement.query_map([user_id], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    Ok(teams)
+}
+
+// ---------------------------------------------------------------- flows and snapshots
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Flow {
+    pub id: String,
+    pub team: String,
+    pub name: String,
+    pub definition: Value,
+    /// The newest snapshot's number (tagged `latest`).
+    pub latest_snapshot: Option<u32>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const FLOW_COLUMNS: &str = "f.id, f.team, f.name, f.definition, f.created_ms, f.updated_ms, (SELECT MAX(number) FROM snapshots s WHERE s.flow_id = f.id)";
+
+fn flow_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Flow> {
+    Ok(Flow {
+        id: row.get(0)?,
+        team: row.get(1)?,
+        name: row.get(2)?,
+        definition: json_column(row.get(3)?),
+        created_at: ms_to_text(row.get(4)?),
+        updated_at: ms_to_text(row.get(5)?),
+        latest_snapshot: row.get(6)?,
+    })
+}
+
+pub fn create_flow(connection: &Connection, team: &str, name: &str, definition: &Value) -> Result<Flow, ApiError> {
+    let id = new_id("flw");
+    let now = now_ms();
+    let inserted = connection.execute(
+        "INSERT INTO flows (id, team, name, definition, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (team, name) DO NOTHING",
+        params![id, team, name, definition.to_string(), now],
+    )?;
+    if inserted == 0 {
+        return Err(ApiError::Conflict(format!("team {team} already has a flow named {name:?}")));
+    }
+    flow(connection, team, &id)
+}
+
+pub fn update_flow(connection: &Connection, team: &str, id: &str, definition: &Value) -> Result<Flow, ApiError> {
+    let changed = connection.execute("UPDATE flows SET definition = ?1, updated_ms = ?2 WHERE team = ?3 AND id = ?4", params![definition.to_string(), now_ms(), team, id])?;
+    if changed == 0 {
+        return Err(ApiError::NotFound(format!("flow {id}")));
+    }
+    flow(connection, team, id)
+}
+
+/// A flow of `team`; another team's flow is not found, never shown.
+pub fn flow(connection: &Connection, team: &str, id: &str) -> Result<Flow, ApiError> {
+    connection
+        .query_row(&format!("SELECT {FLOW_COLUMNS} FROM flows f WHERE f.team = ?1 AND f.id = ?2"), params![team, id], flow_row)
+        .optional()?
+        .ok_or_else(|| ApiError::NotFound(format!("flow {id}")))
+}
+
+pub fn flows(connection: &Connection, team: &str, page: &PageRequest) -> Result<Page<Flow>, ApiError> {
+    let mut statement = connection.prepare(&format!("SELECT {FLOW_COLUMNS} FROM flows f WHERE f.team = ?1 AND f.id > ?2 ORDER BY f.id LIMIT ?3"))?;
+    let rows = statement.query_map(params![team, page.after.as_deref().unwrap_or(""), page.limit + 1], flow_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(rows, page.limit, |flow| flow.id.clone()))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub flow_id: String,
+    pub number: u32,
+    pub latest: bool,
+    pub definition: Value,
+    pub created_at: String,
+}
+
+/// Freezes the flow's current definition as the next numbered snapshot. With a per-flow limit
+/// (Free plans), the snapshot past it is refused and nothing is deleted.
+pub fn create_snapshot(connection: &mut Connection, team: &str, flow_id: &str, snapshots_max: Option<u32>) -> Result<Snapshot, ApiError> {
+    let tx = connection.transaction()?;
+    let current = flow(&tx, team, flow_id)?;
+    let count: u32 = tx.query_row("SELECT COUNT(*) FROM snapshots WHERE flow_id = ?1", [flow_id], |row| row.get(0))?;
+    if let Some(max) = snapshots_max.filter(|max| count >= *max) {
+        return Err(ApiError::LimitReached(format!("flow {flow_id} already has {count} snapshots, the most this team's plan keeps ({max}); upgrade the plan to keep more")));
+    }
+    let number = current.latest_snapshot.unwrap_or(0) + 1;
+    let created = now_ms();
+    tx.execute("INSERT INTO snapshots (flow_id, number, definition, created_ms) VALUES (?1, ?2, ?3, ?4)", params![flow_id, number, current.definition.to_string(), created])?;
+    tx.commit()?;
+    Ok(Snapshot { flow_id: flow_id.to_owned(), number, latest: true, definition: current.definition, created_at: ms_to_text(created) })
+}
+
+/// Snapshot `number` of a flow of `team`, or its newest with `None`.
+pub fn snapshot(connection: &Connection, team: &str, flow_id: &str, number: Option<u32>) -> Result<Snapshot, ApiError> {
+    let current = flow(connection, team, flow_id)?;
+    let latest = current.latest_snapshot.ok_or_else(|| ApiError::NotFound(format!("snapshot of flow {flow_id} (it has none yet)")))?;
+    let number = number.unwrap_or(latest);
+    connection
+        .query_row("SELECT definition, created_ms FROM snapshots WHERE flow_id = ?1 AND number = ?2", params![flow_id, number], |row| {
+            Ok(Snapshot { flow_id: flow_id.to_owned(), number, latest: number == latest, definition: json_column(row.get(0)?), created_at: ms_to_text(row.get(1)?) })
+        })
+        .optional()?
+        .ok_or_else(|| ApiError::NotFound(format!("snapshot {number} of flow {flow_id}")))
+}
+
+pub fn snapshots(connection: &Connection, team: &str, flow_id: &str) -> Result<Vec<Snapshot>, ApiError> {
+    let current = flow(connection, team, flow_id)?;
+    let mut statement = connection.prepare("SELECT number, definition, created_ms FROM snapshots WHERE flow_id = ?1 ORDER BY number")?;
+    let rows = statement.query_map([flow_id], |row| {
+        let number: u32 = row.get(0)?;
+        Ok(Snapshot { flow_id: flow_id.to_owned(), number, latest: Some(number) == current.latest_snapshot, definition: json_column(row.get(1)?), created_at: ms_to_text(row.get(2)?) })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------- deployments
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Deployment {
+    pub id: String,
+    pub team: String,
+    pub path: String,
+    pub flow_id: String,
+    pub snapshot: u32,
+    /// `api` (an HTTP hook) or `mcp` (a tool on the team's MCP endpoint).
+    pub trigger: String,
+    /// Runs on a schedule every this many seconds, when set.
+    pub schedule_every_s: Option<u32>,
+    pub created_at: String,
+}
+
+fn deployment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
+    Ok(Deployment {
+        id: row.get(0)?,
+        team: row.get(1)?,
+        path: row.get(2)?,
+        flow_id: row.get(3)?,
+        snapshot: row.get(4)?,
+        trigger: row.get(5)?,
+        schedule_every_s: row.get(6)?,
+        created_at: ms_to_text(row.get(7)?),
+    })
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms";
+
+pub fn create_deployment(connection: &Connection, deployment: &Deployment) -> Result<(), ApiError> {
+    let inserted = connection.execute(
+        "INSERT INTO deployments (id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (team, path) DO NOTHING",
+        params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, now_ms()],
+    )?;
+    if inserted == 0 {
+        return Err(ApiError::Conflict(format!("team {} already deploys something at path {:?}", deployment.team, deployment.path)));
+    }
+    Ok(())
+}
+
+pub fn deployment_by_path(connection: &Connection, team: &str, path: &str) -> Result<Option<Deployment>, ApiError> {
+    Ok(connection.query_row(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE team = ?1 AND path = ?2"), params![team, path], deployment_row).optional()?)
+}
+
+pub fn deployments(connection: &Connection, team: &str, page: &PageRequest) -> Result<Page<Deployment>, ApiError> {
+    let mut statement = connection.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE team = ?1 AND id > ?2 ORDER BY id LIMIT ?3"))?;
+    let rows = statement.query_map(params![team, page.after.as_deref().unwrap_or(""), page.limit + 1], deployment_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(rows, page.limit, |deployment| deployment.id.clone()))
+}
+
+/// Every deployment that runs on a schedule, across teams (for the scheduler).
+pub fn scheduled_deployments(connection: &Connection) -> Result<Vec<Deployment>, ApiError> {
+    let mut statement = connection.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE schedule_every_s IS NOT NULL ORDER BY id"))?;
+    Ok(statement.query_map([], deployment_row)?.collect::<Result<_, _>>()?)
+}
+
+pub fn delete_deployment(connection: &Connection, team: &str, id: &str) -> Result<(), ApiError> {
+    match connection.execute("DELETE FROM deployments WHERE team = ?1 AND id = ?2", params![team, id])? {
+        0 => Err(ApiError::NotFound(format!("deployment {id}"))),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------- alerts
+
+pub fn set_alert_webhook(connection: &Connection, team: &str, url: Option<&str>) -> Result<(), ApiError> {
+    connection.execute(
+        "INSERT INTO team_settings (team, alert_webhook_url) VALUES (?1, ?2) ON CONFLICT (team) DO UPDATE SET alert_webhook_url = excluded.alert_webhook_url",
+        params![team, url],
+    )?;
+    Ok(())
+}
+
+pub fn alert_webhook(connection: &Connection, team: &str) -> Result<Option<String>, ApiError> {
+    Ok(connection.query_row("SELECT alert_webhook_url FROM team_settings WHERE team = ?1", [team], |row| row.get(0)).optional()?.flatten())
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertRecord {
+    pub id: String,
+    /// `included_75`, `included_100` or `payg_<dollars>`.
+    pub alert: String,
+    pub period_start: String,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// Records an alert once per team, kind and period; returns its id when it is new.
+pub fn insert_alert(connection: &Connection, team: &str, alert: &str, period_start_ms: i64) -> Result<Option<String>, ApiError> {
+    let id = new_id("alr");
+    let inserted = connection.execute(
+        "INSERT INTO alert_deliveries (id, team, alert, period_start_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        params![id, team, alert, period_start_ms, now_ms()],
+    )?;
+    Ok((inserted == 1).then_some(id))
+}
+
+pub fn record_alert_attempt(connection: &Connection, id: &str, error: Option<&str>) -> Result<(), ApiError> {
+    connection.execute(
+        "UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?2, delivered_ms = CASE WHEN ?2 IS NULL THEN ?3 ELSE delivered_ms END WHERE id = ?1",
+        params![id, error, now_ms()],
+    )?;
+    Ok(())
+}
+
+pub fn alerts(connection: &Connection, team: &str, page: &PageRequest) -> Result<Page<AlertRecord>, ApiError> {
+    let mut statement = connection.prepare(
+        "SELECT id, alert, period_start_ms, created_ms, delivered_ms, attempts, last_error FROM alert_deliveries WHERE team = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = statement
+        .query_map(params![team, page.after.as_deref().unwrap_or(""), page.limit + 1], |row| {
+            Ok(AlertRecord {
+                id: row.get(0)?,
+                alert: row.get(1)?,
+                period_start: ms_to_text(row.get(2)?),
+                created_at: ms_to_text(row.get(3)?),
+                delivered_at: row.get::<_, Option<i64>>(4)?.map(ms_to_text),
+                attempts: row.get(5)?,
+                last_error: row.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(rows, page.limit, |alert| alert.id.clone()))
+}

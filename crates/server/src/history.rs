@@ -1,0 +1,252 @@
+//! Run history: what each run did, block by block, for people to read. The ledger holds the
+//! credits; these rows repeat a run's credit total and each block's credits for display.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::catalog::{Page, PageRequest, now_ms};
+use crate::error::ApiError;
+
+/// Lifecycle of a run as people see it. `paused` and `cancelled` mirror the ledger; a run the
+/// ledger calls completed ended as `succeeded`, `failed` or `timed_out`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Paused,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 6] = [RunState::Paused, RunState::Running, RunState::Succeeded, RunState::Failed, RunState::TimedOut, RunState::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Paused => "paused",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::TimedOut => "timed_out",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunState> {
+        RunState::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, RunState::Paused | RunState::Running)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub team: String,
+    pub flow_id: String,
+    pub snapshot: Option<u32>,
+    pub deployment_id: Option<String>,
+    pub trigger: String,
+    pub location: String,
+    pub status: RunState,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub credits: u64,
+    pub error: Option<String>,
+    pub input: Value,
+    pub output: Value,
+    /// Present on a single run's page, not in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Vec<BlockView>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockView {
+    pub seq: u32,
+    pub block_id: String,
+    pub kind: String,
+    pub status: String,
+    pub input: Value,
+    pub output: Value,
+    pub started_at: String,
+    pub duration_us: i64,
+    pub credits: u64,
+    pub error: Option<String>,
+}
+
+/// A run about to be admitted.
+pub struct NewRun<'a> {
+    pub id: &'a str,
+    pub team: &'a str,
+    pub flow_id: &'a str,
+    pub snapshot: Option<u32>,
+    pub deployment_id: Option<&'a str>,
+    pub trigger: &'a str,
+    pub location: &'a str,
+    pub status: RunState,
+    pub input: &'a Value,
+}
+
+pub fn insert_run(connection: &Connection, run: &NewRun<'_>) -> Result<(), ApiError> {
+    let now = now_ms();
+    let started = (run.status == RunState::Running).then_some(now);
+    connection.execute(
+        "INSERT INTO run_history (id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, input)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![run.id, run.team, run.flow_id, run.snapshot, run.deployment_id, run.trigger, run.location, run.status.as_str(), now, started, run.input.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Marks a paused run running (it was resumed).
+pub fn mark_started(connection: &Connection, run: &str) -> Result<bool, ApiError> {
+    Ok(connection.execute("UPDATE run_history SET status = 'running', started_ms = ?2 WHERE id = ?1 AND status = 'paused'", params![run, now_ms()])? == 1)
+}
+
+pub fn finish_run(connection: &Connection, run: &str, state: RunState, credits: u64, output: &Value, error: Option<&str>) -> Result<(), ApiError> {
+    debug_assert!(state.is_finished());
+    connection.execute(
+        "UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6 WHERE id = ?1",
+        params![run, state.as_str(), now_ms(), credits as i64, output.to_string(), error],
+    )?;
+    Ok(())
+}
+
+pub struct NewBlock<'a> {
+    pub seq: u32,
+    pub block_id: &'a str,
+    pub kind: &'a str,
+    pub status: &'a str,
+    pub input: &'a Value,
+    pub output: &'a Value,
+    pub started_ms: i64,
+    pub duration_us: i64,
+    pub credits: u64,
+    pub error: Option<&'a str>,
+}
+
+pub fn insert_blocks(connection: &mut Connection, run: &str, blocks: &[NewBlock<'_>]) -> Result<(), ApiError> {
+    let tx = connection.transaction()?;
+    {
+        let mut statement = tx.prepare(
+            "INSERT OR IGNORE INTO run_history_blocks (run_id, seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for block in blocks {
+            statement.execute(params![
+                run,
+                block.seq,
+                block.block_id,
+                block.kind,
+                block.status,
+                block.input.to_string(),
+                block.output.to_string(),
+                block.started_ms,
+                block.duration_us,
+                block.credits as i64,
+                block.error
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+const RUN_COLUMNS: &str = "id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, ended_ms, credits, error, input, output";
+
+fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
+    let text = |ms: Option<i64>| ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).map(|at| at.to_string());
+    let started: Option<i64> = row.get(9)?;
+    let ended: Option<i64> = row.get(10)?;
+    let json = |text: Option<String>| text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
+    Ok(RunView {
+        id: row.get(0)?,
+        team: row.get(1)?,
+        flow_id: row.get(2)?,
+        snapshot: row.get(3)?,
+        deployment_id: row.get(4)?,
+        trigger: row.get(5)?,
+        location: row.get(6)?,
+        status: RunState::parse(&row.get::<_, String>(7)?).unwrap_or(RunState::Failed),
+        created_at: text(Some(row.get(8)?)).unwrap_or_default(),
+        started_at: text(started),
+        ended_at: text(ended),
+        duration_ms: started.zip(ended).map(|(start, end)| end - start),
+        credits: row.get::<_, i64>(11)? as u64,
+        error: row.get(12)?,
+        input: json(row.get(13)?),
+        output: json(row.get(14)?),
+        blocks: None,
+    })
+}
+
+/// What a run list is narrowed to.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub flow_id: Option<String>,
+    pub status: Option<RunState>,
+    pub trigger: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+pub fn runs(connection: &Connection, team: &str, filter: &RunFilter, page: &PageRequest) -> Result<Page<RunView>, ApiError> {
+    // Newest first: the cursor is the last id of the previous page, and ids sort by time.
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM run_history WHERE team = ?1 AND (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR flow_id = ?3) AND (?4 IS NULL OR status = ?4)
+         AND (?5 IS NULL OR trigger = ?5) AND (?6 IS NULL OR created_ms >= ?6) AND (?7 IS NULL OR created_ms < ?7) ORDER BY id DESC LIMIT ?8"
+    );
+    let mut statement = connection.prepare(&sql)?;
+    let rows = statement
+        .query_map(
+            params![team, page.after, filter.flow_id, filter.status.map(RunState::as_str), filter.trigger, filter.since_ms, filter.until_ms, page.limit + 1],
+            run_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(rows, page.limit, |run| run.id.clone()))
+}
+
+pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, ApiError> {
+    let mut run = connection
+        .query_row(&format!("SELECT {RUN_COLUMNS} FROM run_history WHERE team = ?1 AND id = ?2"), params![team, id], run_row)
+        .optional()?
+        .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
+    let mut statement = connection.prepare("SELECT seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error FROM run_history_blocks WHERE run_id = ?1 ORDER BY seq")?;
+    let blocks = statement
+        .query_map([id], |row| {
+            let json = |text: Option<String>| text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
+            Ok(BlockView {
+                seq: row.get(0)?,
+                block_id: row.get(1)?,
+                kind: row.get(2)?,
+                status: row.get(3)?,
+                input: json(row.get(4)?),
+                output: json(row.get(5)?),
+                started_at: jiff::Timestamp::from_millisecond(row.get(6)?).map(|at| at.to_string()).unwrap_or_default(),
+                duration_us: row.get(7)?,
+                credits: row.get::<_, i64>(8)? as u64,
+                error: row.get(9)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    run.blocks = Some(blocks);
+    Ok(run)
+}
+
+/// Paused runs of a team, oldest first (to dispatch when the ledger resumes them).
+pub fn paused_runs(connection: &Connection, team: &str) -> Result<Vec<String>, ApiError> {
+    let mut statement = connection.prepare("SELECT id FROM run_history WHERE team = ?1 AND status = 'paused' ORDER BY id")?;
+    Ok(statement.query_map([team], |row| row.get(0))?.collect::<Result<_, _>>()?)
+}
+
+/// Whether a deployment already has a paused run waiting (schedules do not pile them up).
+pub fn deployment_has_paused_run(connection: &Connection, deployment_id: &str) -> Result<bool, ApiError> {
+    Ok(connection.query_row("SELECT EXISTS (SELECT 1 FROM run_history WHERE deployment_id = ?1 AND status = 'paused')", [deployment_id], |row| row.get(0))?)
+}

@@ -1,0 +1,223 @@
+//! The server's view of the durable ledger: async wrappers over a [`LedgerStore`] (whose calls
+//! block until committed, so they run on the blocking pool), with store errors mapped to API
+//! errors. Every credit decision is the store's (and so the domain's); nothing is cached here.
+
+use std::sync::Arc;
+
+use flowcredits_core::{AnchorDay, CoreError, Credits, MicroUsd, PlanId, Rules, RunContext, RunId, RunStatus, TeamSettings, Timestamp};
+use flowcredits_engine::BlockCharge;
+use flowcredits_store::{Actor, BillingChange, LedgerStore, NewTeam, StartRun, StoreError, TeamInfo, TeamName, UsageEvent, UsageReport};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+
+#[derive(Clone)]
+pub struct Ledger {
+    store: Arc<dyn LedgerStore>,
+}
+
+/// A team as the API shows it.
+#[derive(Clone, Debug)]
+pub struct TeamView {
+    pub name: String,
+    pub plan: PlanId,
+    pub anchor_day: AnchorDay,
+    pub payg_enabled: bool,
+    pub payg_cap: Option<MicroUsd>,
+    pub payg_alerts: Vec<MicroUsd>,
+    pub created_at: Timestamp,
+}
+
+impl TeamView {
+    fn from_info(info: TeamInfo) -> TeamView {
+        let TeamSettings { plan, anchor_day, payg_enabled, payg_cap, payg_alerts } = info.settings;
+        TeamView { name: info.name.to_string(), plan, anchor_day, payg_enabled, payg_cap, payg_alerts, created_at: info.created_at }
+    }
+
+    pub fn to_json(&self, rules: &Rules) -> Value {
+        let plan = rules.plans.get(self.plan);
+        json!({
+            "name": self.name,
+            "plan": self.plan.as_str(),
+            "anchor_day": self.anchor_day.get(),
+            "payg_enabled": self.payg_enabled,
+            "created_at": self.created_at.to_string(),
+            "entitlements": {
+                "included_credits": plan.included_credits.0,
+                "payg_flows_credits": plan.payg_flows_credits,
+                "payg_ai_credits": plan.payg_ai_credits,
+                "rbac": plan.rbac,
+                "private_runner": plan.private_runner,
+                "snapshots_per_flow": plan.snapshots_per_flow,
+                "can_purchase_credits": plan.can_purchase_credits,
+                "request_body_bytes_max": plan.request_body_bytes_max,
+            },
+        })
+    }
+}
+
+fn store_error(err: StoreError) -> ApiError {
+    match err.root() {
+        StoreError::Refused(core) => match core {
+            CoreError::PlanHasNoPayg { .. } | CoreError::PlanCannotPurchase { .. } => ApiError::Forbidden(err.to_string()),
+            CoreError::AmountOutOfRange { field, .. } => ApiError::invalid(*field, core.to_string()),
+            CoreError::ExpiryNotAfterPurchase { .. } => ApiError::invalid("expires_at", core.to_string()),
+            CoreError::UnknownRun { run } => ApiError::NotFound(format!("run {run}")),
+            CoreError::UnknownModel { .. } | CoreError::MissingModel { .. } | CoreError::TooManyTools { .. } | CoreError::UnknownBlockKind { .. } => ApiError::invalid("usage", core.to_string()),
+            _ => ApiError::Conflict(err.to_string()),
+        },
+        StoreError::Invalid { field, problem } => ApiError::invalid(*field, problem.clone()),
+        StoreError::BadPeriod { .. } => ApiError::invalid("period", err.to_string()),
+        StoreError::UnknownTeam { team } => ApiError::NotFound(format!("team {team}")),
+        StoreError::TeamExists { .. } | StoreError::ExecutionConflict { .. } | StoreError::RunConflict { .. } => ApiError::Conflict(err.to_string()),
+        _ => ApiError::internal(err),
+    }
+}
+
+fn team_name(team: &str) -> Result<TeamName, ApiError> {
+    // An impossible team name cannot name an existing team.
+    TeamName::new(team).map_err(|_| ApiError::NotFound(format!("team {team}")))
+}
+
+fn run_id(run: &str) -> Result<RunId, ApiError> {
+    RunId::new(run).map_err(|_| ApiError::NotFound(format!("run {run}")))
+}
+
+fn actor(user_id: &str) -> Result<Actor, ApiError> {
+    Actor::new(user_id).map_err(store_error)
+}
+
+impl Ledger {
+    pub fn new(store: Arc<dyn LedgerStore>) -> Ledger {
+        Ledger { store }
+    }
+
+    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&dyn LedgerStore) -> Result<T, StoreError> + Send + 'static) -> Result<T, ApiError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || work(&*store)).await.map_err(ApiError::internal)?.map_err(store_error)
+    }
+
+    pub async fn create_team(&self, name: &str, plan: PlanId, anchor_day: AnchorDay, user_id: &str) -> Result<TeamView, ApiError> {
+        let name = TeamName::new(name).map_err(|err| match err {
+            StoreError::Invalid { problem, .. } => ApiError::invalid("name", problem),
+            other => store_error(other),
+        })?;
+        let new = NewTeam { name, settings: TeamSettings { anchor_day, ..TeamSettings::new(plan) }, actor: actor(user_id)?, at: Timestamp::now() };
+        // Creating a team that exists is refused here, even with the same settings: a name
+        // names one team.
+        if self.team(new.name.as_str()).await.is_ok() {
+            return Err(ApiError::Conflict(format!("team {} already exists", new.name)));
+        }
+        self.blocking(move |store| store.create_team(new)).await.map(TeamView::from_info)
+    }
+
+    pub async fn team(&self, team: &str) -> Result<TeamView, ApiError> {
+        let name = team_name(team)?;
+        self.blocking(move |store| store.team(&name)).await.map(TeamView::from_info)
+    }
+
+    pub async fn team_names(&self) -> Result<Vec<String>, ApiError> {
+        Ok(self.blocking(|store| store.teams()).await?.into_iter().map(|info| info.name.to_string()).collect())
+    }
+
+    pub async fn start_run(&self, team: &str, run: &str, context: RunContext, needs_credits: bool) -> Result<RunStatus, ApiError> {
+        let (name, run) = (team_name(team)?, RunId::new(run).map_err(|err| ApiError::invalid("run", err.to_string()))?);
+        let start = StartRun { run, context, needs_credits, at: Timestamp::now() };
+        Ok(self.blocking(move |store| store.start_run(&name, start)).await?.status)
+    }
+
+    /// Charges executions of a running run in one all-or-nothing batch; returns each one's credits.
+    pub async fn charge(&self, team: &str, run: &str, charges: &[BlockCharge]) -> Result<Vec<Credits>, ApiError> {
+        let (name, run) = (team_name(team)?, run_id(run)?);
+        let at = Timestamp::now();
+        let events: Vec<UsageEvent> = charges.iter().map(|charge| UsageEvent { execution: charge.execution.clone(), run: run.clone(), usage: charge.usage.clone(), at }).collect();
+        Ok(self.blocking(move |store| store.charge(&name, events)).await?.into_iter().map(|outcome| outcome.credits).collect())
+    }
+
+    pub async fn end_run(&self, team: &str, run: &str) -> Result<(), ApiError> {
+        let (name, run) = (team_name(team)?, run_id(run)?);
+        self.blocking(move |store| store.end_run(&name, &run, Timestamp::now())).await
+    }
+
+    pub async fn cancel_run(&self, team: &str, run: &str) -> Result<(), ApiError> {
+        let (name, run) = (team_name(team)?, run_id(run)?);
+        self.blocking(move |store| store.cancel_run(&name, &run, Timestamp::now())).await
+    }
+
+    async fn run_info(&self, team: &str, run: &str) -> Result<Option<flowcredits_store::RunInfo>, ApiError> {
+        let (name, run) = (team_name(team)?, run_id(run)?);
+        self.blocking(move |store| store.run(&name, &run)).await
+    }
+
+    pub async fn run_status(&self, team: &str, run: &str) -> Result<Option<RunStatus>, ApiError> {
+        Ok(self.run_info(team, run).await?.map(|info| info.status))
+    }
+
+    pub async fn run_context(&self, team: &str, run: &str) -> Result<RunContext, ApiError> {
+        self.run_info(team, run).await?.map(|info| info.context).ok_or_else(|| ApiError::NotFound(format!("run {run}")))
+    }
+
+    pub async fn run_credits(&self, team: &str, run: &str) -> Result<Credits, ApiError> {
+        Ok(self.run_info(team, run).await?.map_or(Credits::ZERO, |info| info.credits))
+    }
+
+    pub async fn change_billing(&self, team: &str, user_id: &str, change: BillingChange) -> Result<(), ApiError> {
+        let (name, actor) = (team_name(team)?, actor(user_id)?);
+        self.blocking(move |store| store.change_billing(&name, &actor, Timestamp::now(), change)).await
+    }
+
+    /// Lets the ledger see the time pass: closes ended periods (issuing invoices) and opens the
+    /// current one, which resumes paused runs.
+    pub async fn advance_clock(&self, _team: &str) -> Result<(), ApiError> {
+        self.blocking(|store| store.close_periods(Timestamp::now()).map(drop)).await
+    }
+
+    pub async fn usage_report(&self, team: &str, period: Option<&str>) -> Result<UsageReport, ApiError> {
+        let (name, period) = (team_name(team)?, period.map(str::to_owned));
+        self.blocking(move |store| store.usage(&name, period.as_deref())).await
+    }
+
+    pub async fn usage(&self, team: &str, period: Option<&str>) -> Result<Value, ApiError> {
+        let report = self.usage_report(team, period).await?;
+        let breakdown: Vec<Value> = report
+            .breakdown
+            .iter()
+            .map(|line| json!({"block": line.kind.as_str(), "trigger": line.trigger.as_str(), "executions": line.executions, "credits": line.credits.0}))
+            .collect();
+        Ok(json!({
+            "team": report.team.to_string(),
+            "period": {"start": report.period.start.to_string(), "end": report.period.end.to_string(), "label": report.period.label()},
+            "included": report.included.0,
+            "used": report.used().0,
+            "remaining": report.remaining().0,
+            "included_used": report.included_used.0,
+            "purchased_used": report.purchased_used.0,
+            "purchased_remaining": report.purchased_remaining.0,
+            "payg_credits": report.payg_credits.0,
+            "payg_amount_usd": report.payg_amount().to_string(),
+            "unbilled_credits": report.unbilled_credits.0,
+            "breakdown": breakdown,
+        }))
+    }
+
+    pub async fn invoices(&self, team: &str) -> Result<Vec<Value>, ApiError> {
+        let name = team_name(team)?;
+        let invoices = self.blocking(move |store| store.invoices(&name)).await?;
+        Ok(invoices
+            .into_iter()
+            .map(|invoice| {
+                json!({
+                    "period": {"start": invoice.period.start.to_string(), "end": invoice.period.end.to_string(), "label": invoice.period.label()},
+                    "included": invoice.included.0,
+                    "included_used": invoice.included_used.0,
+                    "included_expired": invoice.included_expired.0,
+                    "purchased_used": invoice.purchased_used.0,
+                    "payg_credits": invoice.payg_credits.0,
+                    "unbilled_credits": invoice.unbilled_credits.0,
+                    "amount_due_usd": invoice.amount_due.to_string(),
+                    "issued_at": invoice.issued_at.to_string(),
+                })
+            })
+            .collect())
+    }
+}

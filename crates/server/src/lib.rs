@@ -1,0 +1,154 @@
+//! The flowcredits server: a JSON API under `/v1`, deployed-flow hooks under `/hooks`, an MCP
+//! endpoint, the usage dashboard, metrics and health. Handlers are thin: they authorize, parse,
+//! and call the ledger (credits), the catalog (configuration, history) or the runner.
+
+pub mod auth;
+pub mod catalog;
+mod dashboard;
+pub mod error;
+pub mod history;
+pub mod ledger;
+mod mcp;
+pub mod metrics;
+mod openapi;
+mod routes_billing;
+mod routes_flows;
+mod routes_runs;
+mod routes_teams;
+pub mod runner;
+mod scheduler;
+pub mod serve;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{any, get, post, put};
+use flowcredits_core::Rules;
+
+pub use error::ApiError;
+
+/// Everything a request handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub rules: Arc<Rules>,
+    pub catalog: catalog::Catalog,
+    pub ledger: ledger::Ledger,
+    pub runner: runner::Runner,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Outgoing HTTP (alert webhooks).
+    pub http: reqwest::Client,
+}
+
+/// The whole HTTP surface. Tests call it without a socket; `serve` binds it.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/me", get(routes_teams::me))
+        .route("/users", post(routes_teams::create_user))
+        .route("/users/{user}/keys", post(routes_teams::create_key))
+        .route("/teams", post(routes_teams::create_team).get(routes_teams::list_teams))
+        .route("/teams/{team}", get(routes_teams::get_team))
+        .route("/teams/{team}/plan", put(routes_teams::change_plan))
+        .route("/teams/{team}/members", get(routes_teams::list_members))
+        .route("/teams/{team}/members/{user}", put(routes_teams::set_member).delete(routes_teams::remove_member))
+        .route("/teams/{team}/flows", post(routes_flows::create_flow).get(routes_flows::list_flows))
+        .route("/teams/{team}/flows/{flow}", get(routes_flows::get_flow).put(routes_flows::update_flow))
+        .route("/teams/{team}/flows/{flow}/snapshots", post(routes_flows::create_snapshot).get(routes_flows::list_snapshots))
+        .route("/teams/{team}/flows/{flow}/estimate", get(routes_flows::estimate))
+        .route("/teams/{team}/deployments", post(routes_flows::create_deployment).get(routes_flows::list_deployments))
+        .route("/teams/{team}/deployments/{deployment}", axum::routing::delete(routes_flows::delete_deployment))
+        .route("/teams/{team}/runs", post(routes_runs::start_run).get(routes_runs::list_runs))
+        .route("/teams/{team}/runs/{run}", get(routes_runs::get_run))
+        .route("/teams/{team}/runs/{run}/cancel", post(routes_runs::cancel_run))
+        .route("/teams/{team}/local-runs", post(routes_runs::admit_local_run))
+        .route("/teams/{team}/local-runs/{run}/charges", post(routes_runs::charge_local_run))
+        .route("/teams/{team}/local-runs/{run}/end", post(routes_runs::end_local_run))
+        .route("/teams/{team}/usage", get(routes_billing::usage))
+        .route("/teams/{team}/billing", get(routes_billing::get_billing).patch(routes_billing::update_billing))
+        .route("/teams/{team}/purchases", post(routes_billing::purchase))
+        .route("/teams/{team}/invoices", get(routes_billing::invoices))
+        .route("/teams/{team}/alerts", get(routes_billing::alerts));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/hooks/{team}/{*path}", any(routes_runs::call_hook))
+        .route("/mcp", post(mcp::handle).get(mcp::reject_get))
+        .route("/dashboard", get(dashboard::page))
+        .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::render))
+        .route("/healthz", get(health))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
+        .with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state.catalog.call(|connection| Ok(connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?)).await?;
+    Ok(axum::Json(serde_json::json!({"status": "ok", "runs_in_flight": state.runner.in_flight()})))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route (see /openapi.json)".into())
+}
+
+/// JSON bodies with errors that name the field, instead of axum's plain-text rejections.
+pub struct JsonBody<T>(pub T);
+
+/// Largest JSON body the `/v1` API reads (flow definitions included), in bytes.
+pub const API_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, _state: &S) -> Result<JsonBody<T>, ApiError> {
+        let bytes = axum::body::to_bytes(request.into_body(), API_BODY_BYTES_MAX)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge { size: API_BODY_BYTES_MAX + 1, limit: API_BODY_BYTES_MAX as u64 })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(&mut deserializer) {
+            Ok(value) => Ok(JsonBody(value)),
+            Err(err) => {
+                let path = err.path().to_string();
+                let field = if path == "." { "body".to_owned() } else { path };
+                Err(ApiError::invalid(field, err.into_inner().to_string()))
+            }
+        }
+    }
+}
+
+/// Query strings with errors that name the parameter.
+pub struct Query<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Query<T>, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(Query).map_err(|err| ApiError::invalid(format!("query {}", err.path()), err.into_inner().to_string()))
+    }
+}
+
+/// `?after=…&limit=…` on every list.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+impl PageQuery {
+    pub fn request(&self) -> Result<catalog::PageRequest, ApiError> {
+        let limit = self.limit.unwrap_or(catalog::PAGE_ITEMS_DEFAULT);
+        if !(1..=catalog::PAGE_ITEMS_MAX).contains(&limit) {
+            return Err(ApiError::invalid("limit", format!("must be from 1 to {}", catalog::PAGE_ITEMS_MAX)));
+        }
+        Ok(catalog::PageRequest { after: self.after.clone(), limit })
+    }
+}

@@ -1,0 +1,180 @@
+//! `/openapi.json`, built from one table of routes. Request schemas mirror the handlers' body
+//! types (which refuse unknown fields), so clients and fuzzers generate what the server reads.
+
+use axum::Json;
+use serde_json::{Map, Value, json};
+
+struct Route {
+    method: &'static str,
+    path: &'static str,
+    summary: &'static str,
+    /// Who may call it.
+    access: &'static str,
+    body: Option<fn() -> Value>,
+    query: &'static [(&'static str, &'static str)],
+    success: &'static str,
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties, "additionalProperties": false})
+}
+
+const PAGE: &[(&str, &str)] = &[("after", "string"), ("limit", "integer")];
+
+const ROUTES: &[Route] = &[
+    Route { method: "get", path: "/healthz", summary: "Liveness and database check", access: "anyone", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/metrics", summary: "Prometheus metrics", access: "anyone", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/me", summary: "The caller and their teams", access: "any key", body: None, query: &[], success: "200" },
+    Route { method: "post", path: "/v1/users", summary: "Create a user", access: "operator", body: Some(|| object(&["name"], json!({"name": string(), "operator": {"type": "boolean"}}))), query: &[], success: "201" },
+    Route { method: "post", path: "/v1/users/{user}/keys", summary: "Create an API key (shown once)", access: "operator, or the user", body: Some(|| object(&["label"], json!({"label": string()}))), query: &[], success: "201" },
+    Route {
+        method: "post",
+        path: "/v1/teams",
+        summary: "Create a team",
+        access: "operator",
+        body: Some(|| object(&["name", "plan"], json!({"name": string(), "plan": {"type": "string", "enum": ["free", "solo", "team", "enterprise"]}, "anchor_day": {"type": "integer", "minimum": 1, "maximum": 28}, "owner": string()}))),
+        query: &[],
+        success: "201",
+    },
+    Route { method: "get", path: "/v1/teams", summary: "Teams the caller can see", access: "any key", body: None, query: PAGE, success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}", summary: "A team and its plan", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "put", path: "/v1/teams/{team}/plan", summary: "Change a team's plan", access: "operator", body: Some(|| object(&["plan"], json!({"plan": string()}))), query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/members", summary: "Members and roles", access: "member", body: None, query: &[], success: "200" },
+    Route {
+        method: "put",
+        path: "/v1/teams/{team}/members/{user}",
+        summary: "Add a member or change their role",
+        access: "owner, admin",
+        body: Some(|| object(&["role"], json!({"role": {"type": "string", "enum": ["owner", "admin", "billing", "editor", "viewer"]}}))),
+        query: &[],
+        success: "200",
+    },
+    Route { method: "delete", path: "/v1/teams/{team}/members/{user}", summary: "Remove a member", access: "owner, admin", body: None, query: &[], success: "204" },
+    Route { method: "post", path: "/v1/teams/{team}/flows", summary: "Create a flow", access: "owner, admin, editor", body: Some(|| object(&["name", "definition"], json!({"name": string(), "definition": {"type": "object"}}))), query: &[], success: "201" },
+    Route { method: "get", path: "/v1/teams/{team}/flows", summary: "List flows", access: "member", body: None, query: PAGE, success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}", summary: "A flow", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "put", path: "/v1/teams/{team}/flows/{flow}", summary: "Replace a flow's working definition", access: "owner, admin, editor", body: Some(|| object(&["definition"], json!({"definition": {"type": "object"}}))), query: &[], success: "200" },
+    Route { method: "post", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "Snapshot the flow (numbered, immutable; Free keeps 10)", access: "owner, admin, editor", body: None, query: &[], success: "201" },
+    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "List snapshots", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/estimate", summary: "Estimate a run's credits", access: "member", body: None, query: &[("trigger", "string"), ("cloud_run", "boolean"), ("snapshot", "integer")], success: "200" },
+    Route {
+        method: "post",
+        path: "/v1/teams/{team}/deployments",
+        summary: "Deploy a snapshot to /hooks/{team}/{path} or as an MCP tool",
+        access: "owner, admin, editor",
+        body: Some(|| object(&["flow_id", "path"], json!({"flow_id": string(), "snapshot": {"type": "integer", "minimum": 1}, "path": string(), "trigger": {"type": "string", "enum": ["api", "mcp"]}, "schedule_every_s": {"type": "integer", "minimum": 60}}))),
+        query: &[],
+        success: "201",
+    },
+    Route { method: "get", path: "/v1/teams/{team}/deployments", summary: "List deployments", access: "member", body: None, query: PAGE, success: "200" },
+    Route { method: "delete", path: "/v1/teams/{team}/deployments/{deployment}", summary: "Remove a deployment", access: "owner, admin, editor", body: None, query: &[], success: "204" },
+    Route {
+        method: "post",
+        path: "/v1/teams/{team}/runs",
+        summary: "Start a manual run in the cloud",
+        access: "owner, admin, editor",
+        body: Some(|| object(&["flow_id"], json!({"flow_id": string(), "snapshot": {"type": "integer"}, "input": {}, "wait": {"type": "boolean"}}))),
+        query: &[],
+        success: "202",
+    },
+    Route {
+        method: "get",
+        path: "/v1/teams/{team}/runs",
+        summary: "Run history, newest first",
+        access: "member",
+        body: None,
+        query: &[("flow_id", "string"), ("status", "string"), ("trigger", "string"), ("since", "string"), ("until", "string"), ("after", "string"), ("limit", "integer")],
+        success: "200",
+    },
+    Route { method: "get", path: "/v1/teams/{team}/runs/{run}", summary: "A run with each block's status, input, output, duration and credits", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "post", path: "/v1/teams/{team}/runs/{run}/cancel", summary: "Cancel a run", access: "owner, admin, editor", body: None, query: &[], success: "200" },
+    Route {
+        method: "post",
+        path: "/v1/teams/{team}/local-runs",
+        summary: "Admit a run executing on the caller's machine (metered here)",
+        access: "owner, admin, editor",
+        body: Some(|| object(&["flow", "blocks"], json!({"flow": string(), "cloud_run": {"type": "boolean"}, "blocks": {"type": "array", "items": object(&["type"], json!({"type": string(), "model": string()}))}}))),
+        query: &[],
+        success: "201",
+    },
+    Route {
+        method: "post",
+        path: "/v1/teams/{team}/local-runs/{run}/charges",
+        summary: "Charge block executions of a local run (idempotent by execution id)",
+        access: "owner, admin, editor",
+        body: Some(|| {
+            let charge = object(&["execution_id", "type"], json!({"execution_id": string(), "type": string(), "model": string(), "external_mcp_tools": {"type": "array", "items": string()}, "internal_mcp_tools": {"type": "array", "items": string()}}));
+            object(&["charges"], json!({"charges": {"type": "array", "items": charge}}))
+        }),
+        query: &[],
+        success: "200",
+    },
+    Route { method: "post", path: "/v1/teams/{team}/local-runs/{run}/end", summary: "End a local run", access: "owner, admin, editor", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/usage", summary: "Credits used and remaining, by block kind and trigger", access: "member", body: None, query: &[("period", "string")], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/billing", summary: "Billing settings", access: "member", body: None, query: &[], success: "200" },
+    Route {
+        method: "patch",
+        path: "/v1/teams/{team}/billing",
+        summary: "Change pay-as-you-go, its cap and alert amounts, and the alert webhook",
+        access: "owner, admin, billing",
+        body: Some(|| object(&[], json!({"payg_enabled": {"type": "boolean"}, "payg_cap_usd": {"type": "string", "nullable": true}, "payg_alerts_usd": {"type": "array", "items": string()}, "alert_webhook_url": {"type": "string", "nullable": true}}))),
+        query: &[],
+        success: "200",
+    },
+    Route { method: "post", path: "/v1/teams/{team}/purchases", summary: "Buy credits (Enterprise)", access: "owner, admin, billing", body: Some(|| object(&["credits"], json!({"credits": {"type": "integer", "minimum": 1}, "expires_at": string()}))), query: &[], success: "201" },
+    Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/alerts", summary: "Usage alerts and their deliveries", access: "member", body: None, query: PAGE, success: "200" },
+    Route { method: "post", path: "/hooks/{team}/{path}", summary: "Call a deployed flow (sync: 30 s then 408; `?async=true`: 202)", access: "member", body: Some(|| json!({})), query: &[("async", "boolean")], success: "200" },
+    Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member; `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200" },
+];
+
+fn operation(route: &Route) -> Value {
+    let mut parameters: Vec<Value> = route
+        .path
+        .split('/')
+        .filter_map(|segment| segment.strip_prefix('{').and_then(|segment| segment.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}}))
+        .collect();
+    parameters.extend(route.query.iter().map(|(name, kind)| json!({"name": name, "in": "query", "required": false, "schema": {"type": kind}})));
+    let mut operation = json!({
+        "summary": route.summary,
+        "description": format!("Who may call: {}.", route.access),
+        "parameters": parameters,
+        "responses": {
+            route.success: {"description": "Success", "content": {"application/json": {}}},
+            "4XX": {"description": "A client error: `{\"error\": {\"code\", \"message\", \"field\"?}}`", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+        },
+    });
+    if route.access != "anyone" {
+        operation["security"] = json!([{"apiKey": []}]);
+    }
+    if let Some(body) = route.body {
+        operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body()}}});
+    }
+    operation
+}
+
+pub fn build() -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let entry = paths.entry(route.path).or_insert_with(|| json!({}));
+        entry[route.method] = operation(route);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "flowcredits", "version": env!("CARGO_PKG_VERSION"), "description": "Runs flows for teams and meters, limits and bills the credits they consume."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (fck_…) acting for one user"}},
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": string(), "message": string(), "field": string()}}}}},
+        },
+    })
+}
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}

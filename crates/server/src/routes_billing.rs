@@ -1,0 +1,129 @@
+//! Usage, billing settings, purchases, invoices and alerts.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use flowcredits_core::{Credits, MicroUsd};
+use flowcredits_store::BillingChange;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{Action, Caller};
+use crate::catalog;
+use crate::{ApiError, AppState, JsonBody, PageQuery, Query};
+
+/// Longest alert webhook URL, in bytes.
+pub const WEBHOOK_URL_BYTES_MAX: usize = 2_000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    /// `YYYY-MM` of the period's start; the current period when absent.
+    period: Option<String>,
+}
+
+pub async fn usage(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(query): Query<UsageQuery>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    Ok(Json(state.ledger.usage(&team, query.period.as_deref()).await?))
+}
+
+pub async fn get_billing(State(state): State<AppState>, caller: Caller, Path(team): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    billing_view(&state, &team).await.map(Json)
+}
+
+async fn billing_view(state: &AppState, team: &str) -> Result<Value, ApiError> {
+    let info = state.ledger.team(team).await?;
+    let team_name = team.to_owned();
+    let webhook = state.catalog.call(move |connection| catalog::alert_webhook(connection, &team_name)).await?;
+    let plan = state.rules.plans.get(info.plan);
+    Ok(json!({
+        "plan": info.plan.as_str(),
+        "payg_available": plan.has_payg(),
+        "payg_enabled": info.payg_enabled,
+        "payg_cap_usd": info.payg_cap.map(|cap| cap.to_string()),
+        "payg_alerts_usd": info.payg_alerts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "can_purchase_credits": plan.can_purchase_credits,
+        "alert_webhook_url": webhook,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingUpdate {
+    payg_enabled: Option<bool>,
+    /// Dollars as a decimal string; `null` removes the cap.
+    #[serde(default, deserialize_with = "present")]
+    payg_cap_usd: Option<Option<String>>,
+    payg_alerts_usd: Option<Vec<String>>,
+    /// Where alerts are delivered; `null` stops delivery.
+    #[serde(default, deserialize_with = "present")]
+    alert_webhook_url: Option<Option<String>>,
+}
+
+/// Tells "absent" (`None`) from "null" (`Some(None)`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+fn usd(field: &str, text: &str) -> Result<MicroUsd, ApiError> {
+    MicroUsd::parse_usd(text).ok_or_else(|| ApiError::invalid(field, format!("`{text}` is not a dollar amount such as \"25.000\"")))
+}
+
+/// Changes billing settings (owner, admin or billing). Every change is in the ledger's audit
+/// log with the user who made it. Turning pay-as-you-go on resumes paused runs.
+pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<BillingUpdate>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Bill).await?;
+    let mut changes = Vec::new();
+    if let Some(cap) = &body.payg_cap_usd {
+        changes.push(BillingChange::SetPaygCap { cap: cap.as_deref().map(|text| usd("payg_cap_usd", text)).transpose()? });
+    }
+    if let Some(alerts) = &body.payg_alerts_usd {
+        let amounts = alerts.iter().enumerate().map(|(index, text)| usd(&format!("payg_alerts_usd[{index}]"), text)).collect::<Result<_, _>>()?;
+        changes.push(BillingChange::SetPaygAlerts { amounts });
+    }
+    if let Some(enabled) = body.payg_enabled {
+        changes.push(BillingChange::SetPayg { enabled });
+    }
+    if let Some(Some(url)) = &body.alert_webhook_url {
+        if url.len() > WEBHOOK_URL_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ApiError::invalid("alert_webhook_url", format!("must be an http(s) URL of at most {WEBHOOK_URL_BYTES_MAX} bytes")));
+        }
+    }
+    // Everything is checked before anything is written; then each change is applied in order.
+    for change in changes {
+        state.ledger.change_billing(&team, &caller.user.id, change).await?;
+    }
+    if let Some(url) = body.alert_webhook_url {
+        let team_name = team.clone();
+        state.catalog.call(move |connection| catalog::set_alert_webhook(connection, &team_name, url.as_deref())).await?;
+    }
+    state.runner.dispatch_resumed(&state, &team).await?;
+    billing_view(&state, &team).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Purchase {
+    credits: u64,
+    expires_at: Option<String>,
+}
+
+pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<Purchase>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.authorize(&state, &team, Action::Bill).await?;
+    let expires_at = body.expires_at.as_deref().map(|text| text.parse::<jiff::Timestamp>().map_err(|err| ApiError::invalid("expires_at", format!("`{text}` is not an RFC 3339 time: {err}")))).transpose()?;
+    state.ledger.change_billing(&team, &caller.user.id, BillingChange::Purchase { credits: Credits(body.credits), expires_at }).await?;
+    let resumed = state.runner.dispatch_resumed(&state, &team).await?;
+    Ok((StatusCode::CREATED, Json(json!({"credits": body.credits, "runs_resumed": resumed}))))
+}
+
+pub async fn invoices(State(state): State<AppState>, caller: Caller, Path(team): Path<String>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    Ok(Json(json!({"items": state.ledger.invoices(&team).await?})))
+}
+
+pub async fn alerts(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::AlertRecord>>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let page = page.request()?;
+    Ok(Json(state.catalog.call(move |connection| catalog::alerts(connection, &team, &page)).await?))
+}

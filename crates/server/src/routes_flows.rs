@@ -1,0 +1,165 @@
+//! Flows, their numbered snapshots, cost estimates and deployments.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use flowcredits_core::{CloudRun, RunContext, Trigger};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::auth::{Action, Caller};
+use crate::catalog::{self, Deployment};
+use crate::{ApiError, AppState, JsonBody, PageQuery, Query, runner};
+
+/// Longest flow name, in bytes.
+pub const FLOW_NAME_BYTES_MAX: usize = 200;
+/// Longest deployment path, in bytes.
+pub const DEPLOYMENT_PATH_BYTES_MAX: usize = 200;
+/// Schedules run at most every minute and at least once a year.
+pub const SCHEDULE_EVERY_S_MIN: u32 = 60;
+pub const SCHEDULE_EVERY_S_MAX: u32 = 366 * 24 * 3600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewFlow {
+    name: String,
+    definition: Value,
+}
+
+pub async fn create_flow(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<NewFlow>) -> Result<(StatusCode, Json<catalog::Flow>), ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    if body.name.trim().is_empty() || body.name.len() > FLOW_NAME_BYTES_MAX {
+        return Err(ApiError::invalid("name", format!("must be 1 to {FLOW_NAME_BYTES_MAX} bytes")));
+    }
+    runner::validate_flow(&body.definition)?;
+    let flow = state.catalog.call(move |connection| catalog::create_flow(connection, &team, &body.name, &body.definition)).await?;
+    Ok((StatusCode::CREATED, Json(flow)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowUpdate {
+    definition: Value,
+}
+
+/// Replaces a flow's working definition; snapshots already taken never change.
+pub async fn update_flow(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>, JsonBody(body): JsonBody<FlowUpdate>) -> Result<Json<catalog::Flow>, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    runner::validate_flow(&body.definition)?;
+    Ok(Json(state.catalog.call(move |connection| catalog::update_flow(connection, &team, &flow, &body.definition)).await?))
+}
+
+pub async fn list_flows(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::Flow>>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let page = page.request()?;
+    Ok(Json(state.catalog.call(move |connection| catalog::flows(connection, &team, &page)).await?))
+}
+
+pub async fn get_flow(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>) -> Result<Json<catalog::Flow>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    Ok(Json(state.catalog.call(move |connection| catalog::flow(connection, &team, &flow)).await?))
+}
+
+pub async fn create_snapshot(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>) -> Result<(StatusCode, Json<catalog::Snapshot>), ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    let plan = state.ledger.team(&team).await?.plan;
+    let snapshots_max = state.rules.plans.get(plan).snapshots_per_flow;
+    let snapshot = state.catalog.call(move |connection| catalog::create_snapshot(connection, &team, &flow, snapshots_max)).await?;
+    Ok((StatusCode::CREATED, Json(snapshot)))
+}
+
+pub async fn list_snapshots(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let snapshots = state.catalog.call(move |connection| catalog::snapshots(connection, &team, &flow)).await?;
+    Ok(Json(json!({"items": snapshots})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateQuery {
+    trigger: Option<String>,
+    cloud_run: Option<bool>,
+    /// A snapshot number; the working definition when absent.
+    snapshot: Option<u32>,
+}
+
+/// What a run of the flow would cost, before running it.
+pub async fn estimate(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>, Query(query): Query<EstimateQuery>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let trigger: Trigger = query.trigger.as_deref().unwrap_or("api").parse().map_err(|err: flowcredits_core::CoreError| ApiError::invalid("trigger", err.to_string()))?;
+    let context = RunContext::for_trigger(trigger, CloudRun::from(query.cloud_run.unwrap_or(false)));
+    let definition = state
+        .catalog
+        .call(move |connection| match query.snapshot {
+            Some(number) => Ok(catalog::snapshot(connection, &team, &flow, Some(number))?.definition),
+            None => Ok(catalog::flow(connection, &team, &flow)?.definition),
+        })
+        .await?;
+    Ok(Json(runner::estimate(&state.rules, &definition, context)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeployment {
+    flow_id: String,
+    /// Snapshot number to deploy; the latest when absent.
+    snapshot: Option<u32>,
+    path: String,
+    /// `api` (default) or `mcp`.
+    trigger: Option<String>,
+    schedule_every_s: Option<u32>,
+}
+
+fn check_path(path: &str) -> Result<(), ApiError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '.');
+    if path.is_empty() || path.len() > DEPLOYMENT_PATH_BYTES_MAX || !path.chars().all(allowed) || path.starts_with('/') || path.contains("..") {
+        return Err(ApiError::invalid("path", format!("must be 1 to {DEPLOYMENT_PATH_BYTES_MAX} characters of letters, digits, '-', '_', '.', '/', not starting with '/'")));
+    }
+    Ok(())
+}
+
+pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<NewDeployment>) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    check_path(&body.path)?;
+    let trigger = body.trigger.unwrap_or_else(|| "api".into());
+    if trigger != "api" && trigger != "mcp" {
+        return Err(ApiError::invalid("trigger", "must be `api` or `mcp`"));
+    }
+    if let Some(every) = body.schedule_every_s.filter(|every| !(SCHEDULE_EVERY_S_MIN..=SCHEDULE_EVERY_S_MAX).contains(every)) {
+        return Err(ApiError::invalid("schedule_every_s", format!("{every} is outside {SCHEDULE_EVERY_S_MIN} (every minute) to {SCHEDULE_EVERY_S_MAX} (yearly)")));
+    }
+    let deployment = state
+        .catalog
+        .call(move |connection| {
+            let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot)?;
+            if trigger == "mcp" {
+                runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("trigger", "an mcp deployment needs a flow with an `mcp` trigger block"))?;
+            }
+            let deployment = Deployment {
+                id: catalog::new_id("dep"),
+                team,
+                path: body.path,
+                flow_id: body.flow_id,
+                snapshot: snapshot.number,
+                trigger,
+                schedule_every_s: body.schedule_every_s,
+                created_at: jiff::Timestamp::now().to_string(),
+            };
+            catalog::create_deployment(connection, &deployment)?;
+            Ok(deployment)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(deployment)))
+}
+
+pub async fn list_deployments(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Deployment>>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let page = page.request()?;
+    Ok(Json(state.catalog.call(move |connection| catalog::deployments(connection, &team, &page)).await?))
+}
+
+pub async fn delete_deployment(State(state): State<AppState>, caller: Caller, Path((team, deployment)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    state.catalog.call(move |connection| catalog::delete_deployment(connection, &team, &deployment)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,280 @@
+//! Runs: started from the API (cloud runs), by deployed hooks, or on a user's own machine and
+//! metered here (local runs); their history; cancelling them.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use flowcredits_core::{BlockKind, BlockUsage, CloudRun, ExecutionId, RunContext, RunStatus, Trigger};
+use flowcredits_engine::{BlockCharge, HttpTrigger};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::auth::{Action, Caller};
+use crate::catalog;
+use crate::history::{self, RunFilter, RunState};
+use crate::runner::{RunReply, StartRequest, Started};
+use crate::{ApiError, AppState, JsonBody, Query};
+
+/// How long a synchronous call waits for the run's answer before it gets 408 (the run goes on).
+pub const SYNC_WAIT: Duration = Duration::from_secs(30);
+/// Most block executions one local-run charge request may carry.
+pub const LOCAL_CHARGES_MAX: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRun {
+    flow_id: String,
+    /// A snapshot number; the flow's working definition when absent.
+    snapshot: Option<u32>,
+    #[serde(default)]
+    input: Value,
+    /// Wait for the run to finish (up to 30 s) instead of answering at once.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// A manual run started by a member from the API or the dashboard. It executes on the server,
+/// which is the cloud: priced as a manual run with Cloud Run on.
+pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<NewRun>) -> Result<Response, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    let (team_name, flow_id, snapshot) = (team.clone(), body.flow_id.clone(), body.snapshot);
+    let definition = state
+        .catalog
+        .call(move |connection| match snapshot {
+            Some(number) => Ok(catalog::snapshot(connection, &team_name, &flow_id, Some(number))?.definition),
+            None => Ok(catalog::flow(connection, &team_name, &flow_id)?.definition),
+        })
+        .await?;
+    let request = StartRequest {
+        team,
+        flow_id: body.flow_id,
+        snapshot: body.snapshot,
+        deployment_id: None,
+        definition,
+        input: body.input,
+        context: RunContext::manual(CloudRun::On),
+        http: None,
+    };
+    let started = state.runner.start(&state, request).await?;
+    Ok(answer_started(started, body.wait, None).await)
+}
+
+/// The answer to whoever started a run: paused (with the run id and what to do), accepted, the
+/// run's result, or 408 when it is still going after [`SYNC_WAIT`].
+async fn answer_started(started: Started, wait: bool, paused_status: Option<StatusCode>) -> Response {
+    let run_id = started.run_id.clone();
+    if started.status == RunStatus::Paused {
+        let body = json!({
+            "run_id": run_id,
+            "status": "paused",
+            "error": {"code": "out_of_credits", "message": "the team has used its credits; the run is paused and will run when credits return (turn on pay-as-you-go, buy credits, or wait for the next billing period)"},
+        });
+        return (paused_status.unwrap_or(StatusCode::ACCEPTED), Json(body)).into_response();
+    }
+    let Some(reply) = started.reply.filter(|_| wait) else {
+        return (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status": "running"}))).into_response();
+    };
+    match tokio::time::timeout(SYNC_WAIT, reply).await {
+        Ok(Ok(reply)) => reply_response(reply),
+        Ok(Err(_)) => ApiError::internal(format!("run {run_id} stopped without a result")).into_response(),
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": "the run is still going; read its result from /v1/teams/{team}/runs/{run_id}"}))).into_response(),
+    }
+}
+
+/// A finished run as an HTTP answer: the `response` block's status and body when the flow has
+/// one, otherwise the run's outputs.
+fn reply_response(reply: RunReply) -> Response {
+    if let Some((status, body)) = reply.response {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert("x-flowcredits-run", reply.run_id.parse().expect("run ids are header-safe"));
+        return response;
+    }
+    let status = match reply.state {
+        RunState::Succeeded => StatusCode::OK,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    (status, Json(json!({"run_id": reply.run_id, "status": reply.state, "credits": reply.credits.0, "output": reply.output, "error": reply.error}))).into_response()
+}
+
+/// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
+/// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
+pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, query: Query<Map<String, Value>>, body: Body) -> Result<Response, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let plan = state.ledger.team(&team).await?.plan;
+    let limit = state.rules.plans.get(plan).request_body_bytes_max;
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()).and_then(|value| value.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|size| *size > limit) {
+        return Err(ApiError::PayloadTooLarge { size: size as usize, limit });
+    }
+    let bytes = axum::body::to_bytes(body, limit as usize).await.map_err(|_| ApiError::PayloadTooLarge { size: limit as usize + 1, limit })?;
+    let Query(mut query) = query;
+    let asynchronous = query.remove("async").is_some_and(|value| value == "true" || value == "1")
+        || headers.get("prefer").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("respond-async"));
+    let (team_name, hook_path) = (team.clone(), path.clone());
+    let deployment = state
+        .catalog
+        .call(move |connection| catalog::deployment_by_path(connection, &team_name, &hook_path))
+        .await?
+        .filter(|deployment| deployment.trigger == "api")
+        .ok_or_else(|| ApiError::NotFound(format!("deployment at /hooks/{team}/{path}")))?;
+    let (team_name, flow_id, snapshot) = (team.clone(), deployment.flow_id.clone(), deployment.snapshot);
+    let definition = state.catalog.call(move |connection| Ok(catalog::snapshot(connection, &team_name, &flow_id, Some(snapshot))?.definition)).await?;
+    let input = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
+    let header_map: Map<String, Value> = headers.iter().filter(|(name, _)| *name != axum::http::header::AUTHORIZATION).filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_owned())))).collect();
+    let http = HttpTrigger { method: method.to_string(), path: format!("/{path}"), headers: header_map, query };
+    let request = StartRequest {
+        team,
+        flow_id: deployment.flow_id,
+        snapshot: Some(deployment.snapshot),
+        deployment_id: Some(deployment.id),
+        definition,
+        input,
+        context: RunContext::automated(Trigger::Api).expect("api is automated"),
+        http: Some(http),
+    };
+    let started = state.runner.start(&state, request).await?;
+    Ok(answer_started(started, !asynchronous, Some(if asynchronous { StatusCode::ACCEPTED } else { StatusCode::PAYMENT_REQUIRED })).await)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RunListQuery {
+    flow_id: Option<String>,
+    status: Option<String>,
+    trigger: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list_runs(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(query): Query<RunListQuery>) -> Result<Json<catalog::Page<history::RunView>>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let instant = |field: &str, text: &Option<String>| -> Result<Option<i64>, ApiError> {
+        text.as_deref().map(|text| text.parse::<jiff::Timestamp>().map(|at| at.as_millisecond()).map_err(|err| ApiError::invalid(field, format!("`{text}` is not an RFC 3339 time: {err}")))).transpose()
+    };
+    let status = query.status.as_deref().map(|text| RunState::parse(text).ok_or_else(|| ApiError::invalid("status", "must be paused, running, succeeded, failed, timed_out or cancelled"))).transpose()?;
+    if let Some(trigger) = &query.trigger {
+        trigger.parse::<Trigger>().map_err(|err| ApiError::invalid("trigger", err.to_string()))?;
+    }
+    let filter = RunFilter { flow_id: query.flow_id.clone(), status, trigger: query.trigger.clone(), since_ms: instant("since", &query.since)?, until_ms: instant("until", &query.until)? };
+    let page = crate::PageQuery { after: query.after, limit: query.limit }.request()?;
+    Ok(Json(state.catalog.call(move |connection| history::runs(connection, &team, &filter, &page)).await?))
+}
+
+pub async fn get_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<history::RunView>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    Ok(Json(state.catalog.call(move |connection| history::run(connection, &team, &run)).await?))
+}
+
+pub async fn cancel_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    state.runner.cancel(&state, &team, &run).await?;
+    Ok(Json(json!({"run_id": run, "status": "cancelling"})))
+}
+
+// ---------------------------------------------------------------- local runs metered here
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedBlock {
+    #[serde(rename = "type")]
+    kind: String,
+    model: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRun {
+    /// The flow's name, for the history.
+    flow: String,
+    /// Every block the run may execute, to decide whether it needs credits.
+    blocks: Vec<PlannedBlock>,
+    /// Whether the run executes with Cloud Run on (it is still executed by the caller).
+    #[serde(default)]
+    cloud_run: bool,
+}
+
+fn block_kind(field: &str, text: &str) -> Result<BlockKind, ApiError> {
+    text.parse().map_err(|err: flowcredits_core::CoreError| ApiError::invalid(field, err.to_string()))
+}
+
+/// Admits a run that executes on the caller's machine (the local canvas): the server only meters it.
+pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<LocalRun>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    let mut planned = Vec::with_capacity(body.blocks.len());
+    for (index, block) in body.blocks.iter().enumerate() {
+        let kind = block_kind(&format!("blocks[{index}].type"), &block.kind)?;
+        planned.push(BlockUsage { model: block.model.clone(), ..BlockUsage::of_kind(kind) });
+    }
+    let context = RunContext::manual(CloudRun::from(body.cloud_run));
+    let needs_credits = state.rules.run_needs_credits(jiff::Timestamp::now(), context, &planned).map_err(|err| ApiError::invalid("blocks", err.to_string()))?;
+    let run_id = catalog::new_id("run");
+    let status = state.ledger.start_run(&team, &run_id, context, needs_credits).await?;
+    let run_state = if status == RunStatus::Running { RunState::Running } else { RunState::Paused };
+    let (id, team_name) = (run_id.clone(), team.clone());
+    state
+        .catalog
+        .call(move |connection| {
+            let run = history::NewRun { id: &id, team: &team_name, flow_id: &body.flow, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: run_state, input: &Value::Null };
+            history::insert_run(connection, &run)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({"run_id": run_id, "status": status.as_str(), "needs_credits": needs_credits}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalCharge {
+    execution_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    model: Option<String>,
+    #[serde(default)]
+    external_mcp_tools: Vec<String>,
+    #[serde(default)]
+    internal_mcp_tools: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalCharges {
+    charges: Vec<LocalCharge>,
+}
+
+/// Charges block executions of a local run, each with its idempotent execution id.
+pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(body): JsonBody<LocalCharges>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    if body.charges.len() > LOCAL_CHARGES_MAX {
+        return Err(ApiError::invalid("charges", format!("{} charges is more than the limit of {LOCAL_CHARGES_MAX} per request", body.charges.len())));
+    }
+    let mut charges = Vec::with_capacity(body.charges.len());
+    for (index, charge) in body.charges.into_iter().enumerate() {
+        let kind = block_kind(&format!("charges[{index}].type"), &charge.kind)?;
+        let execution = ExecutionId::new(format!("{run}/{}", charge.execution_id)).map_err(|err| ApiError::invalid(format!("charges[{index}].execution_id"), err.to_string()))?;
+        let usage = BlockUsage { kind, model: charge.model, external_mcp_tools: charge.external_mcp_tools, internal_mcp_tools: charge.internal_mcp_tools };
+        charges.push(BlockCharge { execution, usage });
+    }
+    let credits = state.ledger.charge(&team, &run, &charges).await?;
+    let total: u64 = credits.iter().map(|credits| credits.0).sum();
+    state.metrics.charged(flowcredits_core::Credits(total));
+    let (run_id, team_name) = (run.clone(), team.clone());
+    let run_total = state.ledger.run_credits(&team_name, &run_id).await?;
+    state.catalog.call(move |connection| Ok(connection.execute("UPDATE run_history SET credits = ?2 WHERE id = ?1", rusqlite::params![run_id, run_total.0 as i64])?)).await?;
+    crate::scheduler::check_alerts(&state, &team).await;
+    Ok(Json(json!({"credits": credits.iter().map(|credits| credits.0).collect::<Vec<_>>(), "run_credits": run_total.0})))
+}
+
+pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    state.ledger.end_run(&team, &run).await?;
+    let credits = state.ledger.run_credits(&team, &run).await?;
+    let id = run.clone();
+    state.catalog.call(move |connection| history::finish_run(connection, &id, RunState::Succeeded, credits.0, &Value::Null, None)).await?;
+    Ok(Json(json!({"run_id": run, "status": "completed", "credits": credits.0})))
+}

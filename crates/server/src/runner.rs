@@ -1,0 +1,384 @@
+//! Executes runs on the server: admits them through the ledger, runs them with the engine,
+//! meters every block execution into the durable ledger, records history, and answers the
+//! caller who is waiting (a hook, the API, MCP).
+//!
+//! The engine admits a run by calling [`Meter::admit`]; [`StoreMeter`] forwards that to the
+//! ledger and tells the waiting caller at once, so a paused run is answered immediately while
+//! an admitted one keeps running. A paused run is executed later, with the same run id, when
+//! [`Runner::dispatch_resumed`] finds the ledger resumed it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flowcredits_core::{BlockUsage, Credits, RunContext, RunId, RunStatus, Timestamp};
+use flowcredits_engine::{Admission, BlockCharge, Engine, EngineError, Flow, HttpTrigger, Meter, RunOutcome, RunReport, RunRequest, Syntax};
+use futures_util::future::BoxFuture;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, oneshot};
+
+use crate::catalog::{self, new_id};
+use crate::error::ApiError;
+use crate::history::{self, NewBlock, NewRun, RunState};
+use crate::ledger::Ledger;
+use crate::AppState;
+
+/// A run still going after this long is stopped and recorded as timed out.
+pub const RUN_DURATION_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// What a finished run tells whoever waits for it.
+#[derive(Clone, Debug)]
+pub struct RunReply {
+    pub run_id: String,
+    pub state: RunState,
+    pub credits: Credits,
+    /// The `response` block's answer, when the flow has one.
+    pub response: Option<(u16, Value)>,
+    /// What `display` blocks showed, by where they ran.
+    pub output: Value,
+    pub error: Option<String>,
+}
+
+/// A run that was started: admitted and running (with a reply to come), or paused.
+pub struct Started {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub reply: Option<oneshot::Receiver<RunReply>>,
+}
+
+/// What to run.
+pub struct StartRequest {
+    pub team: String,
+    pub flow_id: String,
+    pub snapshot: Option<u32>,
+    pub deployment_id: Option<String>,
+    pub definition: Value,
+    pub input: Value,
+    pub context: RunContext,
+    pub http: Option<HttpTrigger>,
+}
+
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<RunnerInner>,
+}
+
+struct RunnerInner {
+    engine: Engine,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    /// Cancellation senders of running runs.
+    cancels: Mutex<HashMap<String, oneshot::Sender<()>>>,
+}
+
+impl Runner {
+    pub fn new(engine: Engine) -> Runner {
+        Runner { inner: Arc::new(RunnerInner { engine, in_flight: AtomicUsize::new(0), idle: Notify::new(), cancels: Mutex::new(HashMap::new()) }) }
+    }
+
+    /// Runs executing right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no run is executing (graceful shutdown), or `limit` passes.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.inner.idle.notified();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.in_flight() == 0;
+            }
+        }
+    }
+
+    /// Admits and (if admitted) starts a run. Returns once the ledger has decided.
+    pub async fn start(&self, state: &AppState, request: StartRequest) -> Result<Started, ApiError> {
+        let flow = load_flow(&request.definition)?;
+        let run_id = new_id("run");
+        let (admitted_tx, admitted_rx) = oneshot::channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job = Job {
+            run_id: run_id.clone(),
+            team: request.team,
+            flow_id: request.flow_id,
+            snapshot: request.snapshot,
+            deployment_id: request.deployment_id,
+            flow,
+            input: request.input,
+            context: request.context,
+            http: request.http,
+        };
+        self.spawn(state.clone(), job, Some(admitted_tx), Some(reply_tx));
+        match admitted_rx.await {
+            Ok(Ok(status)) => Ok(Started { run_id, reply: (status == RunStatus::Running).then_some(reply_rx), status }),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(ApiError::internal(format!("run {run_id} ended before it was admitted"))),
+        }
+    }
+
+    /// Executes the team's paused runs that the ledger has since resumed, oldest first.
+    pub async fn dispatch_resumed(&self, state: &AppState, team: &str) -> Result<usize, ApiError> {
+        let team_name = team.to_owned();
+        let paused = state.catalog.call(move |connection| history::paused_runs(connection, &team_name)).await?;
+        let mut dispatched = 0;
+        for run_id in paused {
+            if state.ledger.run_status(team, &run_id).await? != Some(RunStatus::Running) {
+                continue;
+            }
+            let (id, team_name) = (run_id.clone(), team.to_owned());
+            let run = state.catalog.call(move |connection| history::run(connection, &team_name, &id)).await?;
+            let (team_name, flow_id, snapshot) = (team.to_owned(), run.flow_id.clone(), run.snapshot);
+            let definition = state
+                .catalog
+                .call(move |connection| match snapshot {
+                    Some(number) => Ok(catalog::snapshot(connection, &team_name, &flow_id, Some(number))?.definition),
+                    None => Ok(catalog::flow(connection, &team_name, &flow_id)?.definition),
+                })
+                .await?;
+            let context = state.ledger.run_context(team, &run_id).await?;
+            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: load_flow(&definition)?, input: run.input, context, http: None };
+            self.spawn(state.clone(), job, None, None);
+            dispatched += 1;
+        }
+        Ok(dispatched)
+    }
+
+    /// Stops a running run (its started blocks finish and are charged) or cancels a paused one.
+    pub async fn cancel(&self, state: &AppState, team: &str, run_id: &str) -> Result<(), ApiError> {
+        let (team_name, id) = (team.to_owned(), run_id.to_owned());
+        let run = state.catalog.call(move |connection| history::run(connection, &team_name, &id)).await?;
+        if run.status.is_finished() {
+            return Err(ApiError::Conflict(format!("run {run_id} is {}", run.status.as_str())));
+        }
+        let sender = self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(run_id);
+        match sender {
+            // The executing task records the cancellation when it stops.
+            Some(sender) => drop(sender.send(())),
+            None => {
+                state.ledger.cancel_run(team, run_id).await?;
+                let id = run_id.to_owned();
+                state.catalog.call(move |connection| history::finish_run(connection, &id, RunState::Cancelled, 0, &Value::Null, Some("cancelled"))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, state: AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>, reply: Option<oneshot::Sender<RunReply>>) {
+        let runner = self.clone();
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let reply_value = runner.execute(&state, job, admitted).await;
+            if let (Some(reply), Some(value)) = (reply, reply_value) {
+                let _ = reply.send(value);
+            }
+            if runner.inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+                runner.inner.idle.notify_waiters();
+            }
+        });
+    }
+
+    async fn execute(&self, state: &AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>) -> Option<RunReply> {
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job.run_id.clone(), cancel_tx);
+        let meter = StoreMeter { state: state.clone(), job: &job, admitted: Mutex::new(admitted) };
+        let request = RunRequest { run: RunId::new(job.run_id.clone()).ok()?, context: job.context, input: job.input.clone(), config: Map::new(), http: job.http.clone() };
+        let outcome = tokio::select! {
+            result = tokio::time::timeout(RUN_DURATION_MAX, self.inner.engine.run(&job.flow, request, &meter)) => result.map_err(|_| "timed out"),
+            _ = cancel_rx => Err("cancelled"),
+        };
+        self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&job.run_id);
+        // A run refused before admission tells the waiting caller why.
+        if let Some(sender) = meter.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+            let error = match &outcome {
+                Ok(Err(err)) => engine_error(err),
+                _ => ApiError::internal("the run stopped before admission"),
+            };
+            let _ = sender.send(Err(error));
+            return None;
+        }
+        let reply = match outcome {
+            Ok(Ok(report)) if report.outcome == RunOutcome::Paused => return None,
+            Ok(Ok(report)) => reply_from_report(&job.run_id, report),
+            Ok(Err(err)) => RunReply { run_id: job.run_id.clone(), state: RunState::Failed, credits: Credits::ZERO, response: None, output: Value::Null, error: Some(err.to_string()) },
+            Err(reason) => {
+                // Stopped from outside: the ledger closes the run so it is never charged again.
+                let closed = if reason == "cancelled" { state.ledger.cancel_run(&job.team, &job.run_id).await } else { state.ledger.end_run(&job.team, &job.run_id).await };
+                if let Err(err) = closed {
+                    tracing::warn!(run = %job.run_id, error = %err, "closing a stopped run in the ledger failed");
+                }
+                let run_state = if reason == "cancelled" { RunState::Cancelled } else { RunState::TimedOut };
+                let credits = state.ledger.run_credits(&job.team, &job.run_id).await.unwrap_or(Credits::ZERO);
+                RunReply { run_id: job.run_id.clone(), state: run_state, credits, response: None, output: Value::Null, error: Some(format!("run {reason}")) }
+            }
+        };
+        state.metrics.run_finished(reply.state);
+        let id = job.run_id.clone();
+        let (output, error, run_state, credits) = (reply.output.clone(), reply.error.clone(), reply.state, reply.credits.0);
+        if let Err(err) = state.catalog.call(move |connection| history::finish_run(connection, &id, run_state, credits, &output, error.as_deref())).await {
+            tracing::error!(run = %job.run_id, error = %err, "recording a finished run failed");
+        }
+        crate::scheduler::check_alerts(state, &job.team).await;
+        Some(reply)
+    }
+}
+
+/// One run's work.
+struct Job {
+    run_id: String,
+    team: String,
+    flow_id: String,
+    snapshot: Option<u32>,
+    deployment_id: Option<String>,
+    flow: Flow,
+    input: Value,
+    context: RunContext,
+    http: Option<HttpTrigger>,
+}
+
+fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {
+    let (state, error) = match report.outcome {
+        RunOutcome::Failed { error } => (RunState::Failed, Some(error)),
+        _ => (RunState::Succeeded, None),
+    };
+    let output: Map<String, Value> = report.outputs.into_iter().map(|output| (output.label.unwrap_or(output.at), output.value)).collect();
+    RunReply { run_id: run_id.to_owned(), state, credits: report.total, response: report.response.map(|response| (response.status, response.body)), output: Value::Object(output), error }
+}
+
+fn engine_error(err: &EngineError) -> ApiError {
+    match err {
+        EngineError::Invalid { .. } | EngineError::FlowNotFound { .. } | EngineError::FlowRecursion { .. } => ApiError::invalid("definition", err.to_string()),
+        EngineError::Meter(core) => ApiError::invalid("definition", core.to_string()),
+        _ => ApiError::internal(err),
+    }
+}
+
+/// Meters a server-side run into the durable ledger and records its history.
+struct StoreMeter<'j> {
+    state: AppState,
+    job: &'j Job,
+    admitted: Mutex<Option<oneshot::Sender<Result<RunStatus, ApiError>>>>,
+}
+
+impl StoreMeter<'_> {
+    fn ledger(&self) -> &Ledger {
+        &self.state.ledger
+    }
+
+    async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
+        let decided = Instant::now();
+        let needs_credits = self.state.rules.run_needs_credits(Timestamp::now(), context, planned)?;
+        let status = self.ledger().start_run(&self.job.team, run.as_str(), context, needs_credits).await.map_err(|err| EngineError::Store(err.to_string()))?;
+        self.state.metrics.admission(status, decided.elapsed());
+        let run_state = if status == RunStatus::Running { RunState::Running } else { RunState::Paused };
+        let job = self.job;
+        let (id, team, flow_id, deployment_id, input) = (job.run_id.clone(), job.team.clone(), job.flow_id.clone(), job.deployment_id.clone(), job.input.clone());
+        let (snapshot, trigger, location) = (job.snapshot, context.trigger().as_str(), context.location().as_str());
+        self.state
+            .catalog
+            .call(move |connection| {
+                // A resumed run already has its row; it only changes state.
+                if !history::mark_started(connection, &id)? && history::run(connection, &team, &id).is_err() {
+                    let new_run = NewRun { id: &id, team: &team, flow_id: &flow_id, snapshot, deployment_id: deployment_id.as_deref(), trigger, location, status: run_state, input: &input };
+                    history::insert_run(connection, &new_run)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|err| EngineError::Store(err.to_string()))?;
+        if let Some(sender) = self.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+            let _ = sender.send(Ok(status));
+        }
+        Ok(if status == RunStatus::Running { Admission::Running } else { Admission::Paused })
+    }
+
+    async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
+        let credits = self.ledger().charge(&self.job.team, run.as_str(), charges).await.map_err(|err| match err {
+            ApiError::Conflict(message) => EngineError::ExecutionConflict { execution: message },
+            other => EngineError::Store(other.to_string()),
+        })?;
+        self.state.metrics.charged(credits.iter().copied().sum());
+        let now = catalog::now_ms();
+        let rows: Vec<(String, String, u64)> = charges.iter().zip(&credits).map(|(charge, credits)| (charge.execution.to_string(), charge.usage.kind.as_str().to_owned(), credits.0)).collect();
+        let id = self.job.run_id.clone();
+        self.state
+            .catalog
+            .call(move |connection| {
+                let first: u32 = connection.query_row("SELECT COUNT(*) FROM run_history_blocks WHERE run_id = ?1", [&id], |row| row.get(0))?;
+                let blocks: Vec<NewBlock<'_>> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(index, (execution, kind, credits))| NewBlock {
+                        seq: first + index as u32,
+                        block_id: execution.strip_prefix(&format!("{id}/")).unwrap_or(execution),
+                        kind,
+                        status: "completed",
+                        input: &Value::Null,
+                        output: &Value::Null,
+                        started_ms: now,
+                        duration_us: 0,
+                        credits: *credits,
+                        error: None,
+                    })
+                    .collect();
+                history::insert_blocks(connection, &id, &blocks)
+            })
+            .await
+            .map_err(|err| EngineError::Store(err.to_string()))?;
+        Ok(credits)
+    }
+}
+
+impl Meter for StoreMeter<'_> {
+    fn admit<'a>(&'a self, run: &'a RunId, context: RunContext, planned: &'a [BlockUsage]) -> BoxFuture<'a, Result<Admission, EngineError>> {
+        Box::pin(self.admit_inner(run, context, planned))
+    }
+
+    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
+        Box::pin(self.charge_inner(run, charges))
+    }
+
+    fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(|err| EngineError::Store(err.to_string())) })
+    }
+}
+
+/// Parses and validates a flow definition (all problems at once).
+pub fn load_flow(definition: &Value) -> Result<Flow, ApiError> {
+    Flow::load(&definition.to_string(), Syntax::Json).map_err(|err| ApiError::invalid("definition", err.to_string()))
+}
+
+pub fn validate_flow(definition: &Value) -> Result<(), ApiError> {
+    load_flow(definition).map(drop)
+}
+
+/// The credit estimate of a flow for a run context.
+pub fn estimate(rules: &flowcredits_core::Rules, definition: &Value, context: RunContext) -> Result<Value, ApiError> {
+    let flow = load_flow(definition)?;
+    let resolver = flowcredits_engine::MapResolver::default();
+    let estimate = flowcredits_engine::estimate(rules, Timestamp::now(), context, &flow, &resolver).map_err(|err| ApiError::invalid("definition", err.to_string()))?;
+    let loops: Vec<Value> = estimate.per_iteration.iter().map(|line| json!({"loop": line.at, "credits": line.credits.0})).collect();
+    Ok(json!({
+        "flow": flow.name,
+        "trigger": context.trigger().as_str(),
+        "location": context.location().as_str(),
+        "needs_credits": estimate.needs_credits,
+        "exact": estimate.exact.map(|credits| credits.0),
+        "minimum": estimate.minimum.0,
+        "per_iteration": loops,
+        "notes": estimate.notes,
+    }))
+}
+
+/// The input schema and description of a flow's `mcp` trigger block, if it has one.
+pub fn mcp_tool_schema(definition: &Value) -> Option<(Value, String)> {
+    let block = definition.get("blocks")?.as_array()?.iter().find(|block| block.get("kind").or_else(|| block.get("type")).and_then(Value::as_str) == Some("mcp"))?;
+    let config = block.get("config");
+    let schema = config.and_then(|config| config.get("input_schema")).cloned().unwrap_or_else(|| json!({"type": "object"}));
+    let description = config.and_then(|config| config.get("description")).and_then(Value::as_str).or_else(|| definition.get("description").and_then(Value::as_str)).unwrap_or("").to_owned();
+    Some((schema, description))
+}

@@ -1,0 +1,148 @@
+//! Background work: scheduled deployments, the period tick that resumes paused runs when a new
+//! billing period starts, and alert delivery.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flowcredits_core::{RunContext, Trigger};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::catalog;
+use crate::history;
+use crate::runner::StartRequest;
+use crate::AppState;
+
+/// How often the scheduler looks for due work.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Waits between alert delivery attempts; one attempt more than there are waits.
+pub const ALERT_RETRY_WAITS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)];
+/// How long one alert delivery may take.
+pub const ALERT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs until `shutdown` turns true.
+pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut next_due: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        ticks += 1;
+        if let Err(err) = run_due_schedules(&state, &mut next_due).await {
+            tracing::warn!(error = %err, "running scheduled deployments failed");
+        }
+        // Once a minute: a new billing period may have started for a team with paused runs.
+        if ticks % 60 == 0 {
+            if let Err(err) = resume_for_new_periods(&state).await {
+                tracing::warn!(error = %err, "resuming paused runs for new periods failed");
+            }
+        }
+    }
+}
+
+async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, tokio::time::Instant>) -> Result<(), crate::ApiError> {
+    let deployments = state.catalog.call(|connection| catalog::scheduled_deployments(connection)).await?;
+    let now = tokio::time::Instant::now();
+    next_due.retain(|id, _| deployments.iter().any(|deployment| &deployment.id == id));
+    for deployment in deployments {
+        let every = Duration::from_secs(u64::from(deployment.schedule_every_s.unwrap_or(u32::MAX)));
+        let due = *next_due.entry(deployment.id.clone()).or_insert(now + every);
+        if due > now {
+            continue;
+        }
+        next_due.insert(deployment.id.clone(), now + every);
+        // A team out of credits keeps at most one paused run per schedule.
+        let id = deployment.id.clone();
+        if state.catalog.call(move |connection| history::deployment_has_paused_run(connection, &id)).await? {
+            continue;
+        }
+        let (team, flow_id, snapshot) = (deployment.team.clone(), deployment.flow_id.clone(), deployment.snapshot);
+        let definition = state.catalog.call(move |connection| Ok(catalog::snapshot(connection, &team, &flow_id, Some(snapshot))?.definition)).await?;
+        let request = StartRequest {
+            team: deployment.team.clone(),
+            flow_id: deployment.flow_id.clone(),
+            snapshot: Some(deployment.snapshot),
+            deployment_id: Some(deployment.id.clone()),
+            definition,
+            input: json!({"scheduled_at": jiff::Timestamp::now().to_string()}),
+            context: RunContext::automated(Trigger::Api).expect("api is automated"),
+            http: None,
+        };
+        if let Err(err) = state.runner.start(state, request).await {
+            tracing::warn!(deployment = %deployment.id, error = %err, "a scheduled run could not start");
+        }
+    }
+    Ok(())
+}
+
+async fn resume_for_new_periods(state: &AppState) -> Result<(), crate::ApiError> {
+    for team in state.ledger.team_names().await? {
+        let name = team.clone();
+        if state.catalog.call(move |connection| history::paused_runs(connection, &name)).await?.is_empty() {
+            continue;
+        }
+        state.ledger.advance_clock(&team).await?;
+        state.runner.dispatch_resumed(state, &team).await?;
+    }
+    Ok(())
+}
+
+/// Records the alerts a team's usage has crossed this period (each once) and delivers the new
+/// ones to the team's webhook in the background.
+pub async fn check_alerts(state: &AppState, team: &str) {
+    if let Err(err) = check_alerts_inner(state, team).await {
+        tracing::warn!(team = %team, error = %err, "checking usage alerts failed");
+    }
+}
+
+async fn check_alerts_inner(state: &AppState, team: &str) -> Result<(), crate::ApiError> {
+    let report = state.ledger.usage_report(team, None).await?;
+    let info = state.ledger.team(team).await?;
+    let mut crossed = Vec::new();
+    for percent in flowcredits_core::ledger::INCLUDED_ALERT_PERCENTS {
+        if report.included.0 > 0 && u128::from(report.included_used.0) * 100 >= u128::from(report.included.0) * u128::from(percent) {
+            crossed.push((format!("included_{percent}"), json!({"percent": percent, "included": report.included.0, "used": report.used().0})));
+        }
+    }
+    let payg = report.payg_amount();
+    for amount in info.payg_alerts.iter().filter(|amount| **amount <= payg) {
+        crossed.push((format!("payg_{amount}"), json!({"threshold_usd": amount.to_string(), "payg_amount_usd": payg.to_string()})));
+    }
+    let period_start = report.period.start;
+    for (alert, detail) in crossed {
+        let (name, kind) = (team.to_owned(), alert.clone());
+        let Some(id) = state.catalog.call(move |connection| catalog::insert_alert(connection, &name, &kind, period_start.as_millisecond())).await? else { continue };
+        tracing::info!(team = %team, alert = %alert, "usage alert crossed");
+        let payload = json!({"team": team, "alert": alert, "period_start": period_start.to_string(), "detail": detail, "id": id});
+        tokio::spawn(deliver(state.clone(), team.to_owned(), id, payload));
+    }
+    Ok(())
+}
+
+/// Posts an alert to the team's webhook, retrying with waits; every attempt is recorded.
+async fn deliver(state: AppState, team: String, id: String, payload: Value) {
+    let name = team.clone();
+    let Ok(Some(url)) = state.catalog.call(move |connection| catalog::alert_webhook(connection, &name)).await else { return };
+    for wait in std::iter::once(Duration::ZERO).chain(ALERT_RETRY_WAITS) {
+        tokio::time::sleep(wait).await;
+        let outcome = state.http.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).json(&payload).send().await;
+        let error = match outcome {
+            Ok(response) if response.status().is_success() => None,
+            Ok(response) => Some(format!("the webhook answered {}", response.status())),
+            Err(err) => Some(format!("the webhook could not be reached: {err}")),
+        };
+        let (alert_id, error_text) = (id.clone(), error.clone());
+        if let Err(err) = state.catalog.call(move |connection| catalog::record_alert_attempt(connection, &alert_id, error_text.as_deref())).await {
+            tracing::warn!(alert = %id, error = %err, "recording an alert delivery failed");
+        }
+        match error {
+            None => return,
+            Some(error) => tracing::warn!(team = %team, alert = %id, error = %error, "alert delivery failed; retrying"),
+        }
+    }
+}

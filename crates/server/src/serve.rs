@@ -1,0 +1,167 @@
+//! Starting and stopping the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowcredits_core::{AnchorDay, PlanId, Rules};
+use flowcredits_engine::Engine;
+use flowcredits_store::{LedgerStore, SqliteStore};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::auth::{self, Role};
+use crate::catalog::{self, Catalog};
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::runner::Runner;
+use crate::{ApiError, AppState};
+
+pub struct ServeConfig {
+    /// The SQLite file holding the ledger and the catalog.
+    pub db: PathBuf,
+    pub listen: SocketAddr,
+    pub rules: Rules,
+    /// Create a demo team with flows, a deployment and some usage.
+    pub demo: bool,
+    /// How long shutdown waits for running flows to finish.
+    pub drain: Duration,
+}
+
+/// Opens the databases and builds the state every handler shares.
+pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiError> {
+    let store = SqliteStore::open(db, rules.clone()).map_err(|err| ApiError::internal(format!("cannot open the ledger at {}: {err}", db.display())))?;
+    let catalog = Catalog::open(db)?;
+    // The engine's client: it installs the TLS provider and carries the project's timeouts.
+    let http = flowcredits_engine::http::client();
+    Ok(AppState {
+        rules: Arc::new(rules),
+        catalog,
+        ledger: Ledger::new(Arc::new(store) as Arc<dyn LedgerStore>),
+        runner: Runner::new(Engine::default()),
+        metrics: Arc::new(Metrics::default()),
+        http,
+    })
+}
+
+/// On first start (no users), creates an operator and returns its key, shown once.
+pub async fn bootstrap_operator(state: &AppState) -> Result<Option<String>, ApiError> {
+    state
+        .catalog
+        .call(|connection| {
+            if catalog::user_count(connection)? > 0 {
+                return Ok(None);
+            }
+            let user = catalog::create_user(connection, "operator", true)?;
+            let (token, digest) = auth::new_key();
+            catalog::create_key(connection, &user.id, "bootstrap", &digest)?;
+            Ok(Some(token))
+        })
+        .await
+}
+
+/// The demo team: an owner, a flow with a snapshot deployed at `/hooks/demo/hello`, and a few
+/// runs so the dashboard has something to show. Returns the owner's key.
+pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
+    if state.ledger.team("demo").await.is_ok() {
+        return Err(ApiError::Conflict("the demo team exists already (delete the database file to start over)".into()));
+    }
+    let definition = json!({
+        "name": "hello",
+        "description": "Greets the caller and checks the greeting is long enough",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "greet", "kind": "template", "config": {"template": "Hello, {{input.name}}!"}},
+            {"id": "check", "kind": "if", "config": {"condition": "true"}},
+            {"id": "show", "kind": "display"},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": []
+    });
+    let (token, digest) = auth::new_key();
+    let owner = state
+        .catalog
+        .call(move |connection| {
+            let user = catalog::create_user(connection, "demo owner", false)?;
+            catalog::create_key(connection, &user.id, "demo", &digest)?;
+            Ok(user)
+        })
+        .await?;
+    state.ledger.create_team("demo", PlanId::Team, AnchorDay::FIRST, &owner.id).await?;
+    let owner_id = owner.id.clone();
+    state
+        .catalog
+        .call(move |connection| {
+            catalog::set_member(connection, "demo", &owner_id, Role::Owner)?;
+            let flow = catalog::create_flow(connection, "demo", "hello", &definition)?;
+            let snapshot = catalog::create_snapshot(connection, "demo", &flow.id, None)?;
+            let deployment = catalog::Deployment {
+                id: catalog::new_id("dep"),
+                team: "demo".into(),
+                path: "hello".into(),
+                flow_id: flow.id,
+                snapshot: snapshot.number,
+                trigger: "api".into(),
+                schedule_every_s: None,
+                created_at: String::new(),
+            };
+            catalog::create_deployment(connection, &deployment)
+        })
+        .await?;
+    Ok(token)
+}
+
+/// Serves until SIGINT or SIGTERM, then stops taking requests and waits for running flows.
+pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
+    let state = open_state(&config.db, config.rules)?;
+    if let Some(token) = bootstrap_operator(&state).await? {
+        eprintln!("Created the operator account. Its API key is shown once; store it now:\n  {token}");
+    }
+    if config.demo {
+        match create_demo(&state).await {
+            Ok(token) => eprintln!("Created the demo team `demo` (plan team). Its owner's API key:\n  {token}\nDashboard: http://{}/dashboard?team=demo", config.listen),
+            Err(ApiError::Conflict(message)) => eprintln!("{message}"),
+            Err(err) => return Err(err),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|err| ApiError::internal(format!("cannot listen on {}: {err} (is another server running there?)", config.listen)))?;
+    let address = listener.local_addr().map_err(ApiError::internal)?;
+    tracing::info!(address = %address, db = %config.db.display(), "flowcredits is serving");
+    eprintln!("Listening on http://{address} (API under /v1, OpenAPI at /openapi.json, dashboard at /dashboard)");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), stop_rx));
+    axum::serve(listener, crate::app(state.clone())).with_graceful_shutdown(shutdown_signal()).await.map_err(ApiError::internal)?;
+    let _ = stop_tx.send(true);
+    let _ = scheduler.await;
+    let running = state.runner.in_flight();
+    if running > 0 {
+        eprintln!("Waiting up to {} s for {running} running flow(s) to finish…", config.drain.as_secs());
+    }
+    if !state.runner.drain(config.drain).await {
+        tracing::warn!(runs = state.runner.in_flight(), "shutdown stopped waiting for running flows");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: no new requests; running flows may finish");
+}

@@ -1,0 +1,121 @@
+//! A real server on a loopback port with a fresh database, and a small client for it.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use flowcredits_core::Rules;
+use flowcredits_server::serve::{bootstrap_operator, open_state};
+use flowcredits_server::{AppState, app};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub struct Server {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub operator: String,
+    pub state: AppState,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let state = open_state(&dir.path().join("flowcredits.db"), Rules::shipped()).unwrap();
+    let operator = bootstrap_operator(&state).await.unwrap().expect("a fresh database has no users");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app(state.clone())).into_future());
+    Server { base, client: flowcredits_engine::http::client(), operator, state, _dir: dir }
+}
+
+impl Server {
+    pub async fn call(&self, method: Method, path: &str, key: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, key, None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, key, Some(body)).await
+    }
+
+    /// A user with a key; returns (user id, key).
+    pub async fn user(&self, name: &str) -> (String, String) {
+        let (status, user) = self.post("/v1/users", &self.operator, json!({"name": name})).await;
+        assert_eq!(status, StatusCode::CREATED, "{user}");
+        let id = user["id"].as_str().unwrap().to_owned();
+        let (status, key) = self.post(&format!("/v1/users/{id}/keys"), &self.operator, json!({"label": "test"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        (id, key["token"].as_str().unwrap().to_owned())
+    }
+
+    /// A team on `plan` owned by a new user; returns the owner's key.
+    pub async fn team(&self, name: &str, plan: &str) -> String {
+        let (owner, key) = self.user(&format!("{name} owner")).await;
+        let (status, team) = self.post("/v1/teams", &self.operator, json!({"name": name, "plan": plan, "owner": owner})).await;
+        assert_eq!(status, StatusCode::CREATED, "{team}");
+        key
+    }
+
+    /// Adds a new user to `team` with `role`; returns their key.
+    pub async fn member(&self, team: &str, owner_key: &str, role: &str) -> String {
+        let (id, key) = self.user(&format!("{team} {role}")).await;
+        let (status, body) = self.call(Method::PUT, &format!("/v1/teams/{team}/members/{id}"), owner_key, Some(json!({"role": role}))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        key
+    }
+
+    /// Creates a flow, snapshots it and deploys it at `path`; returns the flow id.
+    pub async fn deploy(&self, team: &str, key: &str, path: &str, definition: Value) -> String {
+        let (status, flow) = self.post(&format!("/v1/teams/{team}/flows"), key, json!({"name": path, "definition": definition})).await;
+        assert_eq!(status, StatusCode::CREATED, "{flow}");
+        let flow_id = flow["id"].as_str().unwrap().to_owned();
+        let (status, snapshot) = self.post(&format!("/v1/teams/{team}/flows/{flow_id}/snapshots"), key, json!(null)).await;
+        assert_eq!(status, StatusCode::CREATED, "{snapshot}");
+        let (status, deployment) = self.post(&format!("/v1/teams/{team}/deployments"), key, json!({"flow_id": flow_id, "path": path})).await;
+        assert_eq!(status, StatusCode::CREATED, "{deployment}");
+        flow_id
+    }
+
+    /// Polls a run until it is finished; the bound only keeps a broken build from hanging.
+    pub async fn finished_run(&self, team: &str, key: &str, run: &str) -> Value {
+        for _ in 0..400 {
+            let (status, body) = self.get(&format!("/v1/teams/{team}/runs/{run}"), key).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if !matches!(body["status"].as_str(), Some("running" | "paused")) {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("run {run} did not finish");
+    }
+}
+
+/// A flow that answers an HTTP call after 24 loop iterations of an evaluate block and one
+/// validate block: 25 credits per automated run (cloud prices: evaluate 1, validate 1).
+pub fn flow_costing_25() -> Value {
+    json!({
+        "name": "work",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "loop", "kind": "repeat", "config": {"times": 24}},
+            {"id": "double", "kind": "evaluate", "config": {"code": "return input * 2;"}},
+            {"id": "check", "kind": "validate", "config": {"schema": {"type": "number"}}},
+            {"id": "reply", "kind": "response", "config": {"status": 200}}
+        ],
+        "edges": [
+            {"from": "loop.index", "to": "double.input"},
+            {"from": "loop.done", "to": "check.value"},
+            {"from": "check.pass", "to": "reply.body"}
+        ]
+    })
+}
