@@ -19,6 +19,13 @@ const EXIT_MALFORMED: u8 = 2;
 pub struct SimulateArgs {
     /// Scenario file (JSON); `-` reads standard input. `--help` describes the format.
     pub scenario: PathBuf,
+    /// Replay on the durable ledger in this database instead of in memory.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// With --db: the team to replay as (created with the scenario's settings if new;
+    /// default `simulation`).
+    #[arg(long, requires = "db")]
+    pub team: Option<String>,
 }
 
 const SCENARIO_FORMAT: &str = r#"SCENARIO FORMAT
@@ -68,8 +75,10 @@ pub fn run(rules: &RulesArgs, args: SimulateArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_MALFORMED));
         }
     };
-    let mut backend = MemoryBackend::new(rules, scenario.team.clone());
-    let report = replay(&scenario, &mut backend);
+    let report = match &args.db {
+        None => replay(&scenario, &mut MemoryBackend::new(rules, scenario.team.clone())),
+        Some(db) => crate::sim_store::replay_on_store(db, args.team.as_deref(), rules, &scenario)?,
+    };
     println!("{}", serde_json::to_string_pretty(&report.to_json()).expect("a JSON value always serializes"));
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,9 @@ mod cmd_bench;
 mod cmd_estimate;
 mod cmd_run;
 mod cmd_simulate;
+mod cmd_store;
 mod rules;
+mod sim_store;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,8 @@ enum Command {
     Estimate(cmd_estimate::EstimateArgs),
     /// Benchmarks (see BENCHMARKS.md).
     Bench(cmd_bench::BenchArgs),
+    #[command(flatten)]
+    Store(cmd_store::StoreCommand),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd_run::run(&cli.rules, args),
         Command::Estimate(args) => cmd_estimate::run(&cli.rules, args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Store(command) => cmd_store::run(&cli.rules, command),
     };
     match result {
         Ok(code) => code,

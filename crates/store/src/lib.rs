@@ -13,6 +13,7 @@
 //! - periods, grants, run totals and usage rollups equal their rebuild from the entries
 //!   (checked by [`LedgerStore::verify`]).
 
+pub mod baseline;
 mod codec;
 mod error;
 mod ids;

@@ -97,7 +97,7 @@ fn lock_for_writing(path: &Path) -> Result<File> {
     }
 }
 
-fn open_connection(path: &Path, durability: Durability) -> Result<Connection> {
+pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -215,13 +215,14 @@ impl Writer {
             return repeated_start(&start, &existing);
         }
         let command = Command::StartRun { run: start.run.clone(), context: start.context, needs_credits: start.needs_credits };
-        let status = self.decide(team, state, start.at, None, |writer, _, ledger, effects| {
+        let (status, decided_in) = self.decide(team, state, start.at, None, |writer, _, ledger, effects| {
             effects.events.extend(ledger.apply(&writer.rules, effects.at, command)?);
-            Ok(ledger.run(&start.run).expect("the ledger just admitted this run").status)
+            Ok((ledger.run(&start.run).expect("the ledger just admitted this run").status, started.elapsed()))
         })?;
         if let Some(times) = &self.decision_ns {
-            // Includes the write of this one request, not the commit it waits for.
-            times.lock().expect("decision times lock").push(u32::try_from(started.elapsed().as_nanos()).unwrap_or(u32::MAX));
+            // From the team's state to the decision: the duplicate check, the ledger's
+            // admission; not the write that follows nor the commit the caller waits for.
+            times.lock().expect("decision times lock").push(u32::try_from(decided_in.as_nanos()).unwrap_or(u32::MAX));
         }
         Ok(Admission { status, replayed: false })
     }

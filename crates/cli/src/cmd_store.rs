@@ -1,0 +1,273 @@
+//! The credit office on the durable ledger: `teams`, `usage`, `invoices`, `migrate` and
+//! `ledger verify`. Each opens the database named by `--db` (created on first use).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use flowcredits_core::{AnchorDay, MicroUsd, PlanId, Rules, TeamSettings, Timestamp};
+use flowcredits_store::{Actor, Invoice, LedgerStore, NewTeam, SqliteStore, TeamInfo, TeamName, UsageReport};
+use serde_json::{Value, json};
+
+use crate::rules::RulesArgs;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct DbArgs {
+    /// The ledger database (SQLite); created with its schema on first use.
+    #[arg(long, global = true, value_name = "PATH", default_value = "flowcredits.db", env = "FLOWCREDITS_DB")]
+    pub db: PathBuf,
+}
+
+impl DbArgs {
+    pub fn open(&self, rules: Rules) -> anyhow::Result<SqliteStore> {
+        SqliteStore::open(&self.db, rules).with_context(|| format!("cannot open the ledger {}", self.db.display()))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Commands on the durable ledger, flattened into the top-level command list.
+#[derive(clap::Subcommand)]
+pub enum StoreCommand {
+    /// Create, list and show teams.
+    Teams(TeamsArgs),
+    /// A team's credit usage in one billing period.
+    Usage(UsageArgs),
+    /// A team's invoices (periods that ended by now are closed and invoiced first).
+    Invoices(InvoicesArgs),
+    /// Create the database or bring its schema up to date.
+    Migrate(DbArgs),
+    /// Ledger maintenance.
+    Ledger(LedgerArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TeamsArgs {
+    #[command(subcommand)]
+    command: TeamsCommand,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum TeamsCommand {
+    /// Create a team (again with the same settings is fine).
+    Create {
+        name: String,
+        /// free, solo, team or enterprise.
+        #[arg(long)]
+        plan: String,
+        /// Day of the month (1-28) on which billing periods start.
+        #[arg(long, default_value_t = 1)]
+        anchor_day: i64,
+        /// Turn pay-as-you-go on.
+        #[arg(long)]
+        payg: bool,
+        /// Most pay-as-you-go spending per period, in dollars ("25", "12.5").
+        #[arg(long, value_name = "USD")]
+        payg_cap_usd: Option<String>,
+        /// Who is creating the team, for the audit log.
+        #[arg(long, default_value = "cli")]
+        actor: String,
+    },
+    List(JsonFlag),
+    /// Settings and audit log of one team.
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct UsageArgs {
+    #[arg(long)]
+    team: String,
+    /// The period starting in this month (YYYY-MM); default: the team's current period.
+    #[arg(long, value_name = "YYYY-MM")]
+    period: Option<String>,
+    #[command(flatten)]
+    json: JsonFlag,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(clap::Args)]
+pub struct InvoicesArgs {
+    #[arg(long)]
+    team: String,
+    #[command(flatten)]
+    json: JsonFlag,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(clap::Args)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    command: LedgerCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum LedgerCommand {
+    /// Check that every stored balance and rollup equals its rebuild from the ledger entries.
+    Verify(DbArgs),
+}
+
+pub fn run(rules: &RulesArgs, command: StoreCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StoreCommand::Teams(args) => teams(args.db.open(rules.load()?)?, args.command),
+        StoreCommand::Usage(args) => usage(args.db.open(rules.load()?)?, &args),
+        StoreCommand::Invoices(args) => invoices(args.db.open(rules.load()?)?, &args),
+        StoreCommand::Migrate(db) => {
+            let applied = flowcredits_store::migrate(&db.db).with_context(|| format!("cannot migrate {}", db.db.display()))?;
+            println!("{}: schema version {} ({applied} migrations applied)", db.db.display(), flowcredits_store::SCHEMA_VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify(db) }) => verify(db.open(rules.load()?)?),
+    }
+}
+
+fn print(json: &JsonFlag, value: Value, text: impl FnOnce() -> String) {
+    if json.json {
+        println!("{}", serde_json::to_string_pretty(&value).expect("a JSON value always serializes"));
+    } else {
+        print!("{}", text());
+    }
+}
+
+fn teams(store: SqliteStore, command: TeamsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        TeamsCommand::Create { name, plan, anchor_day, payg, payg_cap_usd, actor } => {
+            let payg_cap = payg_cap_usd.map(|usd| MicroUsd::parse_usd(&usd).with_context(|| format!("--payg-cap-usd: `{usd}` is not a dollar amount like 25 or 12.5"))).transpose()?;
+            let settings = TeamSettings { anchor_day: AnchorDay::new(anchor_day)?, payg_enabled: payg, payg_cap, ..TeamSettings::new(plan.parse::<PlanId>()?) };
+            let team = store.create_team(NewTeam { name: TeamName::new(name)?, settings, actor: Actor::new(actor)?, at: Timestamp::now() })?;
+            println!("team {} ({})", team.name, describe(&team.settings));
+        }
+        TeamsCommand::List(json) => {
+            let teams = store.teams()?;
+            print(&json, Value::Array(teams.iter().map(team_json).collect()), || teams.iter().map(|team| format!("{}\t{}\n", team.name, describe(&team.settings))).collect());
+        }
+        TeamsCommand::Show { name, json } => {
+            let name = TeamName::new(name)?;
+            let (team, audit) = (store.team(&name)?, store.audit_log(&name)?);
+            let audit_json: Vec<Value> = audit.iter().map(|entry| json!({"at": entry.at.to_string(), "actor": entry.actor, "action": entry.action, "detail": entry.detail})).collect();
+            let mut value = team_json(&team);
+            value["audit_log"] = Value::Array(audit_json);
+            print(&json, value, || {
+                let mut text = format!("team {}\n  {}\n  created {}\naudit log:\n", team.name, describe(&team.settings), team.created_at);
+                text.extend(audit.iter().map(|entry| format!("  {}  {:<18} {}  {}\n", entry.at, entry.action, entry.actor, entry.detail)));
+                text
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(settings: &TeamSettings) -> String {
+    let payg = match (settings.payg_enabled, settings.payg_cap) {
+        (false, _) => "pay-as-you-go off".to_owned(),
+        (true, None) => "pay-as-you-go on, no cap".to_owned(),
+        (true, Some(cap)) => format!("pay-as-you-go on, cap ${cap}"),
+    };
+    format!("plan {}, periods start on day {}, {payg}", settings.plan, settings.anchor_day.get())
+}
+
+fn team_json(team: &TeamInfo) -> Value {
+    let settings = &team.settings;
+    json!({
+        "name": team.name.as_str(),
+        "plan": settings.plan.as_str(),
+        "anchor_day": settings.anchor_day.get(),
+        "payg": settings.payg_enabled,
+        "payg_cap_usd": settings.payg_cap.map(|cap| cap.to_string()),
+        "created_at": team.created_at.to_string(),
+    })
+}
+
+fn usage(store: SqliteStore, args: &UsageArgs) -> anyhow::Result<ExitCode> {
+    let report = store.usage(&TeamName::new(args.team.as_str())?, args.period.as_deref())?;
+    print(&args.json, usage_json(&report), || usage_text(&report));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn usage_json(report: &UsageReport) -> Value {
+    let breakdown: Vec<Value> = report.breakdown.iter().map(|line| json!({"kind": line.kind.as_str(), "trigger": line.trigger.as_str(), "executions": line.executions, "credits": line.credits.0})).collect();
+    json!({
+        "team": report.team.as_str(),
+        "period": {"start": report.period.start.to_string(), "end": report.period.end.to_string()},
+        "included": report.included.0,
+        "used": report.used().0,
+        "remaining": report.remaining().0,
+        "included_used": report.included_used.0,
+        "purchased_used": report.purchased_used.0,
+        "payg_credits": report.payg_credits.0,
+        "payg_amount_usd": report.payg_amount().to_string(),
+        "unbilled_credits": report.unbilled_credits.0,
+        "breakdown": breakdown,
+    })
+}
+
+fn usage_text(report: &UsageReport) -> String {
+    let mut text = format!(
+        "team {}, period {} to {}\n  used {} of {} included credits; {} left\n  included {}, purchased {}, pay-as-you-go {} (${}), unbilled {}\n",
+        report.team, report.period.start, report.period.end, report.used(), report.included, report.remaining(),
+        report.included_used, report.purchased_used, report.payg_credits, report.payg_amount(), report.unbilled_credits,
+    );
+    if !report.breakdown.is_empty() {
+        text.push_str("  by block kind and trigger:\n");
+    }
+    text.extend(report.breakdown.iter().map(|line| format!("    {:<24} {:<7} {:>10} executions {:>10} credits\n", line.kind.as_str(), line.trigger.as_str(), line.executions, line.credits)));
+    text
+}
+
+fn invoices(store: SqliteStore, args: &InvoicesArgs) -> anyhow::Result<ExitCode> {
+    let team = TeamName::new(args.team.as_str())?;
+    // A period that ended while nothing happened to the team is invoiced now.
+    store.close_periods(Timestamp::now())?;
+    let invoices = store.invoices(&team)?;
+    print(&args.json, Value::Array(invoices.iter().map(invoice_json).collect()), || {
+        if invoices.is_empty() {
+            return format!("team {team} has no closed billing period yet\n");
+        }
+        invoices
+            .iter()
+            .map(|invoice| {
+                format!(
+                    "{} to {}: included {} (used {}, expired {}), purchased used {}, pay-as-you-go {}, unbilled {}; amount due ${}\n",
+                    invoice.period.start, invoice.period.end, invoice.included, invoice.included_used, invoice.included_expired,
+                    invoice.purchased_used, invoice.payg_credits, invoice.unbilled_credits, invoice.amount_due,
+                )
+            })
+            .collect()
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn invoice_json(invoice: &Invoice) -> Value {
+    json!({
+        "period": {"start": invoice.period.start.to_string(), "end": invoice.period.end.to_string()},
+        "included": invoice.included.0,
+        "included_used": invoice.included_used.0,
+        "included_expired": invoice.included_expired.0,
+        "purchased_used": invoice.purchased_used.0,
+        "payg_credits": invoice.payg_credits.0,
+        "unbilled_credits": invoice.unbilled_credits.0,
+        "amount_due_usd": invoice.amount_due.to_string(),
+        "issued_at": invoice.issued_at.to_string(),
+    })
+}
+
+fn verify(store: SqliteStore) -> anyhow::Result<ExitCode> {
+    let report = store.verify()?;
+    for mismatch in &report.mismatches {
+        println!("MISMATCH {mismatch}");
+    }
+    println!("{} ledger entries, {} balances checked, {} mismatches", report.entries, report.balances_checked, report.mismatches.len());
+    Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

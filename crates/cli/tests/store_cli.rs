@@ -1,0 +1,93 @@
+//! The durable-ledger commands as a user runs them: `simulate --db`, `teams`, `usage`,
+//! `invoices`, `migrate` and `ledger verify`, on a temporary database file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn flowcredits(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowcredits")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let output = flowcredits(args);
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("flowcredits-cli-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scenarios() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()).filter(|path| path.extension().is_some_and(|ext| ext == "json") && !path.to_str().unwrap().ends_with(".expected.json")).collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn simulate_on_the_store_gives_the_golden_reports() {
+    let dir = TempDir::new("golden");
+    let files = scenarios();
+    assert!(!files.is_empty());
+    for (index, scenario) in files.iter().enumerate() {
+        let db = dir.file(&format!("golden-{index}.db"));
+        let output = ok(&["simulate", "--db", &db, scenario.to_str().unwrap()]);
+        let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(scenario.with_extension("expected.json")).unwrap()).unwrap();
+        let actual: serde_json::Value = serde_json::from_str(&output).unwrap();
+        assert_eq!(actual, expected, "{}", scenario.display());
+        assert!(ok(&["ledger", "verify", "--db", &db]).contains(" 0 mismatches"));
+    }
+}
+
+#[test]
+fn teams_usage_invoices_and_verify() {
+    let dir = TempDir::new("office");
+    let db = dir.file("ledger.db");
+    assert!(ok(&["migrate", "--db", &db]).contains("schema version 1"));
+    assert!(ok(&["teams", "create", "acme", "--plan", "team", "--payg", "--payg-cap-usd", "12.5", "--db", &db]).contains("cap $12.500"));
+    let scenario = dir.file("payg.json");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios/payg_billing.json"), &scenario).unwrap();
+    ok(&["simulate", "--db", &db, "--team", "solo-team", &scenario]);
+
+    let teams: serde_json::Value = serde_json::from_str(&ok(&["teams", "list", "--json", "--db", &db])).unwrap();
+    let names: Vec<&str> = teams.as_array().unwrap().iter().map(|team| team["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme", "solo-team"]);
+    let show = ok(&["teams", "show", "solo-team", "--db", &db]);
+    assert!(show.contains("plan solo") && show.contains("payg_enabled") && show.contains("simulate"), "{show}");
+
+    let usage: serde_json::Value = serde_json::from_str(&ok(&["usage", "--team", "solo-team", "--period", "2026-03", "--json", "--db", &db])).unwrap();
+    assert_eq!((usage["used"].as_u64(), usage["payg_credits"].as_u64(), usage["payg_amount_usd"].as_str()), (Some(1078), Some(1001), Some("1.001")));
+    let lines = usage["breakdown"].as_array().unwrap();
+    assert_eq!(lines.iter().map(|line| line["credits"].as_u64().unwrap()).sum::<u64>(), 1078, "the breakdown adds up to the usage");
+    assert!(lines.iter().all(|line| line["trigger"] == "api"));
+    let text = ok(&["usage", "--team", "solo-team", "--period", "2026-03", "--db", &db]);
+    assert!(text.contains("used 1078 of 50 included credits"), "{text}");
+
+    // Invoices close the periods that ended by now (March 2026 is long over).
+    let invoices: serde_json::Value = serde_json::from_str(&ok(&["invoices", "--team", "solo-team", "--json", "--db", &db])).unwrap();
+    assert_eq!(invoices[0]["amount_due_usd"], "1.001");
+    assert_eq!(invoices[0]["period"]["start"], "2026-03-01T00:00:00Z");
+    assert!(ok(&["ledger", "verify", "--db", &db]).contains(" 0 mismatches"));
+
+    let unknown = flowcredits(&["usage", "--team", "nobody", "--db", &db]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("team `nobody` is not known"));
+}
