@@ -20,8 +20,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     LimitReached(String),
-    #[error("request body is {size} bytes, more than the {limit} bytes this team's plan accepts")]
-    PayloadTooLarge { size: usize, limit: u64 },
+    #[error("the request body is larger than {limit} bytes, the most this endpoint accepts (a team's plan sets it for hooks)")]
+    PayloadTooLarge { limit: u64 },
     #[error("internal error; the server log has the details")]
     Internal(String),
 }
@@ -60,7 +60,12 @@ impl IntoResponse for ApiError {
         if let ApiError::Invalid { field, .. } = &self {
             body["error"]["field"] = json!(field);
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::PayloadTooLarge { .. } = self {
+            // The unread rest of the body makes the connection unusable for another request.
+            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 

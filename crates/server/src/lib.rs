@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Outgoing HTTP (alert webhooks).
     pub http: reqwest::Client,
+    /// How long a synchronous call waits for a run's answer before 408 (30 s; shorter in tests).
+    pub sync_wait: std::time::Duration,
 }
 
 /// The whole HTTP surface. Tests call it without a socket; `serve` binds it.
@@ -105,7 +107,7 @@ where
     async fn from_request(request: axum::extract::Request, _state: &S) -> Result<JsonBody<T>, ApiError> {
         let bytes = axum::body::to_bytes(request.into_body(), API_BODY_BYTES_MAX)
             .await
-            .map_err(|_| ApiError::PayloadTooLarge { size: API_BODY_BYTES_MAX + 1, limit: API_BODY_BYTES_MAX as u64 })?;
+            .map_err(|_| ApiError::PayloadTooLarge { limit: API_BODY_BYTES_MAX as u64 })?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(&mut deserializer) {
             Ok(value) => Ok(JsonBody(value)),

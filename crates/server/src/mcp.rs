@@ -124,7 +124,7 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
         return Ok(text_result(format!("run {} is paused: the team is out of credits; it will run when credits return", started.run_id), true));
     }
     let reply = started.reply.ok_or_else(|| ApiError::internal("an admitted run has a reply"))?;
-    match tokio::time::timeout(crate::routes_runs::SYNC_WAIT, reply).await {
+    match tokio::time::timeout(state.sync_wait, reply).await {
         Ok(Ok(reply)) => {
             let failed = reply.error.is_some();
             let body = reply.response.map(|(_, body)| body).unwrap_or(reply.output);

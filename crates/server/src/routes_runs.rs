@@ -20,7 +20,7 @@ use crate::runner::{RunReply, StartRequest, Started};
 use crate::{ApiError, AppState, JsonBody, Query};
 
 /// How long a synchronous call waits for the run's answer before it gets 408 (the run goes on).
-pub const SYNC_WAIT: Duration = Duration::from_secs(30);
+pub const SYNC_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// Most block executions one local-run charge request may carry.
 pub const LOCAL_CHARGES_MAX: usize = 10_000;
 
@@ -60,12 +60,12 @@ pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team)
         http: None,
     };
     let started = state.runner.start(&state, request).await?;
-    Ok(answer_started(started, body.wait, None).await)
+    Ok(answer_started(started, body.wait.then_some(state.sync_wait), None).await)
 }
 
 /// The answer to whoever started a run: paused (with the run id and what to do), accepted, the
-/// run's result, or 408 when it is still going after [`SYNC_WAIT`].
-async fn answer_started(started: Started, wait: bool, paused_status: Option<StatusCode>) -> Response {
+/// run's result, or 408 when it is still going after `wait`.
+async fn answer_started(started: Started, wait: Option<Duration>, paused_status: Option<StatusCode>) -> Response {
     let run_id = started.run_id.clone();
     if started.status == RunStatus::Paused {
         let body = json!({
@@ -75,10 +75,10 @@ async fn answer_started(started: Started, wait: bool, paused_status: Option<Stat
         });
         return (paused_status.unwrap_or(StatusCode::ACCEPTED), Json(body)).into_response();
     }
-    let Some(reply) = started.reply.filter(|_| wait) else {
+    let (Some(reply), Some(wait)) = (started.reply, wait) else {
         return (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status": "running"}))).into_response();
     };
-    match tokio::time::timeout(SYNC_WAIT, reply).await {
+    match tokio::time::timeout(wait, reply).await {
         Ok(Ok(reply)) => reply_response(reply),
         Ok(Err(_)) => ApiError::internal(format!("run {run_id} stopped without a result")).into_response(),
         Err(_) => (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": "the run is still going; read its result from /v1/teams/{team}/runs/{run_id}"}))).into_response(),
@@ -101,17 +101,41 @@ fn reply_response(reply: RunReply) -> Response {
     (status, Json(json!({"run_id": reply.run_id, "status": reply.state, "credits": reply.credits.0, "output": reply.output, "error": reply.error}))).into_response()
 }
 
+/// Most bytes of an oversized body read and thrown away before answering 413, so a client
+/// still sending gets the answer instead of a broken connection.
+pub const OVERSIZED_BODY_DRAIN_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Reads a request body of at most `limit` bytes; a larger one is refused with 413 after
+/// draining (up to [`OVERSIZED_BODY_DRAIN_BYTES_MAX`]) what the client sends.
+async fn read_body(body: Body, limit: u64) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut seen: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
+        // Trailers carry no body bytes.
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen as u64 <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > OVERSIZED_BODY_DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if seen as u64 > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(kept.into())
+}
+
 /// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
 /// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
 pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, query: Query<Map<String, Value>>, body: Body) -> Result<Response, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
     let plan = state.ledger.team(&team).await?.plan;
     let limit = state.rules.plans.get(plan).request_body_bytes_max;
-    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()).and_then(|value| value.parse::<u64>().ok());
-    if let Some(size) = declared.filter(|size| *size > limit) {
-        return Err(ApiError::PayloadTooLarge { size: size as usize, limit });
-    }
-    let bytes = axum::body::to_bytes(body, limit as usize).await.map_err(|_| ApiError::PayloadTooLarge { size: limit as usize + 1, limit })?;
+    let bytes = read_body(body, limit).await?;
     let Query(mut query) = query;
     let asynchronous = query.remove("async").is_some_and(|value| value == "true" || value == "1")
         || headers.get("prefer").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("respond-async"));
@@ -138,7 +162,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
         http: Some(http),
     };
     let started = state.runner.start(&state, request).await?;
-    Ok(answer_started(started, !asynchronous, Some(if asynchronous { StatusCode::ACCEPTED } else { StatusCode::PAYMENT_REQUIRED })).await)
+    Ok(answer_started(started, (!asynchronous).then_some(state.sync_wait), Some(if asynchronous { StatusCode::ACCEPTED } else { StatusCode::PAYMENT_REQUIRED })).await)
 }
 
 #[derive(Deserialize, Default)]

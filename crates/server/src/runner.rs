@@ -374,11 +374,11 @@ pub fn estimate(rules: &flowcredits_core::Rules, definition: &Value, context: Ru
     }))
 }
 
-/// The input schema and description of a flow's `mcp` trigger block, if it has one.
+/// The input schema of a flow's `mcp` trigger block, if it has one, and the flow's description.
 pub fn mcp_tool_schema(definition: &Value) -> Option<(Value, String)> {
     let block = definition.get("blocks")?.as_array()?.iter().find(|block| block.get("kind").or_else(|| block.get("type")).and_then(Value::as_str) == Some("mcp"))?;
     let config = block.get("config");
     let schema = config.and_then(|config| config.get("input_schema")).cloned().unwrap_or_else(|| json!({"type": "object"}));
-    let description = config.and_then(|config| config.get("description")).and_then(Value::as_str).or_else(|| definition.get("description").and_then(Value::as_str)).unwrap_or("").to_owned();
+    let description = definition.get("description").and_then(Value::as_str).unwrap_or("").to_owned();
     Some((schema, description))
 }

@@ -42,6 +42,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         runner: Runner::new(Engine::default()),
         metrics: Arc::new(Metrics::default()),
         http,
+        sync_wait: crate::routes_runs::SYNC_WAIT_DEFAULT,
     })
 }
 
@@ -62,22 +63,25 @@ pub async fn bootstrap_operator(state: &AppState) -> Result<Option<String>, ApiE
 }
 
 /// The demo team: an owner, a flow with a snapshot deployed at `/hooks/demo/hello`, and a few
-/// runs so the dashboard has something to show. Returns the owner's key.
+/// runs of it so the dashboard has usage to show. Returns the owner's key.
 pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
     if state.ledger.team("demo").await.is_ok() {
         return Err(ApiError::Conflict("the demo team exists already (delete the database file to start over)".into()));
     }
     let definition = json!({
         "name": "hello",
-        "description": "Greets the caller and checks the greeting is long enough",
+        "description": "Greets the caller by name and checks the greeting before answering",
         "blocks": [
             {"id": "request", "kind": "request"},
-            {"id": "greet", "kind": "template", "config": {"template": "Hello, {{input.name}}!"}},
-            {"id": "check", "kind": "if", "config": {"condition": "true"}},
-            {"id": "show", "kind": "display"},
+            {"id": "greet", "kind": "evaluate", "config": {"code": "return { greeting: 'Hello, ' + ((input && input.name) || 'world') + '!' };"}},
+            {"id": "check", "kind": "validate", "config": {"schema": {"type": "object", "required": ["greeting"]}}},
             {"id": "reply", "kind": "response"}
         ],
-        "edges": []
+        "edges": [
+            {"from": "request.body", "to": "greet.input"},
+            {"from": "greet.result", "to": "check.value"},
+            {"from": "check.pass", "to": "reply.body"}
+        ]
     });
     let (token, digest) = auth::new_key();
     let owner = state
@@ -90,11 +94,12 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
         .await?;
     state.ledger.create_team("demo", PlanId::Team, AnchorDay::FIRST, &owner.id).await?;
     let owner_id = owner.id.clone();
-    state
+    let stored = definition.clone();
+    let deployment = state
         .catalog
         .call(move |connection| {
             catalog::set_member(connection, "demo", &owner_id, Role::Owner)?;
-            let flow = catalog::create_flow(connection, "demo", "hello", &definition)?;
+            let flow = catalog::create_flow(connection, "demo", "hello", &stored)?;
             let snapshot = catalog::create_snapshot(connection, "demo", &flow.id, None)?;
             let deployment = catalog::Deployment {
                 id: catalog::new_id("dep"),
@@ -106,9 +111,25 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
                 schedule_every_s: None,
                 created_at: String::new(),
             };
-            catalog::create_deployment(connection, &deployment)
+            catalog::create_deployment(connection, &deployment)?;
+            Ok(deployment)
         })
         .await?;
+    for name in ["Ada", "Grace", "Edsger"] {
+        let request = crate::runner::StartRequest {
+            team: "demo".into(),
+            flow_id: deployment.flow_id.clone(),
+            snapshot: Some(deployment.snapshot),
+            deployment_id: Some(deployment.id.clone()),
+            definition: definition.clone(),
+            input: json!({"name": name}),
+            context: flowcredits_core::RunContext::automated(flowcredits_core::Trigger::Api).expect("api is automated"),
+            http: None,
+        };
+        if let Some(reply) = state.runner.start(state, request).await?.reply {
+            let _ = reply.await;
+        }
+    }
     Ok(token)
 }
 

@@ -22,6 +22,15 @@ pub async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = open_state(&dir.path().join("flowcredits.db"), Rules::shipped()).unwrap();
     let operator = bootstrap_operator(&state).await.unwrap().expect("a fresh database has no users");
+    listen(state, operator, dir).await
+}
+
+/// Serves `server.state` (as changed by the test) on a new port.
+pub async fn restart_with(server: Server) -> Server {
+    listen(server.state, server.operator, server._dir).await
+}
+
+async fn listen(state: AppState, operator: String, dir: tempfile::TempDir) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(axum::serve(listener, app(state.clone())).into_future());

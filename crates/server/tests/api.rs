@@ -1,0 +1,226 @@
+//! The API's promises one at a time, over a real socket.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_teams_keep_ten_snapshots_per_flow_and_lose_none() {
+    let server = support::start().await;
+    let owner = server.team("tiny", "free").await;
+    let (_, flow) = server.post("/v1/teams/tiny/flows", &owner, json!({"name": "f", "definition": support::flow_costing_25()})).await;
+    let flow_id = flow["id"].as_str().unwrap();
+    for number in 1..=10 {
+        let (status, snapshot) = server.post(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+        assert_eq!((status, snapshot["number"].clone(), snapshot["latest"].clone()), (StatusCode::CREATED, json!(number), json!(true)));
+    }
+    let (status, refused) = server.post(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("limit_reached")), "{refused}");
+    let (_, list) = server.get(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner).await;
+    let numbers: Vec<u64> = list["items"].as_array().unwrap().iter().map(|snapshot| snapshot["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, (1..=10).collect::<Vec<_>>());
+    let latest: Vec<bool> = list["items"].as_array().unwrap().iter().map(|snapshot| snapshot["latest"].as_bool().unwrap()).collect();
+    assert_eq!(latest.iter().filter(|latest| **latest).count(), 1, "only the newest is tagged latest");
+    assert!(latest[9]);
+    // Paid plans keep more.
+    let paid = server.team("paid", "solo").await;
+    let (_, flow) = server.post("/v1/teams/paid/flows", &paid, json!({"name": "f", "definition": support::flow_costing_25()})).await;
+    for _ in 0..11 {
+        let (status, _) = server.post(&format!("/v1/teams/paid/flows/{}/snapshots", flow["id"].as_str().unwrap()), &paid, json!(null)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_bodies_are_limited_by_plan() {
+    let server = support::start().await;
+    let free = server.team("tiny", "free").await;
+    let paid = server.team("paid", "team").await;
+    server.deploy("tiny", &free, "work", support::flow_costing_25()).await;
+    server.deploy("paid", &paid, "work", support::flow_costing_25()).await;
+    let big = json!({"blob": "x".repeat(1_100_000)});
+    let (status, answer) = server.post("/hooks/tiny/work", &free, big.clone()).await;
+    assert_eq!((status, answer["error"]["code"].clone()), (StatusCode::PAYLOAD_TOO_LARGE, json!("payload_too_large")), "{answer}");
+    let (_, runs) = server.get("/v1/teams/tiny/runs", &free).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 0, "a refused call starts no run");
+    let (status, _) = server.post("/hooks/paid/work", &paid, big).await;
+    assert_eq!(status, StatusCode::OK, "5 MB is allowed on paid plans");
+    let (status, _) = server.post("/hooks/paid/work", &paid, json!({"blob": "x".repeat(5_300_000)})).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+fn slow_flow(delay_ms: u64) -> Value {
+    json!({
+        "name": "slow",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "wait", "kind": "delay", "config": {"ms": delay_ms}},
+            {"id": "reply", "kind": "response", "config": {"status": 201}}
+        ],
+        "edges": [{"from": "request.body", "to": "wait.value"}, {"from": "wait.value", "to": "reply.body"}]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_calls_get_202_and_slow_sync_calls_get_408_while_the_run_goes_on() {
+    let mut server = support::start().await;
+    server.state.sync_wait = Duration::from_millis(300);
+    // The router holds its own copy of the state: restart it with the shorter wait.
+    let server = support::restart_with(server).await;
+    let owner = server.team("acme", "team").await;
+    server.deploy("acme", &owner, "slow", slow_flow(1_000)).await;
+    let (status, accepted) = server.post("/hooks/acme/slow?async=true", &owner, json!({"n": 1})).await;
+    assert_eq!((status, accepted["status"].clone()), (StatusCode::ACCEPTED, json!("running")), "{accepted}");
+    let (status, timed_out) = server.post("/hooks/acme/slow", &owner, json!({"n": 2})).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{timed_out}");
+    let run = server.finished_run("acme", &owner, timed_out["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded", "the run finished after its caller stopped waiting: {run}");
+    let run = server.finished_run("acme", &owner, accepted["run_id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "succeeded");
+    // A fast flow answers with its response block's status and body.
+    server.deploy("acme", &owner, "fast", slow_flow(0)).await;
+    let (status, body) = server.post("/hooks/acme/fast", &owner, json!({"echo": true})).await;
+    assert_eq!((status, body), (StatusCode::CREATED, json!({"echo": true})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_lists_deployed_tools_and_calling_one_runs_the_flow() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let tool = json!({
+        "name": "greet",
+        "description": "Greets someone",
+        "blocks": [
+            {"id": "args", "kind": "mcp", "config": {"input_schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
+            {"id": "greet", "kind": "template", "config": {"template": "Hello, {{input.name}}!"}},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": [{"from": "args.arguments", "to": "greet.input"}, {"from": "greet.text", "to": "reply.body"}]
+    });
+    let (status, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": "greet", "definition": tool})).await;
+    assert_eq!(status, StatusCode::CREATED, "{flow}");
+    let flow_id = flow["id"].as_str().unwrap();
+    server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    let (status, deployment) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "tools/greet", "trigger": "mcp"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployment}");
+    let rpc = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let (_, init) = server.post("/mcp?team=acme", &owner, rpc(1, "initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}))).await;
+    assert_eq!(init["result"]["serverInfo"]["name"], "flowcredits");
+    let (_, listed) = server.post("/mcp?team=acme", &owner, rpc(2, "tools/list", json!({}))).await;
+    assert_eq!(listed["result"]["tools"], json!([{"name": "tools_greet", "description": "Greets someone", "inputSchema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}]));
+    let (_, called) = server.post("/mcp?team=acme", &owner, rpc(3, "tools/call", json!({"name": "tools_greet", "arguments": {"name": "Ada"}}))).await;
+    assert_eq!(called["result"], json!({"content": [{"type": "text", "text": "Hello, Ada!"}], "isError": false}), "{called}");
+    let (_, runs) = server.get("/v1/teams/acme/runs?trigger=mcp", &owner).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1, "the call ran the flow with trigger mcp");
+    let (_, unknown) = server.post("/mcp?team=acme", &owner, rpc(4, "tools/call", json!({"name": "nope"}))).await;
+    assert_eq!(unknown["error"]["code"], -32602);
+    // Only flows with an mcp trigger can be deployed as tools.
+    let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": server.deploy("acme", &owner, "plain", support::flow_costing_25()).await, "path": "x", "trigger": "mcp"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_runs_are_metered_here_once_per_execution_id() {
+    let server = support::start().await;
+    let owner = server.team("acme", "free").await;
+    // A flow of HTTP requests and logic on the local canvas needs no credits.
+    let (status, free_run) = server.post("/v1/teams/acme/local-runs", &owner, json!({"flow": "f", "blocks": [{"type": "http_request"}, {"type": "if"}]})).await;
+    assert_eq!((status, free_run["needs_credits"].clone()), (StatusCode::CREATED, json!(false)));
+    let (_, admitted) = server.post("/v1/teams/acme/local-runs", &owner, json!({"flow": "g", "blocks": [{"type": "integration"}]})).await;
+    let run = admitted["run_id"].as_str().unwrap();
+    let charge = json!({"charges": [{"execution_id": "run/connector", "type": "integration"}, {"execution_id": "run/check", "type": "if"}]});
+    let (status, first) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, charge.clone()).await;
+    assert_eq!((status, first["credits"].clone(), first["run_credits"].clone()), (StatusCode::OK, json!([2, 0]), json!(2)), "{first}");
+    // A retry of the same executions is acknowledged without a second charge.
+    let (_, retried) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, charge).await;
+    assert_eq!(retried["run_credits"], 2);
+    // The same execution id with other content is refused and writes nothing.
+    let conflicting = json!({"charges": [{"execution_id": "run/new", "type": "integration"}, {"execution_id": "run/connector", "type": "evaluate"}]});
+    let (status, refused) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, conflicting).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let bad = json!({"charges": [{"execution_id": "run/x", "type": "warp_drive"}]});
+    let (status, refused) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, bad).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("charges[0].type")), "{refused}");
+    let (_, ended) = server.post(&format!("/v1/teams/acme/local-runs/{run}/end"), &owner, json!(null)).await;
+    assert_eq!(ended["credits"], 2);
+    let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
+    assert_eq!(usage["used"], 2, "{usage}");
+    let (status, _) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, json!({"charges": [{"execution_id": "late", "type": "integration"}]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "an ended run is not charged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let hook = axum::Router::new().route("/alerts", axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+        let sink = Arc::clone(&sink);
+        async move {
+            sink.lock().unwrap().push(body);
+            StatusCode::NO_CONTENT
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, hook).into_future());
+
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let (status, _) = server.call(Method::PATCH, "/v1/teams/acme/billing", &owner, Some(json!({"alert_webhook_url": hook_url, "payg_enabled": true, "payg_alerts_usd": ["0.020"]}))).await;
+    assert_eq!(status, StatusCode::OK);
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    for _ in 0..5 {
+        let (status, _) = server.post("/hooks/acme/work", &owner, json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // 125 credits: 75% and 100% of the included 100, and $0.025 of pay-as-you-go past $0.020.
+    let mut kinds = Vec::new();
+    for _ in 0..200 {
+        kinds = received.lock().unwrap().iter().map(|alert| alert["alert"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+        if kinds.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["included_100", "included_75", "payg_0.020"]);
+    let (_, alerts) = server.get("/v1/teams/acme/alerts", &owner).await;
+    let listed = alerts["items"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "each threshold once: {alerts}");
+    assert!(listed.iter().all(|alert| alert["attempts"].as_u64() >= Some(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_the_openapi_document() {
+    let server = support::start().await;
+    let (status, health) = server.get("/healthz", "").await;
+    assert_eq!((status, health["status"].clone()), (StatusCode::OK, json!("ok")));
+    let owner = server.team("acme", "team").await;
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    server.post("/hooks/acme/work", &owner, json!({})).await;
+    let (_, metrics) = server.get("/metrics", "").await;
+    let metrics = metrics.as_str().unwrap().to_owned();
+    for line in ["flowcredits_runs_admitted_total 1", "flowcredits_credits_charged_total 25", "flowcredits_runs_finished_total{status=\"succeeded\"} 1", "flowcredits_admission_seconds_count 1"] {
+        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
+    }
+    let (_, document) = server.get("/openapi.json", "").await;
+    assert_eq!(document["openapi"], "3.0.3");
+    assert!(document["paths"]["/v1/teams/{team}/billing"]["patch"]["requestBody"].is_object());
+    let (status, missing) = server.get("/v2/nothing", "").await;
+    assert_eq!((status, missing["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_team_has_a_deployed_flow_and_usage() {
+    let server = support::start().await;
+    let key = flowcredits_server::serve::create_demo(&server.state).await.unwrap();
+    let (_, usage) = server.get("/v1/teams/demo/usage", &key).await;
+    assert_eq!(usage["used"], 6, "three greetings of 2 credits: {usage}");
+    let (status, body) = server.post("/hooks/demo/hello", &key, json!({"name": "Linus"})).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"greeting": "Hello, Linus!"})));
+    assert!(flowcredits_server::serve::create_demo(&server.state).await.is_err(), "a second demo is refused");
+}
