@@ -13,23 +13,36 @@ use common::*;
 use flowcredits_engine::{Flow, RunOutcome, RunReport, Syntax};
 use serde_json::{Map, Value, json};
 
+#[derive(Clone)]
+struct Api {
+    health_calls: Arc<AtomicUsize>,
+    /// `/meet` answers only once two requests are waiting on it at the same time.
+    meeting: Arc<tokio::sync::Barrier>,
+}
+
 /// The API the examples call. `/health` fails twice before it answers ok.
 async fn serve() -> String {
-    let health_calls = Arc::new(AtomicUsize::new(0));
+    let state = Api { health_calls: Arc::new(AtomicUsize::new(0)), meeting: Arc::new(tokio::sync::Barrier::new(2)) };
     let app = Router::new()
         .route("/health", get(health))
         .route("/orders/{id}", get(order))
         .route("/users/{id}", get(user))
         .route("/echo", post(echo))
-        .with_state(health_calls);
+        .route("/meet", get(meet))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{address}")
 }
 
-async fn health(State(calls): State<Arc<AtomicUsize>>) -> (StatusCode, Json<Value>) {
-    if calls.fetch_add(1, Ordering::SeqCst) < 2 { (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))) } else { (StatusCode::OK, Json(json!({"status": "ok"}))) }
+async fn meet(State(api): State<Api>) -> Json<Value> {
+    api.meeting.wait().await;
+    Json(json!("met"))
+}
+
+async fn health(State(api): State<Api>) -> (StatusCode, Json<Value>) {
+    if api.health_calls.fetch_add(1, Ordering::SeqCst) < 2 { (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "starting"}))) } else { (StatusCode::OK, Json(json!({"status": "ok"}))) }
 }
 
 async fn order(Path(id): Path<u64>) -> Json<Value> {
@@ -147,4 +160,27 @@ edges:
     assert_eq!(shown_value(&report, "status"), Some(json!(200)));
     let echoed = report.outputs.iter().find(|output| output.at == "show").unwrap().value.clone();
     assert_eq!(echoed, json!({"query": {"page": "2", "q": "a b&c"}, "header": "secret", "body": {"fixed": true}}));
+}
+
+#[tokio::test]
+async fn independent_branches_run_at_the_same_time() {
+    // Each request is answered only while the other one is also in flight: run one after the
+    // other, the first would time out and take its failure port.
+    let base = serve().await;
+    let flow = flow(r#"
+name: parallel
+blocks:
+  - { id: left, kind: http_request, config: { url: "{{config.base}}/meet", timeout_ms: 10000 } }
+  - { id: right, kind: http_request, config: { url: "{{config.base}}/meet", timeout_ms: 10000 } }
+  - { id: both, kind: list, config: { inputs: [a, b] } }
+  - { id: show, kind: display }
+edges:
+  - { from: left.body, to: both.a }
+  - { from: right.body, to: both.b }
+  - { from: both.list, to: show.value }
+"#);
+    let mut request = request("r1", local(), Value::Null);
+    request.config.insert("base".into(), json!(base));
+    let report = flowcredits_engine::Engine::default().run(&flow, request, &meter(flowcredits_core::PlanId::Free)).await.unwrap();
+    assert_eq!(report.outputs[0].value, json!(["met", "met"]));
 }

@@ -1,0 +1,101 @@
+//! `flowcredits run` and `flowcredits estimate` as a user runs them: the real binary.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+fn flowcredits(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowcredits")).args(args).output().unwrap()
+}
+
+/// Writes a flow file for one test and returns its path.
+fn flow_file(name: &str, yaml: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("engine_cli_{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../../examples/{name}.yaml", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout_json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+}
+
+const COUNTDOWN: &str = r#"
+name: countdown
+blocks:
+  - { id: start, kind: start }
+  - { id: times, kind: select, config: { path: n } }
+  - { id: loop, kind: repeat }
+  - { id: check, kind: if, config: { test: { op: ge, value: 0 } } }
+  - { id: ran, kind: display, config: { label: iterations } }
+edges:
+  - { from: start.input, to: times.value }
+  - { from: times.value, to: loop.times }
+  - { from: loop.index, to: check.value }
+  - { from: loop.done, to: ran.value }
+"#;
+
+#[test]
+fn run_prints_outputs_and_a_receipt_as_json() {
+    let path = flow_file("countdown", COUNTDOWN);
+    let output = flowcredits(&["run", path.to_str().unwrap(), "--team", "acme", "--input", r#"{"n": 30}"#, "--cloud-run", "--plan", "free", "--run-id", "r1", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = stdout_json(&output);
+    assert_eq!(report["outcome"], "completed", "a running run finishes past Free's 25 credits");
+    assert_eq!(report["outputs"], json!([{"at": "ran", "label": "iterations", "value": 30}]));
+    assert_eq!(report["total"], 30);
+    let checks: Vec<&Value> = report["executions"].as_array().unwrap().iter().filter(|execution| execution["block"] == "check").collect();
+    assert_eq!(checks.len(), 30);
+    assert_eq!(checks[0], &json!({"id": "r1/loop#0/check", "block": "check", "kind": "if", "credits": 1, "ok": true}));
+}
+
+#[test]
+fn run_prints_a_readable_receipt() {
+    let path = flow_file("countdown_text", COUNTDOWN);
+    let output = flowcredits(&["run", path.to_str().unwrap(), "--team", "acme", "--input", r#"{"n": 2}"#, "--run-id", "r2"]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("run r2 of flow `countdown` for team acme: completed"), "{text}");
+    assert!(text.contains("iterations: 2"), "{text}");
+    assert!(text.lines().any(|line| line.contains("r2/loop#1/check") && line.contains("if") && line.trim_end().ends_with('0')), "{text}");
+    assert!(text.lines().last().unwrap().contains("0 credits"), "{text}");
+}
+
+#[test]
+fn an_invalid_flow_lists_every_problem_and_fails() {
+    let path = flow_file("invalid", "name: bad\nblocks:\n  - { id: a, kind: select }\n  - { id: b, kind: nope }\n");
+    let output = flowcredits(&["run", path.to_str().unwrap(), "--team", "acme"]);
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("block `a`, config.path: missing") && error.contains("block `b`, kind: unknown block kind `nope`") && error.contains("fix these"), "{error}");
+}
+
+#[test]
+fn bad_arguments_say_what_to_do() {
+    let path = example("health-check");
+    let output = flowcredits(&["run", &path, "--team", "acme", "--input", "{oops"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--input is not JSON"));
+    let output = flowcredits(&["estimate", &path, "--trigger", "api", "--cloud-run"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("drop --cloud-run"));
+    let output = flowcredits(&["estimate", &path, "--trigger", "cron"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected manual, api or mcp"));
+}
+
+#[test]
+fn estimate_reports_needs_credits_and_costs() {
+    let output = flowcredits(&["estimate", &example("health-check"), "--trigger", "api", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let estimate = stdout_json(&output);
+    assert_eq!(estimate["needs_credits"], true);
+    assert_eq!(estimate["exact"], Value::Null);
+    assert_eq!(estimate["minimum"], 0);
+    assert_eq!(estimate["per_iteration"], json!([{"loop": "retry", "credits": 2}]));
+    let local = stdout_json(&flowcredits(&["estimate", &example("user-names"), "--json"]));
+    assert_eq!((local["needs_credits"].clone(), local["exact"].clone()), (json!(false), json!(0)));
+}
