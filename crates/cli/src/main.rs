@@ -6,6 +6,7 @@ mod bench_ledger;
 mod cmd_bench;
 mod cmd_estimate;
 mod cmd_run;
+mod cmd_serve;
 mod cmd_simulate;
 mod cmd_store;
 mod rules;
@@ -30,6 +31,7 @@ enum Command {
     Simulate(cmd_simulate::SimulateArgs),
     Run(cmd_run::RunArgs),
     Estimate(cmd_estimate::EstimateArgs),
+    Serve(cmd_serve::ServeArgs),
     /// Benchmarks (see BENCHMARKS.md).
     Bench(cmd_bench::BenchArgs),
     #[command(flatten)]
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd_simulate::run(&cli.rules, args),
         Command::Run(args) => cmd_run::run(&cli.rules, args),
         Command::Estimate(args) => cmd_estimate::run(&cli.rules, args),
+        Command::Serve(args) => cmd_serve::run(&cli.rules, args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Store(command) => cmd_store::run(&cli.rules, command),
     };
