@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use flowcredits_core::{CloudRun, PlanId, RunContext, RunId, TeamLedger, TeamSettings};
+use flowcredits_core::{CloudRun, PlanId, RunContext, RunId, Rules, TeamLedger, TeamSettings};
 use flowcredits_engine::{DirResolver, Engine, Flow, LedgerMeter, Meter, Providers, RunOutcome, RunReport, RunRequest, Syntax};
+use flowcredits_store::{LedgerStore, SqliteStore, StoreError, TeamName};
 use serde_json::{Map, Value, json};
 
+use crate::meter_store::StoreMeter;
 use crate::rules::RulesArgs;
 
 /// Exit status of a run that was paused for lack of credits.
@@ -38,9 +40,14 @@ pub struct RunArgs {
     /// Where flows run by `flow` blocks are found (default: the flow file's directory).
     #[arg(long, value_name = "DIR")]
     pub flows: Option<PathBuf>,
-    /// The team's plan, for the in-memory ledger used without `--db`.
-    #[arg(long, value_name = "PLAN", default_value = "team")]
-    pub plan: String,
+    /// The team's durable ledger (SQLite): the run is admitted and charged there. The team
+    /// must exist (`flowcredits teams create TEAM --plan PLAN --db PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Without `--db`: the plan of a fresh in-memory ledger that lives for this run only
+    /// (default team).
+    #[arg(long, value_name = "PLAN")]
+    pub plan: Option<String>,
     /// The run id (default: `local-` and the current time in milliseconds).
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
@@ -62,20 +69,36 @@ pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;
     let input = parse_input(args.input.as_deref())?;
     let config = parse_config(&args.config)?;
-    let plan: PlanId = args.plan.parse().context("--plan")?;
     let run_id = RunId::new(args.run_id.clone().unwrap_or_else(|| format!("local-{}", flowcredits_core::Timestamp::now().as_millisecond()))).context("--run-id")?;
     let context = RunContext::manual(CloudRun::from(args.cloud_run));
     let request = RunRequest { run: run_id, context, input, config, http: None };
     let engine = Engine::new(Providers::default(), resolver);
-    // Without a durable store the team's ledger lives for this one run, on the plan given.
-    let meter = LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan)));
-    let report = block_on(engine.run(&flow, request, &meter as &dyn Meter))?;
+    let meter = meter(&args, rules)?;
+    let report = block_on(engine.run(&flow, request, &*meter))?;
     print_report(&args, &flow, &report);
     Ok(match report.outcome {
         RunOutcome::Completed => ExitCode::SUCCESS,
         RunOutcome::Failed { .. } => ExitCode::FAILURE,
         RunOutcome::Paused => ExitCode::from(EXIT_PAUSED),
     })
+}
+
+/// The durable ledger with `--db`; otherwise a ledger that lives for this one run.
+fn meter(args: &RunArgs, rules: Rules) -> anyhow::Result<Box<dyn Meter>> {
+    let Some(db) = &args.db else {
+        let plan: PlanId = args.plan.as_deref().unwrap_or("team").parse().context("--plan")?;
+        return Ok(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan)))));
+    };
+    if args.plan.is_some() {
+        anyhow::bail!("--plan is for runs without --db; the team's plan is in the ledger (change it there)");
+    }
+    let store = SqliteStore::open(db, rules.clone()).with_context(|| format!("cannot open the ledger {}", db.display()))?;
+    let team = TeamName::new(args.team.clone()).context("--team")?;
+    store.team(&team).map_err(|err| match err {
+        StoreError::UnknownTeam { .. } => anyhow::anyhow!("team `{}` is not in the ledger {}; create it first: flowcredits teams create {} --plan free|solo|team|enterprise --db {}", args.team, db.display(), args.team, db.display()),
+        other => anyhow::Error::new(other).context(format!("cannot read team `{}` from {}", args.team, db.display())),
+    })?;
+    Ok(Box::new(StoreMeter::new(store, team, rules)))
 }
 
 /// Runs a future to completion on a small runtime (the engine needs tokio's timers and its

@@ -99,3 +99,25 @@ fn estimate_reports_needs_credits_and_costs() {
     let local = stdout_json(&flowcredits(&["estimate", &example("user-names"), "--json"]));
     assert_eq!((local["needs_credits"].clone(), local["exact"].clone()), (json!(false), json!(0)));
 }
+
+#[test]
+fn run_with_db_meters_against_the_durable_ledger_and_pauses_at_the_limit() {
+    let db = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("engine_cli_{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let db = db.to_str().unwrap();
+    let path = flow_file("db_countdown", COUNTDOWN);
+    let path = path.to_str().unwrap();
+    let missing = flowcredits(&["run", path, "--team", "acme", "--db", db]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("create it first: flowcredits teams create acme"), "{}", String::from_utf8_lossy(&missing.stderr));
+    assert!(flowcredits(&["teams", "create", "acme", "--plan", "free", "--db", db]).status.success());
+    let first = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 30}"#, "--cloud-run", "--run-id", "d1", "--json"]);
+    assert_eq!(stdout_json(&first)["total"], 30, "the first run finishes past Free's 25 credits");
+    let second = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 1}"#, "--cloud-run", "--run-id", "d2", "--json"]);
+    assert_eq!(second.status.code(), Some(3));
+    let report = stdout_json(&second);
+    assert_eq!((report["outcome"].clone(), report["executions"].clone()), (json!("paused"), json!([])));
+    let local = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 1}"#, "--run-id", "d3", "--json"]);
+    assert_eq!(stdout_json(&local)["outcome"], "completed", "a local run needs no credits");
+}

@@ -34,3 +34,5 @@ pub use op::{DELAY_MS_MAX, LOOP_ITERATIONS_MAX, Ty};
 pub use provider::{AiCall, AiFailure, AiOutcome, AiProvider, Connector, Providers};
 pub use resolve::{DirResolver, FLOW_NESTING_MAX, FlowResolver, MapResolver, resolve_all};
 pub use ts::strip_types;
+/// The future type [`Meter`], [`AiProvider`] and [`Connector`] implementations return.
+pub use futures_util::future::BoxFuture;
