@@ -6,6 +6,7 @@
 //! [`Meter`] as it completes; charges of inline blocks are batched until the frame next waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -141,7 +142,7 @@ impl Engine {
             return Ok(report);
         }
         let configs = flows.iter().map(|(name, child)| (name.clone(), Value::Object(child.config.clone()))).collect();
-        let run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()) };
+        let run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()), failed: AtomicBool::new(false), queued: AtomicUsize::new(0) };
         let instance = Instance { flow, config: Value::Object(config), input: run.request.input.clone(), response: Mutex::new(None) };
         let frame = Frame::new(&run, &instance, ROOT_SCOPE, format!("{}/", run.request.run), Arc::new(HashMap::new()));
         frame.start_root().drive().await;
@@ -192,6 +193,10 @@ struct Run<'a> {
     flows: BTreeMap<String, Arc<Flow>>,
     configs: BTreeMap<String, Value>,
     state: Mutex<RunState>,
+    /// Set with the first failure; read before every block, so kept outside the mutex.
+    failed: AtomicBool,
+    /// Charges waiting in `state.charges`, readable without the lock.
+    queued: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -211,19 +216,24 @@ impl Run<'_> {
     }
 
     fn failed(&self) -> bool {
-        self.state().failure.is_some()
+        self.failed.load(Ordering::Relaxed)
     }
 
     fn fail(&self, message: String) {
         self.state().failure.get_or_insert(message);
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    fn queued_charges(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Queues the charge of an execution that completed.
-    fn executed(&self, execution: ExecutionId, usage: BlockUsage, ok: bool) -> usize {
+    fn executed(&self, execution: ExecutionId, usage: BlockUsage, ok: bool) {
         let mut state = self.state();
         state.charges.push(BlockCharge { execution, usage });
         state.charged_ok.push(ok);
-        state.charges.len()
+        self.queued.store(state.charges.len(), Ordering::Relaxed);
     }
 
     /// Sends queued charges to the meter. A meter failure fails the run.
@@ -233,6 +243,7 @@ impl Run<'_> {
             if state.charges.is_empty() {
                 return Ok(());
             }
+            self.queued.store(0, Ordering::Relaxed);
             (std::mem::take(&mut state.charges), std::mem::take(&mut state.charged_ok))
         };
         let result = self.meter.charge(&self.request.run, &charges).await;
@@ -245,6 +256,7 @@ impl Run<'_> {
             }
             Err(err) => {
                 state.failure.get_or_insert_with(|| format!("metering failed: {err}"));
+                self.failed.store(true, Ordering::Relaxed);
                 Err(err)
             }
         }
@@ -345,7 +357,8 @@ impl<'a> Frame<'a> {
 
     fn drive(mut self) -> BoxFuture<'a, Frame<'a>> {
         async move {
-            let mut waiting: FuturesUnordered<BoxFuture<'a, Done>> = FuturesUnordered::new();
+            // Created on the first waiting block: most loop iterations never wait.
+            let mut waiting: Option<FuturesUnordered<BoxFuture<'a, Done>>> = None;
             loop {
                 while let Some(b) = self.ready.pop_front() {
                     if self.run.failed() {
@@ -353,17 +366,15 @@ impl<'a> Frame<'a> {
                         break;
                     }
                     if let Some(future) = self.execute(b) {
-                        waiting.push(future);
+                        waiting.get_or_insert_with(FuturesUnordered::new).push(future);
                     }
-                    if self.run.state().charges.len() >= CHARGE_BATCH_MAX {
+                    if self.run.queued_charges() >= CHARGE_BATCH_MAX {
                         let _ = self.run.flush().await;
                     }
                 }
-                if waiting.is_empty() {
-                    break;
-                }
+                let Some(futures) = waiting.as_mut().filter(|futures| !futures.is_empty()) else { break };
                 let _ = self.run.flush().await;
-                let done = waiting.next().await.expect("not empty");
+                let done = futures.next().await.expect("not empty");
                 self.complete(done);
             }
             self
@@ -422,9 +433,7 @@ impl<'a> Frame<'a> {
     fn complete(&mut self, done: Done) {
         for (b, usage, ok) in done.executed {
             match self.execution_id(b) {
-                Ok(id) => {
-                    self.run.executed(id, usage, ok);
-                }
+                Ok(id) => self.run.executed(id, usage, ok),
                 Err(message) => self.fail(b, &message),
             }
         }
