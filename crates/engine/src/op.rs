@@ -171,7 +171,7 @@ fn parse_op(kind: BlockKind, cfg: &mut Cfg<'_>) -> Parsed {
         K::Request => (Op::Request, vec![], vec![output("body", Ty::Any), output("headers", Ty::Record), output("query", Ty::Record), output("method", Ty::Text), output("path", Ty::Text)]),
         K::Response => {
             let status = cfg.integer("status", 100, 599, "HTTP status").unwrap_or(200) as u16;
-            (Op::Response { status }, vec![input("body", Ty::Any, true)], vec![])
+            (Op::Response { status }, vec![input("body", Ty::Any, true), input("status", Ty::Number, false)], vec![])
         }
         K::Schedule => {
             let every_minutes = cfg.required("every_minutes", "how often the flow runs, in minutes").and(cfg.integer("every_minutes", SCHEDULE_MINUTES_MIN, SCHEDULE_MINUTES_MAX, "minutes"));

@@ -112,3 +112,17 @@ fn json_and_yaml_load_the_same_flow() {
     assert_eq!(duplicate.len(), 2, "{duplicate:?}");
     assert!(duplicate[0].contains("block id `a` is used twice") && duplicate[1].contains("blocks[2].id: `a.b` is not a block id"), "{duplicate:?}");
 }
+
+#[test]
+fn schemas_are_checked_on_load_and_never_fetch_remote_references() {
+    let found = problems(r#"
+name: schemas
+blocks:
+  - { id: remote, kind: validate, config: { schema: { $ref: "http://127.0.0.1:9/schema.json" } } }
+  - { id: wrong, kind: validate, config: { schema: { type: 12 } } }
+"#, Syntax::Yaml);
+    let found: Vec<&String> = found.iter().filter(|problem| problem.contains("config.schema")).collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].starts_with("block `remote`, config.schema: not a valid JSON Schema"), "{found:#?}");
+    assert!(found[1].starts_with("block `wrong`, config.schema: not a valid JSON Schema"), "{found:#?}");
+}

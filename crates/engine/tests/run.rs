@@ -199,3 +199,46 @@ edges:
     assert!(!pick.ok);
     assert!(report.outputs.is_empty());
 }
+
+#[tokio::test]
+async fn dates_config_and_the_http_trigger_blocks() {
+    let report = run(r#"
+name: misc
+config: { region: eu }
+blocks:
+  - { id: request, kind: request }
+  - { id: when, kind: select, config: { path: at } }
+  - { id: later, kind: date, config: { add_ms: 86400000 } }
+  - { id: region, kind: get_config, config: { key: region } }
+  - { id: missing, kind: get_config, config: { key: nope, default: fallback } }
+  - { id: reply, kind: record, config: { inputs: [day, region, other] } }
+  - { id: code, kind: number, config: { value: 201 } }
+  - { id: answer, kind: response }
+edges:
+  - { from: request.body, to: when.value }
+  - { from: when.value, to: later.value }
+  - { from: later.date, to: reply.day }
+  - { from: region.value, to: reply.region }
+  - { from: missing.value, to: reply.other }
+  - { from: reply.record, to: answer.body }
+  - { from: code.value, to: answer.status }
+"#, local(), json!({"at": "2026-03-31T23:00:00Z"})).await;
+    assert_eq!(report.outcome, RunOutcome::Completed, "{:?}", report.outcome);
+    let response = report.response.unwrap();
+    assert_eq!((response.status, response.body), (201, json!({"day": "2026-04-01", "region": "eu", "other": "fallback"})));
+}
+
+#[tokio::test]
+async fn an_mcp_trigger_checks_the_arguments_against_its_schema() {
+    let yaml = r#"
+name: tool
+blocks:
+  - { id: tool, kind: mcp, config: { input_schema: { type: object, required: [city] } } }
+  - { id: show, kind: display }
+edges:
+  - { from: tool.arguments, to: show.value }
+"#;
+    assert_eq!(run(yaml, local(), json!({"city": "Oslo"})).await.outputs[0].value, json!({"city": "Oslo"}));
+    let RunOutcome::Failed { error } = run(yaml, local(), json!({})).await.outcome else { panic!("expected a failure") };
+    assert!(error.contains("`tool`") && error.contains("city"), "{error}");
+}
