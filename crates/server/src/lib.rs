@@ -78,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(health))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(read_request_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
         .with_state(state)
 }
@@ -91,11 +92,42 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("route (see /openapi.json)".into())
 }
 
+/// Largest request body read at all, in bytes: the largest any plan accepts for a hook.
+pub const REQUEST_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
+/// Most bytes of an oversized body read and thrown away before answering 413, so that a client
+/// still sending gets the answer instead of a broken connection.
+pub const OVERSIZED_BODY_DRAIN_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Reads every request body before routing, so no answer (a refused key, a 404) leaves body
+/// bytes unread: an unread body makes the server close the connection, and a client already
+/// reusing it gets a broken request. Bodies over [`REQUEST_BODY_BYTES_MAX`] get 413.
+async fn read_request_body(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http_body_util::BodyExt;
+    let (parts, mut body) = request.into_parts();
+    let mut kept = Vec::new();
+    let mut seen: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return ApiError::invalid("body", "the request body could not be read").into_response();
+        };
+        // Trailers carry no body bytes.
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen <= REQUEST_BODY_BYTES_MAX {
+            kept.extend_from_slice(&data);
+        } else if seen > OVERSIZED_BODY_DRAIN_BYTES_MAX {
+            break;
+        }
+    }
+    if seen > REQUEST_BODY_BYTES_MAX {
+        return ApiError::PayloadTooLarge { limit: REQUEST_BODY_BYTES_MAX as u64 }.into_response();
+    }
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(kept))).await
+}
+
 /// JSON bodies with errors that name the field, instead of axum's plain-text rejections.
 pub struct JsonBody<T>(pub T);
-
-/// Largest JSON body the `/v1` API reads (flow definitions included), in bytes.
-pub const API_BODY_BYTES_MAX: usize = 5 * 1024 * 1024;
 
 impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
 where
@@ -105,9 +137,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, _state: &S) -> Result<JsonBody<T>, ApiError> {
-        let bytes = axum::body::to_bytes(request.into_body(), API_BODY_BYTES_MAX)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge { limit: API_BODY_BYTES_MAX as u64 })?;
+        // `read_request_body` already bounded the body.
+        let bytes = axum::body::to_bytes(request.into_body(), usize::MAX).await.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
         let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize(&mut deserializer) {
             Ok(value) => Ok(JsonBody(value)),

@@ -101,41 +101,17 @@ fn reply_response(reply: RunReply) -> Response {
     (status, Json(json!({"run_id": reply.run_id, "status": reply.state, "credits": reply.credits.0, "output": reply.output, "error": reply.error}))).into_response()
 }
 
-/// Most bytes of an oversized body read and thrown away before answering 413, so a client
-/// still sending gets the answer instead of a broken connection.
-pub const OVERSIZED_BODY_DRAIN_BYTES_MAX: usize = 16 * 1024 * 1024;
-
-/// Reads a request body of at most `limit` bytes; a larger one is refused with 413 after
-/// draining (up to [`OVERSIZED_BODY_DRAIN_BYTES_MAX`]) what the client sends.
-async fn read_body(body: Body, limit: u64) -> Result<axum::body::Bytes, ApiError> {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut kept = Vec::new();
-    let mut seen: usize = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
-        // Trailers carry no body bytes.
-        let Ok(data) = frame.into_data() else { continue };
-        seen += data.len();
-        if seen as u64 <= limit {
-            kept.extend_from_slice(&data);
-        } else if seen > OVERSIZED_BODY_DRAIN_BYTES_MAX {
-            break;
-        }
-    }
-    if seen as u64 > limit {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    Ok(kept.into())
-}
-
 /// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
 /// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
 pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, query: Query<Map<String, Value>>, body: Body) -> Result<Response, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
     let plan = state.ledger.team(&team).await?.plan;
     let limit = state.rules.plans.get(plan).request_body_bytes_max;
-    let bytes = read_body(body, limit).await?;
+    // The body was read by `read_request_body`; the plan's limit is checked here.
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
+    if bytes.len() as u64 > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
     let Query(mut query) = query;
     let asynchronous = query.remove("async").is_some_and(|value| value == "true" || value == "1")
         || headers.get("prefer").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("respond-async"));
