@@ -146,3 +146,86 @@ async fn deliver(state: AppState, team: String, id: String, payload: Value) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+    use crate::catalog::Deployment;
+    use crate::history::RunState;
+
+    /// 24 evaluate executions in a loop and a validate: 25 credits per automated run.
+    fn flow_costing_25() -> Value {
+        json!({
+            "name": "tick",
+            "blocks": [
+                {"id": "loop", "kind": "repeat", "config": {"times": 24}},
+                {"id": "double", "kind": "evaluate", "config": {"code": "return input * 2;"}},
+                {"id": "check", "kind": "validate", "config": {"schema": {"type": "number"}}}
+            ],
+            "edges": [{"from": "loop.index", "to": "double.input"}, {"from": "loop.done", "to": "check.value"}]
+        })
+    }
+
+    async fn runs_by_state(state: &AppState) -> Vec<RunState> {
+        let page = catalog::PageRequest { after: None, limit: 100 };
+        let runs = state.catalog.call(move |connection| history::runs(connection, "acme", &history::RunFilter::default(), &page)).await.unwrap();
+        runs.items.into_iter().map(|run| run.status).collect()
+    }
+
+    async fn wait_until_finished(state: &AppState) {
+        for _ in 0..400 {
+            if runs_by_state(state).await.iter().all(|run| *run != RunState::Running) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("scheduled runs did not finish");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn due_schedules_run_and_a_team_out_of_credits_keeps_one_paused_run_per_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
+        state.ledger.create_team("acme", flowcredits_core::PlanId::Team, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
+        let deployment = state
+            .catalog
+            .call(|connection| {
+                let user = catalog::create_user(connection, "owner", false)?;
+                catalog::set_member(connection, "acme", &user.id, Role::Owner)?;
+                let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
+                let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), created_at: String::new() };
+                catalog::create_deployment(connection, &deployment)?;
+                Ok(deployment)
+            })
+            .await
+            .unwrap();
+        let mut next_due = HashMap::new();
+        // First sight of a schedule: due one period from now, nothing runs yet.
+        run_due_schedules(&state, &mut next_due).await.unwrap();
+        assert!(runs_by_state(&state).await.is_empty());
+        let now = tokio::time::Instant::now();
+        assert!(next_due[&deployment.id] > now + Duration::from_secs(59));
+
+        // Four due ticks use the 100 included credits.
+        for _ in 0..4 {
+            next_due.insert(deployment.id.clone(), now);
+            run_due_schedules(&state, &mut next_due).await.unwrap();
+            wait_until_finished(&state).await;
+        }
+        assert_eq!(runs_by_state(&state).await, vec![RunState::Succeeded; 4]);
+        // Not due again until its period passes.
+        run_due_schedules(&state, &mut next_due).await.unwrap();
+        assert_eq!(runs_by_state(&state).await.len(), 4);
+
+        // Out of credits: the next tick pauses a run; later ticks add no more paused runs.
+        for _ in 0..3 {
+            next_due.insert(deployment.id.clone(), now);
+            run_due_schedules(&state, &mut next_due).await.unwrap();
+        }
+        let states = runs_by_state(&state).await;
+        assert_eq!(states.iter().filter(|run| **run == RunState::Paused).count(), 1, "{states:?}");
+        assert_eq!(states.len(), 5);
+    }
+}

@@ -1,0 +1,92 @@
+//! `flowcredits serve` as an operator runs it: the real binary on a loopback port, stopped with
+//! SIGTERM while a flow is running. The flow finishes and is recorded before the process exits.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts the server and returns it with the keys it printed (operator, then demo owner).
+fn start(db: &std::path::Path, port: u16, demo: bool) -> (Child, Vec<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flowcredits"));
+    command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]).arg("--db").arg(db).env("FLOWCREDITS_LOG", "warn");
+    if demo {
+        command.arg("--demo");
+    }
+    let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut keys = Vec::new();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(key) = line.trim().strip_prefix("fck_") {
+            keys.push(format!("fck_{key}"));
+        }
+        if line.starts_with("Listening on") {
+            break;
+        }
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, keys)
+}
+
+async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, key: &str, body: Value) -> Value {
+    let response = client.request(method, url).bearer_auth(key).json(&body).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response.json().await.unwrap()
+}
+
+fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_flows_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flowcredits.db");
+    let port = free_port();
+    let (mut server, keys) = start(&db, port, true);
+    assert_eq!(keys.len(), 2, "an operator key and the demo owner's key are printed once");
+    let owner = &keys[1];
+    let base = format!("http://127.0.0.1:{port}");
+    let client = flowcredits_engine::http::client();
+    let slow = json!({
+        "name": "slow",
+        "blocks": [{"id": "request", "kind": "request"}, {"id": "wait", "kind": "delay", "config": {"ms": 1500}}, {"id": "reply", "kind": "response"}],
+        "edges": [{"from": "request.body", "to": "wait.value"}, {"from": "wait.value", "to": "reply.body"}]
+    });
+    let flow = call(&client, reqwest::Method::POST, format!("{base}/v1/teams/demo/flows"), owner, json!({"name": "slow", "definition": slow})).await;
+    let flow_id = flow["id"].as_str().unwrap();
+    call(&client, reqwest::Method::POST, format!("{base}/v1/teams/demo/flows/{flow_id}/snapshots"), owner, Value::Null).await;
+    call(&client, reqwest::Method::POST, format!("{base}/v1/teams/demo/deployments"), owner, json!({"flow_id": flow_id, "path": "slow"})).await;
+    let started = call(&client, reqwest::Method::POST, format!("{base}/hooks/demo/slow?async=true"), owner, json!({"n": 1})).await;
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+
+    let killed = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = wait_for_exit(&mut server, Duration::from_secs(30));
+    assert!(status.success(), "the server exits cleanly after draining: {status}");
+
+    // Started again on the same database: the run completed before the first server exited.
+    let (mut again, keys) = start(&db, port, false);
+    assert!(keys.is_empty(), "no new operator key once one exists");
+    // A new client: the old one's pooled connections went with the old process.
+    let client = flowcredits_engine::http::client();
+    let run = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs/{run_id}"), owner, Value::Null).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["output"], json!({}), "{run}");
+    let _ = again.kill();
+    let _ = again.wait();
+}
