@@ -284,6 +284,14 @@ pub enum LedgerEvent {
     AlertCrossed { alert: Alert, period_start: Timestamp, at: Timestamp },
 }
 
+/// A command [`TeamLedger::step`] refused, and what the passing of time changed anyway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub error: CoreError,
+    /// Events of a billing period that opened before the command (empty when none did).
+    pub kept: Vec<LedgerEvent>,
+}
+
 /// What [`TeamLedger::restore`] needs: the state a store keeps between commands.
 #[derive(Clone, Debug)]
 pub struct LedgerSnapshot {
@@ -369,6 +377,27 @@ impl TeamLedger {
     /// them are refused as unknown runs.
     pub fn forget_finished_runs(&mut self) {
         self.runs.retain(|_, record| !record.status.is_finished());
+    }
+
+    /// [`Self::advance_to`] then [`Self::apply`], as one step that a refusal undoes: the ledger is
+    /// left exactly as it was, except that a billing period that began by `at` stays open (with
+    /// the runs it resumed), as that happened with time, not by the command. The refusal carries
+    /// the events of that opening.
+    pub fn step(&mut self, rules: &Rules, at: Timestamp, command: Command) -> Result<Vec<LedgerEvent>, Refused> {
+        let clock = self.clock;
+        let mut events = self.advance_to(rules, at).map_err(|error| Refused { error, kept: Vec::new() })?;
+        match self.apply(rules, at, command) {
+            Ok(applied) => {
+                events.extend(applied);
+                Ok(events)
+            }
+            Err(error) => {
+                if events.is_empty() {
+                    self.clock = clock;
+                }
+                Err(Refused { error, kept: events })
+            }
+        }
     }
 
     /// Moves the clock to `at`. When `at` is in a later billing period, that period opens with
@@ -618,6 +647,23 @@ mod restore_tests {
         });
         let runs = ledger.runs().filter(|(_, record)| !record.status.is_finished()).map(|(run, record)| (run.clone(), record.clone())).collect();
         LedgerSnapshot { settings: ledger.settings().clone(), clock: ledger.clock(), current, grants: ledger.grants().to_vec(), runs, next_run_seq: ledger.next_run_seq() }
+    }
+
+    /// A refused step leaves the ledger as it was, clock included, unless a period began.
+    #[test]
+    fn a_refused_step_changes_nothing_but_a_new_period() {
+        let rules = Rules::shipped();
+        let mut ledger = TeamLedger::new(TeamSettings::new(PlanId::Team));
+        let at: Timestamp = "2026-03-02T10:00:00Z".parse().unwrap();
+        ledger.step(&rules, at, Command::SetPayg { enabled: true }).unwrap();
+        let end_ghost = || Command::EndRun { run: RunId::new("ghost").unwrap() };
+        let refused = ledger.step(&rules, "2026-03-03T00:00:00Z".parse().unwrap(), end_ghost()).unwrap_err();
+        assert_eq!((refused.error, refused.kept), (CoreError::UnknownRun { run: "ghost".into() }, Vec::new()));
+        assert_eq!(ledger.clock(), Some(at));
+        let april: Timestamp = "2026-04-01T00:00:00Z".parse().unwrap();
+        let refused = ledger.step(&rules, april, end_ghost()).unwrap_err();
+        assert!(matches!(refused.kept[..], [LedgerEvent::PeriodOpened { .. }]));
+        assert_eq!((ledger.clock(), ledger.current_period().unwrap().period.start), (Some(april), april));
     }
 
     /// A restored ledger answers every later command exactly as the one it was saved from.
