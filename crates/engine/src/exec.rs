@@ -142,10 +142,13 @@ impl Engine {
             return Ok(report);
         }
         let configs = flows.iter().map(|(name, child)| (name.clone(), Value::Object(child.config.clone()))).collect();
-        let run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()), failed: AtomicBool::new(false), queued: AtomicUsize::new(0) };
-        let instance = Instance { flow, config: Value::Object(config), input: run.request.input.clone(), response: Mutex::new(None) };
-        let frame = Frame::new(&run, &instance, ROOT_SCOPE, format!("{}/", run.request.run), Arc::new(HashMap::new()));
-        frame.start_root().drive().await;
+        let mut run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()), failed: AtomicBool::new(false), queued: AtomicUsize::new(0) };
+        let input = std::mem::take(&mut run.request.input);
+        let instance = Instance::new(flow, Value::Object(config), input);
+        let mut frame = Frame::new(&run, &instance, ROOT_SCOPE, format!("{}/", run.request.run), Arc::new(HashMap::new()));
+        frame.start();
+        frame.drive().await;
+        drop(frame);
         let flushed = run.flush().await;
         let ended = meter.end(&run.request.run).await;
         let state = run.state.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -275,8 +278,23 @@ impl Run<'_> {
 struct Instance<'a> {
     flow: &'a Flow,
     config: Value,
-    input: Value,
+    /// What trigger blocks emit, and how many trigger blocks have yet to take it: the last
+    /// one takes it without a copy (a run's input can be large).
+    input: Mutex<(Value, usize)>,
     response: Mutex<Option<Response>>,
+}
+
+impl<'a> Instance<'a> {
+    fn new(flow: &'a Flow, config: Value, input: Value) -> Instance<'a> {
+        let triggers = flow.blocks.iter().filter(|block| matches!(block.op, Op::Start | Op::Request | Op::Mcp { .. })).count();
+        Instance { flow, config, input: Mutex::new((input, triggers)), response: Mutex::new(None) }
+    }
+
+    fn trigger_input(&self) -> Value {
+        let mut input = self.input.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        input.1 = input.1.saturating_sub(1);
+        if input.1 == 0 { std::mem::take(&mut input.0) } else { input.0.clone() }
+    }
 }
 
 /// Values from enclosing scopes that a loop body reads.
@@ -335,8 +353,24 @@ impl<'a> Frame<'a> {
         }
     }
 
+    /// Makes a loop body's frame ready for its next iteration, keeping its allocations.
+    fn reset(&mut self, prefix_len: usize, iteration: u64) {
+        self.slots.iter_mut().for_each(|slot| *slot = None);
+        let info = &self.flow.scopes[self.scope];
+        for (wait, &b) in self.waits.iter_mut().zip(&info.members) {
+            *wait = self.flow.waits[b];
+        }
+        self.fired.iter_mut().for_each(|fired| *fired = false);
+        self.ready.clear();
+        self.captured.clear();
+        self.stop = false;
+        self.prefix.truncate(prefix_len);
+        push_number(&mut self.prefix, iteration);
+        self.prefix.push('/');
+    }
+
     /// Queues the members with nothing to wait for, after filling values from outside.
-    fn start_root(mut self) -> Frame<'a> {
+    fn start(&mut self) {
         let info = &self.flow.scopes[self.scope];
         for &(to, port, from, out) in &info.inherited {
             if self.flow.scope_of[to] == self.scope {
@@ -352,11 +386,12 @@ impl<'a> Frame<'a> {
                 self.ready.push_back(b);
             }
         }
-        self
     }
 
-    fn drive(mut self) -> BoxFuture<'a, Frame<'a>> {
-        async move {
+    /// Runs the frame until nothing is ready and nothing is waiting. Not boxed: recursion
+    /// (loops, nested flows) goes through the boxed futures of waiting blocks.
+    async fn drive(&mut self) {
+        {
             // Created on the first waiting block: most loop iterations never wait.
             let mut waiting: Option<FuturesUnordered<BoxFuture<'a, Done>>> = None;
             loop {
@@ -377,13 +412,15 @@ impl<'a> Frame<'a> {
                 let done = futures.next().await.expect("not empty");
                 self.complete(done);
             }
-            self
         }
-        .boxed()
     }
 
     fn execution_id(&self, b: BlockIx) -> Result<ExecutionId, String> {
-        ExecutionId::new(format!("{}{}", self.prefix, self.flow.blocks[b].id)).map_err(|err| format!("its execution id is too long to record ({err}); nest fewer loops or flows, or use shorter block ids"))
+        let block = &self.flow.blocks[b].id;
+        let mut id = String::with_capacity(self.prefix.len() + block.len());
+        id.push_str(&self.prefix);
+        id.push_str(block);
+        ExecutionId::new(id).map_err(|err| format!("its execution id is too long to record ({err}); nest fewer loops or flows, or use shorter block ids"))
     }
 
     /// Where a display shows up: the execution id without the run id.
@@ -404,13 +441,21 @@ impl<'a> Frame<'a> {
         self.fired[local] = true;
         let block = &self.flow.blocks[b];
         let base = self.flow.slot[b];
-        let inputs: Vec<Option<Value>> = self.slots[base..base + block.inputs.len()].iter_mut().map(Option::take).collect();
-        match self.inline(b, &inputs) {
+        let inputs = base..base + block.inputs.len();
+        // The slots are lent to the block rather than copied out: no allocation per block.
+        let mut slots = std::mem::take(&mut self.slots);
+        let outcome = self.inline(b, &mut slots[inputs.clone()]);
+        self.slots = slots;
+        match outcome {
             Inline::Done(result) => {
+                self.slots[inputs].iter_mut().for_each(|slot| *slot = None);
                 self.finish_inline(b, BlockUsage::of_kind(block.kind), result);
                 None
             }
-            Inline::Wait => Some(self.waiting(b, inputs)),
+            Inline::Wait => {
+                let owned = self.slots[inputs].iter_mut().map(Option::take).collect();
+                Some(self.waiting(b, owned))
+            }
         }
     }
 
@@ -496,30 +541,31 @@ impl<'a> Frame<'a> {
     }
 
     /// The inline blocks: pure work on values in hand.
-    fn inline(&mut self, b: BlockIx, inputs: &[Option<Value>]) -> Inline {
+    fn inline(&mut self, b: BlockIx, inputs: &mut [Option<Value>]) -> Inline {
         let block = &self.flow.blocks[b];
-        let first = || inputs.first().cloned().flatten().unwrap_or(Value::Null);
-        let input = |name: &str| block.input(name).and_then(|port| inputs[port].clone());
+        let first = |inputs: &mut [Option<Value>]| inputs.first_mut().and_then(Option::take).unwrap_or(Value::Null);
+        let input = |inputs: &mut [Option<Value>], name: &str| block.input(name).and_then(|port| inputs[port].take());
         let out = |name: &str, value: Value| (block.output(name).expect("catalog port"), value);
         let result = match &block.op {
-            Op::Start => Ok(vec![out("input", self.instance.input.clone())]),
+            Op::Start => Ok(vec![out("input", self.instance.trigger_input())]),
             Op::Request => {
                 let http = self.run.request.http.clone().unwrap_or_else(|| HttpTrigger { method: "POST".into(), path: "/".into(), ..HttpTrigger::default() });
-                Ok(vec![out("body", self.instance.input.clone()), out("headers", Value::Object(http.headers)), out("query", Value::Object(http.query)), out("method", Value::String(http.method)), out("path", Value::String(http.path))])
+                Ok(vec![out("body", self.instance.trigger_input()), out("headers", Value::Object(http.headers)), out("query", Value::Object(http.query)), out("method", Value::String(http.method)), out("path", Value::String(http.path))])
             }
             Op::Schedule { .. } => Ok(vec![out("time", Value::String(jiff::Timestamp::now().to_string()))]),
             Op::Mcp { schema } => {
-                let errors = schema_errors(schema, &self.instance.input);
-                if errors.is_empty() { Ok(vec![out("arguments", self.instance.input.clone())]) } else { Err(format!("the arguments do not match the tool's input schema: {}", errors.join("; "))) }
+                let arguments = self.instance.trigger_input();
+                let errors = schema_errors(schema, &arguments);
+                if errors.is_empty() { Ok(vec![out("arguments", arguments)]) } else { Err(format!("the arguments do not match the tool's input schema: {}", errors.join("; "))) }
             }
             Op::Response { status } => {
-                let status = input("status").and_then(|value| value.as_u64()).map_or(*status, |status| status as u16);
-                *self.instance.response.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Response { status, body: first() });
+                let status = input(inputs, "status").and_then(|value| value.as_u64()).map_or(*status, |status| status as u16);
+                *self.instance.response.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Response { status, body: first(inputs) });
                 Ok(vec![])
             }
             Op::If { test } => {
-                let value = first();
-                let holds = match (input("condition"), test) {
+                let value = first(inputs);
+                let holds = match (input(inputs, "condition"), test) {
                     (Some(condition), _) => truthy(&condition),
                     (None, Some(test)) => test.holds(&value),
                     (None, None) => false,
@@ -527,25 +573,25 @@ impl<'a> Frame<'a> {
                 Ok(vec![out(if holds { "then" } else { "else" }, value)])
             }
             Op::Condition { branches } => {
-                let value = first();
+                let value = first(inputs);
                 let branch = branches.iter().position(|(_, test)| test.holds(&value)).unwrap_or(branches.len());
                 Ok(vec![(branch, value)])
             }
-            Op::Or | Op::Delay { ms: 0 } => Ok(vec![(0, inputs.iter().flatten().next().cloned().unwrap_or(Value::Null))]),
+            Op::Or | Op::Delay { ms: 0 } => Ok(vec![(0, inputs.iter_mut().find_map(Option::take).unwrap_or(Value::Null))]),
             Op::Validate { schema } => {
-                let value = first();
+                let value = first(inputs);
                 let errors = schema_errors(schema, &value);
                 if errors.is_empty() { Ok(vec![out("pass", value)]) } else { Ok(vec![out("fail", value), out("errors", json!(errors))]) }
             }
             Op::Const(value) => Ok(vec![(0, value.clone())]),
             Op::List { items, inputs: names } => {
                 let mut list = items.clone();
-                list.extend(names.iter().filter_map(|name| input(name)));
+                list.extend(names.iter().filter_map(|name| input(inputs, name)));
                 Ok(vec![(0, Value::Array(list))])
             }
             Op::Record { fields, inputs: names } => {
                 let mut record = fields.clone();
-                record.extend(names.iter().filter_map(|name| input(name).map(|value| (name.clone(), value))));
+                record.extend(names.iter().filter_map(|name| input(inputs, name).map(|value| (name.clone(), value))));
                 Ok(vec![(0, Value::Object(record))])
             }
             Op::Select { path, default } => {
@@ -556,16 +602,16 @@ impl<'a> Frame<'a> {
                 }
             }
             Op::Template(template) => {
-                let value = first();
+                let value = first(inputs);
                 template.render(&TemplateScope { input: &value, config: self.config() }).map(|text| vec![(0, Value::String(text))])
             }
             Op::Now => {
                 let now = jiff::Timestamp::now();
                 Ok(vec![out("time", Value::String(now.to_string())), out("epoch_ms", json!(now.as_millisecond()))])
             }
-            Op::Date { add_ms } => date(&first(), *add_ms).map(|(iso, epoch_ms)| vec![out("date", Value::String(iso[..10].to_owned())), out("iso", Value::String(iso)), out("epoch_ms", json!(epoch_ms))]),
+            Op::Date { add_ms } => date(&first(inputs), *add_ms).map(|(iso, epoch_ms)| vec![out("date", Value::String(iso[..10].to_owned())), out("iso", Value::String(iso)), out("epoch_ms", json!(epoch_ms))]),
             Op::SetVariable { name } => {
-                let value = first();
+                let value = first(inputs);
                 let mut state = self.run.state();
                 if state.vars.len() >= RUN_VARIABLES_MAX && !state.vars.contains_key(name) {
                     Err(format!("a run may set at most {RUN_VARIABLES_MAX} variables"))
@@ -583,7 +629,7 @@ impl<'a> Frame<'a> {
                 None => Err(format!("config key `{key}` is not set; add it to the flow's `config` or pass it when running")),
             },
             Op::Display { label } | Op::Log { label } => {
-                self.run.show(matches!(block.op, Op::Display { .. }), self.at(b), label.clone(), first());
+                self.run.show(matches!(block.op, Op::Display { .. }), self.at(b), label.clone(), first(inputs));
                 Ok(vec![])
             }
             Op::Http(_) | Op::Integration(_) | Op::Flow { .. } | Op::Ai(_) | Op::Evaluate(_) | Op::Delay { .. } | Op::Repeat { .. } | Op::For | Op::Collect => return Inline::Wait,
@@ -592,7 +638,7 @@ impl<'a> Frame<'a> {
     }
 
     /// The waiting blocks, as futures that own what they need.
-    fn waiting(&mut self, b: BlockIx, inputs: Vec<Option<Value>>) -> BoxFuture<'a, Done> {
+    fn waiting(&mut self, b: BlockIx, mut inputs: Vec<Option<Value>>) -> BoxFuture<'a, Done> {
         let (run, flow, config) = (self.run, self.flow, self.config());
         let block = &flow.blocks[b];
         let usage = BlockUsage::of_kind(block.kind);
@@ -600,7 +646,7 @@ impl<'a> Frame<'a> {
             Ok(emits) => Done { executed: vec![(b, usage, true)], emits: emits.into_iter().map(|(port, value)| (b, port, value)).collect(), error: None },
             Err(message) => Done { executed: vec![(b, usage, false)], emits: Vec::new(), error: Some((b, message)) },
         };
-        let input_named = |name: &str| block.input(name).and_then(|port| inputs[port].clone());
+        let mut input_named = |name: &str| block.input(name).and_then(|port| inputs[port].take());
         match &block.op {
             Op::Http(spec) => {
                 let input = input_named("input").unwrap_or(Value::Null);
@@ -668,8 +714,11 @@ impl<'a> Frame<'a> {
                 let child = run.flows.get(name).expect("resolved before the run started");
                 let child_config = run.configs.get(name).expect("resolved before the run started").clone();
                 async move {
-                    let instance = Instance { flow: child, config: child_config, input, response: Mutex::new(None) };
-                    Frame::new(run, &instance, ROOT_SCOPE, prefix, Arc::new(HashMap::new())).start_root().drive().await;
+                    let instance = Instance::new(child, child_config, input);
+                    let mut frame = Frame::new(run, &instance, ROOT_SCOPE, prefix, Arc::new(HashMap::new()));
+                    frame.start();
+                    frame.drive().await;
+                    drop(frame);
                     let result = instance.response.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).map_or(Value::Null, |response| response.body);
                     single(Ok(vec![(0, result)]), usage)
                 }
@@ -712,23 +761,24 @@ impl<'a> Frame<'a> {
         let (item_port, index_port, done_port) = (block.output("item"), block.output("index").expect("loops have index"), block.output("done").expect("loops have done"));
         async move {
             let count = iterations.len();
-            let mut collected = vec![Vec::new(); flow.scopes[body].collects.len()];
+            let mut frame = Frame::new(run, instance, body, prefix, env);
+            let prefix_len = frame.prefix.len();
             let mut ran = 0u64;
             let mut items = iterations.into_items();
             while ran < count && !run.failed() {
-                let mut frame = Frame::new(run, instance, body, format!("{prefix}{ran}/"), Arc::clone(&env));
-                frame.collected = std::mem::take(&mut collected);
+                frame.reset(prefix_len, ran);
                 if let (Some(port), Some(items)) = (item_port, items.as_mut()) {
                     frame.emit(b, port, std::mem::take(&mut items[ran as usize]));
                 }
                 frame.emit(b, index_port, json!(ran));
-                let frame = frame.start_root().drive().await;
-                collected = frame.collected;
+                frame.start();
+                frame.drive().await;
                 ran += 1;
                 if frame.stop {
                     break;
                 }
             }
+            let collected = std::mem::take(&mut frame.collected);
             let mut done = Done { executed: vec![(b, BlockUsage::of_kind(block.kind), true)], emits: vec![(b, done_port, json!(ran))], error: None };
             for (&c, list) in flow.scopes[body].collects.iter().zip(collected) {
                 done.executed.push((c, BlockUsage::of_kind(BlockKind::Collect), true));
@@ -738,6 +788,21 @@ impl<'a> Frame<'a> {
         }
         .boxed()
     }
+}
+
+/// Appends a number in decimal without the formatting machinery (this runs per iteration).
+fn push_number(text: &mut String, mut number: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    text.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
 }
 
 enum Inline {
