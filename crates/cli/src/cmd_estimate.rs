@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use flowcredits_core::{CloudRun, RunContext, Timestamp, Trigger};
-use serde_json::json;
 
 use crate::cmd_run::load_flow;
 use crate::rules::RulesArgs;
@@ -40,17 +39,7 @@ pub fn run(rules: &RulesArgs, args: EstimateArgs) -> anyhow::Result<ExitCode> {
     let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;
     let estimate = flowcredits_engine::estimate(&rules, Timestamp::now(), context, &flow, &*resolver)?;
     if args.json {
-        let loops: Vec<_> = estimate.per_iteration.iter().map(|line| json!({"loop": line.at, "credits": line.credits.0})).collect();
-        println!("{}", json!({
-            "flow": flow.name,
-            "trigger": trigger.as_str(),
-            "location": context.location().as_str(),
-            "needs_credits": estimate.needs_credits,
-            "exact": estimate.exact.map(|credits| credits.0),
-            "minimum": estimate.minimum.0,
-            "per_iteration": loops,
-            "notes": estimate.notes,
-        }));
+        println!("{}", estimate.to_json(&flow, context));
         return Ok(ExitCode::SUCCESS);
     }
     println!("flow `{}`, {} run ({}):", flow.name, trigger, context.location().as_str());

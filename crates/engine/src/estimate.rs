@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use flowcredits_core::{BlockKind, Credits, RunContext, Rules, Timestamp};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::EngineError;
 use crate::exec::planned_usage;
@@ -27,6 +27,23 @@ pub struct Estimate {
     pub per_iteration: Vec<LoopCost>,
     /// Paid blocks whose price is not fixed by the graph, and why.
     pub notes: Vec<String>,
+}
+
+impl Estimate {
+    /// The estimate as the CLI and the API print it.
+    pub fn to_json(&self, flow: &Flow, context: RunContext) -> Value {
+        let loops: Vec<Value> = self.per_iteration.iter().map(|line| json!({"loop": line.at, "credits": line.credits.0})).collect();
+        json!({
+            "flow": flow.name,
+            "trigger": context.trigger().as_str(),
+            "location": context.location().as_str(),
+            "needs_credits": self.needs_credits,
+            "exact": self.exact.map(|credits| credits.0),
+            "minimum": self.minimum.0,
+            "per_iteration": loops,
+            "notes": self.notes,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
