@@ -170,10 +170,10 @@ fn rewrite_imports(code: &str) -> (String, Vec<String>) {
     while let Some(at) = rest.find("require(") {
         rest = &rest[at + "require(".len()..];
         let quoted = rest.trim_start();
-        if let Some(quote) = quoted.chars().next().filter(|c| matches!(c, '"' | '\'' | '`')) {
-            if let Some(end) = quoted[1..].find(quote) {
-                names.push(quoted[1..1 + end].to_owned());
-            }
+        if let Some(quote) = quoted.chars().next().filter(|c| matches!(c, '"' | '\'' | '`'))
+            && let Some(end) = quoted[1..].find(quote)
+        {
+            names.push(quoted[1..1 + end].to_owned());
         }
     }
     if code.contains("import(") {
