@@ -102,11 +102,12 @@ impl LedgerMeter {
                 continue;
             }
             let events = state.apply(&self.rules, at, Command::ChargeBlock { run: run.clone(), execution: charge.execution.clone(), usage: charge.usage.clone() })?;
-            let price = events.iter().find_map(|event| match event {
-                LedgerEvent::BlockCharged(charged) => Some(charged.split.total()),
+            // The event owns a copy of the execution id already: it becomes the map's key.
+            let (execution, price) = events.into_iter().find_map(|event| match event {
+                LedgerEvent::BlockCharged(charged) => Some((charged.execution, charged.split.total())),
                 _ => None,
             }).expect("a charge the ledger accepts is reported");
-            state.charged.insert(charge.execution.clone(), (charge.usage.clone(), price));
+            state.charged.insert(execution, (charge.usage.clone(), price));
             credits.push(price);
         }
         Ok(credits)
