@@ -151,20 +151,30 @@ impl Meter for LedgerMeter {
     }
 }
 
-/// FNV-1a over the execution id's bytes. The ids come from this engine (run id, block ids,
-/// iteration numbers) and the map lives for one in-memory ledger, so a keyed hash buys
-/// nothing here, while SipHash was a tenth of the time of a metered inline block.
+/// A multiply-rotate hash (the one rustc uses) over the execution id, eight bytes at a time.
+/// The ids come from this engine (run id, block ids, iteration numbers) and the map lives for
+/// one in-memory ledger, so a keyed hash buys nothing here, while SipHash and the rehashing of
+/// a growing map were a fifth of the time of a metered inline block.
 #[derive(Default)]
 struct IdHasher(u64);
 
+impl IdHasher {
+    const SEED: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut hash = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for byte in bytes {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(PRIME);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.add(u64::from_le_bytes(word.try_into().expect("chunks of eight")));
         }
-        self.0 = hash;
+        for &byte in words.remainder() {
+            self.add(u64::from(byte));
+        }
     }
 
     fn finish(&self) -> u64 {
