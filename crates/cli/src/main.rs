@@ -3,6 +3,7 @@
 
 mod bench_engine;
 mod bench_ledger;
+mod bench_server;
 mod cmd_bench;
 mod cmd_estimate;
 mod cmd_run;

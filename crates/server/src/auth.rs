@@ -114,8 +114,13 @@ impl FromRequestParts<AppState> for Caller {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
         let token = header.and_then(|value| value.strip_prefix("Bearer ")).map(str::trim).filter(|token| token.starts_with(KEY_PREFIX)).ok_or(ApiError::Unauthenticated)?;
         let digest = key_digest(token);
-        let user = state.catalog.call(move |connection| catalog::user_by_key(connection, &digest)).await?;
-        user.map(|user| Caller { user }).ok_or(ApiError::Unauthenticated)
+        if let Some(user) = state.keys.get(&digest) {
+            return Ok(Caller { user });
+        }
+        let lookup = digest.clone();
+        let user = state.catalog.call(move |connection| catalog::user_by_key(connection, &lookup)).await?.ok_or(ApiError::Unauthenticated)?;
+        state.keys.insert(digest, user.clone());
+        Ok(Caller { user })
     }
 }
 

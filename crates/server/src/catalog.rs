@@ -66,6 +66,10 @@ impl Catalog {
         // Another process (the ledger's writer) may hold the write lock briefly.
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
+        // History and configuration, not money: a commit reaches the WAL at once and the disk
+        // at the next checkpoint, so a power cut may lose the last moments of history but never
+        // corrupts it. The ledger, which holds the credits, keeps fsyncing every commit.
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         let tx = connection.transaction()?;
         tx.execute("CREATE TABLE IF NOT EXISTS catalog_migrations (version INTEGER PRIMARY KEY)", [])?;

@@ -11,9 +11,15 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
+/// How long a team's settings are served from memory. Only display and entitlement checks read
+/// them; every credit decision is made by the store on its own data.
+const TEAM_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+const TEAM_CACHE_ENTRIES_MAX: usize = 10_000;
+
 #[derive(Clone)]
 pub struct Ledger {
     store: Arc<dyn LedgerStore>,
+    teams: Arc<crate::cache::TtlCache<String, TeamView>>,
 }
 
 /// A team as the API shows it.
@@ -89,7 +95,7 @@ fn actor(user_id: &str) -> Result<Actor, ApiError> {
 
 impl Ledger {
     pub fn new(store: Arc<dyn LedgerStore>) -> Ledger {
-        Ledger { store }
+        Ledger { store, teams: Arc::new(crate::cache::TtlCache::new(TEAM_CACHE_TTL, TEAM_CACHE_ENTRIES_MAX)) }
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&dyn LedgerStore) -> Result<T, StoreError> + Send + 'static) -> Result<T, ApiError> {
@@ -112,8 +118,13 @@ impl Ledger {
     }
 
     pub async fn team(&self, team: &str) -> Result<TeamView, ApiError> {
+        if let Some(view) = self.teams.get(&team.to_owned()) {
+            return Ok(view);
+        }
         let name = team_name(team)?;
-        self.blocking(move |store| store.team(&name)).await.map(TeamView::from_info)
+        let view = self.blocking(move |store| store.team(&name)).await.map(TeamView::from_info)?;
+        self.teams.insert(team.to_owned(), view.clone());
+        Ok(view)
     }
 
     pub async fn team_names(&self) -> Result<Vec<String>, ApiError> {
@@ -163,7 +174,9 @@ impl Ledger {
 
     pub async fn change_billing(&self, team: &str, user_id: &str, change: BillingChange) -> Result<(), ApiError> {
         let (name, actor) = (team_name(team)?, actor(user_id)?);
-        self.blocking(move |store| store.change_billing(&name, &actor, Timestamp::now(), change)).await
+        let changed = self.blocking(move |store| store.change_billing(&name, &actor, Timestamp::now(), change)).await;
+        self.teams.remove(&team.to_owned());
+        changed
     }
 
     /// Lets the ledger see the time pass: closes ended periods (issuing invoices) and opens the

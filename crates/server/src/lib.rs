@@ -3,6 +3,7 @@
 //! and call the ledger (credits), the catalog (configuration, history) or the runner.
 
 pub mod auth;
+mod cache;
 pub mod catalog;
 mod dashboard;
 pub mod error;
@@ -39,6 +40,14 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// How long a synchronous call waits for a run's answer before 408 (30 s; shorter in tests).
     pub sync_wait: std::time::Duration,
+    /// API key digest to its user (briefly: a lookup every request repeats).
+    pub keys: Arc<cache::TtlCache<Vec<u8>, catalog::User>>,
+    /// `(team, path)` to the deployment there and its parsed snapshot.
+    pub hooks: Arc<cache::TtlCache<(String, String), routes_runs::HookTarget>>,
+    /// Teams with an alert check due soon.
+    pub alert_checks_pending: Arc<cache::TtlCache<String, ()>>,
+    /// `(team, alert, period start)` already recorded by this node.
+    pub alerts_fired: Arc<cache::TtlCache<(String, String, i64), ()>>,
 }
 
 /// The whole HTTP surface. Tests call it without a socket; `serve` binds it.

@@ -113,7 +113,7 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
         flow_id: deployment.flow_id.clone(),
         snapshot: Some(deployment.snapshot),
         deployment_id: Some(deployment.id.clone()),
-        definition,
+        flow: std::sync::Arc::new(crate::runner::load_flow(&definition)?),
         input: params.get("arguments").cloned().unwrap_or_else(|| json!({})),
         context: RunContext::automated(Trigger::Mcp).expect("mcp is automated"),
         http: None,

@@ -160,6 +160,9 @@ pub async fn list_deployments(State(state): State<AppState>, caller: Caller, Pat
 
 pub async fn delete_deployment(State(state): State<AppState>, caller: Caller, Path((team, deployment)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
-    state.catalog.call(move |connection| catalog::delete_deployment(connection, &team, &deployment)).await?;
+    let team_name = team.clone();
+    state.catalog.call(move |connection| catalog::delete_deployment(connection, &team_name, &deployment)).await?;
+    // The deleted path stops answering on this node now, on others within the cache's life.
+    state.hooks.remove_where(|(hook_team, _)| *hook_team == team);
     Ok(StatusCode::NO_CONTENT)
 }

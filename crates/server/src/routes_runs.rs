@@ -54,7 +54,7 @@ pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team)
         flow_id: body.flow_id,
         snapshot: body.snapshot,
         deployment_id: None,
-        definition,
+        flow: std::sync::Arc::new(crate::runner::load_flow(&definition)?),
         input: body.input,
         context: RunContext::manual(CloudRun::On),
         http: None,
@@ -101,6 +101,35 @@ fn reply_response(reply: RunReply) -> Response {
     (status, Json(json!({"run_id": reply.run_id, "status": reply.state, "credits": reply.credits.0, "output": reply.output, "error": reply.error}))).into_response()
 }
 
+/// A deployment answering hooks, with its snapshot parsed (snapshots never change).
+#[derive(Clone)]
+pub struct HookTarget {
+    deployment: catalog::Deployment,
+    flow: std::sync::Arc<flowcredits_engine::Flow>,
+}
+
+async fn hook_target(state: &AppState, team: &str, path: &str) -> Result<HookTarget, ApiError> {
+    let key = (team.to_owned(), path.to_owned());
+    if let Some(target) = state.hooks.get(&key) {
+        return Ok(target);
+    }
+    let (team_name, hook_path) = key.clone();
+    let (deployment, definition) = state
+        .catalog
+        .call(move |connection| {
+            let Some(deployment) = catalog::deployment_by_path(connection, &team_name, &hook_path)?.filter(|deployment| deployment.trigger == "api") else {
+                return Ok(None);
+            };
+            let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, Some(deployment.snapshot))?;
+            Ok(Some((deployment, snapshot.definition)))
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("deployment at /hooks/{team}/{path}")))?;
+    let target = HookTarget { deployment, flow: std::sync::Arc::new(crate::runner::load_flow(&definition)?) };
+    state.hooks.insert(key, target.clone());
+    Ok(target)
+}
+
 /// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
 /// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
 pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, query: Query<Map<String, Value>>, body: Body) -> Result<Response, ApiError> {
@@ -115,15 +144,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
     let Query(mut query) = query;
     let asynchronous = query.remove("async").is_some_and(|value| value == "true" || value == "1")
         || headers.get("prefer").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("respond-async"));
-    let (team_name, hook_path) = (team.clone(), path.clone());
-    let deployment = state
-        .catalog
-        .call(move |connection| catalog::deployment_by_path(connection, &team_name, &hook_path))
-        .await?
-        .filter(|deployment| deployment.trigger == "api")
-        .ok_or_else(|| ApiError::NotFound(format!("deployment at /hooks/{team}/{path}")))?;
-    let (team_name, flow_id, snapshot) = (team.clone(), deployment.flow_id.clone(), deployment.snapshot);
-    let definition = state.catalog.call(move |connection| Ok(catalog::snapshot(connection, &team_name, &flow_id, Some(snapshot))?.definition)).await?;
+    let HookTarget { deployment, flow } = hook_target(&state, &team, &path).await?;
     let input = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
     let header_map: Map<String, Value> = headers.iter().filter(|(name, _)| *name != axum::http::header::AUTHORIZATION).filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_owned())))).collect();
     let http = HttpTrigger { method: method.to_string(), path: format!("/{path}"), headers: header_map, query };
@@ -132,7 +153,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
         flow_id: deployment.flow_id,
         snapshot: Some(deployment.snapshot),
         deployment_id: Some(deployment.id),
-        definition,
+        flow,
         input,
         context: RunContext::automated(Trigger::Api).expect("api is automated"),
         http: Some(http),

@@ -53,7 +53,7 @@ pub struct StartRequest {
     pub flow_id: String,
     pub snapshot: Option<u32>,
     pub deployment_id: Option<String>,
-    pub definition: Value,
+    pub flow: Arc<Flow>,
     pub input: Value,
     pub context: RunContext,
     pub http: Option<HttpTrigger>,
@@ -98,7 +98,7 @@ impl Runner {
 
     /// Admits and (if admitted) starts a run. Returns once the ledger has decided.
     pub async fn start(&self, state: &AppState, request: StartRequest) -> Result<Started, ApiError> {
-        let flow = load_flow(&request.definition)?;
+        let flow = request.flow;
         let run_id = new_id("run");
         let (admitted_tx, admitted_rx) = oneshot::channel();
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -141,7 +141,7 @@ impl Runner {
                 })
                 .await?;
             let context = state.ledger.run_context(team, &run_id).await?;
-            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: load_flow(&definition)?, input: run.input, context, http: None };
+            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None };
             self.spawn(state.clone(), job, None, None);
             dispatched += 1;
         }
@@ -234,7 +234,7 @@ struct Job {
     flow_id: String,
     snapshot: Option<u32>,
     deployment_id: Option<String>,
-    flow: Flow,
+    flow: Arc<Flow>,
     input: Value,
     context: RunContext,
     http: Option<HttpTrigger>,

@@ -41,6 +41,9 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             if let Err(err) = resume_for_new_periods(&state).await {
                 tracing::warn!(error = %err, "resuming paused runs for new periods failed");
             }
+            if let Err(err) = check_every_teams_alerts(&state).await {
+                tracing::warn!(error = %err, "checking usage alerts failed");
+            }
         }
     }
 }
@@ -68,7 +71,7 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, toki
             flow_id: deployment.flow_id.clone(),
             snapshot: Some(deployment.snapshot),
             deployment_id: Some(deployment.id.clone()),
-            definition,
+            flow: std::sync::Arc::new(crate::runner::load_flow(&definition)?),
             input: json!({"scheduled_at": jiff::Timestamp::now().to_string()}),
             context: RunContext::automated(Trigger::Api).expect("api is automated"),
             http: None,
@@ -92,15 +95,38 @@ async fn resume_for_new_periods(state: &AppState) -> Result<(), crate::ApiError>
     Ok(())
 }
 
-/// Records the alerts a team's usage has crossed this period (each once) and delivers the new
-/// ones to the team's webhook in the background.
-pub async fn check_alerts(state: &AppState, team: &str) {
-    if let Err(err) = check_alerts_inner(state, team).await {
-        tracing::warn!(team = %team, error = %err, "checking usage alerts failed");
+/// A safety net behind the per-charge checks: every team's alerts, once a minute.
+async fn check_every_teams_alerts(state: &AppState) -> Result<(), crate::ApiError> {
+    for team in state.ledger.team_names().await? {
+        check_alerts_now(state, &team).await?;
     }
+    Ok(())
 }
 
-async fn check_alerts_inner(state: &AppState, team: &str) -> Result<(), crate::ApiError> {
+/// How long after a charge a team's alerts are checked; charges in between share one check.
+pub const ALERT_CHECK_DELAY: Duration = Duration::from_millis(100);
+
+/// Asks for a check of the team's usage alerts soon. Many runs finishing together cause one
+/// check, not one each. The pending mark is cleared before the check reads usage, so a charge
+/// that lands while a check runs asks for another: no crossing is missed.
+pub async fn check_alerts(state: &AppState, team: &str) {
+    if state.alert_checks_pending.get(&team.to_owned()).is_some() {
+        return;
+    }
+    state.alert_checks_pending.insert(team.to_owned(), ());
+    let (state, team) = (state.clone(), team.to_owned());
+    tokio::spawn(async move {
+        tokio::time::sleep(ALERT_CHECK_DELAY).await;
+        state.alert_checks_pending.remove(&team);
+        if let Err(err) = check_alerts_now(&state, &team).await {
+            tracing::warn!(team = %team, error = %err, "checking usage alerts failed");
+        }
+    });
+}
+
+/// Records the alerts a team's usage has crossed this period (each once) and delivers the new
+/// ones to the team's webhook in the background.
+pub async fn check_alerts_now(state: &AppState, team: &str) -> Result<(), crate::ApiError> {
     let report = state.ledger.usage_report(team, None).await?;
     let info = state.ledger.team(team).await?;
     let mut crossed = Vec::new();
@@ -115,6 +141,12 @@ async fn check_alerts_inner(state: &AppState, team: &str) -> Result<(), crate::A
     }
     let period_start = report.period.start;
     for (alert, detail) in crossed {
+        // Already recorded by this node: no need to ask the database again.
+        let fired = (team.to_owned(), alert.clone(), period_start.as_millisecond());
+        if state.alerts_fired.get(&fired).is_some() {
+            continue;
+        }
+        state.alerts_fired.insert(fired, ());
         let (name, kind) = (team.to_owned(), alert.clone());
         let Some(id) = state.catalog.call(move |connection| catalog::insert_alert(connection, &name, &kind, period_start.as_millisecond())).await? else { continue };
         tracing::info!(team = %team, alert = %alert, "usage alert crossed");

@@ -43,6 +43,11 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         metrics: Arc::new(Metrics::default()),
         http,
         sync_wait: crate::routes_runs::SYNC_WAIT_DEFAULT,
+        keys: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(10), 10_000)),
+        hooks: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(1), 10_000)),
+        // Longer than any check takes, so a lost task cannot block checks for long.
+        alert_checks_pending: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(5), 100_000)),
+        alerts_fired: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(24 * 3600), 100_000)),
     })
 }
 
@@ -121,7 +126,7 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
             flow_id: deployment.flow_id.clone(),
             snapshot: Some(deployment.snapshot),
             deployment_id: Some(deployment.id.clone()),
-            definition: definition.clone(),
+            flow: Arc::new(crate::runner::load_flow(&definition)?),
             input: json!({"name": name}),
             context: flowcredits_core::RunContext::automated(flowcredits_core::Trigger::Api).expect("api is automated"),
             http: None,

@@ -1,0 +1,178 @@
+//! `flowcredits bench server`: hook calls per second and their latency on loopback, for a
+//! deployed flow of three priced blocks (admission, three charges, end, history), beside a
+//! baseline of the same load on `/healthz` (routing, one database read) in the same run.
+//! Server and load generator share this machine's cores, as they would with `wrk`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flowcredits_core::Rules;
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct BenchServerArgs {
+    /// Seconds each load phase lasts.
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Concurrent connections of the load generator.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One request every caller makes, and what a load phase measured.
+struct Phase {
+    requests: usize,
+    failures: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Phase {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, percentile: usize) -> f64 {
+        let index = (self.latencies_us.len() * percentile / 100).min(self.latencies_us.len().saturating_sub(1));
+        self.latencies_us.get(index).map_or(0.0, |us| f64::from(*us) / 1000.0)
+    }
+}
+
+/// Three priced blocks for an automated run: validate, if and condition (1 credit each).
+fn three_priced_blocks() -> Value {
+    json!({
+        "name": "bench",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "check", "kind": "validate", "config": {"schema": {"type": "object"}}},
+            {"id": "gate", "kind": "if", "config": {"test": {"path": "n", "op": "ge", "value": 0}}},
+            {"id": "route", "kind": "condition", "config": {"branches": [{"name": "small", "test": {"path": "n", "op": "lt", "value": 10}}]}},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": [
+            {"from": "request.body", "to": "check.value"},
+            {"from": "check.pass", "to": "gate.value"},
+            {"from": "gate.then", "to": "route.value"},
+            {"from": "route.small", "to": "reply.body"}
+        ]
+    })
+}
+
+pub fn run(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.connections > 0 && args.connections <= 4096, "--connections must be from 1 to 4096");
+    anyhow::ensure!(args.duration_s > 0 && args.duration_s <= 3600, "--duration-s must be from 1 to 3600");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(measure(args))
+}
+
+async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let state = flowcredits_server::serve::open_state(&dir.path().join("bench.db"), Rules::shipped()).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let operator = flowcredits_server::serve::bootstrap_operator(&state).await.map_err(|err| anyhow::anyhow!("{err}"))?.context("a fresh database has an operator to create")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(axum::serve(listener, flowcredits_server::app(state)).into_future());
+    let client = flowcredits_engine::http::client();
+    let key = set_up(&client, &base, &operator).await?;
+
+    eprintln!("warming up…");
+    load(&client, &format!("{base}/hooks/bench/work"), &key, Some(json!({"n": 1})), args.connections, Duration::from_secs(1)).await;
+    eprintln!("baseline: GET /healthz with {} connections for {} s…", args.connections, args.duration_s);
+    let baseline = load(&client, &format!("{base}/healthz"), &key, None, args.connections, Duration::from_secs(args.duration_s)).await;
+    eprintln!("hook calls: POST /hooks/bench/work with {} connections for {} s…", args.connections, args.duration_s);
+    let hooks = load(&client, &format!("{base}/hooks/bench/work"), &key, Some(json!({"n": 1})), args.connections, Duration::from_secs(args.duration_s)).await;
+
+    let report = json!({
+        "connections": args.connections,
+        "duration_s": args.duration_s,
+        "hook_requests_per_s": hooks.per_second().round(),
+        "hook_p50_ms": hooks.percentile_ms(50),
+        "hook_p99_ms": hooks.percentile_ms(99),
+        "hook_failures": hooks.failures,
+        "baseline_requests_per_s": baseline.per_second().round(),
+        "baseline_p50_ms": baseline.percentile_ms(50),
+        "baseline_p99_ms": baseline.percentile_ms(99),
+        "hook_to_baseline_ratio": (hooks.per_second() / baseline.per_second() * 1000.0).round() / 1000.0,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("load: {} connections, {} s per phase, loopback, server and client on this machine", args.connections, args.duration_s);
+        println!("{:<34} {:>12} {:>10} {:>10}", "", "requests/s", "p50 ms", "p99 ms");
+        println!("{:<34} {:>12.0} {:>10.3} {:>10.3}", "baseline GET /healthz", baseline.per_second(), baseline.percentile_ms(50), baseline.percentile_ms(99));
+        println!("{:<34} {:>12.0} {:>10.3} {:>10.3}", "hook call (3 priced blocks)", hooks.per_second(), hooks.percentile_ms(50), hooks.percentile_ms(99));
+        println!("hook calls are {:.1}% of the baseline rate; {} failed", hooks.per_second() / baseline.per_second() * 100.0, hooks.failures);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An Enterprise team with pay-as-you-go on (so no call pauses), the flow deployed at `work`.
+async fn set_up(client: &reqwest::Client, base: &str, operator: &str) -> anyhow::Result<String> {
+    let post = |path: String, key: String, body: Value| {
+        let request = client.post(format!("{base}{path}")).bearer_auth(key).json(&body);
+        async move {
+            let response = request.send().await?;
+            let status = response.status();
+            let body: Value = response.json().await?;
+            anyhow::ensure!(status.is_success(), "setting up the benchmark failed: {status} {body}");
+            Ok::<Value, anyhow::Error>(body)
+        }
+    };
+    let user = post("/v1/users".into(), operator.into(), json!({"name": "bench"})).await?;
+    let user_id = user["id"].as_str().context("user id")?.to_owned();
+    let key = post(format!("/v1/users/{user_id}/keys"), operator.into(), json!({"label": "bench"})).await?["token"].as_str().context("key")?.to_owned();
+    post("/v1/teams".into(), operator.into(), json!({"name": "bench", "plan": "enterprise", "owner": user_id})).await?;
+    let response = client.patch(format!("{base}/v1/teams/bench/billing")).bearer_auth(&key).json(&json!({"payg_enabled": true})).send().await?;
+    anyhow::ensure!(response.status().is_success(), "turning on pay-as-you-go failed: {}", response.status());
+    let flow = post("/v1/teams/bench/flows".into(), key.clone(), json!({"name": "work", "definition": three_priced_blocks()})).await?;
+    let flow_id = flow["id"].as_str().context("flow id")?.to_owned();
+    post(format!("/v1/teams/bench/flows/{flow_id}/snapshots"), key.clone(), Value::Null).await?;
+    post("/v1/teams/bench/deployments".into(), key.clone(), json!({"flow_id": flow_id, "path": "work"})).await?;
+    Ok(key)
+}
+
+/// `connections` callers each send requests one after another until `duration` passes.
+async fn load(client: &reqwest::Client, url: &str, key: &str, body: Option<Value>, connections: usize, duration: Duration) -> Phase {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let body = Arc::new(body);
+    let mut callers = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let (client, url, key, body) = (client.clone(), url.to_owned(), key.to_owned(), Arc::clone(&body));
+        callers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let request = match body.as_ref() {
+                    Some(body) => client.post(&url).json(body),
+                    None => client.get(&url),
+                };
+                match request.bearer_auth(&key).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let _ = response.bytes().await;
+                        latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    }
+                    _ => failures += 1,
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut failures = 0;
+    for caller in callers {
+        if let Ok((latencies, failed)) = caller.await {
+            latencies_us.extend(latencies);
+            failures += failed;
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    Phase { requests: latencies_us.len(), failures, elapsed, latencies_us }
+}
