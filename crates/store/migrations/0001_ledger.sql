@@ -79,7 +79,8 @@ CREATE TABLE executions (
     PRIMARY KEY (team_id, key)
 ) STRICT, WITHOUT ROWID;
 
--- Append-only ledger entries, one per charged execution: where its credits came from.
+-- Append-only ledger entries, one per charged execution: where its credits came from. An
+-- entry's id is the op number of its execution.
 CREATE TABLE entries (
     id INTEGER PRIMARY KEY,
     team_id INTEGER NOT NULL,

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::bulk::insert_rows;
 use crate::codec::{detail_hash, execution_key, kind_code, ms};
 use crate::error::Result;
 use crate::model::UsageEvent;
@@ -12,8 +13,8 @@ use crate::sqlite::{Durability, open_connection};
 
 /// Inserts `events` in transactions of `batch` rows into a fresh table in `path`; returns the
 /// time spent inserting and committing (not building the rows).
-pub fn plain_insert(path: &Path, events: &[UsageEvent], batch: usize) -> Result<Duration> {
-    let conn = open_connection(path, Durability::Full)?;
+pub fn plain_insert(path: &Path, events: &[UsageEvent], batch: usize, durability: Durability) -> Result<Duration> {
+    let conn = open_connection(path, durability)?;
     conn.execute_batch(
         "CREATE TABLE plain_executions (team_id INTEGER NOT NULL, key BLOB NOT NULL, op INTEGER NOT NULL, run_id INTEGER NOT NULL, \
          at_ms INTEGER NOT NULL, kind INTEGER NOT NULL, detail_hash INTEGER NOT NULL, credits INTEGER NOT NULL, PRIMARY KEY (team_id, key)) STRICT, WITHOUT ROWID",
@@ -23,12 +24,14 @@ pub fn plain_insert(path: &Path, events: &[UsageEvent], batch: usize) -> Result<
     let mut op = 0i64;
     for chunk in rows.chunks(batch.max(1)) {
         conn.execute_batch("BEGIN")?;
-        let mut insert = conn.prepare_cached("INSERT INTO plain_executions VALUES (1, ?1, ?2, 1, ?3, ?4, ?5, 2)")?;
-        for (key, at_ms, kind, hash) in chunk {
+        insert_rows(&conn, "INSERT INTO plain_executions (team_id, key, op, run_id, at_ms, kind, detail_hash, credits)", 8, chunk, |statement, first, (key, at_ms, kind, hash)| {
             op += 1;
-            insert.execute(rusqlite::params![key, op, at_ms, kind, hash])?;
-        }
-        drop(insert);
+            let values: [&dyn rusqlite::ToSql; 8] = [&1, key, &op, &1, at_ms, kind, hash, &2];
+            for (offset, value) in values.iter().enumerate() {
+                statement.raw_bind_parameter(first + offset, value)?;
+            }
+            Ok(())
+        })?;
         conn.execute_batch("COMMIT")?;
     }
     Ok(started.elapsed())

@@ -14,6 +14,7 @@
 //!   (checked by [`LedgerStore::verify`]).
 
 pub mod baseline;
+mod bulk;
 mod codec;
 mod error;
 mod ids;

@@ -12,10 +12,11 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use flowcredits_core::{Charge, Command, CoreError, Credits, LedgerEvent, PeriodUsage, Rules, RunId, RunStatus, TeamLedger, TeamSettings, Timestamp};
+use flowcredits_core::{Charge, Command, CoreError, Credits, LedgerEvent, PeriodUsage, Refused, Rules, RunId, RunStatus, TeamLedger, TeamSettings, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::team::{StoredRun, TeamState, find_run, format_alerts, load_team};
+use crate::bulk::insert_rows;
 use crate::codec::{alert_code, detail_hash, execution_key, kind_code, location_code, ms, plan_code, status_code, status_from, to_i64, trigger_code};
 use crate::error::{Result, StoreError};
 use crate::limits::GROUP_REQUESTS_MAX;
@@ -215,40 +216,59 @@ impl Writer {
             return repeated_start(&start, &existing);
         }
         let command = Command::StartRun { run: start.run.clone(), context: start.context, needs_credits: start.needs_credits };
-        let (status, decided_in) = self.decide(team, state, start.at, None, |writer, _, ledger, effects| {
-            effects.events.extend(ledger.apply(&writer.rules, effects.at, command)?);
-            Ok((ledger.run(&start.run).expect("the ledger just admitted this run").status, started.elapsed()))
-        })?;
+        let (at, events) = self.step(team, state, start.at, command)?;
+        let status = state.ledger.run(&start.run).expect("the ledger just admitted this run").status;
         if let Some(times) = &self.decision_ns {
-            // From the team's state to the decision: the duplicate check, the ledger's
+            // From the team's state to the decision: the duplicate check and the ledger's
             // admission; not the write that follows nor the commit the caller waits for.
-            times.lock().expect("decision times lock").push(u32::try_from(decided_in.as_nanos()).unwrap_or(u32::MAX));
+            times.lock().expect("decision times lock").push(u32::try_from(started.elapsed().as_nanos()).unwrap_or(u32::MAX));
         }
+        self.write(team, state, events.into_effects(at), None)?;
         Ok(Admission { status, replayed: false })
+    }
+
+    /// One command through the core's [`TeamLedger::step`]: a refusal leaves the team as it
+    /// was, except for a billing period that began by `at`, which is written here. Returns the
+    /// instant used and the events for the caller to write.
+    fn step(&mut self, team: &TeamName, state: &mut TeamState, at: Timestamp, command: Command) -> Result<(Timestamp, Stepped)> {
+        let at = at.max(state.ledger.clock().unwrap_or(at));
+        let closing = closing_period(&state.ledger, at);
+        match state.ledger.step(&self.rules, at, command) {
+            Ok(events) => Ok((at, Stepped { events, closing })),
+            Err(Refused { error, kept }) => {
+                if !kept.is_empty() {
+                    self.write(team, state, Stepped { events: kept, closing }.into_effects(at), None)?;
+                }
+                Err(self.refine_unknown_run(state.id, error))
+            }
+        }
     }
 
     fn charge(&mut self, team: &TeamName, state: &mut TeamState, events: Vec<UsageEvent>) -> Result<Vec<ChargeOutcome>> {
         let first_at = events.first().map(|event| event.at).ok_or_else(|| StoreError::invalid("events", "the batch is empty"))?;
-        self.decide(team, state, first_at, None, |writer, state, ledger, effects| writer.decide_charges(state, ledger, events, effects))
-    }
-
-    /// Decides a request on a copy of the team's ledger, so that a refusal leaves the team
-    /// exactly as it was; then writes what changed. The one thing a refused request keeps is a
-    /// billing period that began before it: that happened with time, not by the request.
-    fn decide<T>(&mut self, team: &TeamName, state: &mut TeamState, at: Timestamp, actor: Option<&Actor>, f: impl FnOnce(&Writer, &TeamState, &mut TeamLedger, &mut Effects) -> Result<T>) -> Result<T> {
-        let at = at.max(state.ledger.clock().unwrap_or(at));
-        let mut ledger = state.ledger.clone();
+        let at = first_at.max(state.ledger.clock().unwrap_or(first_at));
         let mut effects = Effects::new(at);
-        advance_ledger(&self.rules, &mut ledger, at, &mut effects)?;
-        let time_changed_things = !effects.events.is_empty();
-        match f(self, state, &mut ledger, &mut effects) {
-            Ok(value) => {
+        if events.len() == 1 {
+            // One charge is one core step, which undoes itself when refused: no copy needed.
+            let decided = self.decide_charges(state.id, &state.open_runs, &mut state.ledger, events, &mut effects);
+            // A refusal leaves only the opening of a period that began, in `effects`.
+            if decided.is_ok() || !effects.events.is_empty() {
+                self.write(team, state, effects, None)?;
+            }
+            return decided;
+        }
+        // A batch is decided on a copy of the ledger, so that a refused event undoes the
+        // events before it.
+        let mut ledger = state.ledger.clone();
+        match self.decide_charges(state.id, &state.open_runs, &mut ledger, events, &mut effects) {
+            Ok(outcomes) => {
                 state.ledger = ledger;
-                self.write(team, state, effects, actor)?;
-                Ok(value)
+                self.write(team, state, effects, None)?;
+                Ok(outcomes)
             }
             Err(refusal) => {
-                if time_changed_things {
+                if state.ledger.current_period().is_none_or(|usage| !usage.period.contains(at)) {
+                    // The batch's first instant began a period: that stays.
                     self.advance(team, state, at)?;
                 }
                 Err(refusal)
@@ -256,42 +276,51 @@ impl Writer {
         }
     }
 
-    fn decide_charges(&self, state: &TeamState, ledger: &mut TeamLedger, events: Vec<UsageEvent>, effects: &mut Effects) -> Result<Vec<ChargeOutcome>> {
-        let team_id = state.id;
+    fn decide_charges(&self, team_id: i64, open_runs: &HashMap<RunId, i64>, ledger: &mut TeamLedger, events: Vec<UsageEvent>, effects: &mut Effects) -> Result<Vec<ChargeOutcome>> {
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut in_batch: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut find_execution = self.conn.prepare_cached("SELECT run_id, kind, detail_hash, credits FROM executions WHERE team_id = ?1 AND key = ?2")?;
+        let largest_stored: Option<Vec<u8>> = self.conn.prepare_cached("SELECT max(key) FROM executions WHERE team_id = ?1")?.query_row([team_id], |row| row.get(0))?;
+        let mut batch = BatchKeys::new(largest_stored);
         for (index, event) in events.into_iter().enumerate() {
             let in_event = |source: StoreError| StoreError::Event { index, source: Box::new(source) };
             let key = execution_key(&event.execution);
-            let run_row = match state.open_runs.get(&event.run) {
+            let run_row = match open_runs.get(&event.run) {
                 Some(&row) => row,
                 None => find_run(&self.conn, team_id, &event.run)?.ok_or_else(|| in_event(CoreError::UnknownRun { run: event.run.to_string() }.into()))?.id,
             };
             let content = Content { run_row, kind: kind_code(event.usage.kind), detail_hash: detail_hash(&event.run, &event.usage), credits: 0 };
-            let prior = match in_batch.get(&key) {
-                Some(&position) => Some(effects.executions[position].content),
-                None => find_execution.query_row(params![team_id, &key], |row| Ok(Content { run_row: row.get(0)?, kind: row.get(1)?, detail_hash: row.get(2)?, credits: row.get(3)? })).optional()?,
+            let prior = match batch.seen(&key, &effects.executions) {
+                Seen::New => None,
+                Seen::InBatch(position) => Some(effects.executions[position].content),
+                Seen::MaybeStored => find_execution.query_row(params![team_id, &key], |row| Ok(Content { run_row: row.get(0)?, kind: row.get(1)?, detail_hash: row.get(2)?, credits: row.get(3)? })).optional()?,
             };
             if let Some(prior) = prior {
                 outcomes.push(replayed_charge(&event, prior, content).map_err(in_event)?);
                 continue;
             }
             let at = event.at.max(ledger.clock().unwrap_or(event.at));
-            advance_ledger(&self.rules, ledger, at, effects)?;
+            let closing = closing_period(ledger, at);
             let command = Command::ChargeBlock { run: event.run.clone(), execution: event.execution, usage: event.usage };
-            let changes = ledger.apply(&self.rules, at, command).map_err(|err| in_event(self.refine_unknown_run(team_id, err)))?;
+            let changes = match ledger.step(&self.rules, at, command) {
+                Ok(changes) => changes,
+                Err(Refused { error, kept }) => {
+                    effects.add(Stepped { events: kept, closing });
+                    return Err(in_event(self.refine_unknown_run(team_id, error)));
+                }
+            };
             let trigger = trigger_code(ledger.run(&event.run).expect("a charged run is known").context.trigger());
+            let mut rest = Vec::new();
             for change in changes {
                 let LedgerEvent::BlockCharged(charge) = change else {
-                    effects.events.push(change);
+                    rest.push(change);
                     continue;
                 };
                 let credits = to_i64(charge.split.total().0);
                 outcomes.push(ChargeOutcome { credits: charge.split.total(), replayed: false });
-                in_batch.insert(key.clone(), effects.executions.len());
+                batch.add(&key, &effects.executions);
                 effects.executions.push(NewExecution { key: key.clone(), run: event.run.clone(), run_row, trigger, content: Content { credits, ..content }, charge });
             }
+            effects.add(Stepped { events: rest, closing });
         }
         Ok(outcomes)
     }
@@ -301,10 +330,8 @@ impl Writer {
             RunEnd::Complete => Command::EndRun { run },
             RunEnd::Cancel => Command::CancelRun { run },
         };
-        self.decide(team, state, at, None, |writer, state, ledger, effects| {
-            effects.events.extend(ledger.apply(&writer.rules, effects.at, command).map_err(|err| writer.refine_unknown_run(state.id, err))?);
-            Ok(())
-        })?;
+        let (at, events) = self.step(team, state, at, command)?;
+        self.write(team, state, events.into_effects(at), None)?;
         state.ledger.forget_finished_runs();
         Ok(())
     }
@@ -317,10 +344,8 @@ impl Writer {
             BillingChange::Purchase { credits, expires_at } => Command::Purchase { credits, expires_at },
             BillingChange::ChangePlan { plan } => Command::ChangePlan { plan },
         };
-        self.decide(team, state, at, Some(actor), |writer, _, ledger, effects| {
-            effects.events.extend(ledger.apply(&writer.rules, effects.at, command)?);
-            Ok(())
-        })
+        let (at, events) = self.step(team, state, at, command)?;
+        self.write(team, state, events.into_effects(at), Some(actor))
     }
 
     /// Moves every team's clock to `at`, closing the periods that ended; returns how many
@@ -436,36 +461,49 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes executions and their ledger entries; balances and rollups go to [`Pending`].
+    /// Writes executions and their ledger entries; balances and rollups go to [`Pending`]. An
+    /// entry's id is its execution's op number.
     fn write_executions(&mut self, state: &TeamState, executions: &[NewExecution]) -> Result<()> {
         if executions.is_empty() {
             return Ok(());
         }
-        let Writer { conn, pending, next_op, .. } = self;
-        let mut insert_execution = conn.prepare_cached("INSERT INTO executions (team_id, key, op, run_id, at_ms, kind, detail_hash, credits) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
-        let mut insert_entry = conn.prepare_cached("INSERT INTO entries (team_id, execution_key, period_start_ms, included, purchased, payg, unbilled) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
-        let mut insert_draw = conn.prepare_cached("INSERT INTO grant_draws (entry_id, team_id, grant_no, credits) VALUES (?1, ?2, ?3, ?4)")?;
-        for execution in executions {
-            let (charge, content) = (&execution.charge, execution.content);
-            let period_ms = ms(charge.period_start);
-            insert_execution.execute(params![state.id, &execution.key, *next_op, execution.run_row, ms(charge.at), content.kind, content.detail_hash, content.credits])?;
-            *next_op += 1;
-            let rollup = pending.rollups.entry((state.id, period_ms, content.kind, execution.trigger)).or_default();
-            (rollup.0, rollup.1) = (rollup.0 + 1, rollup.1 + content.credits);
-            if content.credits == 0 {
-                continue;
-            }
-            let split = &charge.split;
-            insert_entry.execute(params![state.id, &execution.key, period_ms, to_i64(split.included.0), to_i64(split.purchased_total().0), to_i64(split.payg.0), to_i64(split.unbilled.0)])?;
-            let entry_id = conn.last_insert_rowid();
-            for &(grant_no, credits) in &split.purchased {
-                insert_draw.execute(params![entry_id, state.id, to_i64(grant_no), to_i64(credits.0)])?;
-                let remaining = state.ledger.grants().iter().find(|grant| grant.id == grant_no).expect("a drawn grant exists").remaining;
-                pending.grants.insert((state.id, grant_no), remaining);
-            }
-            let run_credits = state.ledger.run(&execution.run).expect("a charged run is known").credits;
-            pending.run_credits.insert(execution.run_row, run_credits);
+        let first_op = self.next_op;
+        self.next_op += executions.len() as i64;
+        let rows: Vec<(i64, &NewExecution)> = executions.iter().enumerate().map(|(index, execution)| (first_op + index as i64, execution)).collect();
+        insert_rows(&self.conn, "INSERT INTO executions (team_id, key, op, run_id, at_ms, kind, detail_hash, credits)", 8, &rows, |statement, first, (op, execution)| {
+            let content = execution.content;
+            let values: [&dyn rusqlite::ToSql; 8] = [&state.id, &execution.key, op, &execution.run_row, &ms(execution.charge.at), &content.kind, &content.detail_hash, &content.credits];
+            bind_all(statement, first, &values)
+        })?;
+        let charged: Vec<&(i64, &NewExecution)> = rows.iter().filter(|(_, execution)| execution.content.credits > 0).collect();
+        insert_rows(&self.conn, "INSERT INTO entries (id, team_id, execution_key, period_start_ms, included, purchased, payg, unbilled)", 8, &charged, |statement, first, (op, execution)| {
+            let split = &execution.charge.split;
+            let amounts = [split.included, split.purchased_total(), split.payg, split.unbilled].map(|credits| to_i64(credits.0));
+            let values: [&dyn rusqlite::ToSql; 8] = [op, &state.id, &execution.key, &ms(execution.charge.period_start), &amounts[0], &amounts[1], &amounts[2], &amounts[3]];
+            bind_all(statement, first, &values)
+        })?;
+        for (op, execution) in &rows {
+            self.record_pending(state, *op, execution)?;
         }
+        Ok(())
+    }
+
+    /// Grant draws (rare), and the balances and rollups an execution changes, for [`Self::flush`].
+    fn record_pending(&mut self, state: &TeamState, op: i64, execution: &NewExecution) -> Result<()> {
+        let (charge, content) = (&execution.charge, execution.content);
+        let rollup = self.pending.rollups.entry((state.id, ms(charge.period_start), content.kind, execution.trigger)).or_default();
+        (rollup.0, rollup.1) = (rollup.0 + 1, rollup.1 + content.credits);
+        if content.credits == 0 {
+            return Ok(());
+        }
+        for &(grant_no, credits) in &charge.split.purchased {
+            let sql = "INSERT INTO grant_draws (entry_id, team_id, grant_no, credits) VALUES (?1, ?2, ?3, ?4)";
+            self.conn.prepare_cached(sql)?.execute(params![op, state.id, to_i64(grant_no), to_i64(credits.0)])?;
+            let remaining = state.ledger.grants().iter().find(|grant| grant.id == grant_no).expect("a drawn grant exists").remaining;
+            self.pending.grants.insert((state.id, grant_no), remaining);
+        }
+        let run_credits = state.ledger.run(&execution.run).expect("a charged run is known").credits;
+        self.pending.run_credits.insert(execution.run_row, run_credits);
         Ok(())
     }
 
@@ -515,14 +553,96 @@ impl Writer {
     }
 }
 
+/// Where an execution key of a batch was seen before.
+enum Seen {
+    /// Above every stored key and every key earlier in the batch: new.
+    New,
+    /// Decided earlier in this batch, at this position.
+    InBatch(usize),
+    /// Not earlier in this batch; only the database can tell.
+    MaybeStored,
+}
+
+/// The keys a batch has decided so far. Time-ordered ids arrive in increasing order, so the
+/// common case needs neither a database lookup nor a hash map: a key above the largest one seen
+/// is new, and the batch's keys stay sorted for a binary search. Out-of-order keys switch to a
+/// map.
+struct BatchKeys {
+    largest: Option<Vec<u8>>,
+    /// `None` while the batch's keys are sorted.
+    unordered: Option<HashMap<Vec<u8>, usize>>,
+}
+
+impl BatchKeys {
+    fn new(largest_stored: Option<Vec<u8>>) -> BatchKeys {
+        BatchKeys { largest: largest_stored, unordered: None }
+    }
+
+    fn seen(&self, key: &[u8], decided: &[NewExecution]) -> Seen {
+        if self.largest.as_deref().is_none_or(|largest| key > largest) {
+            return Seen::New;
+        }
+        let position = match &self.unordered {
+            None => decided.binary_search_by(|execution| execution.key.as_slice().cmp(key)).ok(),
+            Some(positions) => positions.get(key).copied(),
+        };
+        position.map_or(Seen::MaybeStored, Seen::InBatch)
+    }
+
+    /// Records `key`, about to be pushed after `decided`.
+    fn add(&mut self, key: &[u8], decided: &[NewExecution]) {
+        let in_order = decided.last().is_none_or(|last| last.key.as_slice() < key);
+        if !in_order && self.unordered.is_none() {
+            self.unordered = Some(decided.iter().enumerate().map(|(position, execution)| (execution.key.clone(), position)).collect());
+        }
+        if let Some(positions) = &mut self.unordered {
+            positions.insert(key.to_vec(), decided.len());
+        }
+        match &mut self.largest {
+            Some(largest) if key <= largest.as_slice() => {}
+            Some(largest) => {
+                largest.clear();
+                largest.extend_from_slice(key);
+            }
+            None => self.largest = Some(key.to_vec()),
+        }
+    }
+}
+
 /// Advances the ledger's clock to `at`; a period that ends on the way is kept for its invoice.
 fn advance_ledger(rules: &Rules, ledger: &mut TeamLedger, at: Timestamp, effects: &mut Effects) -> Result<()> {
-    let stays = ledger.current_period().is_some_and(|usage| usage.period.contains(at));
-    let ending = if stays { None } else { ledger.current_period().cloned() };
+    let closing = closing_period(ledger, at);
     let events = ledger.advance_to(rules, at)?;
-    effects.closed.extend(ending.filter(|_| events.iter().any(|event| matches!(event, LedgerEvent::PeriodOpened { .. }))));
-    effects.events.extend(events);
+    effects.add(Stepped { events, closing });
     Ok(())
+}
+
+/// The current period, when `at` is past its end: what an invoice is made from if it closes.
+fn closing_period(ledger: &TeamLedger, at: Timestamp) -> Option<PeriodUsage> {
+    ledger.current_period().filter(|usage| !usage.period.contains(at)).cloned()
+}
+
+/// Events of one core step, with the period that was current before it.
+struct Stepped {
+    events: Vec<LedgerEvent>,
+    closing: Option<PeriodUsage>,
+}
+
+impl Stepped {
+    fn into_effects(self, at: Timestamp) -> Effects {
+        let mut effects = Effects::new(at);
+        effects.add(self);
+        effects
+    }
+}
+
+impl Effects {
+    /// Adds a step's events; its closing period is kept only if a new period did open.
+    fn add(&mut self, stepped: Stepped) {
+        let opened = stepped.events.iter().any(|event| matches!(event, LedgerEvent::PeriodOpened { .. }));
+        self.closed.extend(stepped.closing.filter(|_| opened));
+        self.events.extend(stepped.events);
+    }
 }
 
 /// Refuses settings the ledger would refuse: they are tried on a scratch ledger, so the limits
@@ -573,6 +693,13 @@ fn insert_invoice(conn: &Connection, team_id: i64, usage: &PeriodUsage, issued: 
     let amounts = [usage.included, usage.included_used, usage.included_remaining(), usage.purchased_used, usage.payg_credits, usage.unbilled_credits].map(|credits| to_i64(credits.0));
     let due = to_i64(usage.payg_amount().0);
     conn.prepare_cached(sql)?.execute(params![team_id, ms(usage.period.start), ms(usage.period.end), amounts[0], amounts[1], amounts[2], amounts[3], amounts[4], amounts[5], due, ms(issued)])?;
+    Ok(())
+}
+
+fn bind_all(statement: &mut rusqlite::Statement<'_>, first: usize, values: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<()> {
+    for (offset, value) in values.iter().enumerate() {
+        statement.raw_bind_parameter(first + offset, value)?;
+    }
     Ok(())
 }
 

@@ -122,3 +122,18 @@ fn a_batch_is_all_or_nothing() {
     assert_eq!(store.usage(&team("t"), None).unwrap().used(), Credits(22));
     assert_verified(&store);
 }
+
+#[test]
+fn an_id_twice_in_one_batch_is_charged_once_in_any_order() {
+    let dir = TempDir::new("order");
+    let store = open(&dir.db());
+    create(&store, "t", PlanId::Team);
+    store.start_run(&team("t"), start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    store.charge(&team("t"), vec![integration("m", "r1", "2026-03-02T10:00:01Z")]).unwrap();
+    let ids = ["b", "a", "m", "c", "a", "b", "z", "m"];
+    let batch = ids.iter().map(|id| integration(id, "r1", "2026-03-02T10:00:02Z")).collect();
+    let replayed: Vec<bool> = store.charge(&team("t"), batch).unwrap().iter().map(|outcome| outcome.replayed).collect();
+    assert_eq!(replayed, [false, false, true, false, true, true, false, true]);
+    assert_eq!(count(&dir.db(), "SELECT count(*) FROM entries"), 5, "m before the batch, then b, a, c and z");
+    assert_verified(&store);
+}
