@@ -136,6 +136,12 @@ pub struct PageRequest {
 }
 
 impl<T> Page<T> {
+    /// One page of a list already in memory, sorted by `cursor`.
+    pub fn of_sorted(items: Vec<T>, page: &PageRequest, cursor: impl Fn(&T) -> String) -> Page<T> {
+        let rows: Vec<T> = items.into_iter().filter(|item| page.after.as_ref().is_none_or(|after| cursor(item) > *after)).take(page.limit as usize + 1).collect();
+        Page::from_rows(rows, page.limit, cursor)
+    }
+
     /// Builds a page from up to `limit + 1` rows: the extra row only says there is more.
     pub(crate) fn from_rows(mut rows: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Page<T> {
         let next = (rows.len() > limit as usize).then(|| {

@@ -43,7 +43,7 @@ const ROUTES: &[Route] = &[
     Route { method: "get", path: "/v1/teams", summary: "Teams the caller can see", access: "any key", body: None, query: PAGE, success: "200" },
     Route { method: "get", path: "/v1/teams/{team}", summary: "A team and its plan", access: "member", body: None, query: &[], success: "200" },
     Route { method: "put", path: "/v1/teams/{team}/plan", summary: "Change a team's plan", access: "operator", body: Some(|| object(&["plan"], json!({"plan": string()}))), query: &[], success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/members", summary: "Members and roles", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/members", summary: "Members and roles", access: "member", body: None, query: PAGE, success: "200" },
     Route {
         method: "put",
         path: "/v1/teams/{team}/members/{user}",
@@ -59,7 +59,7 @@ const ROUTES: &[Route] = &[
     Route { method: "get", path: "/v1/teams/{team}/flows/{flow}", summary: "A flow", access: "member", body: None, query: &[], success: "200" },
     Route { method: "put", path: "/v1/teams/{team}/flows/{flow}", summary: "Replace a flow's working definition", access: "owner, admin, editor", body: Some(|| object(&["definition"], json!({"definition": {"type": "object"}}))), query: &[], success: "200" },
     Route { method: "post", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "Snapshot the flow (numbered, immutable; Free keeps 10)", access: "owner, admin, editor", body: None, query: &[], success: "201" },
-    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "List snapshots", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "List snapshots", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/estimate", summary: "Estimate a run's credits", access: "member", body: None, query: &[("trigger", "string"), ("cloud_run", "boolean"), ("snapshot", "integer")], success: "200" },
     Route {
         method: "post",
@@ -126,7 +126,7 @@ const ROUTES: &[Route] = &[
         success: "200",
     },
     Route { method: "post", path: "/v1/teams/{team}/purchases", summary: "Buy credits (Enterprise)", access: "owner, admin, billing", body: Some(|| object(&["credits"], json!({"credits": {"type": "integer", "minimum": 1}, "expires_at": string()}))), query: &[], success: "201" },
-    Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/alerts", summary: "Usage alerts and their deliveries", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "post", path: "/hooks/{team}/{path}", summary: "Call a deployed flow (sync: 30 s then 408; `?async=true`: 202)", access: "member", body: Some(|| json!({})), query: &[("async", "boolean")], success: "200" },
     Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member; `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200" },

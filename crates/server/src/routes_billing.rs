@@ -117,9 +117,11 @@ pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team):
     Ok((StatusCode::CREATED, Json(json!({"credits": body.credits, "runs_resumed": resumed}))))
 }
 
-pub async fn invoices(State(state): State<AppState>, caller: Caller, Path(team): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn invoices(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Value>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    Ok(Json(json!({"items": state.ledger.invoices(&team).await?})))
+    let page = page.request()?;
+    let invoices = state.ledger.invoices(&team).await?;
+    Ok(Json(catalog::Page::of_sorted(invoices, &page, |invoice| invoice["period"]["start"].as_str().unwrap_or_default().to_owned())))
 }
 
 pub async fn alerts(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::AlertRecord>>, ApiError> {

@@ -68,10 +68,12 @@ pub async fn create_snapshot(State(state): State<AppState>, caller: Caller, Path
     Ok((StatusCode::CREATED, Json(snapshot)))
 }
 
-pub async fn list_snapshots(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn list_snapshots(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::Snapshot>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
+    let page = page.request()?;
     let snapshots = state.catalog.call(move |connection| catalog::snapshots(connection, &team, &flow)).await?;
-    Ok(Json(json!({"items": snapshots})))
+    // Numbers sort as text once padded.
+    Ok(Json(catalog::Page::of_sorted(snapshots, &page, |snapshot| format!("{:010}", snapshot.number))))
 }
 
 #[derive(Deserialize)]

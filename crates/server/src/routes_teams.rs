@@ -104,14 +104,12 @@ pub async fn list_teams(State(state): State<AppState>, caller: Caller, Query(pag
         state.catalog.call(move |connection| catalog::teams_of(connection, &user_id)).await?
     };
     names.sort();
-    names.retain(|name| page.after.as_ref().is_none_or(|after| name > after));
-    let next = (names.len() > page.limit as usize).then(|| names[page.limit as usize - 1].clone());
-    names.truncate(page.limit as usize);
-    let mut items = Vec::with_capacity(names.len());
-    for name in names {
-        items.push(state.ledger.team(&name).await?.to_json(&state.rules));
+    let names = catalog::Page::of_sorted(names, &page, Clone::clone);
+    let mut items = Vec::with_capacity(names.items.len());
+    for name in &names.items {
+        items.push(state.ledger.team(name).await?.to_json(&state.rules));
     }
-    Ok(Json(json!({"items": items, "next": next})))
+    Ok(Json(json!({"items": items, "next": names.next})))
 }
 
 pub async fn get_team(State(state): State<AppState>, caller: Caller, Path(team): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -136,10 +134,11 @@ pub async fn change_plan(State(state): State<AppState>, caller: Caller, Path(tea
     Ok(Json(state.ledger.team(&team).await?.to_json(&state.rules)))
 }
 
-pub async fn list_members(State(state): State<AppState>, caller: Caller, Path(team): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn list_members(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::Member>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
+    let page = page.request()?;
     let members = state.catalog.call(move |connection| catalog::members(connection, &team)).await?;
-    Ok(Json(json!({"items": members})))
+    Ok(Json(catalog::Page::of_sorted(members, &page, |member| member.user_id.clone())))
 }
 
 #[derive(Deserialize)]

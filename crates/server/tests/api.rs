@@ -26,6 +26,17 @@ async fn free_teams_keep_ten_snapshots_per_flow_and_lose_none() {
     let latest: Vec<bool> = list["items"].as_array().unwrap().iter().map(|snapshot| snapshot["latest"].as_bool().unwrap()).collect();
     assert_eq!(latest.iter().filter(|latest| **latest).count(), 1, "only the newest is tagged latest");
     assert!(latest[9]);
+    // Lists paginate: pages of 4 follow `next` to the end.
+    let (mut seen, mut after) = (Vec::new(), String::new());
+    loop {
+        let (_, page) = server.get(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots?limit=4{after}"), &owner).await;
+        seen.extend(page["items"].as_array().unwrap().iter().map(|snapshot| snapshot["number"].as_u64().unwrap()));
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
     // Paid plans keep more.
     let paid = server.team("paid", "solo").await;
     let (_, flow) = server.post("/v1/teams/paid/flows", &paid, json!({"name": "f", "definition": support::flow_costing_25()})).await;
