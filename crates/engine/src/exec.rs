@@ -6,7 +6,7 @@
 //! [`Meter`] as it completes; charges of inline blocks are batched until the frame next waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -107,9 +107,27 @@ pub struct RunReport {
     pub total: Credits,
 }
 
+/// Most block executions one run may perform by default: nested loops multiply, and every
+/// execution is charged and kept for the receipt.
+pub const RUN_EXECUTIONS_MAX: u64 = 5_000_000;
+
+/// Limits an engine applies to every run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// A run that reaches this many block executions fails; blocks already running finish.
+    pub run_executions_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { run_executions_max: RUN_EXECUTIONS_MAX }
+    }
+}
+
 /// Runs flows. Cheap to share; one engine serves many runs.
 pub struct Engine {
     http: reqwest::Client,
+    limits: Limits,
     providers: Providers,
     resolver: Arc<dyn FlowResolver>,
 }
@@ -122,7 +140,11 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new(providers: Providers, resolver: Arc<dyn FlowResolver>) -> Engine {
-        Engine { http: crate::http::client(), providers, resolver }
+        Engine { http: crate::http::client(), limits: Limits::default(), providers, resolver }
+    }
+
+    pub fn with_limits(self, limits: Limits) -> Engine {
+        Engine { limits, ..self }
     }
 
     pub fn resolver(&self) -> &dyn FlowResolver {
@@ -142,7 +164,7 @@ impl Engine {
             return Ok(report);
         }
         let configs = flows.iter().map(|(name, child)| (name.clone(), Value::Object(child.config.clone()))).collect();
-        let mut run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()), failed: AtomicBool::new(false), queued: AtomicUsize::new(0) };
+        let mut run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()), failed: AtomicBool::new(false), queued: AtomicUsize::new(0), executions: AtomicU64::new(0) };
         let input = std::mem::take(&mut run.request.input);
         let instance = Instance::new(flow, Value::Object(config), input);
         let mut frame = Frame::new(&run, &instance, ROOT_SCOPE, format!("{}/", run.request.run), Arc::new(HashMap::new()));
@@ -200,6 +222,8 @@ struct Run<'a> {
     failed: AtomicBool,
     /// Charges waiting in `state.charges`, readable without the lock.
     queued: AtomicUsize,
+    /// Block executions so far, against `Limits::run_executions_max`.
+    executions: AtomicU64,
 }
 
 #[derive(Default)]
@@ -233,6 +257,10 @@ impl Run<'_> {
 
     /// Queues the charge of an execution that completed.
     fn executed(&self, execution: ExecutionId, usage: BlockUsage, ok: bool) {
+        let max = self.engine.limits.run_executions_max;
+        if self.executions.fetch_add(1, Ordering::Relaxed) + 1 == max {
+            self.fail(format!("the run reached the limit of {max} block executions and was stopped; loops over fewer items, or fewer nested loops, stay under it"));
+        }
         let mut state = self.state();
         state.charges.push(BlockCharge { execution, usage });
         state.charged_ok.push(ok);

@@ -242,3 +242,21 @@ edges:
     let RunOutcome::Failed { error } = run(yaml, local(), json!({})).await.outcome else { panic!("expected a failure") };
     assert!(error.contains("`tool`") && error.contains("city"), "{error}");
 }
+
+#[tokio::test]
+async fn a_run_stops_at_its_execution_limit() {
+    let engine = flowcredits_engine::Engine::default().with_limits(flowcredits_engine::Limits { run_executions_max: 10 });
+    let flow = flow(r#"
+name: long
+blocks:
+  - { id: loop, kind: repeat, config: { times: 100 } }
+  - { id: pick, kind: select, config: { path: $ } }
+edges:
+  - { from: loop.index, to: pick.value }
+"#);
+    let report = engine.run(&flow, request("r1", local(), json!(null)), &meter(flowcredits_core::PlanId::Team)).await.unwrap();
+    let RunOutcome::Failed { error } = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert!(error.contains("limit of 10 block executions"), "{error}");
+    // The ten executions that ran are charged; the loop then stopped.
+    assert_eq!(report.executions.iter().filter(|execution| execution.block() == "pick").count(), 10);
+}
