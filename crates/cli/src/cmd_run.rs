@@ -11,6 +11,7 @@ use flowcredits_engine::{DirResolver, Engine, Flow, LedgerMeter, Meter, Provider
 use flowcredits_store::{LedgerStore, SqliteStore, StoreError, TeamName};
 use serde_json::{Map, Value, json};
 
+use crate::meter_server::ServerMeter;
 use crate::meter_store::StoreMeter;
 use crate::rules::RulesArgs;
 
@@ -44,6 +45,13 @@ pub struct RunArgs {
     /// must exist (`flowcredits teams create TEAM --plan PLAN --db PATH`).
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// Meter against the team's ledger on a flowcredits server (e.g. http://127.0.0.1:8080);
+    /// the flow still runs here, on the local canvas. Needs `--key`.
+    #[arg(long, value_name = "URL", conflicts_with = "db", requires = "key")]
+    pub server: Option<String>,
+    /// An API key of a member of the team who may run flows (owner, admin or editor).
+    #[arg(long, value_name = "KEY", env = "FLOWCREDITS_KEY", requires = "server")]
+    pub key: Option<String>,
     /// Without `--db`: the plan of a fresh in-memory ledger that lives for this run only
     /// (default team).
     #[arg(long, value_name = "PLAN")]
@@ -83,8 +91,13 @@ pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The durable ledger with `--db`; otherwise a ledger that lives for this one run.
+/// The team's ledger on a server with `--server`, the durable ledger with `--db`; otherwise a
+/// ledger that lives for this one run.
 fn meter(args: &RunArgs, rules: Rules) -> anyhow::Result<Box<dyn Meter>> {
+    if let (Some(server), Some(key)) = (&args.server, &args.key) {
+        anyhow::ensure!(args.plan.is_none(), "--plan is for runs without --server; the team's plan is on the server");
+        return Ok(Box::new(ServerMeter::new(server, &args.team, key, &args.flow.display().to_string())));
+    }
     let Some(db) = &args.db else {
         let plan: PlanId = args.plan.as_deref().unwrap_or("team").parse().context("--plan")?;
         return Ok(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan)))));

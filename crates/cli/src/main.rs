@@ -10,6 +10,7 @@ mod cmd_run;
 mod cmd_serve;
 mod cmd_simulate;
 mod cmd_store;
+mod meter_server;
 mod meter_store;
 mod rules;
 mod sim_store;

@@ -90,3 +90,44 @@ async fn sigterm_lets_running_flows_finish() {
     let _ = again.kill();
     let _ = again.wait();
 }
+
+#[tokio::test]
+async fn a_local_run_is_metered_against_the_servers_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (mut server, keys) = start(&dir.path().join("flowcredits.db"), port, true);
+    let owner = keys[1].clone();
+    let base = format!("http://127.0.0.1:{port}");
+    let flow = dir.path().join("double.yaml");
+    std::fs::write(
+        &flow,
+        "name: double\nblocks:\n  - { id: start, kind: start }\n  - { id: twice, kind: evaluate, config: { code: \"return input * 2;\" } }\n  - { id: show, kind: display, config: { label: doubled } }\nedges:\n  - { from: start.input, to: twice.input }\n  - { from: twice.result, to: show.value }\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flowcredits"));
+        command.arg("run").arg(&flow).args(["--team", "demo", "--server", &base, "--key", &owner, "--input", "21", "--json"]).args(extra);
+        command.output().unwrap()
+    };
+    // On the local canvas an evaluate block is free; with Cloud Run it costs 1.
+    let local = run(&[]);
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let local: Value = serde_json::from_slice(&local.stdout).unwrap();
+    assert_eq!(local["total"], 0, "{local}");
+    let cloud = run(&["--cloud-run"]);
+    assert!(cloud.status.success(), "{}", String::from_utf8_lossy(&cloud.stderr));
+    let cloud: Value = serde_json::from_slice(&cloud.stdout).unwrap();
+    assert_eq!(cloud["total"], 1, "{cloud}");
+
+    let client = flowcredits_engine::http::client();
+    let usage = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/usage"), &owner, Value::Null).await;
+    assert_eq!(usage["used"], 7, "the demo's 6 credits and the cloud run's 1: {usage}");
+    let runs = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs?trigger=manual"), &owner, Value::Null).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 2, "{runs}");
+    // A wrong key is refused before anything runs.
+    let refused = Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("run").arg(&flow).args(["--team", "demo", "--server", &base, "--key", "fck_wrong"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use flowcredits_core::{CloudRun, RunContext, Trigger};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::auth::{Action, Caller};
 use crate::catalog::{self, Deployment};
