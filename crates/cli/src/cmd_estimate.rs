@@ -45,14 +45,18 @@ pub fn run(rules: &RulesArgs, args: EstimateArgs) -> anyhow::Result<ExitCode> {
     println!("flow `{}`, {} run ({}):", flow.name, trigger, context.location().as_str());
     println!("  needs credits: {}", if estimate.needs_credits { "yes" } else { "no" });
     match estimate.exact {
-        Some(credits) => println!("  cost: exactly {} credits", credits.0),
-        None => println!("  cost: at least {} credits", estimate.minimum.0),
+        Some(credits) => println!("  cost: exactly {}", plural(credits.0)),
+        None => println!("  cost: at least {}", plural(estimate.minimum.0)),
     }
     for line in &estimate.per_iteration {
-        println!("  plus up to {} credits per iteration of loop `{}`", line.credits.0, line.at);
+        println!("  plus up to {} per iteration of loop `{}`", plural(line.credits.0), line.at);
     }
     for note in &estimate.notes {
         println!("  note: {note}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn plural(credits: u64) -> String {
+    if credits == 1 { "1 credit".to_owned() } else { format!("{credits} credits") }
 }

@@ -131,7 +131,9 @@ impl Script {
         }
         source.push_str("var __result = (function(input, require) {\n");
         source.push_str(&self.body);
-        source.push_str("\n})(JSON.parse(__flowcredits_input), require);\nreturn JSON.stringify(__result === undefined ? null : __result);\n})()");
+        source.push_str("\n})(JSON.parse(__flowcredits_input), require);\n");
+        source.push_str("if (__result instanceof Promise) throw new Error(\"the script returned a Promise; scripts run synchronously, so return the value itself\");\n");
+        source.push_str("return JSON.stringify(__result === undefined ? null : __result);\n})()");
         source
     }
 }

@@ -97,3 +97,9 @@ fn imports_are_checked_when_the_flow_loads() {
     assert!(unknown.contains("left-pad") && unknown.contains("lodash, dayjs"), "{unknown}");
     assert_eq!(load("evaluate_with_packages", "import * as _ from 'lodash'\nreturn 1"), "");
 }
+
+#[tokio::test]
+async fn an_async_script_is_refused_with_a_reason() {
+    let error = error(&script("evaluate", r#"{ code: "return (async () => 1)()" }"#, json!(null)).await);
+    assert!(error.contains("returned a Promise"), "{error}");
+}
