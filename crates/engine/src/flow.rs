@@ -163,9 +163,9 @@ impl Builder {
         self.required_inputs(&flow);
         // Loop bodies are worked out on any graph without cycles, so their problems are
         // reported beside config and edge problems; edge routing needs consistent bodies.
-        if self.cycles(&flow) {
+        if let Some(order) = self.cycles(&flow) {
             let before = self.problems.len();
-            self.scopes(&mut flow);
+            self.scopes(&mut flow, &order);
             if self.problems.len() == before {
                 self.routes(&mut flow);
             }
@@ -265,7 +265,8 @@ impl Builder {
     }
 
     /// Every edge except those into a loop's `stop` port must go forward.
-    fn cycles(&mut self, flow: &Flow) -> bool {
+    /// The blocks in topological order, or `None` (and a problem) when there is a cycle.
+    fn cycles(&mut self, flow: &Flow) -> Option<Vec<BlockIx>> {
         let count = flow.blocks.len();
         let mut indegree = vec![0usize; count];
         let mut next: Vec<Vec<BlockIx>> = vec![Vec::new(); count];
@@ -281,9 +282,9 @@ impl Builder {
             }
         }
         let mut ready: Vec<BlockIx> = (0..count).filter(|&ix| indegree[ix] == 0).collect();
-        let mut done = 0;
+        let mut order = Vec::with_capacity(count);
         while let Some(ix) = ready.pop() {
-            done += 1;
+            order.push(ix);
             for &to in &next[ix] {
                 indegree[to] -= 1;
                 if indegree[to] == 0 {
@@ -291,67 +292,29 @@ impl Builder {
                 }
             }
         }
-        if done < count {
+        if order.len() < count {
             let stuck: Vec<&str> = (0..count).filter(|&ix| indegree[ix] > 0).map(|ix| flow.blocks[ix].id.as_str()).collect();
             let message = format!("is part of a cycle among {}; only an edge into a loop's `stop` port may point back", stuck.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", "));
             self.problems.push(Problem::block(stuck[0], "edges", message));
         }
-        done == count
+        (order.len() == count).then_some(order)
     }
 
     /// Works out loop bodies and gives every block its scope.
-    fn scopes(&mut self, flow: &mut Flow) {
+    fn scopes(&mut self, flow: &mut Flow, order: &[BlockIx]) {
         let count = flow.blocks.len();
-        let mut targets: Vec<Vec<Vec<BlockIx>>> = flow.blocks.iter().map(|block| vec![Vec::new(); block.outputs.len()]).collect();
-        for (to, ports) in flow.sources.iter().enumerate() {
-            for (port, sources) in ports.iter().enumerate() {
-                if !flow.blocks[to].inputs[port].stop {
-                    for &(from, out) in sources {
-                        targets[from][out].push(to);
-                    }
-                }
-            }
-        }
-        // body[l] = blocks in loop l's body at any depth; owned collects separately.
         let loops: Vec<BlockIx> = (0..count).filter(|&ix| flow.blocks[ix].is_loop()).collect();
+        // body[l] = blocks in loop l's body at any depth; owned collects separately.
         let mut bodies: BTreeMap<BlockIx, BTreeSet<BlockIx>> = BTreeMap::new();
         for &l in &loops {
-            let mut depth_of: HashMap<BlockIx, usize> = HashMap::new();
-            let mut stack: Vec<(BlockIx, usize)> = Vec::new();
-            let push_outputs = |stack: &mut Vec<(BlockIx, usize)>, block: BlockIx, depth: usize, iteration_only: bool| {
-                for (port, spec) in flow.blocks[block].outputs.iter().enumerate() {
-                    if spec.iteration || !iteration_only {
-                        let level = if spec.iteration && !iteration_only { depth + 1 } else { depth };
-                        stack.extend(targets[block][port].iter().map(|&to| (to, level)));
-                    }
+            let depth_of = loop_depths(flow, l, order);
+            for (&b, _) in depth_of.iter().filter(|(b, depth)| flow.blocks[**b].op_is_collect() && **depth == 0) {
+                match flow.collect_owner[b] {
+                    Some(owner) if owner != l => self.problems.push(Problem::block(&flow.blocks[b].id, "inputs.item", format!("is fed by both loop `{}` and loop `{}`; give each loop its own collect", flow.blocks[owner].id, flow.blocks[l].id))),
+                    _ => flow.collect_owner[b] = Some(l),
                 }
-            };
-            push_outputs(&mut stack, l, 0, true);
-            while let Some((b, depth)) = stack.pop() {
-                if b == l {
-                    continue;
-                }
-                let is_collect = flow.blocks[b].op_is_collect();
-                if is_collect && depth == 0 {
-                    match flow.collect_owner[b] {
-                        Some(owner) if owner != l => self.problems.push(Problem::block(&flow.blocks[b].id, "inputs.item", format!("is fed by both loop `{}` and loop `{}`; give each loop its own collect", flow.blocks[owner].id, flow.blocks[l].id))),
-                        _ => flow.collect_owner[b] = Some(l),
-                    }
-                    continue;
-                }
-                // A block runs at the deepest loop level any of its inputs comes from; values
-                // from shallower levels are read as they were when that inner loop started.
-                if depth_of.get(&b).is_some_and(|&seen| seen >= depth) {
-                    continue;
-                }
-                depth_of.insert(b, depth);
-                let next_depth = if is_collect { depth - 1 } else { depth };
-                push_outputs(&mut stack, b, next_depth, false);
             }
-            for (&b, _) in depth_of.iter().filter(|(b, _)| flow.collect_owner[**b] == Some(l)) {
-                self.problems.push(Problem::block(&flow.blocks[b].id, "inputs.item", format!("is reached from loop `{}` both directly and through a nested loop; give each level its own collect", flow.blocks[l].id)));
-            }
-            bodies.insert(l, depth_of.into_keys().collect());
+            bodies.insert(l, depth_of.into_iter().filter(|(b, depth)| !(flow.blocks[*b].op_is_collect() && *depth == 0)).map(|(b, _)| b).collect());
         }
         // Scopes: the root, then one per loop. A block's scope is the smallest body holding it.
         flow.scopes.push(Scope { owner: None, members: Vec::new(), inherited: Vec::new(), collects: Vec::new(), slots: 0 });
@@ -421,6 +384,11 @@ impl Builder {
             }
             TargetKind::Stop
         } else if flow.blocks[to].op_is_collect() {
+            let owner = flow.collect_owner[to].expect("collects without a loop were reported");
+            if flow.body_of[owner] != Some(sender_scope) {
+                self.problems.push(Problem::block(&flow.blocks[to].id, "inputs.item", format!("the edge from `{}` comes from another loop level than loop `{}`'s body; give each level its own collect", flow.blocks[from].id, flow.blocks[owner].id)));
+                return;
+            }
             TargetKind::Collect
         } else if sender_scope == to_scope {
             TargetKind::Local
@@ -449,6 +417,46 @@ impl Builder {
         };
         flow.routes[from][out].targets.push(Target { block: to, port, kind });
     }
+}
+
+/// The blocks a loop's iteration ports reach, each with its nesting depth inside the loop: 0 in
+/// the loop's own body, 1 inside a loop nested in it, and so on. A block runs at the deepest
+/// level any of its inputs comes from (shallower values are read as they were when the inner
+/// loop started). A collect at depth 0 closes the body: the loop owns it and it is not
+/// followed further. Computed over the blocks in topological order, so every input's depth is
+/// known when a block is reached.
+fn loop_depths(flow: &Flow, l: BlockIx, order: &[BlockIx]) -> HashMap<BlockIx, usize> {
+    let mut depth_of: HashMap<BlockIx, usize> = HashMap::new();
+    for &b in order {
+        if b == l {
+            continue;
+        }
+        let mut deepest: Option<usize> = None;
+        for (port, sources) in flow.sources[b].iter().enumerate() {
+            if flow.blocks[b].inputs[port].stop {
+                continue;
+            }
+            for &(from, out) in sources {
+                let iteration = flow.blocks[from].outputs[out].iteration;
+                let depth = if from == l {
+                    iteration.then_some(0)
+                } else {
+                    match depth_of.get(&from) {
+                        None => None,
+                        Some(&0) if flow.blocks[from].op_is_collect() => None,
+                        Some(&depth) if flow.blocks[from].op_is_collect() => Some(depth - 1),
+                        Some(&depth) if iteration => Some(depth + 1),
+                        Some(&depth) => Some(depth),
+                    }
+                };
+                deepest = deepest.max(depth);
+            }
+        }
+        if let Some(depth) = deepest {
+            depth_of.insert(b, depth);
+        }
+    }
+    depth_of
 }
 
 impl BlockSpec {

@@ -217,10 +217,10 @@ fn parse_op(kind: BlockKind, cfg: &mut Cfg<'_>) -> Parsed {
         }
         K::Repeat => {
             let times = cfg.integer("times", 0, LOOP_ITERATIONS_MAX, "iterations");
-            let inputs = vec![input("times", Ty::Number, false), stop_port()];
+            let inputs = vec![input("times", Ty::Number, false), stop_port(), input("after", Ty::Any, false)];
             (Op::Repeat { times }, inputs, vec![iteration("index", Ty::Number), output("done", Ty::Number)])
         }
-        K::For => (Op::For, vec![input("list", Ty::List, true), stop_port()], vec![iteration("item", Ty::Any), iteration("index", Ty::Number), output("done", Ty::Number)]),
+        K::For => (Op::For, vec![input("list", Ty::List, true), stop_port(), input("after", Ty::Any, false)], vec![iteration("item", Ty::Any), iteration("index", Ty::Number), output("done", Ty::Number)]),
         K::Collect => (Op::Collect, vec![input("item", Ty::Any, true)], vec![output("list", Ty::List)]),
         K::String | K::Number | K::Bool | K::Null => parse_const(kind, cfg),
         K::List => {

@@ -260,3 +260,31 @@ edges:
     // The ten executions that ran are charged; the loop then stopped.
     assert_eq!(report.executions.iter().filter(|execution| execution.block() == "pick").count(), 10);
 }
+
+#[tokio::test]
+async fn an_inner_loop_reads_the_outer_loops_item() {
+    // `after` puts the inner loop in the outer one's body although its list comes from outside.
+    let report = run(r#"
+name: pairs
+blocks:
+  - { id: start, kind: start }
+  - { id: rows, kind: for }
+  - { id: cols, kind: list, config: { items: [x, y] } }
+  - { id: each-col, kind: for }
+  - { id: pair, kind: record, config: { inputs: [row, col] } }
+  - { id: row-pairs, kind: collect }
+  - { id: all, kind: collect }
+  - { id: show, kind: display }
+edges:
+  - { from: start.input, to: rows.list }
+  - { from: cols.list, to: each-col.list }
+  - { from: rows.item, to: each-col.after }
+  - { from: rows.item, to: pair.row }
+  - { from: each-col.item, to: pair.col }
+  - { from: pair.record, to: row-pairs.item }
+  - { from: row-pairs.list, to: all.item }
+  - { from: all.list, to: show.value }
+"#, local(), json!([1, 2])).await;
+    assert_eq!(report.outcome, RunOutcome::Completed, "{:?}", report.outcome);
+    assert_eq!(report.outputs[0].value, json!([[{"row": 1, "col": "x"}, {"row": 1, "col": "y"}], [{"row": 2, "col": "x"}, {"row": 2, "col": "y"}]]));
+}
