@@ -76,16 +76,15 @@ CREATE TABLE executions (
     kind INTEGER NOT NULL,
     detail_hash INTEGER NOT NULL,
     credits INTEGER NOT NULL CHECK (credits >= 0),
+    period_start_ms INTEGER NOT NULL,   -- the billing period it was charged in
     PRIMARY KEY (team_id, key)
 ) STRICT, WITHOUT ROWID;
 
--- Append-only ledger entries, one per charged execution: where its credits came from. An
--- entry's id is the op number of its execution.
+-- Append-only ledger entries, one per charged execution: where its credits came from. An entry
+-- points at its execution by the execution's op number, which is also the entry's id; the row
+-- is a handful of small integers, so the ledger costs little beside the execution itself.
 CREATE TABLE entries (
-    id INTEGER PRIMARY KEY,
-    team_id INTEGER NOT NULL,
-    execution_key BLOB NOT NULL,
-    period_start_ms INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY,   -- executions.op
     included INTEGER NOT NULL,
     purchased INTEGER NOT NULL,
     payg INTEGER NOT NULL,

@@ -11,22 +11,25 @@ use crate::error::Result;
 use crate::model::UsageEvent;
 use crate::sqlite::{Durability, open_connection};
 
+/// 2026-03-01T00:00:00Z: the period of the benchmark's events (any constant would do).
+const PERIOD_START_MS: i64 = 1_772_323_200_000;
+
 /// Inserts `events` in transactions of `batch` rows into a fresh table in `path`; returns the
 /// time spent inserting and committing (not building the rows).
 pub fn plain_insert(path: &Path, events: &[UsageEvent], batch: usize, durability: Durability) -> Result<Duration> {
     let conn = open_connection(path, durability)?;
     conn.execute_batch(
         "CREATE TABLE plain_executions (team_id INTEGER NOT NULL, key BLOB NOT NULL, op INTEGER NOT NULL, run_id INTEGER NOT NULL, \
-         at_ms INTEGER NOT NULL, kind INTEGER NOT NULL, detail_hash INTEGER NOT NULL, credits INTEGER NOT NULL, PRIMARY KEY (team_id, key)) STRICT, WITHOUT ROWID",
+         at_ms INTEGER NOT NULL, kind INTEGER NOT NULL, detail_hash INTEGER NOT NULL, credits INTEGER NOT NULL, period_start_ms INTEGER NOT NULL, PRIMARY KEY (team_id, key)) STRICT, WITHOUT ROWID",
     )?;
     let rows: Vec<(Vec<u8>, i64, i64, i64)> = events.iter().map(|event| (execution_key(&event.execution), ms(event.at), kind_code(event.usage.kind), detail_hash(&event.run, &event.usage))).collect();
     let started = Instant::now();
     let mut op = 0i64;
     for chunk in rows.chunks(batch.max(1)) {
         conn.execute_batch("BEGIN")?;
-        insert_rows(&conn, "INSERT INTO plain_executions (team_id, key, op, run_id, at_ms, kind, detail_hash, credits)", 8, chunk, |statement, first, (key, at_ms, kind, hash)| {
+        insert_rows(&conn, "INSERT INTO plain_executions (team_id, key, op, run_id, at_ms, kind, detail_hash, credits, period_start_ms)", 9, chunk, |statement, first, (key, at_ms, kind, hash)| {
             op += 1;
-            let values: [&dyn rusqlite::ToSql; 8] = [&1, key, &op, &1, at_ms, kind, hash, &2];
+            let values: [&dyn rusqlite::ToSql; 9] = [&1, key, &op, &1, at_ms, kind, hash, &2, &PERIOD_START_MS];
             for (offset, value) in values.iter().enumerate() {
                 statement.raw_bind_parameter(first + offset, value)?;
             }

@@ -470,41 +470,65 @@ impl Writer {
         let first_op = self.next_op;
         self.next_op += executions.len() as i64;
         let rows: Vec<(i64, &NewExecution)> = executions.iter().enumerate().map(|(index, execution)| (first_op + index as i64, execution)).collect();
-        insert_rows(&self.conn, "INSERT INTO executions (team_id, key, op, run_id, at_ms, kind, detail_hash, credits)", 8, &rows, |statement, first, (op, execution)| {
-            let content = execution.content;
-            let values: [&dyn rusqlite::ToSql; 8] = [&state.id, &execution.key, op, &execution.run_row, &ms(execution.charge.at), &content.kind, &content.detail_hash, &content.credits];
+        insert_rows(&self.conn, "INSERT INTO executions (team_id, key, op, run_id, at_ms, kind, detail_hash, credits, period_start_ms)", 9, &rows, |statement, first, (op, execution)| {
+            let (charge, content) = (&execution.charge, execution.content);
+            let values: [&dyn rusqlite::ToSql; 9] = [&state.id, &execution.key, op, &execution.run_row, &ms(charge.at), &content.kind, &content.detail_hash, &content.credits, &ms(charge.period_start)];
             bind_all(statement, first, &values)
         })?;
         let charged: Vec<&(i64, &NewExecution)> = rows.iter().filter(|(_, execution)| execution.content.credits > 0).collect();
-        insert_rows(&self.conn, "INSERT INTO entries (id, team_id, execution_key, period_start_ms, included, purchased, payg, unbilled)", 8, &charged, |statement, first, (op, execution)| {
+        insert_rows(&self.conn, "INSERT INTO entries (id, included, purchased, payg, unbilled)", 5, &charged, |statement, first, (op, execution)| {
             let split = &execution.charge.split;
             let amounts = [split.included, split.purchased_total(), split.payg, split.unbilled].map(|credits| to_i64(credits.0));
-            let values: [&dyn rusqlite::ToSql; 8] = [op, &state.id, &execution.key, &ms(execution.charge.period_start), &amounts[0], &amounts[1], &amounts[2], &amounts[3]];
+            let values: [&dyn rusqlite::ToSql; 5] = [op, &amounts[0], &amounts[1], &amounts[2], &amounts[3]];
             bind_all(statement, first, &values)
         })?;
-        for (op, execution) in &rows {
-            self.record_pending(state, *op, execution)?;
+        self.record_pending(state, &rows)
+    }
+
+    /// Grant draws (rare), and the balances and rollups the executions change, for
+    /// [`Self::flush`]. Consecutive executions nearly always share a rollup row and a run, so
+    /// each is added up locally and recorded once per change.
+    fn record_pending(&mut self, state: &TeamState, rows: &[(i64, &NewExecution)]) -> Result<()> {
+        let mut rollup: Option<((i64, i64, i64, i64), (i64, i64))> = None;
+        let mut last_run: Option<&NewExecution> = None;
+        for &(op, execution) in rows {
+            let (charge, content) = (&execution.charge, execution.content);
+            let key = (state.id, ms(charge.period_start), content.kind, execution.trigger);
+            match &mut rollup {
+                Some((current, sums)) if *current == key => (sums.0, sums.1) = (sums.0 + 1, sums.1 + content.credits),
+                _ => self.add_rollup(rollup.replace((key, (1, content.credits)))),
+            }
+            if content.credits == 0 {
+                continue;
+            }
+            for &(grant_no, credits) in &charge.split.purchased {
+                let sql = "INSERT INTO grant_draws (entry_id, team_id, grant_no, credits) VALUES (?1, ?2, ?3, ?4)";
+                self.conn.prepare_cached(sql)?.execute(params![op, state.id, to_i64(grant_no), to_i64(credits.0)])?;
+                let remaining = state.ledger.grants().iter().find(|grant| grant.id == grant_no).expect("a drawn grant exists").remaining;
+                self.pending.grants.insert((state.id, grant_no), remaining);
+            }
+            if last_run.is_some_and(|last| last.run_row != execution.run_row) {
+                self.add_run_credits(state, last_run.take().expect("checked above"));
+            }
+            last_run = Some(execution);
+        }
+        self.add_rollup(rollup);
+        if let Some(execution) = last_run {
+            self.add_run_credits(state, execution);
         }
         Ok(())
     }
 
-    /// Grant draws (rare), and the balances and rollups an execution changes, for [`Self::flush`].
-    fn record_pending(&mut self, state: &TeamState, op: i64, execution: &NewExecution) -> Result<()> {
-        let (charge, content) = (&execution.charge, execution.content);
-        let rollup = self.pending.rollups.entry((state.id, ms(charge.period_start), content.kind, execution.trigger)).or_default();
-        (rollup.0, rollup.1) = (rollup.0 + 1, rollup.1 + content.credits);
-        if content.credits == 0 {
-            return Ok(());
+    fn add_rollup(&mut self, rollup: Option<((i64, i64, i64, i64), (i64, i64))>) {
+        if let Some((key, (executions, credits))) = rollup {
+            let sums = self.pending.rollups.entry(key).or_default();
+            (sums.0, sums.1) = (sums.0 + executions, sums.1 + credits);
         }
-        for &(grant_no, credits) in &charge.split.purchased {
-            let sql = "INSERT INTO grant_draws (entry_id, team_id, grant_no, credits) VALUES (?1, ?2, ?3, ?4)";
-            self.conn.prepare_cached(sql)?.execute(params![op, state.id, to_i64(grant_no), to_i64(credits.0)])?;
-            let remaining = state.ledger.grants().iter().find(|grant| grant.id == grant_no).expect("a drawn grant exists").remaining;
-            self.pending.grants.insert((state.id, grant_no), remaining);
-        }
-        let run_credits = state.ledger.run(&execution.run).expect("a charged run is known").credits;
-        self.pending.run_credits.insert(execution.run_row, run_credits);
-        Ok(())
+    }
+
+    fn add_run_credits(&mut self, state: &TeamState, execution: &NewExecution) {
+        let credits = state.ledger.run(&execution.run).expect("a charged run is known").credits;
+        self.pending.run_credits.insert(execution.run_row, credits);
     }
 
     fn audit(&self, team_id: i64, at: Timestamp, actor: &str, action: &str, detail: &str) -> Result<()> {

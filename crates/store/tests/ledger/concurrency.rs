@@ -102,7 +102,7 @@ fn concurrent_starts_and_charges_match_a_sequential_replay() {
     }
     assert_eq!(store.periods(&team("hot")).unwrap(), ledger.periods().cloned().collect::<Vec<_>>());
     let conn = rusqlite::Connection::open(dir.db()).unwrap();
-    let mut entries = conn.prepare("SELECT execution_key, included, payg, unbilled FROM entries").unwrap();
+    let mut entries = conn.prepare("SELECT x.key, e.included, e.payg, e.unbilled FROM entries e JOIN executions x ON x.op = e.id").unwrap();
     let stored: HashMap<String, [u64; 3]> = entries
         .query_map([], |row| Ok((String::from_utf8(row.get::<_, Vec<u8>>(0)?[1..].to_vec()).unwrap(), [row.get(1)?, row.get(2)?, row.get(3)?])))
         .unwrap()

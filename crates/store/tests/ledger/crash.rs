@@ -102,7 +102,7 @@ fn check_after_crash(dir: &TempDir, round: u64, acked: &[u64], seed: u64) {
     let conn = rusqlite::Connection::open(dir.db()).unwrap();
     let present = |batch: u64| -> i64 {
         let (run_id, _) = batch_ids(round, batch);
-        let sql = "SELECT count(*) FROM executions x JOIN runs r ON r.id = x.run_id JOIN entries e ON e.execution_key = x.key WHERE r.run_key = ?1";
+        let sql = "SELECT count(*) FROM executions x JOIN runs r ON r.id = x.run_id JOIN entries e ON e.id = x.op WHERE r.run_key = ?1";
         conn.query_row(sql, [&run_id], |row| row.get(0)).unwrap()
     };
     for &batch in acked {
@@ -110,9 +110,9 @@ fn check_after_crash(dir: &TempDir, round: u64, acked: &[u64], seed: u64) {
     }
     let in_flight = acked.last().unwrap() + 1;
     assert!([0, BATCH_EVENTS as i64].contains(&present(in_flight)), "batch {in_flight} is partly there (seed {seed})");
-    // Exactly once: no execution id has two rows or two entries.
-    let doubles: i64 = conn.query_row("SELECT count(*) FROM (SELECT 1 FROM entries GROUP BY team_id, execution_key HAVING count(*) > 1)", [], |row| row.get(0)).unwrap();
-    assert_eq!(doubles, 0);
+    // Exactly once: every execution id has one row (its key is unique), and one entry.
+    let (executions, entries): (i64, i64) = conn.query_row("SELECT (SELECT count(*) FROM executions), (SELECT count(*) FROM entries)", [], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
+    assert_eq!(executions, entries);
     let usage = store.usage(&team("crash"), None).unwrap();
     let charged: i64 = conn.query_row("SELECT count(*) FROM executions", [], |row| row.get(0)).unwrap();
     assert_eq!(usage.used().0 as i64, charged * 2, "each integration block is 2 credits");
