@@ -8,9 +8,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use flowcredits_core::{BlockKind, BlockUsage, Credits, ExecutionId, RunContext, RunId};
+use flowcredits_core::{BlockKind, BlockUsage, Credits, ExecutionId, RunContext, RunId, Timestamp};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{EngineError, Problem, Problems};
 use crate::flow::{BlockIx, Flow, ROOT_SCOPE, ScopeIx, TargetKind};
-use crate::meter::{Admission, BlockCharge, Meter};
+use crate::meter::{Admission, BlockCharge, BlockTrace, Meter};
 use crate::op::{LOOP_ITERATIONS_MAX, Op};
 use crate::path::{Scope as TemplateScope, truthy};
 use crate::provider::{AiCall, Providers};
@@ -128,6 +128,9 @@ impl Default for Limits {
 pub struct Engine {
     http: reqwest::Client,
     limits: Limits,
+    /// Keep each block execution's inputs, outputs and timing (for run history). Off by
+    /// default: it copies every value that flows.
+    traces: bool,
     providers: Providers,
     resolver: Arc<dyn FlowResolver>,
 }
@@ -140,11 +143,16 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new(providers: Providers, resolver: Arc<dyn FlowResolver>) -> Engine {
-        Engine { http: crate::http::client(), limits: Limits::default(), providers, resolver }
+        Engine { http: crate::http::client(), limits: Limits::default(), traces: false, providers, resolver }
     }
 
     pub fn with_limits(self, limits: Limits) -> Engine {
         Engine { limits, ..self }
+    }
+
+    /// Attaches a [`BlockTrace`] to every charge, for run history.
+    pub fn with_block_traces(self) -> Engine {
+        Engine { traces: true, ..self }
     }
 
     pub fn resolver(&self) -> &dyn FlowResolver {
@@ -256,13 +264,13 @@ impl Run<'_> {
     }
 
     /// Queues the charge of an execution that completed.
-    fn executed(&self, execution: ExecutionId, usage: BlockUsage, ok: bool) {
+    fn executed(&self, execution: ExecutionId, usage: BlockUsage, ok: bool, trace: Option<Box<BlockTrace>>) {
         let max = self.engine.limits.run_executions_max;
         if self.executions.fetch_add(1, Ordering::Relaxed) + 1 == max {
             self.fail(format!("the run reached the limit of {max} block executions and was stopped; loops over fewer items, or fewer nested loops, stay under it"));
         }
         let mut state = self.state();
-        state.charges.push(BlockCharge { execution, usage });
+        state.charges.push(BlockCharge { execution, usage, trace });
         state.charged_ok.push(ok);
         self.queued.store(state.charges.len(), Ordering::Relaxed);
     }
@@ -357,6 +365,8 @@ struct Frame<'a> {
     /// Per collect of this body: values gathered so far across iterations.
     collected: Vec<Vec<Value>>,
     stop: bool,
+    /// With block traces on: inputs and start of blocks that are executing.
+    started: HashMap<BlockIx, (Value, Timestamp, Instant)>,
 }
 
 impl<'a> Frame<'a> {
@@ -378,6 +388,7 @@ impl<'a> Frame<'a> {
             captured: HashMap::new(),
             collected: vec![Vec::new(); info.collects.len()],
             stop: false,
+            started: HashMap::new(),
         }
     }
 
@@ -470,6 +481,10 @@ impl<'a> Frame<'a> {
         let block = &self.flow.blocks[b];
         let base = self.flow.slot[b];
         let inputs = base..base + block.inputs.len();
+        if self.run.engine.traces {
+            let input: Map<String, Value> = block.inputs.iter().zip(&self.slots[inputs.clone()]).filter_map(|(port, value)| Some((port.name.clone(), value.clone()?))).collect();
+            self.started.insert(b, (Value::Object(input), Timestamp::now(), Instant::now()));
+        }
         // The slots are lent to the block rather than copied out: no allocation per block.
         let mut slots = std::mem::take(&mut self.slots);
         let outcome = self.inline(b, &mut slots[inputs.clone()]);
@@ -492,7 +507,8 @@ impl<'a> Frame<'a> {
             Ok(id) => id,
             Err(message) => return self.fail(b, &message),
         };
-        self.run.executed(id, usage, result.is_ok());
+        let trace = self.trace(b, result.as_ref().map(|emits| emits.iter().map(|(port, value)| (*port, value))).map_err(String::as_str));
+        self.run.executed(id, usage, result.is_ok(), trace);
         match result {
             Ok(emits) => {
                 for (port, value) in emits {
@@ -505,8 +521,11 @@ impl<'a> Frame<'a> {
 
     fn complete(&mut self, done: Done) {
         for (b, usage, ok) in done.executed {
+            let error = done.error.as_ref().filter(|(failed, _)| *failed == b).map(|(_, message)| message.as_str());
+            let sent = done.emits.iter().filter(|(from, _, _)| *from == b).map(|(_, port, value)| (*port, value));
+            let trace = self.trace(b, if ok { Ok(sent) } else { Err(error.unwrap_or("failed")) });
             match self.execution_id(b) {
-                Ok(id) => self.run.executed(id, usage, ok),
+                Ok(id) => self.run.executed(id, usage, ok, trace),
                 Err(message) => self.fail(b, &message),
             }
         }
@@ -516,6 +535,21 @@ impl<'a> Frame<'a> {
         for (b, port, value) in done.emits {
             self.emit(b, port, value);
         }
+    }
+
+    /// The trace of block `b`'s execution that just ended, when traces are on.
+    fn trace<'v>(&mut self, b: BlockIx, result: Result<impl Iterator<Item = (usize, &'v Value)>, &str>) -> Option<Box<BlockTrace>> {
+        if !self.run.engine.traces {
+            return None;
+        }
+        let (input, started_at, started) = self.started.remove(&b).unwrap_or_else(|| (Value::Null, Timestamp::now(), Instant::now()));
+        let outputs = &self.flow.blocks[b].outputs;
+        let (output, error) = match result {
+            Ok(sent) => (Value::Object(sent.map(|(port, value)| (outputs[port].name.clone(), value.clone())).collect()), None),
+            Err(message) => (Value::Null, Some(message.to_owned())),
+        };
+        let duration_us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        Some(Box::new(BlockTrace { input, output, error, started_at, duration_us }))
     }
 
     /// Sends an output value along its edges.

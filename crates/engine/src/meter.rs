@@ -25,6 +25,27 @@ pub enum Admission {
 pub struct BlockCharge {
     pub execution: ExecutionId,
     pub usage: BlockUsage,
+    /// What the execution did, when the engine keeps block traces (run history); never part
+    /// of the price.
+    pub trace: Option<Box<BlockTrace>>,
+}
+
+impl BlockCharge {
+    pub fn new(execution: ExecutionId, usage: BlockUsage) -> BlockCharge {
+        BlockCharge { execution, usage, trace: None }
+    }
+}
+
+/// One block execution as run history shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockTrace {
+    /// The values on its input ports, by port name.
+    pub input: serde_json::Value,
+    /// The values it sent, by output port name.
+    pub output: serde_json::Value,
+    pub error: Option<String>,
+    pub started_at: Timestamp,
+    pub duration_us: u64,
 }
 
 pub trait Meter: Send + Sync {

@@ -49,7 +49,7 @@ async fn charges_are_idempotent_by_execution_id() {
     let meter = meter(PlanId::Team);
     let run = RunId::new("r1").unwrap();
     assert_eq!(meter.admit(&run, cloud(), &[BlockUsage::of_kind(BlockKind::HttpRequest)]).await.unwrap(), flowcredits_engine::Admission::Running);
-    let charge = BlockCharge { execution: ExecutionId::new("r1/fetch").unwrap(), usage: BlockUsage::of_kind(BlockKind::HttpRequest) };
+    let charge = BlockCharge::new(ExecutionId::new("r1/fetch").unwrap(), BlockUsage::of_kind(BlockKind::HttpRequest));
     assert_eq!(meter.charge(&run, &[charge.clone(), charge.clone()]).await.unwrap(), vec![Credits(1), Credits(1)]);
     assert_eq!(meter.ledger().run(&run).unwrap().credits, Credits(1), "the same execution is counted once");
     let conflicting = BlockCharge { usage: BlockUsage::of_kind(BlockKind::Evaluate), ..charge };

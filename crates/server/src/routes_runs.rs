@@ -279,7 +279,7 @@ pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Pat
         let kind = block_kind(&format!("charges[{index}].type"), &charge.kind)?;
         let execution = ExecutionId::new(format!("{run}/{}", charge.execution_id)).map_err(|err| ApiError::invalid(format!("charges[{index}].execution_id"), err.to_string()))?;
         let usage = BlockUsage { kind, model: charge.model, external_mcp_tools: charge.external_mcp_tools, internal_mcp_tools: charge.internal_mcp_tools };
-        charges.push(BlockCharge { execution, usage });
+        charges.push(BlockCharge::new(execution, usage));
     }
     let credits = state.ledger.charge(&team, &run, &charges).await?;
     let total: u64 = credits.iter().map(|credits| credits.0).sum();

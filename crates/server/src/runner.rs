@@ -302,27 +302,31 @@ impl StoreMeter<'_> {
             other => EngineError::Store(other.to_string()),
         })?;
         self.state.metrics.charged(credits.iter().copied().sum());
-        let now = catalog::now_ms();
-        let rows: Vec<(String, String, u64)> = charges.iter().zip(&credits).map(|(charge, credits)| (charge.execution.to_string(), charge.usage.kind.as_str().to_owned(), credits.0)).collect();
+        let rows: Vec<(BlockCharge, u64)> = charges.iter().cloned().zip(credits.iter().map(|credits| credits.0)).collect();
         let id = self.job.run_id.clone();
         self.state
             .catalog
             .call(move |connection| {
                 let first: u32 = connection.query_row("SELECT COUNT(*) FROM run_history_blocks WHERE run_id = ?1", [&id], |row| row.get(0))?;
+                let prefix = format!("{id}/");
                 let blocks: Vec<NewBlock<'_>> = rows
                     .iter()
                     .enumerate()
-                    .map(|(index, (execution, kind, credits))| NewBlock {
-                        seq: first + index as u32,
-                        block_id: execution.strip_prefix(&format!("{id}/")).unwrap_or(execution),
-                        kind,
-                        status: "completed",
-                        input: &Value::Null,
-                        output: &Value::Null,
-                        started_ms: now,
-                        duration_us: 0,
-                        credits: *credits,
-                        error: None,
+                    .map(|(index, (charge, credits))| {
+                        let trace = charge.trace.as_deref();
+                        let error = trace.and_then(|trace| trace.error.as_deref());
+                        NewBlock {
+                            seq: first + index as u32,
+                            block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()),
+                            kind: charge.usage.kind.as_str(),
+                            status: if error.is_some() { "failed" } else { "completed" },
+                            input: trace.map_or(&Value::Null, |trace| &trace.input),
+                            output: trace.map_or(&Value::Null, |trace| &trace.output),
+                            started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
+                            duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
+                            credits: *credits,
+                            error,
+                        }
                     })
                     .collect();
                 history::insert_blocks(connection, &id, &blocks)
@@ -361,17 +365,7 @@ pub fn estimate(rules: &flowcredits_core::Rules, definition: &Value, context: Ru
     let flow = load_flow(definition)?;
     let resolver = flowcredits_engine::MapResolver::default();
     let estimate = flowcredits_engine::estimate(rules, Timestamp::now(), context, &flow, &resolver).map_err(|err| ApiError::invalid("definition", err.to_string()))?;
-    let loops: Vec<Value> = estimate.per_iteration.iter().map(|line| json!({"loop": line.at, "credits": line.credits.0})).collect();
-    Ok(json!({
-        "flow": flow.name,
-        "trigger": context.trigger().as_str(),
-        "location": context.location().as_str(),
-        "needs_credits": estimate.needs_credits,
-        "exact": estimate.exact.map(|credits| credits.0),
-        "minimum": estimate.minimum.0,
-        "per_iteration": loops,
-        "notes": estimate.notes,
-    }))
+    Ok(estimate.to_json(&flow, context))
 }
 
 /// The input schema of a flow's `mcp` trigger block, if it has one, and the flow's description.

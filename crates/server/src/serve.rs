@@ -39,7 +39,8 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         rules: Arc::new(rules),
         catalog,
         ledger: Ledger::new(Arc::new(store) as Arc<dyn LedgerStore>),
-        runner: Runner::new(Engine::default()),
+        // History shows each block's inputs, outputs and timing.
+        runner: Runner::new(Engine::default().with_block_traces()),
         metrics: Arc::new(Metrics::default()),
         http,
         sync_wait: crate::routes_runs::SYNC_WAIT_DEFAULT,

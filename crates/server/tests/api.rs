@@ -235,3 +235,27 @@ async fn the_demo_team_has_a_deployed_flow_and_usage() {
     assert_eq!((status, body), (StatusCode::OK, json!({"greeting": "Hello, Linus!"})));
     assert!(flowcredits_server::serve::create_demo(&server.state).await.is_err(), "a second demo is refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_block_is_shown_failed_with_its_error_and_still_charged() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let failing = json!({
+        "name": "boom",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "explode", "kind": "evaluate", "config": {"code": "throw new Error('boom');"}},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": [{"from": "request.body", "to": "explode.input"}, {"from": "explode.result", "to": "reply.body"}]
+    });
+    server.deploy("acme", &owner, "boom", failing).await;
+    let (status, answer) = server.post("/hooks/acme/boom", &owner, json!({"x": 1})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    let run = server.finished_run("acme", &owner, answer["run_id"].as_str().unwrap()).await;
+    assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("failed"), json!(1)), "a block that started is charged: {run}");
+    assert!(run["error"].as_str().unwrap().contains("boom"), "{run}");
+    let explode = run["blocks"].as_array().unwrap().iter().find(|block| block["block_id"] == "explode").unwrap().clone();
+    assert_eq!((explode["status"].clone(), explode["input"].clone(), explode["credits"].clone()), (json!("failed"), json!({"input": {"x": 1}}), json!(1)), "{explode}");
+    assert!(explode["error"].as_str().unwrap().contains("boom"), "{explode}");
+}

@@ -50,7 +50,13 @@ async fn a_team_runs_out_of_credits_and_pay_as_you_go_resumes_the_paused_run() {
     // The paused run resumes, runs, and its 25 credits are billed as pay-as-you-go.
     let run = server.finished_run("acme", &editor, &run_id).await;
     assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("succeeded"), json!(25)), "{run}");
-    assert!(run["blocks"].as_array().unwrap().len() >= 25, "every block execution is listed: {run}");
+    let blocks = run["blocks"].as_array().unwrap();
+    assert_eq!(blocks.iter().map(|block| block["credits"].as_u64().unwrap()).sum::<u64>(), 25, "every charged execution is listed: {run}");
+    let check = blocks.iter().find(|block| block["block_id"] == "check").expect("the validate block is listed");
+    assert_eq!((check["status"].clone(), check["input"].clone(), check["output"].clone()), (json!("completed"), json!({"value": 24}), json!({"pass": 24})), "{check}");
+    assert!(check["duration_us"].is_u64() && check["started_at"].as_str().is_some_and(|at| at.starts_with("20")), "{check}");
+    let iteration = blocks.iter().find(|block| block["block_id"] == "loop#3/double").expect("loop iterations are listed by iteration");
+    assert_eq!((iteration["input"].clone(), iteration["output"].clone()), (json!({"input": 3}), json!({"result": 6})), "{iteration}");
     let (_, usage) = server.get("/v1/teams/acme/usage", &billing).await;
     assert_eq!((usage["used"].clone(), usage["payg_credits"].clone(), usage["payg_amount_usd"].clone()), (json!(125), json!(25), json!("0.025")), "{usage}");
 
