@@ -356,6 +356,14 @@ pub fn snapshot(connection: &Connection, team: &str, flow_id: &str, number: Opti
         .ok_or_else(|| ApiError::NotFound(format!("snapshot {number} of flow {flow_id}")))
 }
 
+/// The definition a run of a flow uses: snapshot `number`, or the working definition.
+pub fn definition(connection: &Connection, team: &str, flow_id: &str, number: Option<u32>) -> Result<Value, ApiError> {
+    match number {
+        Some(number) => Ok(snapshot(connection, team, flow_id, Some(number))?.definition),
+        None => Ok(flow(connection, team, flow_id)?.definition),
+    }
+}
+
 pub fn snapshots(connection: &Connection, team: &str, flow_id: &str) -> Result<Vec<Snapshot>, ApiError> {
     let current = flow(connection, team, flow_id)?;
     let mut statement = connection.prepare("SELECT number, definition, created_ms FROM snapshots WHERE flow_id = ?1 ORDER BY number")?;

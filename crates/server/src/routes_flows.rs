@@ -90,13 +90,7 @@ pub async fn estimate(State(state): State<AppState>, caller: Caller, Path((team,
     caller.authorize(&state, &team, Action::Read).await?;
     let trigger: Trigger = query.trigger.as_deref().unwrap_or("api").parse().map_err(|err: flowcredits_core::CoreError| ApiError::invalid("trigger", err.to_string()))?;
     let context = RunContext::for_trigger(trigger, CloudRun::from(query.cloud_run.unwrap_or(false)));
-    let definition = state
-        .catalog
-        .call(move |connection| match query.snapshot {
-            Some(number) => Ok(catalog::snapshot(connection, &team, &flow, Some(number))?.definition),
-            None => Ok(catalog::flow(connection, &team, &flow)?.definition),
-        })
-        .await?;
+    let definition = state.catalog.call(move |connection| catalog::definition(connection, &team, &flow, query.snapshot)).await?;
     Ok(Json(runner::estimate(&state.rules, &definition, context)?))
 }
 

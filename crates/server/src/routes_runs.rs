@@ -42,13 +42,7 @@ pub struct NewRun {
 pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<NewRun>) -> Result<Response, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     let (team_name, flow_id, snapshot) = (team.clone(), body.flow_id.clone(), body.snapshot);
-    let definition = state
-        .catalog
-        .call(move |connection| match snapshot {
-            Some(number) => Ok(catalog::snapshot(connection, &team_name, &flow_id, Some(number))?.definition),
-            None => Ok(catalog::flow(connection, &team_name, &flow_id)?.definition),
-        })
-        .await?;
+    let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
     let request = StartRequest {
         team,
         flow_id: body.flow_id,

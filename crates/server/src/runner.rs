@@ -133,13 +133,7 @@ impl Runner {
             let (id, team_name) = (run_id.clone(), team.to_owned());
             let run = state.catalog.call(move |connection| history::run(connection, &team_name, &id)).await?;
             let (team_name, flow_id, snapshot) = (team.to_owned(), run.flow_id.clone(), run.snapshot);
-            let definition = state
-                .catalog
-                .call(move |connection| match snapshot {
-                    Some(number) => Ok(catalog::snapshot(connection, &team_name, &flow_id, Some(number))?.definition),
-                    None => Ok(catalog::flow(connection, &team_name, &flow_id)?.definition),
-                })
-                .await?;
+            let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
             let context = state.ledger.run_context(team, &run_id).await?;
             let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None };
             self.spawn(state.clone(), job, None, None);
