@@ -52,6 +52,43 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
     }
 }
 
+/// Deploys a flow at `slow` that waits `delay_ms` before answering.
+async fn deploy_slow(client: &reqwest::Client, base: &str, owner: &str, delay_ms: u64) {
+    let slow = json!({
+        "name": "slow",
+        "blocks": [{"id": "request", "kind": "request"}, {"id": "wait", "kind": "delay", "config": {"ms": delay_ms}}, {"id": "reply", "kind": "response"}],
+        "edges": [{"from": "request.body", "to": "wait.value"}, {"from": "wait.value", "to": "reply.body"}]
+    });
+    let flow = call(client, reqwest::Method::POST, format!("{base}/v1/teams/demo/flows"), owner, json!({"name": "slow", "definition": slow})).await;
+    let flow_id = flow["id"].as_str().unwrap();
+    call(client, reqwest::Method::POST, format!("{base}/v1/teams/demo/flows/{flow_id}/snapshots"), owner, Value::Null).await;
+    call(client, reqwest::Method::POST, format!("{base}/v1/teams/demo/deployments"), owner, json!({"flow_id": flow_id, "path": "slow"})).await;
+}
+
+#[tokio::test]
+async fn a_run_cut_off_by_a_crash_is_recorded_as_interrupted_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flowcredits.db");
+    let port = free_port();
+    let (mut server, keys) = start(&db, port, true);
+    let owner = keys[1].clone();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = flowcredits_engine::http::client();
+    deploy_slow(&client, &base, &owner, 60_000).await;
+    let started = call(&client, reqwest::Method::POST, format!("{base}/hooks/demo/slow?async=true"), &owner, json!({})).await;
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let (mut again, _) = start(&db, port, false);
+    let client = flowcredits_engine::http::client();
+    let run = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs/{run_id}"), &owner, Value::Null).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert!(run["error"].as_str().unwrap().contains("interrupted"), "{run}");
+    let _ = again.kill();
+    let _ = again.wait();
+}
+
 #[tokio::test]
 async fn sigterm_lets_running_flows_finish() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,15 +99,7 @@ async fn sigterm_lets_running_flows_finish() {
     let owner = &keys[1];
     let base = format!("http://127.0.0.1:{port}");
     let client = flowcredits_engine::http::client();
-    let slow = json!({
-        "name": "slow",
-        "blocks": [{"id": "request", "kind": "request"}, {"id": "wait", "kind": "delay", "config": {"ms": 1500}}, {"id": "reply", "kind": "response"}],
-        "edges": [{"from": "request.body", "to": "wait.value"}, {"from": "wait.value", "to": "reply.body"}]
-    });
-    let flow = call(&client, reqwest::Method::POST, format!("{base}/v1/teams/demo/flows"), owner, json!({"name": "slow", "definition": slow})).await;
-    let flow_id = flow["id"].as_str().unwrap();
-    call(&client, reqwest::Method::POST, format!("{base}/v1/teams/demo/flows/{flow_id}/snapshots"), owner, Value::Null).await;
-    call(&client, reqwest::Method::POST, format!("{base}/v1/teams/demo/deployments"), owner, json!({"flow_id": flow_id, "path": "slow"})).await;
+    deploy_slow(&client, &base, owner, 1_500).await;
     let started = call(&client, reqwest::Method::POST, format!("{base}/hooks/demo/slow?async=true"), owner, json!({"n": 1})).await;
     let run_id = started["run_id"].as_str().unwrap().to_owned();
 

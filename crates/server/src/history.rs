@@ -240,6 +240,12 @@ pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, Api
     Ok(run)
 }
 
+/// Runs recorded as running, across teams: at start-up, the runs a stopped server left.
+pub fn running_runs(connection: &Connection) -> Result<Vec<(String, String)>, ApiError> {
+    let mut statement = connection.prepare("SELECT team, id FROM run_history WHERE status = 'running' ORDER BY id")?;
+    Ok(statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?)
+}
+
 /// Paused runs of a team, oldest first (to dispatch when the ledger resumes them).
 pub fn paused_runs(connection: &Connection, team: &str) -> Result<Vec<String>, ApiError> {
     let mut statement = connection.prepare("SELECT id FROM run_history WHERE team = ?1 AND status = 'paused' ORDER BY id")?;

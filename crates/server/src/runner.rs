@@ -121,6 +121,22 @@ impl Runner {
         }
     }
 
+    /// At start-up: runs that were executing when the server stopped cannot continue (their
+    /// state was in memory). Each is ended in the ledger, keeping what it was charged, and
+    /// recorded as failed. Returns how many.
+    pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
+        let interrupted = state.catalog.call(|connection| history::running_runs(connection)).await?;
+        for (team, run_id) in &interrupted {
+            if let Err(err) = state.ledger.end_run(team, run_id).await {
+                tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
+            }
+            let credits = state.ledger.run_credits(team, run_id).await.unwrap_or(Credits::ZERO);
+            let id = run_id.clone();
+            state.catalog.call(move |connection| history::finish_run(connection, &id, RunState::Failed, credits.0, &Value::Null, Some("interrupted: the server stopped while the run was executing"))).await?;
+        }
+        Ok(interrupted.len())
+    }
+
     /// Executes the team's paused runs that the ledger has since resumed, oldest first.
     pub async fn dispatch_resumed(&self, state: &AppState, team: &str) -> Result<usize, ApiError> {
         let team_name = team.to_owned();
@@ -142,7 +158,9 @@ impl Runner {
         Ok(dispatched)
     }
 
-    /// Stops a running run (its started blocks finish and are charged) or cancels a paused one.
+    /// Stops a running run or cancels a paused one. A running run stops where it is: blocks
+    /// already charged stay charged; blocks in flight, and executions whose charges the engine
+    /// had not yet sent, are not charged (never billed twice, at worst billed less).
     pub async fn cancel(&self, state: &AppState, team: &str, run_id: &str) -> Result<(), ApiError> {
         let (team_name, id) = (team.to_owned(), run_id.to_owned());
         let run = state.catalog.call(move |connection| history::run(connection, &team_name, &id)).await?;

@@ -145,6 +145,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     if let Some(token) = bootstrap_operator(&state).await? {
         eprintln!("Created the operator account. Its API key is shown once; store it now:\n  {token}");
     }
+    let interrupted = state.runner.recover_interrupted(&state).await?;
+    if interrupted > 0 {
+        tracing::warn!(runs = interrupted, "runs interrupted by the last stop were ended and recorded as failed");
+    }
     if config.demo {
         match create_demo(&state).await {
             Ok(token) => eprintln!("Created the demo team `demo` (plan team). Its owner's API key:\n  {token}\nDashboard: http://{}/dashboard?team=demo", config.listen),
