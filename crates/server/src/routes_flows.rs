@@ -128,6 +128,8 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
         .catalog
         .call(move |connection| {
             let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot)?;
+            // A flow with a `schedule` trigger runs on its own schedule unless the deployment sets one.
+            let schedule_every_s = body.schedule_every_s.or_else(|| runner::schedule_every_s(&snapshot.definition));
             if trigger == "mcp" {
                 runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("trigger", "an mcp deployment needs a flow with an `mcp` trigger block"))?;
             }
@@ -138,7 +140,7 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
                 flow_id: body.flow_id,
                 snapshot: snapshot.number,
                 trigger,
-                schedule_every_s: body.schedule_every_s,
+                schedule_every_s,
                 created_at: jiff::Timestamp::now().to_string(),
             };
             catalog::create_deployment(connection, &deployment)?;

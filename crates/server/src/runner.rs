@@ -380,6 +380,13 @@ pub fn estimate(rules: &flowcredits_core::Rules, definition: &Value, context: Ru
     Ok(estimate.to_json(&flow, context))
 }
 
+/// How often a flow with a `schedule` trigger block asks to run, in seconds.
+pub fn schedule_every_s(definition: &Value) -> Option<u32> {
+    let block = definition.get("blocks")?.as_array()?.iter().find(|block| block.get("kind").or_else(|| block.get("type")).and_then(Value::as_str) == Some("schedule"))?;
+    let minutes = block.get("config")?.get("every_minutes")?.as_u64()?;
+    u32::try_from(minutes.checked_mul(60)?).ok()
+}
+
 /// The input schema of a flow's `mcp` trigger block, if it has one, and the flow's description.
 pub fn mcp_tool_schema(definition: &Value) -> Option<(Value, String)> {
     let block = definition.get("blocks")?.as_array()?.iter().find(|block| block.get("kind").or_else(|| block.get("type")).and_then(Value::as_str) == Some("mcp"))?;

@@ -259,3 +259,22 @@ async fn a_failing_block_is_shown_failed_with_its_error_and_still_charged() {
     assert_eq!((explode["status"].clone(), explode["input"].clone(), explode["credits"].clone()), (json!("failed"), json!({"input": {"x": 1}}), json!(1)), "{explode}");
     assert!(explode["error"].as_str().unwrap().contains("boom"), "{explode}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_with_a_schedule_block_is_scheduled_when_deployed() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let ticking = json!({
+        "name": "tick",
+        "blocks": [{"id": "every", "kind": "schedule", "config": {"every_minutes": 5}}, {"id": "show", "kind": "display"}],
+        "edges": [{"from": "every.time", "to": "show.value"}]
+    });
+    server.deploy("acme", &owner, "tick", ticking).await;
+    let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
+    assert_eq!(deployments["items"][0]["schedule_every_s"], 300, "{deployments}");
+    // A schedule more often than every minute is refused.
+    let (_, flows) = server.get("/v1/teams/acme/flows", &owner).await;
+    let flow_id = flows["items"][0]["id"].as_str().unwrap();
+    let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "fast", "schedule_every_s": 30})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_every_s")), "{refused}");
+}
