@@ -121,7 +121,11 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
 /// Counts and times every response.
 pub async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
+    // The route template, not the path: ids and team names stay out of logs' cardinality.
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |path| path.as_str()).to_owned();
+    let method = request.method().clone();
     let response = next.run(request).await;
+    tracing::debug!(method = %method, route = %route, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered a request");
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     state.metrics.http_responses[class].fetch_add(1, Ordering::Relaxed);
     state.metrics.http_latency.observe(started.elapsed());
