@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flowcredits_core::{BlockKind, BlockUsage, PlanId, RunContext, RunId, Rules, TeamSettings, Timestamp, Trigger};
-use flowcredits_store::{Actor, ExecutionIds, LedgerStore, NewTeam, SqliteOptions, SqliteStore, StartRun, TeamName, UsageEvent, baseline, limits};
+use flowcredits_store::baseline::{self, InsertStyle};
+use flowcredits_store::{Actor, Durability, ExecutionIds, LedgerStore, NewTeam, SqliteOptions, SqliteStore, StartRun, TeamName, UsageEvent, limits};
 use serde_json::{Value, json};
 
 /// Concurrent callers for the batch-1 ingestion and the durable-start figures.
@@ -47,9 +48,29 @@ pub struct BenchLedgerArgs {
     /// Directory for the temporary databases (default: the system's temporary directory).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// `full` fsyncs every commit (an acknowledged write survives power loss); `normal` leaves
+    /// the fsync to checkpoints (survives a process crash, not a power cut).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Full)]
+    durability: DurabilityArg,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DurabilityArg {
+    Full,
+    Normal,
+}
+
+impl BenchLedgerArgs {
+    fn options(&self) -> SqliteOptions {
+        let durability = match self.durability {
+            DurabilityArg::Full => Durability::Full,
+            DurabilityArg::Normal => Durability::Normal,
+        };
+        SqliteOptions { durability, ..SqliteOptions::new(Rules::shipped()) }
+    }
 }
 
 pub fn run(args: BenchLedgerArgs) -> anyhow::Result<ExitCode> {
@@ -63,17 +84,20 @@ pub fn run(args: BenchLedgerArgs) -> anyhow::Result<ExitCode> {
     for &batch in &batches {
         ingestion.push(ingestion_figure(&scratch, &args, batch)?);
     }
-    let (admission_p50_us, admission_p99_us) = admission_figure(&scratch)?;
-    let (durable_start_p50_us, durable_start_p99_us) = durable_start_figure(&scratch)?;
-    let usage_query_ms = usage_query_figure(&scratch, args.usage_executions)?;
+    let (admission_p50_us, admission_p99_us) = admission_figure(&scratch, &args)?;
+    let (durable_start_p50_us, durable_start_p99_us) = durable_start_figure(&scratch, &args)?;
+    let usage_query_ms = usage_query_figure(&scratch, &args)?;
     let headline = ingestion.last().expect("at least one batch size").clone();
     let report = json!({
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "durability": format!("{:?}", args.durability).to_lowercase(),
         "ingestion": ingestion,
         "batch": headline["batch"],
         "events_per_s": headline["events_per_s"],
         "baseline_events_per_s": headline["baseline_events_per_s"],
         "ratio_to_baseline": headline["ratio_to_baseline"],
+        "multi_row_baseline_events_per_s": headline["multi_row_baseline_events_per_s"],
+        "ratio_to_multi_row_baseline": headline["ratio_to_multi_row_baseline"],
         "admission_p50_us": admission_p50_us,
         "admission_p99_us": admission_p99_us,
         "durable_start_p50_us": durable_start_p50_us,
@@ -90,9 +114,10 @@ pub fn run(args: BenchLedgerArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_table(report: &Value) {
-    println!("{:>7} {:>10} {:>8} {:>14} {:>14} {:>7}", "batch", "events", "callers", "events/s", "baseline/s", "ratio");
+    println!("{:>7} {:>10} {:>8} {:>12} {:>12} {:>6} {:>14} {:>6}", "batch", "events", "callers", "events/s", "baseline/s", "ratio", "multi-row b./s", "ratio");
     for figure in report["ingestion"].as_array().into_iter().flatten() {
-        println!("{:>7} {:>10} {:>8} {:>14} {:>14} {:>7}", figure["batch"], figure["events"], figure["callers"], figure["events_per_s"], figure["baseline_events_per_s"], figure["ratio_to_baseline"]);
+        let columns = ["batch", "events", "callers", "events_per_s", "baseline_events_per_s", "ratio_to_baseline", "multi_row_baseline_events_per_s", "ratio_to_multi_row_baseline"].map(|name| figure[name].to_string());
+        println!("{:>7} {:>10} {:>8} {:>12} {:>12} {:>6} {:>14} {:>6}", columns[0], columns[1], columns[2], columns[3], columns[4], columns[5], columns[6], columns[7]);
     }
     println!("admission decision    p50 {} µs, p99 {} µs ({HISTORY_RUNS} runs in history)", report["admission_p50_us"], report["admission_p99_us"]);
     println!("durable start         p50 {} µs, p99 {} µs ({CONCURRENT_CALLERS} concurrent starters)", report["durable_start_p50_us"], report["durable_start_p99_us"]);
@@ -172,23 +197,29 @@ fn percentile_us(sorted_ns: &[u64], percent: usize) -> f64 {
 fn ingestion_figure(scratch: &Scratch, args: &BenchLedgerArgs, batch: usize) -> anyhow::Result<Value> {
     let events = if batch == 1 { args.events.min(SINGLE_EVENT_EVENTS_MAX) } else { args.events };
     let callers = if batch == 1 { CONCURRENT_CALLERS } else { 1 };
-    let (mut rates, mut baselines) = (Vec::new(), Vec::new());
+    let (mut rates, mut plain, mut multi_row) = (Vec::new(), Vec::new(), Vec::new());
     for repeat in 0..args.repeats {
         progress(&format!("ingesting {events} events in batches of {batch} from {callers} caller(s), run {} of {}", repeat + 1, args.repeats));
-        rates.push(events as f64 / ingest(scratch, events, batch, callers)?.as_secs_f64());
+        rates.push(events as f64 / ingest(scratch, args, events, batch, callers)?.as_secs_f64());
         let baseline_events = if batch == 1 { events.min(SINGLE_ROW_BASELINE_EVENTS_MAX) } else { events };
-        progress(&format!("baseline: plain INSERT of {baseline_events} rows in transactions of {batch}"));
         let rows = events_for_baseline(baseline_events);
-        baselines.push(baseline_events as f64 / baseline::plain_insert(&scratch.db("baseline"), &rows, batch)?.as_secs_f64());
+        for (style, rates) in [(InsertStyle::RowAtATime, &mut plain), (InsertStyle::MultiRow, &mut multi_row)] {
+            progress(&format!("baseline: INSERT of {baseline_events} rows in transactions of {batch}, {style:?}"));
+            let spent = baseline::plain_insert(&scratch.db("baseline"), &rows, batch, args.options().durability, style)?;
+            rates.push(baseline_events as f64 / spent.as_secs_f64());
+        }
     }
-    let (rate, baseline_rate) = (median(rates), median(baselines));
+    let (rate, plain, multi_row) = (median(rates), median(plain), median(multi_row));
+    let ratio = |baseline: f64| (rate / baseline * 100.0).round() / 100.0;
     Ok(json!({
         "batch": batch,
         "events": events,
         "callers": callers,
         "events_per_s": rate.round(),
-        "baseline_events_per_s": baseline_rate.round(),
-        "ratio_to_baseline": (rate / baseline_rate * 100.0).round() / 100.0,
+        "baseline_events_per_s": plain.round(),
+        "ratio_to_baseline": ratio(plain),
+        "multi_row_baseline_events_per_s": multi_row.round(),
+        "ratio_to_multi_row_baseline": ratio(multi_row),
     }))
 }
 
@@ -198,9 +229,9 @@ fn events_for_baseline(count: usize) -> Vec<UsageEvent> {
 
 /// Ingests `total` events in batches of `batch` from `callers` threads; returns the time spent
 /// in the store's calls (building the events is not counted).
-fn ingest(scratch: &Scratch, total: usize, batch: usize, callers: usize) -> anyhow::Result<Duration> {
+fn ingest(scratch: &Scratch, args: &BenchLedgerArgs, total: usize, batch: usize, callers: usize) -> anyhow::Result<Duration> {
     let team = TeamName::new("ingest")?;
-    let store = open_team(&scratch.db("ingest"), SqliteOptions::new(Rules::shipped()), &team)?;
+    let store = open_team(&scratch.db("ingest"), args.options(), &team)?;
     let run = RunId::new("bench-run")?;
     store.start_run(&team, StartRun { run: run.clone(), context: api(), needs_credits: true, at: at_base() })?;
     let ids = Arc::new(ExecutionIds::new());
@@ -230,10 +261,10 @@ fn ingest(scratch: &Scratch, total: usize, batch: usize, callers: usize) -> anyh
 }
 
 /// Admission decisions for a team with [`HISTORY_RUNS`] finished runs, timed inside the writer.
-fn admission_figure(scratch: &Scratch) -> anyhow::Result<(f64, f64)> {
+fn admission_figure(scratch: &Scratch, args: &BenchLedgerArgs) -> anyhow::Result<(f64, f64)> {
     progress(&format!("admission: building a team with {HISTORY_RUNS} runs in its history"));
     let team = TeamName::new("history")?;
-    let options = SqliteOptions { record_decision_times: true, ..SqliteOptions::new(Rules::shipped()) };
+    let options = SqliteOptions { record_decision_times: true, ..args.options() };
     let store = open_team(&scratch.db("admission"), options, &team)?;
     run_in_parallel(CONCURRENT_CALLERS, HISTORY_RUNS, |n| {
         let run = RunId::new(format!("history-{n}"))?;
@@ -253,9 +284,9 @@ fn admission_figure(scratch: &Scratch) -> anyhow::Result<(f64, f64)> {
 
 /// Starts from [`CONCURRENT_CALLERS`] threads over [`START_TEAMS`] teams, timed by the caller
 /// until the run is committed.
-fn durable_start_figure(scratch: &Scratch) -> anyhow::Result<(f64, f64)> {
+fn durable_start_figure(scratch: &Scratch, args: &BenchLedgerArgs) -> anyhow::Result<(f64, f64)> {
     progress(&format!("durable start: {CONCURRENT_CALLERS} concurrent starters over {START_TEAMS} teams"));
-    let store = SqliteStore::open(scratch.db("starts"), Rules::shipped())?;
+    let store = SqliteStore::open_with(scratch.db("starts"), args.options())?;
     let teams: Vec<TeamName> = (0..START_TEAMS).map(|n| TeamName::new(format!("team-{n}"))).collect::<Result<_, _>>()?;
     for team in &teams {
         store.create_team(NewTeam { name: team.clone(), settings: TeamSettings::new(PlanId::Team), actor: Actor::new("bench")?, at: at_base() })?;
@@ -286,10 +317,11 @@ fn run_in_parallel(threads: usize, count: usize, job: impl Fn(usize) -> anyhow::
 
 /// The usage query of a team with `executions` executions in its period (median of
 /// [`USAGE_QUERIES`] queries).
-fn usage_query_figure(scratch: &Scratch, executions: usize) -> anyhow::Result<f64> {
+fn usage_query_figure(scratch: &Scratch, args: &BenchLedgerArgs) -> anyhow::Result<f64> {
+    let executions = args.usage_executions;
     progress(&format!("usage query: ingesting {executions} executions into one period"));
     let team = TeamName::new("usage")?;
-    let store = open_team(&scratch.db("usage"), SqliteOptions::new(Rules::shipped()), &team)?;
+    let store = open_team(&scratch.db("usage"), args.options(), &team)?;
     let run = RunId::new("usage-run")?;
     store.start_run(&team, StartRun { run: run.clone(), context: api(), needs_credits: true, at: at_base() })?;
     let ids = ExecutionIds::new();

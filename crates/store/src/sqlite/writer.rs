@@ -70,9 +70,13 @@ struct Pending {
     teams: HashSet<TeamName>,
     grants: HashMap<(i64, u64), Credits>,
     run_credits: HashMap<i64, Credits>,
-    /// `(team, period start, kind, trigger)` → `(executions, credits)` to add.
-    rollups: HashMap<(i64, i64, i64, i64), (i64, i64)>,
+    rollups: HashMap<RollupKey, RollupSums>,
 }
+
+/// A usage rollup row: `(team, period start, kind, trigger)`.
+type RollupKey = (i64, i64, i64, i64);
+/// What to add to a rollup row: `(executions, credits)`.
+type RollupSums = (i64, i64);
 
 /// What one request changed, decided in memory and then written.
 struct Effects {
@@ -489,7 +493,7 @@ impl Writer {
     /// [`Self::flush`]. Consecutive executions nearly always share a rollup row and a run, so
     /// each is added up locally and recorded once per change.
     fn record_pending(&mut self, state: &TeamState, rows: &[(i64, &NewExecution)]) -> Result<()> {
-        let mut rollup: Option<((i64, i64, i64, i64), (i64, i64))> = None;
+        let mut rollup: Option<(RollupKey, RollupSums)> = None;
         let mut last_run: Option<&NewExecution> = None;
         for &(op, execution) in rows {
             let (charge, content) = (&execution.charge, execution.content);
@@ -519,7 +523,7 @@ impl Writer {
         Ok(())
     }
 
-    fn add_rollup(&mut self, rollup: Option<((i64, i64, i64, i64), (i64, i64))>) {
+    fn add_rollup(&mut self, rollup: Option<(RollupKey, RollupSums)>) {
         if let Some((key, (executions, credits))) = rollup {
             let sums = self.pending.rollups.entry(key).or_default();
             (sums.0, sums.1) = (sums.0 + executions, sums.1 + credits);
