@@ -83,7 +83,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<ExitCode> {
 
 fn time_engine(engine: &Engine, workload: &Workload, round: usize) -> anyhow::Result<Duration> {
     let meter = LedgerMeter::new(Rules::shipped(), TeamLedger::new(TeamSettings::new(PlanId::Team)));
-    let request = RunRequest { run: RunId::new(format!("bench-{}-{round}", workload.name))?, context: RunContext::manual(CloudRun::Off), input: workload.input.clone(), config: Map::new(), http: None };
+    let request = RunRequest { run: RunId::new(format!("bench-{}-{round}", workload.name))?, context: RunContext::manual(CloudRun::Off), input: workload.input.clone(), config: Map::new(), http: None, on_response: None };
     let started = Instant::now();
     let report = block_on(engine.run(&workload.flow, request, &meter))?;
     let elapsed = started.elapsed();

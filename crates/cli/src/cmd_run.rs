@@ -79,7 +79,7 @@ pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = parse_config(&args.config)?;
     let run_id = RunId::new(args.run_id.clone().unwrap_or_else(|| format!("local-{}", flowcredits_core::Timestamp::now().as_millisecond()))).context("--run-id")?;
     let context = RunContext::manual(CloudRun::from(args.cloud_run));
-    let request = RunRequest { run: run_id, context, input, config, http: None };
+    let request = RunRequest { run: run_id, context, input, config, http: None, on_response: None };
     let engine = Engine::new(Providers::default(), resolver);
     let meter = meter(&args, rules)?;
     let report = block_on(engine.run(&flow, request, &*meter))?;

@@ -50,6 +50,19 @@ pub struct RunRequest {
     /// Overrides of the flow's `config` values.
     pub config: Map<String, Value>,
     pub http: Option<HttpTrigger>,
+    /// Told when the flow's `response` block answers, which may be well before the run ends
+    /// (a deployed flow can reply and keep working).
+    pub on_response: Option<ResponseHook>,
+}
+
+/// A callback for the `response` block's answer.
+#[derive(Clone)]
+pub struct ResponseHook(pub Arc<dyn Fn(&Response) + Send + Sync>);
+
+impl std::fmt::Debug for ResponseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseHook")
+    }
 }
 
 /// How a run ended.
@@ -174,7 +187,8 @@ impl Engine {
         let configs = flows.iter().map(|(name, child)| (name.clone(), Value::Object(child.config.clone()))).collect();
         let mut run = Run { engine: self, meter, request, flows, configs, state: Mutex::new(RunState::default()), failed: AtomicBool::new(false), queued: AtomicUsize::new(0), executions: AtomicU64::new(0) };
         let input = std::mem::take(&mut run.request.input);
-        let instance = Instance::new(flow, Value::Object(config), input);
+        let mut instance = Instance::new(flow, Value::Object(config), input);
+        instance.on_response = run.request.on_response.clone();
         let mut frame = Frame::new(&run, &instance, ROOT_SCOPE, format!("{}/", run.request.run), Arc::new(HashMap::new()));
         frame.start();
         frame.drive().await;
@@ -318,12 +332,14 @@ struct Instance<'a> {
     /// one takes it without a copy (a run's input can be large).
     input: Mutex<(Value, usize)>,
     response: Mutex<Option<Response>>,
+    /// Only the run's own flow answers its caller; flows it runs do not.
+    on_response: Option<ResponseHook>,
 }
 
 impl<'a> Instance<'a> {
     fn new(flow: &'a Flow, config: Value, input: Value) -> Instance<'a> {
         let triggers = flow.blocks.iter().filter(|block| matches!(block.op, Op::Start | Op::Request | Op::Mcp { .. })).count();
-        Instance { flow, config, input: Mutex::new((input, triggers)), response: Mutex::new(None) }
+        Instance { flow, config, input: Mutex::new((input, triggers)), response: Mutex::new(None), on_response: None }
     }
 
     fn trigger_input(&self) -> Value {
@@ -622,7 +638,11 @@ impl<'a> Frame<'a> {
             }
             Op::Response { status } => {
                 let status = input(inputs, "status").and_then(|value| value.as_u64()).map_or(*status, |status| status as u16);
-                *self.instance.response.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Response { status, body: first(inputs) });
+                let response = Response { status, body: first(inputs) };
+                if let Some(hook) = &self.instance.on_response {
+                    (hook.0)(&response);
+                }
+                *self.instance.response.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(response);
                 Ok(vec![])
             }
             Op::If { test } => {

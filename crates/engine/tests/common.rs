@@ -14,7 +14,7 @@ pub fn meter(plan: PlanId) -> LedgerMeter {
 }
 
 pub fn request(run: &str, context: RunContext, input: Value) -> RunRequest {
-    RunRequest { run: RunId::new(run).unwrap(), context, input, config: Map::new(), http: None }
+    RunRequest { run: RunId::new(run).unwrap(), context, input, config: Map::new(), http: None, on_response: None }
 }
 
 pub fn local() -> RunContext {

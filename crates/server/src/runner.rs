@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowcredits_core::{BlockUsage, Credits, RunContext, RunId, RunStatus, Timestamp};
-use flowcredits_engine::{Admission, BlockCharge, Engine, EngineError, Flow, HttpTrigger, Meter, RunOutcome, RunReport, RunRequest, Syntax};
+use flowcredits_engine::{Admission, BlockCharge, Engine, EngineError, Flow, HttpTrigger, Meter, ResponseHook, RunOutcome, RunReport, RunRequest, Syntax};
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, oneshot};
@@ -183,10 +183,13 @@ impl Runner {
     fn spawn(&self, state: AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>, reply: Option<oneshot::Sender<RunReply>>) {
         let runner = self.clone();
         self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Whoever answers first, the `response` block or the run's end, takes the sender.
+        let reply = Arc::new(Mutex::new(reply));
         tokio::spawn(async move {
-            let reply_value = runner.execute(&state, job, admitted).await;
-            if let (Some(reply), Some(value)) = (reply, reply_value) {
-                let _ = reply.send(value);
+            let reply_value = runner.execute(&state, job, admitted, Arc::clone(&reply)).await;
+            let sender = reply.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            if let (Some(sender), Some(value)) = (sender, reply_value) {
+                let _ = sender.send(value);
             }
             if runner.inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
                 runner.inner.idle.notify_waiters();
@@ -194,11 +197,18 @@ impl Runner {
         });
     }
 
-    async fn execute(&self, state: &AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>) -> Option<RunReply> {
+    async fn execute(&self, state: &AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>, reply: ReplySlot) -> Option<RunReply> {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job.run_id.clone(), cancel_tx);
         let meter = StoreMeter { state: state.clone(), job: &job, admitted: Mutex::new(admitted) };
-        let request = RunRequest { run: RunId::new(job.run_id.clone()).ok()?, context: job.context, input: job.input.clone(), config: Map::new(), http: job.http.clone() };
+        let run_id = job.run_id.clone();
+        let on_response = ResponseHook(Arc::new(move |response: &flowcredits_engine::Response| {
+            if let Some(sender) = reply.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+                let early = RunReply { run_id: run_id.clone(), state: RunState::Running, credits: Credits::ZERO, response: Some((response.status, response.body.clone())), output: Value::Null, error: None };
+                let _ = sender.send(early);
+            }
+        }));
+        let request = RunRequest { run: RunId::new(job.run_id.clone()).ok()?, context: job.context, input: job.input.clone(), config: Map::new(), http: job.http.clone(), on_response: Some(on_response) };
         let outcome = tokio::select! {
             result = tokio::time::timeout(RUN_DURATION_MAX, self.inner.engine.run(&job.flow, request, &meter)) => result.map_err(|_| "timed out"),
             _ = cancel_rx => Err("cancelled"),
@@ -238,6 +248,9 @@ impl Runner {
         Some(reply)
     }
 }
+
+/// Where the answer to a waiting caller goes, once.
+type ReplySlot = Arc<Mutex<Option<oneshot::Sender<RunReply>>>>;
 
 /// One run's work.
 struct Job {

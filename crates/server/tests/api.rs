@@ -185,7 +185,7 @@ async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
     assert_eq!(status, StatusCode::OK);
     server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
     for _ in 0..5 {
-        let (status, _) = server.post("/hooks/acme/work", &owner, json!({})).await;
+        let (status, _) = server.call_hook("acme", "work", &owner, json!({})).await;
         assert_eq!(status, StatusCode::OK);
     }
     // 125 credits: 75% and 100% of the included 100, and $0.025 of pay-as-you-go past $0.020.
@@ -212,7 +212,7 @@ async fn health_metrics_and_the_openapi_document() {
     assert_eq!((status, health["status"].clone()), (StatusCode::OK, json!("ok")));
     let owner = server.team("acme", "team").await;
     server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
-    server.post("/hooks/acme/work", &owner, json!({})).await;
+    server.call_hook("acme", "work", &owner, json!({})).await;
     let (_, metrics) = server.get("/metrics", "").await;
     let metrics = metrics.as_str().unwrap().to_owned();
     for line in ["flowcredits_runs_admitted_total 1", "flowcredits_credits_charged_total 25", "flowcredits_runs_finished_total{status=\"succeeded\"} 1", "flowcredits_admission_seconds_count 1"] {
@@ -231,7 +231,7 @@ async fn the_demo_team_has_a_deployed_flow_and_usage() {
     let key = flowcredits_server::serve::create_demo(&server.state).await.unwrap();
     let (_, usage) = server.get("/v1/teams/demo/usage", &key).await;
     assert_eq!(usage["used"], 6, "three greetings of 2 credits: {usage}");
-    let (status, body) = server.post("/hooks/demo/hello", &key, json!({"name": "Linus"})).await;
+    let (status, body) = server.call_hook("demo", "hello", &key, json!({"name": "Linus"})).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"greeting": "Hello, Linus!"})));
     assert!(flowcredits_server::serve::create_demo(&server.state).await.is_err(), "a second demo is refused");
 }
@@ -277,4 +277,33 @@ async fn a_flow_with_a_schedule_block_is_scheduled_when_deployed() {
     let flow_id = flows["items"][0]["id"].as_str().unwrap();
     let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "fast", "schedule_every_s": 30})).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_every_s")), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_call_is_answered_by_the_response_block_while_the_flow_goes_on() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let reply_then_work = json!({
+        "name": "early",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "reply", "kind": "response", "config": {"status": 202}},
+            {"id": "later", "kind": "delay", "config": {"ms": 2000}},
+            {"id": "done", "kind": "display", "config": {"label": "done"}}
+        ],
+        "edges": [
+            {"from": "request.body", "to": "reply.body"},
+            {"from": "request.body", "to": "later.value"},
+            {"from": "later.value", "to": "done.value"}
+        ]
+    });
+    server.deploy("acme", &owner, "early", reply_then_work).await;
+    let response = server.client.post(format!("{}/hooks/acme/early", server.base)).bearer_auth(&owner).json(&json!({"ok": 1})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let run_id = response.headers()["x-flowcredits-run"].to_str().unwrap().to_owned();
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"ok": 1}));
+    let (_, run) = server.get(&format!("/v1/teams/acme/runs/{run_id}"), &owner).await;
+    assert_eq!(run["status"], "running", "the answer came before the flow's delay ended: {run}");
+    let run = server.finished_run("acme", &owner, &run_id).await;
+    assert_eq!((run["status"].clone(), run["output"]["done"].clone()), (json!("succeeded"), json!({"ok": 1})), "{run}");
 }

@@ -60,7 +60,7 @@ async fn the_dashboard_shows_usage_runs_and_the_limit_banner() {
 
     // Use the rest of the credits: the page now says new runs are paused and offers pay-as-you-go.
     for _ in 0..47 {
-        let (status, _) = server.post("/hooks/demo/hello", &key, json!({"name": "x"})).await;
+        let (status, _) = server.call_hook("demo", "hello", &key, json!({"name": "x"})).await;
         assert_eq!(status, StatusCode::OK);
     }
     let dom = tokio::task::spawn_blocking(move || rendered_dom(&url)).await.unwrap();

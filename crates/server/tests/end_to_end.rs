@@ -24,7 +24,7 @@ async fn a_team_runs_out_of_credits_and_pay_as_you_go_resumes_the_paused_run() {
 
     // Four calls use the Team plan's 100 included credits.
     for call in 0..4 {
-        let (status, body) = server.post("/hooks/acme/work", &editor, json!({"call": call})).await;
+        let (status, body) = server.call_hook("acme", "work", &editor, json!({"call": call})).await;
         assert_eq!(status, StatusCode::OK, "call {call}: {body}");
         assert_eq!(body, json!(24), "the response block answers the loop's iteration count, validated as a number");
     }
@@ -32,7 +32,7 @@ async fn a_team_runs_out_of_credits_and_pay_as_you_go_resumes_the_paused_run() {
     assert_eq!((usage["used"].clone(), usage["remaining"].clone(), usage["payg_credits"].clone()), (json!(100), json!(0), json!(0)), "{usage}");
 
     // Out of credits: the next call is paused, with its run id, and nothing is charged.
-    let (status, paused) = server.post("/hooks/acme/work", &editor, json!({"call": 4})).await;
+    let (status, paused) = server.call_hook("acme", "work", &editor, json!({"call": 4})).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{paused}");
     assert_eq!(paused["status"], "paused");
     let run_id = paused["run_id"].as_str().unwrap().to_owned();

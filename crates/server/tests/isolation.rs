@@ -46,7 +46,7 @@ async fn another_teams_key_reaches_nothing() {
     let server = support::start().await;
     let owner = server.team("acme", "enterprise").await;
     let flow_id = server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
-    let (status, called) = server.post("/hooks/acme/work", &owner, json!({})).await;
+    let (status, called) = server.call_hook("acme", "work", &owner, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{called}");
     let (_, runs) = server.get("/v1/teams/acme/runs", &owner).await;
     let run_id = runs["items"][0]["id"].as_str().unwrap().to_owned();

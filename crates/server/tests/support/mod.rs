@@ -57,6 +57,21 @@ impl Server {
         self.call(Method::POST, path, key, Some(body)).await
     }
 
+    /// Calls a deployed flow and waits for its run to end (the answer can come first, from its
+    /// `response` block); returns the answer's status and body.
+    pub async fn call_hook(&self, team: &str, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        let response = self.client.post(format!("{}/hooks/{team}/{path}", self.base)).bearer_auth(key).json(&body).send().await.unwrap();
+        let status = response.status();
+        let run = response.headers().get("x-flowcredits-run").map(|value| value.to_str().unwrap().to_owned());
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if let Some(run) = run.or_else(|| answer["run_id"].as_str().map(str::to_owned)) {
+            if status != StatusCode::PAYMENT_REQUIRED {
+                self.finished_run(team, key, &run).await;
+            }
+        }
+        (status, answer)
+    }
+
     /// A user with a key; returns (user id, key).
     pub async fn user(&self, name: &str) -> (String, String) {
         let (status, user) = self.post("/v1/users", &self.operator, json!({"name": name})).await;
