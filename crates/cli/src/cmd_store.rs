@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use flowcredits_core::{AnchorDay, MicroUsd, PlanId, Rules, TeamSettings, Timestamp};
-use flowcredits_store::{Actor, Invoice, LedgerStore, NewTeam, SqliteStore, TeamInfo, TeamName, UsageReport};
+use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, TeamInfo, TeamName, UsageReport};
 use serde_json::{Value, json};
+
+use flowcredits_server::ledger::{invoice_json, usage_json};
 
 use crate::rules::RulesArgs;
 
@@ -196,23 +198,6 @@ fn usage(store: SqliteStore, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn usage_json(report: &UsageReport) -> Value {
-    let breakdown: Vec<Value> = report.breakdown.iter().map(|line| json!({"kind": line.kind.as_str(), "trigger": line.trigger.as_str(), "executions": line.executions, "credits": line.credits.0})).collect();
-    json!({
-        "team": report.team.as_str(),
-        "period": {"start": report.period.start.to_string(), "end": report.period.end.to_string()},
-        "included": report.included.0,
-        "used": report.used().0,
-        "remaining": report.remaining().0,
-        "included_used": report.included_used.0,
-        "purchased_used": report.purchased_used.0,
-        "payg_credits": report.payg_credits.0,
-        "payg_amount_usd": report.payg_amount().to_string(),
-        "unbilled_credits": report.unbilled_credits.0,
-        "breakdown": breakdown,
-    })
-}
-
 fn usage_text(report: &UsageReport) -> String {
     let mut text = format!(
         "team {}, period {} to {}\n  used {} of {} included credits; {} left\n  included {}, purchased {}, pay-as-you-go {} (${}), unbilled {}\n",
@@ -247,20 +232,6 @@ fn invoices(store: SqliteStore, args: &InvoicesArgs) -> anyhow::Result<ExitCode>
             .collect()
     });
     Ok(ExitCode::SUCCESS)
-}
-
-fn invoice_json(invoice: &Invoice) -> Value {
-    json!({
-        "period": {"start": invoice.period.start.to_string(), "end": invoice.period.end.to_string()},
-        "included": invoice.included.0,
-        "included_used": invoice.included_used.0,
-        "included_expired": invoice.included_expired.0,
-        "purchased_used": invoice.purchased_used.0,
-        "payg_credits": invoice.payg_credits.0,
-        "unbilled_credits": invoice.unbilled_credits.0,
-        "amount_due_usd": invoice.amount_due.to_string(),
-        "issued_at": invoice.issued_at.to_string(),
-    })
 }
 
 fn verify(store: SqliteStore) -> anyhow::Result<ExitCode> {

@@ -191,46 +191,53 @@ impl Ledger {
     }
 
     pub async fn usage(&self, team: &str, period: Option<&str>) -> Result<Value, ApiError> {
-        let report = self.usage_report(team, period).await?;
-        let breakdown: Vec<Value> = report
-            .breakdown
-            .iter()
-            .map(|line| json!({"block": line.kind.as_str(), "trigger": line.trigger.as_str(), "executions": line.executions, "credits": line.credits.0}))
-            .collect();
-        Ok(json!({
-            "team": report.team.to_string(),
-            "period": {"start": report.period.start.to_string(), "end": report.period.end.to_string(), "label": report.period.label()},
-            "included": report.included.0,
-            "used": report.used().0,
-            "remaining": report.remaining().0,
-            "included_used": report.included_used.0,
-            "purchased_used": report.purchased_used.0,
-            "purchased_remaining": report.purchased_remaining.0,
-            "payg_credits": report.payg_credits.0,
-            "payg_amount_usd": report.payg_amount().to_string(),
-            "unbilled_credits": report.unbilled_credits.0,
-            "breakdown": breakdown,
-        }))
+        Ok(usage_json(&self.usage_report(team, period).await?))
     }
 
     pub async fn invoices(&self, team: &str) -> Result<Vec<Value>, ApiError> {
         let name = team_name(team)?;
-        let invoices = self.blocking(move |store| store.invoices(&name)).await?;
-        Ok(invoices
-            .into_iter()
-            .map(|invoice| {
-                json!({
-                    "period": {"start": invoice.period.start.to_string(), "end": invoice.period.end.to_string(), "label": invoice.period.label()},
-                    "included": invoice.included.0,
-                    "included_used": invoice.included_used.0,
-                    "included_expired": invoice.included_expired.0,
-                    "purchased_used": invoice.purchased_used.0,
-                    "payg_credits": invoice.payg_credits.0,
-                    "unbilled_credits": invoice.unbilled_credits.0,
-                    "amount_due_usd": invoice.amount_due.to_string(),
-                    "issued_at": invoice.issued_at.to_string(),
-                })
-            })
-            .collect())
+        Ok(self.blocking(move |store| store.invoices(&name)).await?.iter().map(invoice_json).collect())
     }
+}
+
+fn period_json(period: flowcredits_core::Period) -> Value {
+    json!({"start": period.start.to_string(), "end": period.end.to_string(), "label": period.label()})
+}
+
+/// A team's usage in one period as the API and `flowcredits usage --json` show it.
+pub fn usage_json(report: &UsageReport) -> Value {
+    let breakdown: Vec<Value> = report
+        .breakdown
+        .iter()
+        .map(|line| json!({"block": line.kind.as_str(), "trigger": line.trigger.as_str(), "executions": line.executions, "credits": line.credits.0}))
+        .collect();
+    json!({
+        "team": report.team.to_string(),
+        "period": period_json(report.period),
+        "included": report.included.0,
+        "used": report.used().0,
+        "remaining": report.remaining().0,
+        "included_used": report.included_used.0,
+        "purchased_used": report.purchased_used.0,
+        "purchased_remaining": report.purchased_remaining.0,
+        "payg_credits": report.payg_credits.0,
+        "payg_amount_usd": report.payg_amount().to_string(),
+        "unbilled_credits": report.unbilled_credits.0,
+        "breakdown": breakdown,
+    })
+}
+
+/// An invoice as the API and `flowcredits invoices --json` show it.
+pub fn invoice_json(invoice: &flowcredits_store::Invoice) -> Value {
+    json!({
+        "period": period_json(invoice.period),
+        "included": invoice.included.0,
+        "included_used": invoice.included_used.0,
+        "included_expired": invoice.included_expired.0,
+        "purchased_used": invoice.purchased_used.0,
+        "payg_credits": invoice.payg_credits.0,
+        "unbilled_credits": invoice.unbilled_credits.0,
+        "amount_due_usd": invoice.amount_due.to_string(),
+        "issued_at": invoice.issued_at.to_string(),
+    })
 }

@@ -132,10 +132,10 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
             context: flowcredits_core::RunContext::automated(flowcredits_core::Trigger::Api).expect("api is automated"),
             http: None,
         };
-        if let Some(reply) = state.runner.start(state, request).await?.reply {
-            let _ = reply.await;
-        }
+        state.runner.start(state, request).await?;
     }
+    // The answers come from the flow's response block; the usage is complete once runs end.
+    state.runner.drain(Duration::from_secs(30)).await;
     Ok(token)
 }
 
