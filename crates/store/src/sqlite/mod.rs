@@ -250,7 +250,7 @@ impl LedgerStore for SqliteStore {
     }
 
     fn usage(&self, team: &TeamName, month: Option<&str>) -> Result<UsageReport> {
-        self.read(|conn| read::usage(conn, team, month))
+        self.read(|conn| read::usage(conn, &self.shared.rules, team, month))
     }
 
     fn invoices(&self, team: &TeamName) -> Result<Vec<Invoice>> {

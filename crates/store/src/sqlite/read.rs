@@ -1,7 +1,7 @@
 //! Queries on committed data: teams, runs, usage (from the balances and rollups, never a scan
 //! of executions), invoices and the audit log.
 
-use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, RunId};
+use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, Rules, RunId};
 use jiff::civil::Date;
 use jiff::tz::Offset;
 use rusqlite::{Connection, params};
@@ -73,14 +73,15 @@ fn chosen_period(team: &TeamRow, month: Option<&str>) -> Result<Period> {
     Ok(Period::containing(anchor, start))
 }
 
-pub(super) fn usage(conn: &Connection, team: &TeamName, month: Option<&str>) -> Result<UsageReport> {
+/// `rules` give the plan's allowance for a period the ledger has not opened yet.
+pub(super) fn usage(conn: &Connection, rules: &Rules, team: &TeamName, month: Option<&str>) -> Result<UsageReport> {
     snapshot(conn, |conn| {
         let row = find_team(conn, team)?;
         let period = chosen_period(&row, month)?;
         let usage = load_period(conn, row.id, period)?;
         let included = match &usage {
             Some(usage) => usage.included,
-            None => Credits(0),
+            None => rules.plans.get(row.settings.plan).included_credits,
         };
         let clock = row.clock_ms.unwrap_or(row.created_ms);
         let purchased_remaining = conn

@@ -26,7 +26,8 @@ fn a_run_is_admitted_charged_and_ended() {
     let line = &usage.breakdown[0];
     assert_eq!((line.kind, line.trigger, line.executions, line.credits), (BlockKind::Integration, Trigger::Api, 3, Credits(6)));
     assert_eq!(store.usage(&team("acme"), Some("2026-03")).unwrap(), usage);
-    assert_eq!(store.usage(&team("acme"), Some("2026-04")).unwrap().used(), Credits(0));
+    let april = store.usage(&team("acme"), Some("2026-04")).unwrap();
+    assert_eq!((april.used(), april.included), (Credits(0), Credits(100)), "a period not begun yet has the plan's allowance");
     assert_verified(&store);
 }
 
