@@ -7,7 +7,7 @@
 //! database failure rolls the whole group back and drops the cached team states, which are then
 //! reloaded from what was committed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -67,7 +67,8 @@ pub(crate) struct Writer {
 /// per event.
 #[derive(Default)]
 struct Pending {
-    teams: HashSet<TeamName>,
+    /// Teams whose row changed, and whether their current period's balances did too.
+    teams: HashMap<TeamName, bool>,
     grants: HashMap<(i64, u64), Credits>,
     run_credits: HashMap<i64, Credits>,
     rollups: HashMap<RollupKey, RollupSums>,
@@ -405,7 +406,10 @@ impl Writer {
             self.write_event(state, event, effects.at, actor)?;
         }
         self.write_executions(state, &effects.executions)?;
-        self.pending.teams.insert(team.clone());
+        // The period's balances change with charges, a new period and a plan change only.
+        let balances_changed = !effects.executions.is_empty() || effects.events.iter().any(|event| matches!(event, LedgerEvent::PeriodOpened { .. } | LedgerEvent::PlanChanged { .. }));
+        let dirty = self.pending.teams.entry(team.clone()).or_insert(false);
+        *dirty |= balances_changed;
         Ok(())
     }
 
@@ -552,13 +556,13 @@ impl Writer {
     fn flush(&mut self) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
         let update_team = "UPDATE teams SET plan = ?1, payg = ?2, payg_cap_micro_usd = ?3, payg_alerts = ?4, clock_ms = ?5, next_run_seq = ?6 WHERE id = ?7";
-        for team in &pending.teams {
+        for (team, balances_changed) in &pending.teams {
             let state = &self.teams[team];
             let settings = state.ledger.settings();
             let cap = settings.payg_cap.map(|cap| to_i64(cap.0));
             let values = params![plan_code(settings.plan), settings.payg_enabled, cap, format_alerts(&settings.payg_alerts), state.ledger.clock().map(ms), to_i64(state.ledger.next_run_seq()), state.id];
             self.conn.prepare_cached(update_team)?.execute(values)?;
-            if let Some(usage) = state.ledger.current_period() {
+            if let Some(usage) = state.ledger.current_period().filter(|_| *balances_changed) {
                 upsert_period(&self.conn, state.id, usage)?;
             }
         }
