@@ -92,7 +92,7 @@ fn lock_for_writing(path: &Path) -> Result<File> {
     let file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|err| StoreError::Locked(format!("cannot open {}: {err}", Path::new(&lock_path).display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Locked(format!("{} is open in another process", path.display()))),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked(format!("{} is open in another process (a running `flowcredits serve`?); stop it, or go through its API", path.display()))),
         Err(TryLockError::Error(err)) => Err(StoreError::Locked(format!("cannot lock {}: {err}", Path::new(&lock_path).display()))),
     }
 }
