@@ -116,7 +116,7 @@ impl fmt::Display for MicroUsd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let whole = self.0 / MICRO_USD_PER_USD;
         let frac = self.0 % MICRO_USD_PER_USD;
-        if frac % MICRO_USD_PER_CREDIT == 0 {
+        if frac.is_multiple_of(MICRO_USD_PER_CREDIT) {
             write!(f, "{whole}.{:03}", frac / MICRO_USD_PER_CREDIT)
         } else {
             write!(f, "{whole}.{frac:06}")

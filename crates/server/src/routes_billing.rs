@@ -85,10 +85,10 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
     if let Some(enabled) = body.payg_enabled {
         changes.push(BillingChange::SetPayg { enabled });
     }
-    if let Some(Some(url)) = &body.alert_webhook_url {
-        if url.len() > WEBHOOK_URL_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ApiError::invalid("alert_webhook_url", format!("must be an http(s) URL of at most {WEBHOOK_URL_BYTES_MAX} bytes")));
-        }
+    if let Some(Some(url)) = &body.alert_webhook_url
+        && (url.len() > WEBHOOK_URL_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")))
+    {
+        return Err(ApiError::invalid("alert_webhook_url", format!("must be an http(s) URL of at most {WEBHOOK_URL_BYTES_MAX} bytes")));
     }
     // Everything is checked before anything is written; then each change is applied in order.
     for change in changes {

@@ -37,7 +37,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             tracing::warn!(error = %err, "running scheduled deployments failed");
         }
         // Once a minute: a new billing period may have started for a team with paused runs.
-        if ticks % 60 == 0 {
+        if ticks.is_multiple_of(60) {
             if let Err(err) = resume_for_new_periods(&state).await {
                 tracing::warn!(error = %err, "resuming paused runs for new periods failed");
             }

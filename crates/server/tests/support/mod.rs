@@ -64,10 +64,11 @@ impl Server {
         let status = response.status();
         let run = response.headers().get("x-flowcredits-run").map(|value| value.to_str().unwrap().to_owned());
         let answer: Value = response.json().await.unwrap_or(Value::Null);
-        if let Some(run) = run.or_else(|| answer["run_id"].as_str().map(str::to_owned)) {
-            if status != StatusCode::PAYMENT_REQUIRED {
-                self.finished_run(team, key, &run).await;
-            }
+        // A paused run has not ended and will not until credits return.
+        if let Some(run) = run.or_else(|| answer["run_id"].as_str().map(str::to_owned))
+            && status != StatusCode::PAYMENT_REQUIRED
+        {
+            self.finished_run(team, key, &run).await;
         }
         (status, answer)
     }
