@@ -111,11 +111,11 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-fn ms_to_text(ms: i64) -> String {
+pub(crate) fn ms_to_text(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|at| at.to_string()).unwrap_or_default()
 }
 
-fn json_column(text: Option<String>) -> Value {
+pub(crate) fn json_column(text: Option<String>) -> Value {
     text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null)
 }
 

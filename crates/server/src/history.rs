@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::catalog::{Page, PageRequest, now_ms};
+use crate::catalog::{Page, PageRequest, json_column, ms_to_text, now_ms};
 use crate::error::ApiError;
 
 /// Lifecycle of a run as people see it. `paused` and `cancelled` mirror the ledger; a run the
@@ -162,10 +162,8 @@ pub fn insert_blocks(connection: &mut Connection, run: &str, blocks: &[NewBlock<
 const RUN_COLUMNS: &str = "id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, ended_ms, credits, error, input, output";
 
 fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
-    let text = |ms: Option<i64>| ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).map(|at| at.to_string());
     let started: Option<i64> = row.get(9)?;
     let ended: Option<i64> = row.get(10)?;
-    let json = |text: Option<String>| text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
     Ok(RunView {
         id: row.get(0)?,
         team: row.get(1)?,
@@ -175,14 +173,14 @@ fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
         trigger: row.get(5)?,
         location: row.get(6)?,
         status: RunState::parse(&row.get::<_, String>(7)?).unwrap_or(RunState::Failed),
-        created_at: text(Some(row.get(8)?)).unwrap_or_default(),
-        started_at: text(started),
-        ended_at: text(ended),
+        created_at: ms_to_text(row.get(8)?),
+        started_at: started.map(ms_to_text),
+        ended_at: ended.map(ms_to_text),
         duration_ms: started.zip(ended).map(|(start, end)| end - start),
         credits: row.get::<_, i64>(11)? as u64,
         error: row.get(12)?,
-        input: json(row.get(13)?),
-        output: json(row.get(14)?),
+        input: json_column(row.get(13)?),
+        output: json_column(row.get(14)?),
         blocks: None,
     })
 }
@@ -221,15 +219,14 @@ pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, Api
     let mut statement = connection.prepare("SELECT seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error FROM run_history_blocks WHERE run_id = ?1 ORDER BY seq")?;
     let blocks = statement
         .query_map([id], |row| {
-            let json = |text: Option<String>| text.and_then(|text| serde_json::from_str(&text).ok()).unwrap_or(Value::Null);
             Ok(BlockView {
                 seq: row.get(0)?,
                 block_id: row.get(1)?,
                 kind: row.get(2)?,
                 status: row.get(3)?,
-                input: json(row.get(4)?),
-                output: json(row.get(5)?),
-                started_at: jiff::Timestamp::from_millisecond(row.get(6)?).map(|at| at.to_string()).unwrap_or_default(),
+                input: json_column(row.get(4)?),
+                output: json_column(row.get(5)?),
+                started_at: ms_to_text(row.get(6)?),
                 duration_us: row.get(7)?,
                 credits: row.get::<_, i64>(8)? as u64,
                 error: row.get(9)?,
