@@ -307,3 +307,31 @@ async fn a_synchronous_call_is_answered_by_the_response_block_while_the_flow_goe
     let run = server.finished_run("acme", &owner, &run_id).await;
     assert_eq!((run["status"].clone(), run["output"]["done"].clone()), (json!("succeeded"), json!({"ok": 1})), "{run}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_and_paused_runs_can_be_cancelled_and_finished_ones_cannot() {
+    let server = support::start().await;
+    let owner = server.team("acme", "free").await;
+    server.deploy("acme", &owner, "slow", slow_flow(60_000)).await;
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    let (_, running) = server.post("/hooks/acme/slow?async=true", &owner, json!({})).await;
+    let running = running["run_id"].as_str().unwrap().to_owned();
+    // Free's 25 credits are used up; the next paid call pauses.
+    let (status, _) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, paused) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let paused = paused["run_id"].as_str().unwrap().to_owned();
+
+    for run in [&running, &paused] {
+        let (status, answer) = server.post(&format!("/v1/teams/acme/runs/{run}/cancel"), &owner, json!(null)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let finished = server.finished_run("acme", &owner, run).await;
+        assert_eq!(finished["status"], "cancelled", "{finished}");
+    }
+    let (status, refused) = server.post(&format!("/v1/teams/acme/runs/{paused}/cancel"), &owner, json!(null)).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (StatusCode::CONFLICT, json!("conflict")), "{refused}");
+    // The cancelled paused run never ran and was never charged.
+    let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
+    assert_eq!(usage["used"], 25, "{usage}");
+}
