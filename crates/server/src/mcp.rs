@@ -117,6 +117,7 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
         input: params.get("arguments").cloned().unwrap_or_else(|| json!({})),
         context: RunContext::automated(Trigger::Mcp).expect("mcp is automated"),
         http: None,
+        answer_on_response: true,
     };
     let started = state.runner.start(state, request).await?;
     let text_result = |text: String, is_error: bool| json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}], "isError": is_error}});

@@ -52,14 +52,23 @@ pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team)
         input: body.input,
         context: RunContext::manual(CloudRun::On),
         http: None,
+        answer_on_response: false,
     };
     let started = state.runner.start(&state, request).await?;
-    Ok(answer_started(started, body.wait.then_some(state.sync_wait), None).await)
+    Ok(answer_started(started, body.wait.then_some(state.sync_wait), None, Answer::Run).await)
 }
 
 /// The answer to whoever started a run: paused (with the run id and what to do), accepted, the
 /// run's result, or 408 when it is still going after `wait`.
-async fn answer_started(started: Started, wait: Option<Duration>, paused_status: Option<StatusCode>) -> Response {
+/// What a finished run answers: a hook speaks for the flow (its `response` block), the API
+/// describes the run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Hook,
+    Run,
+}
+
+async fn answer_started(started: Started, wait: Option<Duration>, paused_status: Option<StatusCode>, answer: Answer) -> Response {
     let run_id = started.run_id.clone();
     if started.status == RunStatus::Paused {
         let body = json!({
@@ -73,16 +82,17 @@ async fn answer_started(started: Started, wait: Option<Duration>, paused_status:
         return (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status": "running"}))).into_response();
     };
     match tokio::time::timeout(wait, reply).await {
-        Ok(Ok(reply)) => reply_response(reply),
+        Ok(Ok(reply)) => reply_response(reply, answer),
         Ok(Err(_)) => ApiError::internal(format!("run {run_id} stopped without a result")).into_response(),
         Err(_) => (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": "the run is still going; read its result from /v1/teams/{team}/runs/{run_id}"}))).into_response(),
     }
 }
 
-/// A finished run as an HTTP answer: the `response` block's status and body when the flow has
-/// one, otherwise the run's outputs.
-fn reply_response(reply: RunReply) -> Response {
-    if let Some((status, body)) = reply.response {
+/// A finished run as an HTTP answer: for a hook, the `response` block's status and body when
+/// the flow has one; otherwise the run, with its outputs.
+fn reply_response(reply: RunReply, answer: Answer) -> Response {
+    if let (Answer::Hook, Some((status, body))) = (answer, &reply.response) {
+        let (status, body) = (*status, body.clone());
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
         let mut response = (status, Json(body)).into_response();
         response.headers_mut().insert("x-flowcredits-run", reply.run_id.parse().expect("run ids are header-safe"));
@@ -92,7 +102,8 @@ fn reply_response(reply: RunReply) -> Response {
         RunState::Succeeded => StatusCode::OK,
         _ => StatusCode::BAD_GATEWAY,
     };
-    (status, Json(json!({"run_id": reply.run_id, "status": reply.state, "credits": reply.credits.0, "output": reply.output, "error": reply.error}))).into_response()
+    let response = reply.response.map(|(status, body)| json!({"status": status, "body": body}));
+    (status, Json(json!({"run_id": reply.run_id, "status": reply.state, "credits": reply.credits.0, "output": reply.output, "response": response, "error": reply.error}))).into_response()
 }
 
 /// A deployment answering hooks, with its snapshot parsed (snapshots never change).
@@ -151,9 +162,10 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
         input,
         context: RunContext::automated(Trigger::Api).expect("api is automated"),
         http: Some(http),
+        answer_on_response: true,
     };
     let started = state.runner.start(&state, request).await?;
-    Ok(answer_started(started, (!asynchronous).then_some(state.sync_wait), Some(if asynchronous { StatusCode::ACCEPTED } else { StatusCode::PAYMENT_REQUIRED })).await)
+    Ok(answer_started(started, (!asynchronous).then_some(state.sync_wait), Some(if asynchronous { StatusCode::ACCEPTED } else { StatusCode::PAYMENT_REQUIRED }), Answer::Hook).await)
 }
 
 #[derive(Deserialize, Default)]

@@ -57,6 +57,9 @@ pub struct StartRequest {
     pub input: Value,
     pub context: RunContext,
     pub http: Option<HttpTrigger>,
+    /// Answer the caller when the flow's `response` block runs (hooks, MCP), instead of when
+    /// the run ends (runs started from the API, which answer with the run).
+    pub answer_on_response: bool,
 }
 
 #[derive(Clone)]
@@ -112,6 +115,7 @@ impl Runner {
             input: request.input,
             context: request.context,
             http: request.http,
+            answer_on_response: request.answer_on_response,
         };
         self.spawn(state.clone(), job, Some(admitted_tx), Some(reply_tx));
         match admitted_rx.await {
@@ -151,7 +155,7 @@ impl Runner {
             let (team_name, flow_id, snapshot) = (team.to_owned(), run.flow_id.clone(), run.snapshot);
             let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
             let context = state.ledger.run_context(team, &run_id).await?;
-            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None };
+            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None, answer_on_response: false };
             self.spawn(state.clone(), job, None, None);
             dispatched += 1;
         }
@@ -208,7 +212,7 @@ impl Runner {
                 let _ = sender.send(early);
             }
         }));
-        let request = RunRequest { run: RunId::new(job.run_id.clone()).ok()?, context: job.context, input: job.input.clone(), config: Map::new(), http: job.http.clone(), on_response: Some(on_response) };
+        let request = RunRequest { run: RunId::new(job.run_id.clone()).ok()?, context: job.context, input: job.input.clone(), config: Map::new(), http: job.http.clone(), on_response: job.answer_on_response.then_some(on_response) };
         let outcome = tokio::select! {
             result = tokio::time::timeout(RUN_DURATION_MAX, self.inner.engine.run(&job.flow, request, &meter)) => result.map_err(|_| "timed out"),
             _ = cancel_rx => Err("cancelled"),
@@ -263,6 +267,7 @@ struct Job {
     input: Value,
     context: RunContext,
     http: Option<HttpTrigger>,
+    answer_on_response: bool,
 }
 
 fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {

@@ -75,6 +75,7 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, toki
             input: json!({"scheduled_at": jiff::Timestamp::now().to_string()}),
             context: RunContext::automated(Trigger::Api).expect("api is automated"),
             http: None,
+            answer_on_response: true,
         };
         if let Err(err) = state.runner.start(state, request).await {
             tracing::warn!(deployment = %deployment.id, error = %err, "a scheduled run could not start");

@@ -131,6 +131,7 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
             input: json!({"name": name}),
             context: flowcredits_core::RunContext::automated(flowcredits_core::Trigger::Api).expect("api is automated"),
             http: None,
+            answer_on_response: true,
         };
         state.runner.start(state, request).await?;
     }

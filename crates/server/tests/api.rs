@@ -335,3 +335,18 @@ async fn running_and_paused_runs_can_be_cancelled_and_finished_ones_cannot() {
     let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
     assert_eq!(usage["used"], 25, "{usage}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_starts_a_cloud_run_from_the_api_and_gets_the_run_back() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let flow_id = server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    let (status, run) = server.post("/v1/teams/acme/runs", &owner, json!({"flow_id": flow_id, "wait": true})).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!((run["status"].clone(), run["credits"].clone(), run["response"].clone()), (json!("succeeded"), json!(25), json!({"status": 200, "body": 24})), "{run}");
+    let (_, listed) = server.get(&format!("/v1/teams/acme/runs/{}", run["run_id"].as_str().unwrap()), &owner).await;
+    assert_eq!((listed["trigger"].clone(), listed["location"].clone()), (json!("manual"), json!("cloud")), "a manual run on the server is a cloud run: {listed}");
+    let viewer = server.member("acme", &owner, "viewer").await;
+    let (status, _) = server.post("/v1/teams/acme/runs", &viewer, json!({"flow_id": flow_id})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "viewers read, they do not run");
+}

@@ -57,6 +57,8 @@ async fn the_dashboard_shows_usage_runs_and_the_limit_banner() {
     assert!(dom.contains("<td>evaluate</td><td>api</td>"), "the breakdown lists evaluate blocks by trigger");
     assert_eq!(dom.matches("<td>succeeded</td>").count(), 3, "the three demo runs are listed");
     assert!(dom.contains("id=\"banner\" class=\"banner hidden\""), "no banner under 75%");
+    // The deployed flow is listed with its Cloud Run estimate (evaluate 1 + validate 1) and a Run button.
+    assert!(dom.contains("<td>hello</td><td>#1</td><td class=\"num\">2</td><td><button data-flow="), "the flows panel lists hello with its estimate");
 
     // Use the rest of the credits: the page now says new runs are paused and offers pay-as-you-go.
     for _ in 0..47 {
