@@ -163,6 +163,12 @@ impl Engine {
         Engine { limits, ..self }
     }
 
+    /// This engine (its HTTP client, limits and providers) finding the flows that `flow`
+    /// blocks run with `resolver` instead: for a server, one resolver per team.
+    pub fn with_resolver(&self, resolver: Arc<dyn FlowResolver>) -> Engine {
+        Engine { http: self.http.clone(), limits: self.limits, traces: self.traces, providers: self.providers.clone(), resolver }
+    }
+
     /// Attaches a [`BlockTrace`] to every charge, for run history.
     pub fn with_block_traces(self) -> Engine {
         Engine { traces: true, ..self }

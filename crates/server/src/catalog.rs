@@ -82,6 +82,13 @@ impl Catalog {
         Ok(Catalog { connection: Arc::new(Mutex::new(connection)) })
     }
 
+    /// Runs `work` with the connection on this thread, for callers that cannot await (the
+    /// engine's flow resolver, called once per run before it starts).
+    pub fn call_here<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let mut connection = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut connection)
+    }
+
     /// Runs `work` with the connection on the blocking pool.
     pub async fn call<T, F>(&self, work: F) -> Result<T, ApiError>
     where
@@ -294,6 +301,14 @@ pub fn create_flow(connection: &Connection, team: &str, name: &str, definition: 
         return Err(ApiError::Conflict(format!("team {team} already has a flow named {name:?}")));
     }
     flow(connection, team, &id)
+}
+
+/// A flow of `team` by its name.
+pub fn flow_by_name(connection: &Connection, team: &str, name: &str) -> Result<Flow, ApiError> {
+    connection
+        .query_row(&format!("SELECT {FLOW_COLUMNS} FROM flows f WHERE f.team = ?1 AND f.name = ?2"), params![team, name], flow_row)
+        .optional()?
+        .ok_or_else(|| ApiError::NotFound(format!("flow named {name:?}")))
 }
 
 pub fn update_flow(connection: &Connection, team: &str, id: &str, definition: &Value) -> Result<Flow, ApiError> {

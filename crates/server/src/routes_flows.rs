@@ -90,8 +90,13 @@ pub async fn estimate(State(state): State<AppState>, caller: Caller, Path((team,
     caller.authorize(&state, &team, Action::Read).await?;
     let trigger: Trigger = query.trigger.as_deref().unwrap_or("api").parse().map_err(|err: flowcredits_core::CoreError| ApiError::invalid("trigger", err.to_string()))?;
     let context = RunContext::for_trigger(trigger, CloudRun::from(query.cloud_run.unwrap_or(false)));
-    let definition = state.catalog.call(move |connection| catalog::definition(connection, &team, &flow, query.snapshot)).await?;
-    Ok(Json(runner::estimate(&state.rules, &definition, context)?))
+    let team_name = team.clone();
+    let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow, query.snapshot)).await?;
+    let flows = runner::TeamFlows { catalog: state.catalog.clone(), team };
+    // Resolving nested flows reads the catalog; keep it off the async workers.
+    let rules = std::sync::Arc::clone(&state.rules);
+    let estimate = tokio::task::spawn_blocking(move || runner::estimate(&rules, &definition, context, &flows)).await.map_err(ApiError::internal)??;
+    Ok(Json(estimate))
 }
 
 #[derive(Deserialize)]

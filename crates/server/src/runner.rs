@@ -205,6 +205,7 @@ impl Runner {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job.run_id.clone(), cancel_tx);
         let meter = StoreMeter { state: state.clone(), job: &job, admitted: Mutex::new(admitted) };
+        let engine = self.inner.engine.with_resolver(Arc::new(TeamFlows { catalog: state.catalog.clone(), team: job.team.clone() }));
         let run_id = job.run_id.clone();
         let on_response = ResponseHook(Arc::new(move |response: &flowcredits_engine::Response| {
             if let Some(sender) = reply.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
@@ -214,7 +215,7 @@ impl Runner {
         }));
         let request = RunRequest { run: RunId::new(job.run_id.clone()).ok()?, context: job.context, input: job.input.clone(), config: Map::new(), http: job.http.clone(), on_response: job.answer_on_response.then_some(on_response) };
         let outcome = tokio::select! {
-            result = tokio::time::timeout(RUN_DURATION_MAX, self.inner.engine.run(&job.flow, request, &meter)) => result.map_err(|_| "timed out"),
+            result = tokio::time::timeout(RUN_DURATION_MAX, engine.run(&job.flow, request, &meter)) => result.map_err(|_| "timed out"),
             _ = cancel_rx => Err("cancelled"),
         };
         self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&job.run_id);
@@ -391,11 +392,31 @@ pub fn validate_flow(definition: &Value) -> Result<(), ApiError> {
 }
 
 /// The credit estimate of a flow for a run context.
-pub fn estimate(rules: &flowcredits_core::Rules, definition: &Value, context: RunContext) -> Result<Value, ApiError> {
+pub fn estimate(rules: &flowcredits_core::Rules, definition: &Value, context: RunContext, flows: &TeamFlows) -> Result<Value, ApiError> {
     let flow = load_flow(definition)?;
-    let resolver = flowcredits_engine::MapResolver::default();
-    let estimate = flowcredits_engine::estimate(rules, Timestamp::now(), context, &flow, &resolver).map_err(|err| ApiError::invalid("definition", err.to_string()))?;
+    let estimate = flowcredits_engine::estimate(rules, Timestamp::now(), context, &flow, flows).map_err(|err| ApiError::invalid("definition", err.to_string()))?;
     Ok(estimate.to_json(&flow, context))
+}
+
+/// Finds the flows that `flow` blocks run among the team's own: the latest snapshot of the flow
+/// with that name. Another team's flows are never found.
+pub struct TeamFlows {
+    pub catalog: catalog::Catalog,
+    pub team: String,
+}
+
+impl flowcredits_engine::FlowResolver for TeamFlows {
+    fn resolve(&self, name: &str) -> Result<Arc<Flow>, EngineError> {
+        let not_found = |message: String| EngineError::FlowNotFound { name: name.to_owned(), message };
+        let definition = self
+            .catalog
+            .call_here(|connection| {
+                let flow = catalog::flow_by_name(connection, &self.team, name)?;
+                Ok(catalog::snapshot(connection, &self.team, &flow.id, None)?.definition)
+            })
+            .map_err(|err| not_found(format!("the team has no snapshot of a flow by that name ({err}); create the flow and snapshot it")))?;
+        load_flow(&definition).map(Arc::new).map_err(|err| not_found(err.to_string()))
+    }
 }
 
 /// How often a flow with a `schedule` trigger block asks to run, in seconds.

@@ -350,3 +350,42 @@ async fn a_member_starts_a_cloud_run_from_the_api_and_gets_the_run_back() {
     let (status, _) = server.post("/v1/teams/acme/runs", &viewer, json!({"flow_id": flow_id})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "viewers read, they do not run");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_block_runs_the_latest_snapshot_of_the_teams_own_flow() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let double = json!({
+        "name": "double",
+        "blocks": [
+            {"id": "start", "kind": "start"},
+            {"id": "twice", "kind": "evaluate", "config": {"code": "return input * 2;"}},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": [{"from": "start.input", "to": "twice.input"}, {"from": "twice.result", "to": "reply.body"}]
+    });
+    let outer = json!({
+        "name": "outer",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "sub", "kind": "flow", "config": {"flow": "double"}},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": [{"from": "request.body", "to": "sub.input"}, {"from": "sub.result", "to": "reply.body"}]
+    });
+    server.deploy("acme", &owner, "double", double.clone()).await;
+    let outer_id = server.deploy("acme", &owner, "outer", outer.clone()).await;
+    let (status, answer) = server.call_hook("acme", "outer", &owner, json!(21)).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!(42)));
+    let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
+    assert_eq!(usage["used"], 1, "the nested evaluate block is charged in the calling run: {usage}");
+    let (_, estimate) = server.get(&format!("/v1/teams/acme/flows/{outer_id}/estimate?trigger=api"), &owner).await;
+    assert_eq!(estimate["exact"], 1, "{estimate}");
+
+    // Another team with only `outer` cannot reach acme's `double`.
+    let other = server.team("other", "team").await;
+    server.deploy("other", &other, "outer", outer).await;
+    let (status, failed) = server.post("/hooks/other/outer", &other, json!(21)).await;
+    assert!(status.is_client_error() || status.is_server_error(), "{status} {failed}");
+    assert!(failed.to_string().contains("double"), "the error names the missing flow: {failed}");
+}
