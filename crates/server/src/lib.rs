@@ -40,6 +40,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// How long a synchronous call waits for a run's answer before 408 (30 s; shorter in tests).
     pub sync_wait: std::time::Duration,
+    /// A run still going after this long is stopped and recorded as timed out (60 minutes).
+    pub run_duration_max: std::time::Duration,
     /// API key digest to its user (briefly: a lookup every request repeats).
     pub keys: Arc<cache::TtlCache<Vec<u8>, catalog::User>>,
     /// `(team, path)` to the deployment there and its parsed snapshot.

@@ -215,7 +215,7 @@ impl Runner {
         }));
         let request = RunRequest { run: RunId::new(job.run_id.clone()).ok()?, context: job.context, input: job.input.clone(), config: Map::new(), http: job.http.clone(), on_response: job.answer_on_response.then_some(on_response) };
         let outcome = tokio::select! {
-            result = tokio::time::timeout(RUN_DURATION_MAX, engine.run(&job.flow, request, &meter)) => result.map_err(|_| "timed out"),
+            result = tokio::time::timeout(state.run_duration_max, engine.run(&job.flow, request, &meter)) => result.map_err(|_| "timed out"),
             _ = cancel_rx => Err("cancelled"),
         };
         self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&job.run_id);

@@ -44,6 +44,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         metrics: Arc::new(Metrics::default()),
         http,
         sync_wait: crate::routes_runs::SYNC_WAIT_DEFAULT,
+        run_duration_max: crate::runner::RUN_DURATION_MAX,
         keys: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(10), 10_000)),
         hooks: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(1), 10_000)),
         // Longer than any check takes, so a lost task cannot block checks for long.

@@ -389,3 +389,30 @@ async fn a_flow_block_runs_the_latest_snapshot_of_the_teams_own_flow() {
     assert!(status.is_client_error() || status.is_server_error(), "{status} {failed}");
     assert!(failed.to_string().contains("double"), "the error names the missing flow: {failed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_past_its_time_limit_is_stopped_and_recorded_as_timed_out() {
+    let mut server = support::start().await;
+    server.state.run_duration_max = Duration::from_millis(500);
+    let server = support::restart_with(server).await;
+    let owner = server.team("acme", "team").await;
+    let charged_then_slow = json!({
+        "name": "stuck",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "check", "kind": "validate", "config": {"schema": {}}},
+            {"id": "wait", "kind": "delay", "config": {"ms": 60000}}
+        ],
+        "edges": [{"from": "request.body", "to": "check.value"}, {"from": "check.pass", "to": "wait.value"}]
+    });
+    server.deploy("acme", &owner, "stuck", charged_then_slow).await;
+    let (_, started) = server.post("/hooks/acme/stuck?async=true", &owner, json!({})).await;
+    let run = server.finished_run("acme", &owner, started["run_id"].as_str().unwrap()).await;
+    assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("timed_out"), json!(1)), "what ran before the stop stays charged: {run}");
+    // The ledger closed the run: a later charge for it is refused, and nothing more was counted.
+    let run_id = started["run_id"].as_str().unwrap();
+    let (status, refused) = server.post(&format!("/v1/teams/acme/local-runs/{run_id}/charges"), &owner, json!({"charges": [{"execution_id": "late", "type": "validate"}]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
+    assert_eq!(usage["used"], 1, "{usage}");
+}
