@@ -190,7 +190,8 @@ async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
     }
     // 125 credits: 75% and 100% of the included 100, and $0.025 of pay-as-you-go past $0.020.
     let mut kinds = Vec::new();
-    for _ in 0..200 {
+    // Bounded so a broken build cannot hang; a loaded machine still has ample time.
+    for _ in 0..800 {
         kinds = received.lock().unwrap().iter().map(|alert| alert["alert"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
         if kinds.len() >= 3 {
             break;
@@ -288,7 +289,7 @@ async fn a_synchronous_call_is_answered_by_the_response_block_while_the_flow_goe
         "blocks": [
             {"id": "request", "kind": "request"},
             {"id": "reply", "kind": "response", "config": {"status": 202}},
-            {"id": "later", "kind": "delay", "config": {"ms": 2000}},
+            {"id": "later", "kind": "delay", "config": {"ms": 5000}},
             {"id": "done", "kind": "display", "config": {"label": "done"}}
         ],
         "edges": [

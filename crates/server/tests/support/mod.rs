@@ -113,7 +113,7 @@ impl Server {
 
     /// Polls a run until it is finished; the bound only keeps a broken build from hanging.
     pub async fn finished_run(&self, team: &str, key: &str, run: &str) -> Value {
-        for _ in 0..400 {
+        for _ in 0..1_200 {
             let (status, body) = self.get(&format!("/v1/teams/{team}/runs/{run}"), key).await;
             assert_eq!(status, StatusCode::OK, "{body}");
             if !matches!(body["status"].as_str(), Some("running" | "paused")) {
