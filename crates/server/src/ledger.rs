@@ -185,9 +185,15 @@ impl Ledger {
         self.blocking(|store| store.close_periods(Timestamp::now()).map(drop)).await
     }
 
-    pub async fn usage_report(&self, team: &str, period: Option<&str>) -> Result<UsageReport, ApiError> {
+    async fn usage_report(&self, team: &str, period: Option<&str>) -> Result<UsageReport, ApiError> {
         let (name, period) = (team_name(team)?, period.map(str::to_owned));
         self.blocking(move |store| store.usage(&name, period.as_deref())).await
+    }
+
+    /// Every billing period the team's ledger has opened, oldest first, with the alerts each fired.
+    pub async fn periods(&self, team: &str) -> Result<Vec<flowcredits_core::PeriodUsage>, ApiError> {
+        let name = team_name(team)?;
+        self.blocking(move |store| store.periods(&name)).await
     }
 
     pub async fn usage(&self, team: &str, period: Option<&str>) -> Result<Value, ApiError> {

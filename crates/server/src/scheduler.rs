@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use flowcredits_core::{RunContext, Trigger};
+use flowcredits_core::{Alert, RunContext, Trigger};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -17,6 +17,9 @@ use crate::AppState;
 pub const TICK: Duration = Duration::from_secs(1);
 /// Waits between alert delivery attempts; one attempt more than there are waits.
 pub const ALERT_RETRY_WAITS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(5), Duration::from_secs(30)];
+/// Periods whose alerts a check looks at, newest first: the current one and the one before
+/// (a period can end between a charge and its check).
+pub const ALERT_PERIODS_CHECKED: usize = 2;
 /// How long one alert delivery may take.
 pub const ALERT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,31 +131,28 @@ pub async fn check_alerts(state: &AppState, team: &str) {
 /// Records the alerts a team's usage has crossed this period (each once) and delivers the new
 /// ones to the team's webhook in the background.
 pub async fn check_alerts_now(state: &AppState, team: &str) -> Result<(), crate::ApiError> {
-    let report = state.ledger.usage_report(team, None).await?;
-    let info = state.ledger.team(team).await?;
-    let mut crossed = Vec::new();
-    for percent in flowcredits_core::ledger::INCLUDED_ALERT_PERCENTS {
-        if report.included.0 > 0 && u128::from(report.included_used.0) * 100 >= u128::from(report.included.0) * u128::from(percent) {
-            crossed.push((format!("included_{percent}"), json!({"percent": percent, "included": report.included.0, "used": report.used().0})));
+    // The ledger decided which thresholds were crossed as it charged; this only records and
+    // delivers them. Older periods' alerts were delivered when those periods were current.
+    let periods = state.ledger.periods(team).await?;
+    for usage in periods.iter().rev().take(ALERT_PERIODS_CHECKED) {
+        let period_start = usage.period.start;
+        for alert in usage.alerts_fired() {
+            let (name, detail) = match *alert {
+                Alert::IncludedPercent(percent) => (format!("included_{percent}"), json!({"percent": percent, "included": usage.included.0, "used": usage.used().0})),
+                Alert::PaygAmount(amount) => (format!("payg_{amount}"), json!({"threshold_usd": amount.to_string(), "payg_amount_usd": usage.payg_amount().to_string()})),
+            };
+            // Already recorded by this node: no need to ask the database again.
+            let fired = (team.to_owned(), name.clone(), period_start.as_millisecond());
+            if state.alerts_fired.get(&fired).is_some() {
+                continue;
+            }
+            state.alerts_fired.insert(fired, ());
+            let (team_name, kind) = (team.to_owned(), name.clone());
+            let Some(id) = state.catalog.call(move |connection| catalog::insert_alert(connection, &team_name, &kind, period_start.as_millisecond())).await? else { continue };
+            tracing::info!(team = %team, alert = %name, "usage alert crossed");
+            let payload = json!({"team": team, "alert": name, "period_start": period_start.to_string(), "detail": detail, "id": id});
+            tokio::spawn(deliver(state.clone(), team.to_owned(), id, payload));
         }
-    }
-    let payg = report.payg_amount();
-    for amount in info.payg_alerts.iter().filter(|amount| **amount <= payg) {
-        crossed.push((format!("payg_{amount}"), json!({"threshold_usd": amount.to_string(), "payg_amount_usd": payg.to_string()})));
-    }
-    let period_start = report.period.start;
-    for (alert, detail) in crossed {
-        // Already recorded by this node: no need to ask the database again.
-        let fired = (team.to_owned(), alert.clone(), period_start.as_millisecond());
-        if state.alerts_fired.get(&fired).is_some() {
-            continue;
-        }
-        state.alerts_fired.insert(fired, ());
-        let (name, kind) = (team.to_owned(), alert.clone());
-        let Some(id) = state.catalog.call(move |connection| catalog::insert_alert(connection, &name, &kind, period_start.as_millisecond())).await? else { continue };
-        tracing::info!(team = %team, alert = %alert, "usage alert crossed");
-        let payload = json!({"team": team, "alert": alert, "period_start": period_start.to_string(), "detail": detail, "id": id});
-        tokio::spawn(deliver(state.clone(), team.to_owned(), id, payload));
     }
     Ok(())
 }
