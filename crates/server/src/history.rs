@@ -105,9 +105,14 @@ pub fn insert_run(connection: &Connection, run: &NewRun<'_>) -> Result<(), ApiEr
     Ok(())
 }
 
+pub fn run_exists(connection: &Connection, id: &str) -> Result<bool, ApiError> {
+    Ok(connection.query_row("SELECT EXISTS (SELECT 1 FROM run_history WHERE id = ?1)", [id], |row| row.get(0))?)
+}
+
 /// Marks a paused run running (it was resumed).
-pub fn mark_started(connection: &Connection, run: &str) -> Result<bool, ApiError> {
-    Ok(connection.execute("UPDATE run_history SET status = 'running', started_ms = ?2 WHERE id = ?1 AND status = 'paused'", params![run, now_ms()])? == 1)
+pub fn mark_started(connection: &Connection, run: &str) -> Result<(), ApiError> {
+    connection.execute("UPDATE run_history SET status = 'running', started_ms = ?2 WHERE id = ?1 AND status = 'paused'", params![run, now_ms()])?;
+    Ok(())
 }
 
 pub fn finish_run(connection: &Connection, run: &str, state: RunState, credits: u64, output: &Value, error: Option<&str>) -> Result<(), ApiError> {

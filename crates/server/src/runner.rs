@@ -312,12 +312,16 @@ impl StoreMeter<'_> {
         self.state
             .catalog
             .call(move |connection| {
-                // A resumed run already has its row; it only changes state.
-                if !history::mark_started(connection, &id)? && history::run(connection, &team, &id).is_err() {
-                    let new_run = NewRun { id: &id, team: &team, flow_id: &flow_id, snapshot, deployment_id: deployment_id.as_deref(), trigger, location, status: run_state, input: &input };
-                    history::insert_run(connection, &new_run)?;
+                // A resumed run already has its row: it starts if the ledger admitted it, and
+                // otherwise stays paused as recorded.
+                if history::run_exists(connection, &id)? {
+                    if run_state == RunState::Running {
+                        history::mark_started(connection, &id)?;
+                    }
+                    return Ok(());
                 }
-                Ok(())
+                let new_run = NewRun { id: &id, team: &team, flow_id: &flow_id, snapshot, deployment_id: deployment_id.as_deref(), trigger, location, status: run_state, input: &input };
+                history::insert_run(connection, &new_run)
             })
             .await
             .map_err(|err| EngineError::Store(err.to_string()))?;
