@@ -242,7 +242,7 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
     let context = RunContext::manual(CloudRun::from(body.cloud_run));
     let needs_credits = state.rules.run_needs_credits(jiff::Timestamp::now(), context, &planned).map_err(|err| ApiError::invalid("blocks", err.to_string()))?;
     let run_id = catalog::new_id("run");
-    let status = state.ledger.start_run(&team, &run_id, context, needs_credits).await?;
+    let status = crate::runner::admit(&state, &team, &run_id, context, needs_credits).await?;
     let run_state = if status == RunStatus::Running { RunState::Running } else { RunState::Paused };
     let (id, team_name) = (run_id.clone(), team.clone());
     state

@@ -301,10 +301,8 @@ impl StoreMeter<'_> {
     }
 
     async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
-        let decided = Instant::now();
         let needs_credits = self.state.rules.run_needs_credits(Timestamp::now(), context, planned)?;
-        let status = self.ledger().start_run(&self.job.team, run.as_str(), context, needs_credits).await.map_err(|err| EngineError::Store(err.to_string()))?;
-        self.state.metrics.admission(status, decided.elapsed());
+        let status = admit(&self.state, &self.job.team, run.as_str(), context, needs_credits).await.map_err(|err| EngineError::Store(err.to_string()))?;
         let run_state = if status == RunStatus::Running { RunState::Running } else { RunState::Paused };
         let job = self.job;
         let (id, team, flow_id, deployment_id, input) = (job.run_id.clone(), job.team.clone(), job.flow_id.clone(), job.deployment_id.clone(), job.input.clone());
@@ -384,6 +382,15 @@ impl Meter for StoreMeter<'_> {
     fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(|err| EngineError::Store(err.to_string())) })
     }
+}
+
+/// Admits a run in the team's ledger, timed for the admission metric: every admission, from
+/// the server's own runs or from runs metered for the user's machine, goes through here.
+pub async fn admit(state: &AppState, team: &str, run: &str, context: RunContext, needs_credits: bool) -> Result<RunStatus, ApiError> {
+    let decided = Instant::now();
+    let status = state.ledger.start_run(team, run, context, needs_credits).await?;
+    state.metrics.admission(status, decided.elapsed());
+    Ok(status)
 }
 
 /// Parses and validates a flow definition (all problems at once).

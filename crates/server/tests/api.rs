@@ -162,6 +162,8 @@ async fn local_runs_are_metered_here_once_per_execution_id() {
     assert_eq!(usage["used"], 2, "{usage}");
     let (status, _) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, json!({"charges": [{"execution_id": "late", "type": "integration"}]})).await;
     assert_eq!(status, StatusCode::CONFLICT, "an ended run is not charged");
+    let (_, metrics) = server.get("/metrics", "").await;
+    assert!(metrics.as_str().unwrap().contains("flowcredits_runs_admitted_total 2"), "local runs count as admissions: {metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
