@@ -330,10 +330,9 @@ impl StoreMeter<'_> {
     }
 
     async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
-        let credits = self.ledger().charge(&self.job.team, run.as_str(), charges).await.map_err(|err| match err {
-            ApiError::Conflict(message) => EngineError::ExecutionConflict { execution: message },
-            other => EngineError::Store(other.to_string()),
-        })?;
+        // The ledger's message says what it refused (an execution seen with other content, a run
+        // that is no longer running); it is passed on as it is.
+        let credits = self.ledger().charge(&self.job.team, run.as_str(), charges).await.map_err(|err| EngineError::Store(err.to_string()))?;
         self.state.metrics.charged(credits.iter().copied().sum());
         let rows: Vec<(BlockCharge, u64)> = charges.iter().cloned().zip(credits.iter().map(|credits| credits.0)).collect();
         let id = self.job.run_id.clone();
