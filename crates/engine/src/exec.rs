@@ -199,8 +199,7 @@ impl Engine {
         frame.start();
         frame.drive().await;
         drop(frame);
-        let flushed = run.flush().await;
-        let ended = meter.end(&run.request.run).await;
+        let (flushed, ended) = run.flush_and_end().await;
         let state = run.state.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         flushed?;
         ended?;
@@ -297,15 +296,29 @@ impl Run<'_> {
 
     /// Sends queued charges to the meter. A meter failure fails the run.
     async fn flush(&self) -> Result<(), EngineError> {
-        let (charges, oks) = {
-            let mut state = self.state();
-            if state.charges.is_empty() {
-                return Ok(());
-            }
-            self.queued.store(0, Ordering::Relaxed);
-            (std::mem::take(&mut state.charges), std::mem::take(&mut state.charged_ok))
-        };
+        let Some((charges, oks)) = self.take_queued() else { return Ok(()) };
         let result = self.meter.charge(&self.request.run, &charges).await;
+        self.charged(charges, oks, result)
+    }
+
+    /// Sends the last queued charges and the run's end together.
+    async fn flush_and_end(&self) -> (Result<(), EngineError>, Result<(), EngineError>) {
+        let (charges, oks) = self.take_queued().unwrap_or_default();
+        let (result, ended) = self.meter.charge_and_end(&self.request.run, &charges).await;
+        (self.charged(charges, oks, result), ended)
+    }
+
+    fn take_queued(&self) -> Option<(Vec<BlockCharge>, Vec<bool>)> {
+        let mut state = self.state();
+        if state.charges.is_empty() {
+            return None;
+        }
+        self.queued.store(0, Ordering::Relaxed);
+        Some((std::mem::take(&mut state.charges), std::mem::take(&mut state.charged_ok)))
+    }
+
+    /// Records what the meter answered for `charges`.
+    fn charged(&self, charges: Vec<BlockCharge>, oks: Vec<bool>, result: Result<Vec<Credits>, EngineError>) -> Result<(), EngineError> {
         let mut state = self.state();
         match result {
             Ok(credits) => {

@@ -60,6 +60,16 @@ pub trait Meter: Send + Sync {
 
     /// Marks the run completed.
     fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Charges the run's last executions (possibly none) and then ends it, even when that
+    /// charge fails; returns the charge's result and the end's. A meter that can send both at
+    /// once (one round trip, one commit) overrides this.
+    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, (Result<Vec<Credits>, EngineError>, Result<(), EngineError>)> {
+        Box::pin(async move {
+            let charged = if charges.is_empty() { Ok(Vec::new()) } else { self.charge(run, charges).await };
+            (charged, self.end(run).await)
+        })
+    }
 }
 
 /// A team's ledger in memory, behind a mutex. Time is the wall clock, never earlier than the

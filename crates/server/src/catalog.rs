@@ -55,15 +55,13 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (creating if needed) the catalog in the SQLite file at `path` and migrates it.
     pub fn open(path: &Path) -> Result<Catalog, ApiError> {
-        Catalog::migrate(Connection::open(path)?)
+        Catalog::migrate(Catalog::connect(path)?)
     }
 
-    pub fn open_in_memory() -> Result<Catalog, ApiError> {
-        Catalog::migrate(Connection::open_in_memory()?)
-    }
-
-    fn migrate(mut connection: Connection) -> Result<Catalog, ApiError> {
-        // Another process (the ledger's writer) may hold the write lock briefly.
+    /// A connection to the catalog database at `path`, set up as every catalog connection is.
+    pub fn connect(path: &Path) -> Result<Connection, ApiError> {
+        let connection = Connection::open(path)?;
+        // The history writer's connection may hold the write lock briefly.
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         // History and configuration, not money: a commit reaches the WAL at once and the disk
@@ -71,7 +69,11 @@ impl Catalog {
         // corrupts it. The ledger, which holds the credits, keeps fsyncing every commit.
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
-        let tx = connection.transaction()?;
+        Ok(connection)
+    }
+
+    fn migrate(mut connection: Connection) -> Result<Catalog, ApiError> {
+        let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("CREATE TABLE IF NOT EXISTS catalog_migrations (version INTEGER PRIMARY KEY)", [])?;
         let applied: i64 = tx.query_row("SELECT COUNT(*) FROM catalog_migrations", [], |row| row.get(0))?;
         for (version, sql) in SCHEMA.iter().enumerate().skip(applied as usize) {
@@ -345,7 +347,8 @@ pub struct Snapshot {
 /// Freezes the flow's current definition as the next numbered snapshot. With a per-flow limit
 /// (Free plans), the snapshot past it is refused and nothing is deleted.
 pub fn create_snapshot(connection: &mut Connection, team: &str, flow_id: &str, snapshots_max: Option<u32>) -> Result<Snapshot, ApiError> {
-    let tx = connection.transaction()?;
+    // Immediate: reads then writes, while the history writer commits to the same file.
+    let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let current = flow(&tx, team, flow_id)?;
     let count: u32 = tx.query_row("SELECT COUNT(*) FROM snapshots WHERE flow_id = ?1", [flow_id], |row| row.get(0))?;
     if let Some(max) = snapshots_max.filter(|max| count >= *max) {

@@ -97,16 +97,18 @@ pub struct NewRun<'a> {
 pub fn insert_run(connection: &Connection, run: &NewRun<'_>) -> Result<(), ApiError> {
     let now = now_ms();
     let started = (run.status == RunState::Running).then_some(now);
-    connection.execute(
+    connection.prepare_cached(
         "INSERT INTO run_history (id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, input)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(
         params![run.id, run.team, run.flow_id, run.snapshot, run.deployment_id, run.trigger, run.location, run.status.as_str(), now, started, run.input.to_string()],
     )?;
     Ok(())
 }
 
 pub fn run_exists(connection: &Connection, id: &str) -> Result<bool, ApiError> {
-    Ok(connection.query_row("SELECT EXISTS (SELECT 1 FROM run_history WHERE id = ?1)", [id], |row| row.get(0))?)
+    Ok(connection.prepare_cached("SELECT EXISTS (SELECT 1 FROM run_history WHERE id = ?1)")?.query_row([id], |row| row.get(0))?)
 }
 
 /// Marks a paused run running (it was resumed).
@@ -117,8 +119,7 @@ pub fn mark_started(connection: &Connection, run: &str) -> Result<(), ApiError> 
 
 pub fn finish_run(connection: &Connection, run: &str, state: RunState, credits: u64, output: &Value, error: Option<&str>) -> Result<(), ApiError> {
     debug_assert!(state.is_finished());
-    connection.execute(
-        "UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6 WHERE id = ?1",
+    connection.prepare_cached("UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6 WHERE id = ?1")?.execute(
         params![run, state.as_str(), now_ms(), credits as i64, output.to_string(), error],
     )?;
     Ok(())
@@ -137,30 +138,27 @@ pub struct NewBlock<'a> {
     pub error: Option<&'a str>,
 }
 
-pub fn insert_blocks(connection: &mut Connection, run: &str, blocks: &[NewBlock<'_>]) -> Result<(), ApiError> {
-    let tx = connection.transaction()?;
-    {
-        let mut statement = tx.prepare(
-            "INSERT OR IGNORE INTO run_history_blocks (run_id, seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
-        for block in blocks {
-            statement.execute(params![
-                run,
-                block.seq,
-                block.block_id,
-                block.kind,
-                block.status,
-                block.input.to_string(),
-                block.output.to_string(),
-                block.started_ms,
-                block.duration_us,
-                block.credits as i64,
-                block.error
-            ])?;
-        }
+/// Inserts block rows; the caller holds the transaction they belong to.
+pub fn insert_blocks(connection: &Connection, run: &str, blocks: &[NewBlock<'_>]) -> Result<(), ApiError> {
+    let mut statement = connection.prepare_cached(
+        "INSERT OR IGNORE INTO run_history_blocks (run_id, seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for block in blocks {
+        statement.execute(params![
+            run,
+            block.seq,
+            block.block_id,
+            block.kind,
+            block.status,
+            block.input.to_string(),
+            block.output.to_string(),
+            block.started_ms,
+            block.duration_us,
+            block.credits as i64,
+            block.error
+        ])?;
     }
-    tx.commit()?;
     Ok(())
 }
 

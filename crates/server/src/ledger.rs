@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use flowcredits_core::{AnchorDay, CoreError, Credits, MicroUsd, PlanId, Rules, RunContext, RunId, RunStatus, TeamSettings, Timestamp};
 use flowcredits_engine::BlockCharge;
-use flowcredits_store::{Actor, BillingChange, LedgerStore, NewTeam, StartRun, StoreError, TeamInfo, TeamName, UsageEvent, UsageReport};
+use flowcredits_store::{Actor, BillingChange, Done, LedgerStore, NewTeam, StartRun, StoreError, TeamInfo, TeamName, UsageEvent, UsageReport};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -89,6 +89,11 @@ fn run_id(run: &str) -> Result<RunId, ApiError> {
     RunId::new(run).map_err(|_| ApiError::NotFound(format!("run {run}")))
 }
 
+fn usage_events(run: &RunId, charges: &[BlockCharge]) -> Vec<UsageEvent> {
+    let at = Timestamp::now();
+    charges.iter().map(|charge| UsageEvent { execution: charge.execution.clone(), run: run.clone(), usage: charge.usage.clone(), at }).collect()
+}
+
 fn actor(user_id: &str) -> Result<Actor, ApiError> {
     Actor::new(user_id).map_err(store_error)
 }
@@ -131,23 +136,47 @@ impl Ledger {
         Ok(self.blocking(|store| store.teams()).await?.into_iter().map(|info| info.name.to_string()).collect())
     }
 
+    /// Submits a write at once and returns the wait for its answer, which holds no thread.
+    fn written<T: Send + 'static>(submit: impl FnOnce(Done<T>)) -> impl Future<Output = Result<T, ApiError>> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        submit(Box::new(move |result| {
+            // A caller that stopped waiting (a dropped request) has nobody to tell.
+            let _ = answer.send(result);
+        }));
+        async move { answered.await.map_err(|_| ApiError::internal("the ledger closed before answering"))?.map_err(store_error) }
+    }
+
     pub async fn start_run(&self, team: &str, run: &str, context: RunContext, needs_credits: bool) -> Result<RunStatus, ApiError> {
         let (name, run) = (team_name(team)?, RunId::new(run).map_err(|err| ApiError::invalid("run", err.to_string()))?);
         let start = StartRun { run, context, needs_credits, at: Timestamp::now() };
-        Ok(self.blocking(move |store| store.start_run(&name, start)).await?.status)
+        Ok(Self::written(|done| self.store.submit_start_run(&name, start, done)).await?.status)
     }
 
     /// Charges executions of a running run in one all-or-nothing batch; returns each one's credits.
     pub async fn charge(&self, team: &str, run: &str, charges: &[BlockCharge]) -> Result<Vec<Credits>, ApiError> {
         let (name, run) = (team_name(team)?, run_id(run)?);
-        let at = Timestamp::now();
-        let events: Vec<UsageEvent> = charges.iter().map(|charge| UsageEvent { execution: charge.execution.clone(), run: run.clone(), usage: charge.usage.clone(), at }).collect();
-        Ok(self.blocking(move |store| store.charge(&name, events)).await?.into_iter().map(|outcome| outcome.credits).collect())
+        let events = usage_events(&run, charges);
+        let outcomes = Self::written(|done| self.store.submit_charge(&name, events, done)).await?;
+        Ok(outcomes.into_iter().map(|outcome| outcome.credits).collect())
     }
 
     pub async fn end_run(&self, team: &str, run: &str) -> Result<(), ApiError> {
         let (name, run) = (team_name(team)?, run_id(run)?);
-        self.blocking(move |store| store.end_run(&name, &run, Timestamp::now())).await
+        Self::written(|done| self.store.submit_end_run(&name, &run, Timestamp::now(), done)).await
+    }
+
+    /// A run's last charges (possibly none) and its end, submitted one after the other so
+    /// that they usually share one commit; the run ends even when the charge is refused.
+    /// Returns the charge's answer and the end's.
+    pub async fn charge_and_end(&self, team: &str, run: &str, charges: &[BlockCharge]) -> Result<(Result<Vec<Credits>, ApiError>, Result<(), ApiError>), ApiError> {
+        let (name, run) = (team_name(team)?, run_id(run)?);
+        let charged = (!charges.is_empty()).then(|| Self::written(|done| self.store.submit_charge(&name, usage_events(&run, charges), done)));
+        let ended = Self::written(|done| self.store.submit_end_run(&name, &run, Timestamp::now(), done)).await;
+        let charged = match charged {
+            Some(charged) => charged.await.map(|outcomes| outcomes.into_iter().map(|outcome| outcome.credits).collect()),
+            None => Ok(Vec::new()),
+        };
+        Ok((charged, ended))
     }
 
     pub async fn cancel_run(&self, team: &str, run: &str) -> Result<(), ApiError> {

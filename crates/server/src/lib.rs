@@ -8,6 +8,7 @@ pub mod catalog;
 mod dashboard;
 pub mod error;
 pub mod history;
+pub mod history_log;
 pub mod ledger;
 mod mcp;
 pub mod metrics;
@@ -33,6 +34,8 @@ pub use error::ApiError;
 pub struct AppState {
     pub rules: Arc<Rules>,
     pub catalog: catalog::Catalog,
+    /// Run history, written behind the runs.
+    pub history: history_log::HistoryLog,
     pub ledger: ledger::Ledger,
     pub runner: runner::Runner,
     pub metrics: Arc<metrics::Metrics>,

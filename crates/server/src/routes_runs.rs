@@ -191,12 +191,12 @@ pub async fn list_runs(State(state): State<AppState>, caller: Caller, Path(team)
     }
     let filter = RunFilter { flow_id: query.flow_id.clone(), status, trigger: query.trigger.clone(), since_ms: instant("since", &query.since)?, until_ms: instant("until", &query.until)? };
     let page = crate::PageQuery { after: query.after, limit: query.limit }.request()?;
-    Ok(Json(state.catalog.call(move |connection| history::runs(connection, &team, &filter, &page)).await?))
+    Ok(Json(state.history.read(&state.catalog, move |connection| history::runs(connection, &team, &filter, &page)).await?))
 }
 
 pub async fn get_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<history::RunView>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    Ok(Json(state.catalog.call(move |connection| history::run(connection, &team, &run)).await?))
+    Ok(Json(state.history.read(&state.catalog, move |connection| history::run(connection, &team, &run)).await?))
 }
 
 pub async fn cancel_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {

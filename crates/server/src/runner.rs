@@ -20,7 +20,8 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::catalog::{self, new_id};
 use crate::error::ApiError;
-use crate::history::{self, NewBlock, NewRun, RunState};
+use crate::history::{self, RunState};
+use crate::history_log::{AdmittedRun, BlockRecord, FinishedRun};
 use crate::ledger::Ledger;
 use crate::AppState;
 
@@ -129,14 +130,14 @@ impl Runner {
     /// state was in memory). Each is ended in the ledger, keeping what it was charged, and
     /// recorded as failed. Returns how many.
     pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
-        let interrupted = state.catalog.call(|connection| history::running_runs(connection)).await?;
+        let interrupted = state.history.read(&state.catalog, |connection| history::running_runs(connection)).await?;
         for (team, run_id) in &interrupted {
             if let Err(err) = state.ledger.end_run(team, run_id).await {
                 tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
             }
             let credits = state.ledger.run_credits(team, run_id).await.unwrap_or(Credits::ZERO);
-            let id = run_id.clone();
-            state.catalog.call(move |connection| history::finish_run(connection, &id, RunState::Failed, credits.0, &Value::Null, Some("interrupted: the server stopped while the run was executing"))).await?;
+            let error = Some("interrupted: the server stopped while the run was executing".to_owned());
+            state.history.finished(FinishedRun { id: run_id.clone(), state: RunState::Failed, credits: credits.0, output: Value::Null, error });
         }
         Ok(interrupted.len())
     }
@@ -144,7 +145,7 @@ impl Runner {
     /// Executes the team's paused runs that the ledger has since resumed, oldest first.
     pub async fn dispatch_resumed(&self, state: &AppState, team: &str) -> Result<usize, ApiError> {
         let team_name = team.to_owned();
-        let paused = state.catalog.call(move |connection| history::paused_runs(connection, &team_name)).await?;
+        let paused = state.history.read(&state.catalog, move |connection| history::paused_runs(connection, &team_name)).await?;
         let mut dispatched = 0;
         for run_id in paused {
             if state.ledger.run_status(team, &run_id).await? != Some(RunStatus::Running) {
@@ -167,7 +168,7 @@ impl Runner {
     /// had not yet sent, are not charged (never billed twice, at worst billed less).
     pub async fn cancel(&self, state: &AppState, team: &str, run_id: &str) -> Result<(), ApiError> {
         let (team_name, id) = (team.to_owned(), run_id.to_owned());
-        let run = state.catalog.call(move |connection| history::run(connection, &team_name, &id)).await?;
+        let run = state.history.read(&state.catalog, move |connection| history::run(connection, &team_name, &id)).await?;
         if run.status.is_finished() {
             return Err(ApiError::Conflict(format!("run {run_id} is {}", run.status.as_str())));
         }
@@ -177,8 +178,7 @@ impl Runner {
             Some(sender) => drop(sender.send(())),
             None => {
                 state.ledger.cancel_run(team, run_id).await?;
-                let id = run_id.to_owned();
-                state.catalog.call(move |connection| history::finish_run(connection, &id, RunState::Cancelled, 0, &Value::Null, Some("cancelled"))).await?;
+                state.history.finished(FinishedRun { id: run_id.to_owned(), state: RunState::Cancelled, credits: 0, output: Value::Null, error: Some("cancelled".into()) });
             }
         }
         Ok(())
@@ -244,11 +244,7 @@ impl Runner {
             }
         };
         state.metrics.run_finished(reply.state);
-        let id = job.run_id.clone();
-        let (output, error, run_state, credits) = (reply.output.clone(), reply.error.clone(), reply.state, reply.credits.0);
-        if let Err(err) = state.catalog.call(move |connection| history::finish_run(connection, &id, run_state, credits, &output, error.as_deref())).await {
-            tracing::error!(run = %job.run_id, error = %err, "recording a finished run failed");
-        }
+        state.history.finished(FinishedRun { id: job.run_id.clone(), state: reply.state, credits: reply.credits.0, output: reply.output.clone(), error: reply.error.clone() });
         crate::scheduler::check_alerts(state, &job.team).await;
         Some(reply)
     }
@@ -303,26 +299,18 @@ impl StoreMeter<'_> {
     async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
         let needs_credits = self.state.rules.run_needs_credits(Timestamp::now(), context, planned)?;
         let status = admit(&self.state, &self.job.team, run.as_str(), context, needs_credits).await.map_err(|err| EngineError::Store(err.to_string()))?;
-        let run_state = if status == RunStatus::Running { RunState::Running } else { RunState::Paused };
         let job = self.job;
-        let (id, team, flow_id, deployment_id, input) = (job.run_id.clone(), job.team.clone(), job.flow_id.clone(), job.deployment_id.clone(), job.input.clone());
-        let (snapshot, trigger, location) = (job.snapshot, context.trigger().as_str(), context.location().as_str());
-        self.state
-            .catalog
-            .call(move |connection| {
-                // A resumed run already has its row: it starts if the ledger admitted it, and
-                // otherwise stays paused as recorded.
-                if history::run_exists(connection, &id)? {
-                    if run_state == RunState::Running {
-                        history::mark_started(connection, &id)?;
-                    }
-                    return Ok(());
-                }
-                let new_run = NewRun { id: &id, team: &team, flow_id: &flow_id, snapshot, deployment_id: deployment_id.as_deref(), trigger, location, status: run_state, input: &input };
-                history::insert_run(connection, &new_run)
-            })
-            .await
-            .map_err(|err| EngineError::Store(err.to_string()))?;
+        self.state.history.admitted(AdmittedRun {
+            id: job.run_id.clone(),
+            team: job.team.clone(),
+            flow_id: job.flow_id.clone(),
+            snapshot: job.snapshot,
+            deployment_id: job.deployment_id.clone(),
+            trigger: context.trigger().as_str(),
+            location: context.location().as_str(),
+            status: if status == RunStatus::Running { RunState::Running } else { RunState::Paused },
+            input: job.input.clone(),
+        });
         if let Some(sender) = self.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
             let _ = sender.send(Ok(status));
         }
@@ -332,41 +320,56 @@ impl StoreMeter<'_> {
     async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
         // The ledger's message says what it refused (an execution seen with other content, a run
         // that is no longer running); it is passed on as it is.
-        let credits = self.ledger().charge(&self.job.team, run.as_str(), charges).await.map_err(|err| EngineError::Store(err.to_string()))?;
-        self.state.metrics.charged(credits.iter().copied().sum());
-        let rows: Vec<(BlockCharge, u64)> = charges.iter().cloned().zip(credits.iter().map(|credits| credits.0)).collect();
-        let id = self.job.run_id.clone();
-        self.state
-            .catalog
-            .call(move |connection| {
-                let first: u32 = connection.query_row("SELECT COUNT(*) FROM run_history_blocks WHERE run_id = ?1", [&id], |row| row.get(0))?;
-                let prefix = format!("{id}/");
-                let blocks: Vec<NewBlock<'_>> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(index, (charge, credits))| {
-                        let trace = charge.trace.as_deref();
-                        let error = trace.and_then(|trace| trace.error.as_deref());
-                        NewBlock {
-                            seq: first + index as u32,
-                            block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()),
-                            kind: charge.usage.kind.as_str(),
-                            status: if error.is_some() { "failed" } else { "completed" },
-                            input: trace.map_or(&Value::Null, |trace| &trace.input),
-                            output: trace.map_or(&Value::Null, |trace| &trace.output),
-                            started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
-                            duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
-                            credits: *credits,
-                            error,
-                        }
-                    })
-                    .collect();
-                history::insert_blocks(connection, &id, &blocks)
-            })
-            .await
-            .map_err(|err| EngineError::Store(err.to_string()))?;
+        let credits = self.ledger().charge(&self.job.team, run.as_str(), charges).await.map_err(meter_error)?;
+        self.charged(charges, &credits);
         Ok(credits)
     }
+
+    async fn charge_and_end_inner(&self, run: &RunId, charges: &[BlockCharge]) -> (Result<Vec<Credits>, EngineError>, Result<(), EngineError>) {
+        match self.ledger().charge_and_end(&self.job.team, run.as_str(), charges).await {
+            Ok((charged, ended)) => {
+                if let Ok(credits) = &charged {
+                    self.charged(charges, credits);
+                }
+                (charged.map_err(meter_error), ended.map_err(meter_error))
+            }
+            // Neither was sent (the run or team could not be named): both failed alike.
+            Err(err) => (Err(EngineError::Store(err.to_string())), Err(meter_error(err))),
+        }
+    }
+
+    /// Counts charged credits and queues the blocks' history rows.
+    fn charged(&self, charges: &[BlockCharge], credits: &[Credits]) {
+        if charges.is_empty() {
+            return;
+        }
+        self.state.metrics.charged(credits.iter().copied().sum());
+        let prefix = format!("{}/", self.job.run_id);
+        let blocks = charges
+            .iter()
+            .zip(credits)
+            .map(|(charge, credits)| {
+                let trace = charge.trace.as_deref();
+                let error = trace.and_then(|trace| trace.error.clone());
+                BlockRecord {
+                    block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()).to_owned(),
+                    kind: charge.usage.kind.as_str(),
+                    failed: error.is_some(),
+                    input: trace.map_or(Value::Null, |trace| trace.input.clone()),
+                    output: trace.map_or(Value::Null, |trace| trace.output.clone()),
+                    started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
+                    duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
+                    credits: credits.0,
+                    error,
+                }
+            })
+            .collect();
+        self.state.history.blocks(self.job.run_id.clone(), blocks);
+    }
+}
+
+fn meter_error(err: ApiError) -> EngineError {
+    EngineError::Store(err.to_string())
 }
 
 impl Meter for StoreMeter<'_> {
@@ -379,7 +382,11 @@ impl Meter for StoreMeter<'_> {
     }
 
     fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>> {
-        Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(|err| EngineError::Store(err.to_string())) })
+        Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(meter_error) })
+    }
+
+    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, (Result<Vec<Credits>, EngineError>, Result<(), EngineError>)> {
+        Box::pin(self.charge_and_end_inner(run, charges))
     }
 }
 

@@ -64,7 +64,7 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, toki
         next_due.insert(deployment.id.clone(), now + every);
         // A team out of credits keeps at most one paused run per schedule.
         let id = deployment.id.clone();
-        if state.catalog.call(move |connection| history::deployment_has_paused_run(connection, &id)).await? {
+        if state.history.read(&state.catalog, move |connection| history::deployment_has_paused_run(connection, &id)).await? {
             continue;
         }
         let (team, flow_id, snapshot) = (deployment.team.clone(), deployment.flow_id.clone(), deployment.snapshot);
@@ -90,7 +90,7 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, toki
 async fn resume_for_new_periods(state: &AppState) -> Result<(), crate::ApiError> {
     for team in state.ledger.team_names().await? {
         let name = team.clone();
-        if state.catalog.call(move |connection| history::paused_runs(connection, &name)).await?.is_empty() {
+        if state.history.read(&state.catalog, move |connection| history::paused_runs(connection, &name)).await?.is_empty() {
             continue;
         }
         state.ledger.advance_clock(&team).await?;
@@ -202,7 +202,7 @@ mod tests {
 
     async fn runs_by_state(state: &AppState) -> Vec<RunState> {
         let page = catalog::PageRequest { after: None, limit: 100 };
-        let runs = state.catalog.call(move |connection| history::runs(connection, "acme", &history::RunFilter::default(), &page)).await.unwrap();
+        let runs = state.history.read(&state.catalog, move |connection| history::runs(connection, "acme", &history::RunFilter::default(), &page)).await.unwrap();
         runs.items.into_iter().map(|run| run.status).collect()
     }
 

@@ -19,7 +19,7 @@ use crate::runner::Runner;
 use crate::{ApiError, AppState};
 
 pub struct ServeConfig {
-    /// The SQLite file holding the ledger and the catalog.
+    /// The SQLite file holding the ledger; the catalog is beside it ([`catalog_path`]).
     pub db: PathBuf,
     pub listen: SocketAddr,
     pub rules: Rules,
@@ -29,15 +29,31 @@ pub struct ServeConfig {
     pub drain: Duration,
 }
 
+/// Where the catalog (users, keys, flows, deployments, run history) lives for the ledger at
+/// `db`: a file of its own beside it (`flowcredits.db` → `flowcredits.catalog.db`). Two files
+/// because SQLite lets one writer at a time into a file: run history, written at the rate runs
+/// finish, would otherwise queue behind the ledger's fsynced commits and they behind it.
+pub fn catalog_path(db: &std::path::Path) -> PathBuf {
+    let stem = db.file_stem().map_or_else(|| "flowcredits".into(), |stem| stem.to_string_lossy().into_owned());
+    let name = match db.extension() {
+        Some(extension) => format!("{stem}.catalog.{}", extension.to_string_lossy()),
+        None => format!("{stem}.catalog"),
+    };
+    db.with_file_name(name)
+}
+
 /// Opens the databases and builds the state every handler shares.
 pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiError> {
     let store = SqliteStore::open(db, rules.clone()).map_err(|err| ApiError::internal(format!("cannot open the ledger at {}: {err}", db.display())))?;
-    let catalog = Catalog::open(db)?;
+    let catalog_file = catalog_path(db);
+    let catalog = Catalog::open(&catalog_file)?;
+    let history = crate::history_log::HistoryLog::open(&catalog_file)?;
     // The engine's client: it installs the TLS provider and carries the project's timeouts.
     let http = flowcredits_engine::http::client();
     Ok(AppState {
         rules: Arc::new(rules),
         catalog,
+        history,
         ledger: Ledger::new(Arc::new(store) as Arc<dyn LedgerStore>),
         // History shows each block's inputs, outputs and timing.
         runner: Runner::new(Engine::default().with_block_traces()),

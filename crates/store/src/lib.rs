@@ -34,9 +34,11 @@ pub use sqlite::{Durability, SqliteOptions, SqliteStore, migrate};
 /// The ledger's storage: what a backend must offer. Shaped so that a PostgreSQL backend can
 /// implement it with per-team row locks in place of the single writer.
 ///
-/// All methods block until the answer is known; a write returns once it is durable. Instants
-/// are the caller's clock; a team's ledger never moves back in time, so an instant earlier than
-/// the team's last one is recorded at the team's last one.
+/// The plain methods block until the answer is known; a write returns once it is durable. The
+/// hot writes of a run (start, charge, end) also come as `submit_*`, which return at once and
+/// hand the same answer to a [`Done`] callback: an async caller waits on a channel instead of
+/// parking a thread per write. Instants are the caller's clock; a team's ledger never moves back
+/// in time, so an instant earlier than the team's last one is recorded at the team's last one.
 pub trait LedgerStore: Send + Sync {
     /// Creates a team; creating it again with the same settings is acknowledged.
     fn create_team(&self, new: NewTeam) -> Result<TeamInfo>;
@@ -45,11 +47,23 @@ pub trait LedgerStore: Send + Sync {
     fn teams(&self) -> Result<Vec<TeamInfo>>;
     /// Admits a run: it starts, or waits paused when it needs credits the team lacks. A repeated
     /// start of the same run is acknowledged with the run's current status.
-    fn start_run(&self, team: &TeamName, start: StartRun) -> Result<Admission>;
+    fn start_run(&self, team: &TeamName, start: StartRun) -> Result<Admission> {
+        wait_for(|done| self.submit_start_run(team, start, done))
+    }
     /// Charges block executions, all or nothing (at most [`limits::BATCH_EVENTS_MAX`]). An event
     /// whose execution id was recorded with the same content is acknowledged, not charged again.
-    fn charge(&self, team: &TeamName, events: Vec<UsageEvent>) -> Result<Vec<ChargeOutcome>>;
-    fn end_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()>;
+    fn charge(&self, team: &TeamName, events: Vec<UsageEvent>) -> Result<Vec<ChargeOutcome>> {
+        wait_for(|done| self.submit_charge(team, events, done))
+    }
+    fn end_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()> {
+        wait_for(|done| self.submit_end_run(team, run, at, done))
+    }
+    /// [`LedgerStore::start_run`], answered through `done`.
+    fn submit_start_run(&self, team: &TeamName, start: StartRun, done: Done<Admission>);
+    /// [`LedgerStore::charge`], answered through `done`.
+    fn submit_charge(&self, team: &TeamName, events: Vec<UsageEvent>, done: Done<Vec<ChargeOutcome>>);
+    /// [`LedgerStore::end_run`], answered through `done`.
+    fn submit_end_run(&self, team: &TeamName, run: &RunId, at: Timestamp, done: Done<()>);
     fn cancel_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()>;
     /// Pay-as-you-go, its cap and alerts, purchases and plan changes; recorded in the audit log.
     fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<()>;
@@ -65,4 +79,18 @@ pub trait LedgerStore: Send + Sync {
     fn audit_log(&self, team: &TeamName) -> Result<Vec<AuditEntry>>;
     /// Compares every stored balance and rollup with its rebuild from the ledger entries.
     fn verify(&self) -> Result<VerifyReport>;
+}
+
+/// Receives the answer to a submitted write once, when it is durable or refused. It may be
+/// called on the store's own thread, so it hands the answer on (a channel send) and returns.
+pub type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// Submits a write and blocks this thread until its answer arrives.
+fn wait_for<T: Send + 'static>(submit: impl FnOnce(Done<T>)) -> Result<T> {
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    submit(Box::new(move |result| {
+        // A caller that gave up waiting has nobody to tell.
+        let _ = answer.send(result);
+    }));
+    answered.recv().map_err(|_| StoreError::Closed)?
 }

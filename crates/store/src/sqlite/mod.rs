@@ -21,7 +21,7 @@ use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
 use crate::error::{Result, StoreError};
 use crate::limits::{BATCH_EVENTS_MAX, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX};
 use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, check_instant};
-use crate::{LedgerStore, schema};
+use crate::{Done, LedgerStore, schema};
 
 /// How the store is opened.
 #[derive(Clone, Debug)]
@@ -142,10 +142,21 @@ impl SqliteStore {
     }
 
     fn call(&self, op: Op) -> Result<Reply> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        let requests = self.shared.requests.as_ref().ok_or(StoreError::Closed)?;
-        requests.send(Request { op, reply }).map_err(|_| StoreError::Closed)?;
-        answer.recv().map_err(|_| StoreError::Closed)?
+        crate::wait_for(|done| self.submit(op, done))
+    }
+
+    /// Queues `op` for the writer; `done` gets the writer's reply once the op's group is
+    /// committed. Waits only while the queue is full (at most [`QUEUE_REQUESTS_MAX`] requests).
+    fn submit(&self, op: Op, done: Done<Reply>) {
+        let Some(requests) = self.shared.requests.as_ref() else { return done(Err(StoreError::Closed)) };
+        if let Err(refused) = requests.send(Request { op, reply: done }) {
+            (refused.0.reply)(Err(StoreError::Closed));
+        }
+    }
+
+    /// Submits `op` and hands `done` the reply as `T`, or `Reply`'s mismatch as corruption.
+    fn submit_expecting<T: 'static>(&self, op: Op, expect: fn(Reply) -> std::result::Result<T, Reply>, done: Done<T>) {
+        self.submit(op, Box::new(move |reply| done(reply.and_then(|reply| expect(reply).map_err(unexpected)))));
     }
 
     /// Runs `f` on an idle read connection (opening one if none is idle).
@@ -193,32 +204,33 @@ impl LedgerStore for SqliteStore {
         self.read(read::teams)
     }
 
-    fn start_run(&self, team: &TeamName, start: StartRun) -> Result<Admission> {
-        check_instant("at", start.at)?;
-        match self.call(Op::Start(team.clone(), start))? {
+    fn submit_start_run(&self, team: &TeamName, start: StartRun, done: Done<Admission>) {
+        if let Err(err) = check_instant("at", start.at) {
+            return done(Err(err));
+        }
+        let expect = |reply| match reply {
             Reply::Admission(admission) => Ok(admission),
-            other => Err(unexpected(other)),
-        }
+            other => Err(other),
+        };
+        self.submit_expecting(Op::Start(team.clone(), start), expect, done);
     }
 
-    fn charge(&self, team: &TeamName, events: Vec<UsageEvent>) -> Result<Vec<ChargeOutcome>> {
-        if events.is_empty() {
-            return Err(StoreError::invalid("events", "the batch is empty"));
+    fn submit_charge(&self, team: &TeamName, events: Vec<UsageEvent>, done: Done<Vec<ChargeOutcome>>) {
+        if let Err(err) = check_events(&events) {
+            return done(Err(err));
         }
-        if events.len() > BATCH_EVENTS_MAX {
-            return Err(StoreError::invalid("events", format!("{} events in one batch is more than the limit of {BATCH_EVENTS_MAX}", events.len())));
-        }
-        for (index, event) in events.iter().enumerate() {
-            event.check().map_err(|source| StoreError::Event { index, source: Box::new(source) })?;
-        }
-        match self.call(Op::Charge(team.clone(), events))? {
+        let expect = |reply| match reply {
             Reply::Charges(outcomes) => Ok(outcomes),
-            other => Err(unexpected(other)),
-        }
+            other => Err(other),
+        };
+        self.submit_expecting(Op::Charge(team.clone(), events), expect, done);
     }
 
-    fn end_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()> {
-        self.finish(team, run, at, RunEnd::Complete)
+    fn submit_end_run(&self, team: &TeamName, run: &RunId, at: Timestamp, done: Done<()>) {
+        if let Err(err) = check_instant("at", at) {
+            return done(Err(err));
+        }
+        self.submit_expecting(Op::End(team.clone(), run.clone(), at, RunEnd::Complete), expect_done, done);
     }
 
     fn cancel_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()> {
@@ -230,7 +242,7 @@ impl LedgerStore for SqliteStore {
         if let BillingChange::Purchase { expires_at: Some(expires_at), .. } = &change {
             check_instant("expires_at", *expires_at)?;
         }
-        self.expect_done(self.call(Op::Billing(team.clone(), actor.clone(), at, change))?)
+        expect_done(self.call(Op::Billing(team.clone(), actor.clone(), at, change))?).map_err(unexpected)
     }
 
     fn close_periods(&self, at: Timestamp) -> Result<usize> {
@@ -269,13 +281,27 @@ impl LedgerStore for SqliteStore {
 impl SqliteStore {
     fn finish(&self, team: &TeamName, run: &RunId, at: Timestamp, end: RunEnd) -> Result<()> {
         check_instant("at", at)?;
-        self.expect_done(self.call(Op::End(team.clone(), run.clone(), at, end))?)
+        expect_done(self.call(Op::End(team.clone(), run.clone(), at, end))?).map_err(unexpected)
     }
+}
 
-    fn expect_done(&self, reply: Reply) -> Result<()> {
-        match reply {
-            Reply::Done => Ok(()),
-            other => Err(unexpected(other)),
-        }
+fn expect_done(reply: Reply) -> std::result::Result<(), Reply> {
+    match reply {
+        Reply::Done => Ok(()),
+        other => Err(other),
     }
+}
+
+/// A batch the writer may take: not empty, under the limit, every event well formed.
+fn check_events(events: &[UsageEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Err(StoreError::invalid("events", "the batch is empty"));
+    }
+    if events.len() > BATCH_EVENTS_MAX {
+        return Err(StoreError::invalid("events", format!("{} events in one batch is more than the limit of {BATCH_EVENTS_MAX}", events.len())));
+    }
+    for (index, event) in events.iter().enumerate() {
+        event.check().map_err(|source| StoreError::Event { index, source: Box::new(source) })?;
+    }
+    Ok(())
 }

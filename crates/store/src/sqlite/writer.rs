@@ -8,7 +8,7 @@
 //! reloaded from what was committed.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,9 +46,13 @@ pub(crate) enum Reply {
     Invoiced(usize),
 }
 
+/// Told the request's result once its group is committed (or it was refused), on the writer's
+/// thread: it must hand the result on and return, never wait.
+pub(crate) type ReplyTo = Box<dyn FnOnce(Result<Reply>) + Send>;
+
 pub(crate) struct Request {
     pub op: Op,
-    pub reply: SyncSender<Result<Reply>>,
+    pub reply: ReplyTo,
 }
 
 /// Where the writer records how long each admission decision took, when asked to.
@@ -161,8 +165,7 @@ impl Writer {
             }
         }
         for (reply, result) in replies.into_iter().zip(results) {
-            // A caller that gave up waiting has nobody to tell.
-            let _ = reply.send(result);
+            reply(result);
         }
     }
 
