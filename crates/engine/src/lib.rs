@@ -29,7 +29,7 @@ pub use estimate::{Estimate, estimate};
 pub use exec::{CHARGE_BATCH_MAX, Engine, Limits, RUN_EXECUTIONS_MAX, Execution, HttpTrigger, Output, Response, ResponseHook, RunOutcome, RunReport, RunRequest, planned_usage};
 pub use flow::{FLOW_BLOCKS_MAX, FLOW_EDGES_MAX, Flow};
 pub use format::{FLOW_FILE_BYTES_MAX, FlowFile, Syntax};
-pub use meter::{Admission, BlockCharge, BlockTrace, LedgerMeter, Meter};
+pub use meter::{Admission, BlockCharge, BlockTrace, ChargedAndEnded, LedgerMeter, Meter};
 pub use op::{DELAY_MS_MAX, LOOP_ITERATIONS_MAX, Ty};
 pub use provider::{AiCall, AiFailure, AiOutcome, AiProvider, Connector, Providers};
 pub use resolve::{DirResolver, FLOW_NESTING_MAX, FlowResolver, MapResolver, resolve_all};

@@ -48,6 +48,9 @@ pub struct BlockTrace {
     pub duration_us: u64,
 }
 
+/// What [`Meter::charge_and_end`] answers: the last charge's result, then the end's.
+pub type ChargedAndEnded = (Result<Vec<Credits>, EngineError>, Result<(), EngineError>);
+
 pub trait Meter: Send + Sync {
     /// Admits a new run. `planned` lists the usage of every block the run may execute, from
     /// the flow definition (and the flows it runs), to decide whether it needs credits.
@@ -64,7 +67,7 @@ pub trait Meter: Send + Sync {
     /// Charges the run's last executions (possibly none) and then ends it, even when that
     /// charge fails; returns the charge's result and the end's. A meter that can send both at
     /// once (one round trip, one commit) overrides this.
-    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, (Result<Vec<Credits>, EngineError>, Result<(), EngineError>)> {
+    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
         Box::pin(async move {
             let charged = if charges.is_empty() { Ok(Vec::new()) } else { self.charge(run, charges).await };
             (charged, self.end(run).await)

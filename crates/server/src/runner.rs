@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flowcredits_core::{BlockUsage, Credits, RunContext, RunId, RunStatus, Timestamp};
-use flowcredits_engine::{Admission, BlockCharge, Engine, EngineError, Flow, HttpTrigger, Meter, ResponseHook, RunOutcome, RunReport, RunRequest, Syntax};
+use flowcredits_engine::{Admission, BlockCharge, ChargedAndEnded, Engine, EngineError, Flow, HttpTrigger, Meter, ResponseHook, RunOutcome, RunReport, RunRequest, Syntax};
 use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, oneshot};
@@ -325,7 +325,7 @@ impl StoreMeter<'_> {
         Ok(credits)
     }
 
-    async fn charge_and_end_inner(&self, run: &RunId, charges: &[BlockCharge]) -> (Result<Vec<Credits>, EngineError>, Result<(), EngineError>) {
+    async fn charge_and_end_inner(&self, run: &RunId, charges: &[BlockCharge]) -> ChargedAndEnded {
         match self.ledger().charge_and_end(&self.job.team, run.as_str(), charges).await {
             Ok((charged, ended)) => {
                 if let Ok(credits) = &charged {
@@ -385,7 +385,7 @@ impl Meter for StoreMeter<'_> {
         Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(meter_error) })
     }
 
-    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, (Result<Vec<Credits>, EngineError>, Result<(), EngineError>)> {
+    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
         Box::pin(self.charge_and_end_inner(run, charges))
     }
 }
