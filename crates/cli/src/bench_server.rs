@@ -30,11 +30,20 @@ struct Phase {
     failures: usize,
     elapsed: Duration,
     latencies_us: Vec<u32>,
+    /// Processor time this process (server and load generator) spent in the phase, when the
+    /// system reports it: less disturbed than throughput by other work on the machine.
+    cpu: Option<Duration>,
 }
 
 impl Phase {
     fn per_second(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Processor microseconds per request (server and load generator together).
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.cpu?;
+        (self.requests > 0).then(|| (cpu.as_secs_f64() * 1e6 / self.requests as f64 * 10.0).round() / 10.0)
     }
 
     fn percentile_ms(&self, percentile: usize) -> f64 {
@@ -98,14 +107,18 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
         "baseline_p50_ms": baseline.percentile_ms(50),
         "baseline_p99_ms": baseline.percentile_ms(99),
         "hook_to_baseline_ratio": (hooks.per_second() / baseline.per_second() * 1000.0).round() / 1000.0,
+        "hook_cpu_us_per_request": hooks.cpu_us_per_request(),
+        "baseline_cpu_us_per_request": baseline.cpu_us_per_request(),
     });
     if args.json {
         println!("{report}");
     } else {
         println!("load: {} connections, {} s per phase, loopback, server and client on this machine", args.connections, args.duration_s);
-        println!("{:<34} {:>12} {:>10} {:>10}", "", "requests/s", "p50 ms", "p99 ms");
-        println!("{:<34} {:>12.0} {:>10.3} {:>10.3}", "baseline GET /healthz", baseline.per_second(), baseline.percentile_ms(50), baseline.percentile_ms(99));
-        println!("{:<34} {:>12.0} {:>10.3} {:>10.3}", "hook call (3 priced blocks)", hooks.per_second(), hooks.percentile_ms(50), hooks.percentile_ms(99));
+        println!("{:<34} {:>12} {:>10} {:>10} {:>12}", "", "requests/s", "p50 ms", "p99 ms", "cpu µs/req");
+        for (name, phase) in [("baseline GET /healthz", &baseline), ("hook call (3 priced blocks)", &hooks)] {
+            let cpu = phase.cpu_us_per_request().map_or_else(|| "-".to_owned(), |us| format!("{us:.1}"));
+            println!("{name:<34} {:>12.0} {:>10.3} {:>10.3} {cpu:>12}", phase.per_second(), phase.percentile_ms(50), phase.percentile_ms(99));
+        }
         println!("hook calls are {:.1}% of the baseline rate; {} failed", hooks.per_second() / baseline.per_second() * 100.0, hooks.failures);
     }
     Ok(ExitCode::SUCCESS)
@@ -139,6 +152,7 @@ async fn set_up(client: &reqwest::Client, base: &str, operator: &str) -> anyhow:
 /// `connections` callers each send requests one after another until `duration` passes.
 async fn load(client: &reqwest::Client, url: &str, key: &str, body: Option<Value>, connections: usize, duration: Duration) -> Phase {
     let started = Instant::now();
+    let cpu_before = process_cpu_time();
     let deadline = started + duration;
     let body = Arc::new(body);
     let mut callers = Vec::with_capacity(connections);
@@ -173,6 +187,17 @@ async fn load(client: &reqwest::Client, url: &str, key: &str, body: Option<Value
         }
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     latencies_us.sort_unstable();
-    Phase { requests: latencies_us.len(), failures, elapsed, latencies_us }
+    Phase { requests: latencies_us.len(), failures, elapsed, latencies_us, cpu }
+}
+
+/// User plus system time of this process so far, from `/proc/self/stat` (Linux; `None`
+/// elsewhere). Clock ticks are 100 per second on every Linux this runs on.
+fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after its closing paren.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }

@@ -1,6 +1,12 @@
 //! `flowcredits`: the command line. Only argument parsing and glue live here; the work is done
 //! by the library crates.
 
+/// mimalloc rather than the system allocator: the server allocates many small, short-lived
+/// values per request on several threads, where glibc's allocator spent a fifth of the request
+/// path's time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench_engine;
 mod bench_ledger;
 mod bench_server;

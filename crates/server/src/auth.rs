@@ -137,8 +137,16 @@ impl Caller {
         if self.user.is_operator {
             return Ok(Role::Owner);
         }
-        let (team_name, user_id) = (team.to_owned(), self.user.id.clone());
-        let role = state.catalog.call(move |connection| catalog::role_of(connection, &team_name, &user_id)).await?.ok_or_else(|| ApiError::NotFound(format!("team {team}")))?;
+        let member = (team.to_owned(), self.user.id.clone());
+        let role = match state.roles.get(&member) {
+            Some(role) => role,
+            None => {
+                let (team_name, user_id) = member.clone();
+                let role = state.catalog.call(move |connection| catalog::role_of(connection, &team_name, &user_id)).await?.ok_or_else(|| ApiError::NotFound(format!("team {team}")))?;
+                state.roles.insert(member, role);
+                role
+            }
+        };
         let rbac = state.rules.plans.get(info.plan).rbac;
         let effective = if rbac || role == Role::Owner { role } else { Role::Admin };
         if effective.allows(action) {

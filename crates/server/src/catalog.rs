@@ -254,7 +254,7 @@ pub fn members(connection: &Connection, team: &str) -> Result<Vec<Member>, ApiEr
 }
 
 pub fn role_of(connection: &Connection, team: &str, user_id: &str) -> Result<Option<Role>, ApiError> {
-    let role: Option<String> = connection.query_row("SELECT role FROM members WHERE team = ?1 AND user_id = ?2", params![team, user_id], |row| row.get(0)).optional()?;
+    let role: Option<String> = connection.prepare_cached("SELECT role FROM members WHERE team = ?1 AND user_id = ?2")?.query_row(params![team, user_id], |row| row.get(0)).optional()?;
     role.map(|role| role.parse().map_err(ApiError::internal)).transpose()
 }
 

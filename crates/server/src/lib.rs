@@ -47,6 +47,8 @@ pub struct AppState {
     pub run_duration_max: std::time::Duration,
     /// API key digest to its user (briefly: a lookup every request repeats).
     pub keys: Arc<cache::TtlCache<Vec<u8>, catalog::User>>,
+    /// `(team, user)` to the member's role (briefly; this node forgets a role it changes).
+    pub roles: Arc<cache::TtlCache<(String, String), auth::Role>>,
     /// `(team, path)` to the deployment there and its parsed snapshot.
     pub hooks: Arc<cache::TtlCache<(String, String), routes_runs::HookTarget>>,
     /// Teams with an alert check due soon.

@@ -153,6 +153,7 @@ pub async fn set_member(State(state): State<AppState>, caller: Caller, Path((tea
     if role == Role::Owner && own_role != Role::Owner {
         return Err(ApiError::Forbidden("only an owner can make another owner".into()));
     }
+    let member = (team.clone(), user_id.clone());
     let members = state
         .catalog
         .call(move |connection| {
@@ -160,11 +161,14 @@ pub async fn set_member(State(state): State<AppState>, caller: Caller, Path((tea
             catalog::members(connection, &team)
         })
         .await?;
+    state.roles.remove(&member);
     Ok(Json(json!({"items": members})))
 }
 
 pub async fn remove_member(State(state): State<AppState>, caller: Caller, Path((team, user_id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
     caller.authorize(&state, &team, Action::ManageMembers).await?;
+    let member = (team.clone(), user_id.clone());
     state.catalog.call(move |connection| catalog::remove_member(connection, &team, &user_id)).await?;
+    state.roles.remove(&member);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -62,6 +62,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         sync_wait: crate::routes_runs::SYNC_WAIT_DEFAULT,
         run_duration_max: crate::runner::RUN_DURATION_MAX,
         keys: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(10), 10_000)),
+        roles: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(1), 100_000)),
         hooks: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(1), 10_000)),
         // Longer than any check takes, so a lost task cannot block checks for long.
         alert_checks_pending: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(5), 100_000)),
