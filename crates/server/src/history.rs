@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::catalog::{Page, PageRequest, json_column, ms_to_text, now_ms};
+use crate::catalog::{Page, PageRequest, json_column, ms_to_text};
 use crate::error::ApiError;
 
 /// Lifecycle of a run as people see it. `paused` and `cancelled` mirror the ledger; a run the
@@ -92,18 +92,46 @@ pub struct NewRun<'a> {
     pub location: &'a str,
     pub status: RunState,
     pub input: &'a Value,
+    /// When the ledger admitted (or paused) it, in Unix milliseconds.
+    pub at_ms: i64,
 }
 
-pub fn insert_run(connection: &Connection, run: &NewRun<'_>) -> Result<(), ApiError> {
-    let now = now_ms();
-    let started = (run.status == RunState::Running).then_some(now);
-    connection.prepare_cached(
-        "INSERT INTO run_history (id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, input)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(
-        params![run.id, run.team, run.flow_id, run.snapshot, run.deployment_id, run.trigger, run.location, run.status.as_str(), now, started, run.input.to_string()],
-    )?;
+/// How a run ended.
+pub struct RunEnd<'a> {
+    pub state: RunState,
+    pub at_ms: i64,
+    pub credits: u64,
+    pub output: &'a Value,
+    pub error: Option<&'a str>,
+}
+
+/// Inserts a run's row; with `ended` when the run has already ended, so that its row is
+/// written once.
+pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunEnd<'_>>) -> Result<(), ApiError> {
+    let started = (run.status == RunState::Running).then_some(run.at_ms);
+    let status = ended.map_or(run.status, |end| end.state);
+    connection
+        .prepare_cached(
+            "INSERT INTO run_history (id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, input, ended_ms, credits, output, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )?
+        .execute(params![
+            run.id,
+            run.team,
+            run.flow_id,
+            run.snapshot,
+            run.deployment_id,
+            run.trigger,
+            run.location,
+            status.as_str(),
+            run.at_ms,
+            started,
+            run.input.to_string(),
+            ended.map(|end| end.at_ms),
+            ended.map_or(0, |end| end.credits as i64),
+            ended.map(|end| end.output.to_string()),
+            ended.and_then(|end| end.error)
+        ])?;
     Ok(())
 }
 
@@ -111,17 +139,17 @@ pub fn run_exists(connection: &Connection, id: &str) -> Result<bool, ApiError> {
     Ok(connection.prepare_cached("SELECT EXISTS (SELECT 1 FROM run_history WHERE id = ?1)")?.query_row([id], |row| row.get(0))?)
 }
 
-/// Marks a paused run running (it was resumed).
-pub fn mark_started(connection: &Connection, run: &str) -> Result<(), ApiError> {
-    connection.execute("UPDATE run_history SET status = 'running', started_ms = ?2 WHERE id = ?1 AND status = 'paused'", params![run, now_ms()])?;
+/// Marks a paused run running (it was resumed at `at_ms`).
+pub fn mark_started(connection: &Connection, run: &str, at_ms: i64) -> Result<(), ApiError> {
+    connection.execute("UPDATE run_history SET status = 'running', started_ms = ?2 WHERE id = ?1 AND status = 'paused'", params![run, at_ms])?;
     Ok(())
 }
 
-pub fn finish_run(connection: &Connection, run: &str, state: RunState, credits: u64, output: &Value, error: Option<&str>) -> Result<(), ApiError> {
-    debug_assert!(state.is_finished());
-    connection.prepare_cached("UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6 WHERE id = ?1")?.execute(
-        params![run, state.as_str(), now_ms(), credits as i64, output.to_string(), error],
-    )?;
+pub fn finish_run(connection: &Connection, run: &str, end: &RunEnd<'_>) -> Result<(), ApiError> {
+    debug_assert!(end.state.is_finished());
+    connection
+        .prepare_cached("UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6 WHERE id = ?1")?
+        .execute(params![run, end.state.as_str(), end.at_ms, end.credits as i64, end.output.to_string(), end.error])?;
     Ok(())
 }
 

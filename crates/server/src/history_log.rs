@@ -15,13 +15,17 @@ use tokio::sync::oneshot;
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
-use crate::history::{self, NewBlock, NewRun, RunState};
+use crate::catalog::now_ms;
+use crate::history::{self, NewBlock, NewRun, RunEnd, RunState};
 
 /// History rows waiting to be written, at most; a full queue makes runs wait (back-pressure)
 /// rather than grow memory without bound.
 const QUEUE_ENTRIES_MAX: usize = 65_536;
 /// Entries committed in one transaction, at most.
 const BATCH_ENTRIES_MAX: usize = 4_096;
+/// The writer commits at most once per this interval while entries keep coming: fewer, larger
+/// transactions and fewer wake-ups, for at most this much more delay before rows are readable.
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A run as it was admitted (or resumed).
 pub struct AdmittedRun {
@@ -58,10 +62,11 @@ pub struct FinishedRun {
     pub error: Option<String>,
 }
 
+/// Each entry carries when it happened (Unix milliseconds), not when it is written.
 enum Entry {
-    Admitted(AdmittedRun),
+    Admitted(AdmittedRun, i64),
     Blocks { run: String, blocks: Vec<BlockRecord> },
-    Finished(FinishedRun),
+    Finished(FinishedRun, i64),
     /// Answered once every entry queued before it is committed.
     Flush(oneshot::Sender<()>),
 }
@@ -88,7 +93,7 @@ impl HistoryLog {
 
     /// A run the ledger admitted or paused; a resumed run that already has its row starts.
     pub fn admitted(&self, run: AdmittedRun) {
-        self.queue(Entry::Admitted(run));
+        self.queue(Entry::Admitted(run, now_ms()));
     }
 
     /// Blocks a run executed, in order, after the ones recorded before.
@@ -98,7 +103,7 @@ impl HistoryLog {
 
     pub fn finished(&self, run: FinishedRun) {
         debug_assert!(run.state.is_finished());
-        self.queue(Entry::Finished(run));
+        self.queue(Entry::Finished(run, now_ms()));
     }
 
     /// Waits until every history row queued before this call is committed.
@@ -122,6 +127,7 @@ impl HistoryLog {
 
 fn write_loop(mut connection: Connection, queue: Receiver<Entry>) {
     while let Ok(first) = queue.recv() {
+        let began = std::time::Instant::now();
         let mut batch = vec![first];
         while batch.len() < BATCH_ENTRIES_MAX {
             match queue.try_recv() {
@@ -129,42 +135,77 @@ fn write_loop(mut connection: Connection, queue: Receiver<Entry>) {
                 Err(_) => break,
             }
         }
+        let full = batch.len() == BATCH_ENTRIES_MAX;
         let flushes = write_batch(&mut connection, batch);
         for flushed in flushes {
             let _ = flushed.send(());
         }
+        if !full {
+            std::thread::sleep(BATCH_INTERVAL.saturating_sub(began.elapsed()));
+        }
+    }
+}
+
+/// One run's entries in a batch, in the order they came.
+#[derive(Default)]
+struct RunEntries {
+    admitted: Option<(AdmittedRun, i64)>,
+    blocks: Vec<BlockRecord>,
+    finished: Option<(FinishedRun, i64)>,
+}
+
+/// A batch's entries by run, runs in the order they first appear.
+#[derive(Default)]
+struct BatchRuns {
+    order: Vec<(String, RunEntries)>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl BatchRuns {
+    fn of(&mut self, run: &str) -> &mut RunEntries {
+        let position = match self.index.get(run) {
+            Some(&position) => position,
+            None => {
+                self.order.push((run.to_owned(), RunEntries::default()));
+                self.index.insert(run.to_owned(), self.order.len() - 1);
+                self.order.len() - 1
+            }
+        };
+        &mut self.order[position].1
     }
 }
 
 /// Writes a batch in one transaction; returns the flushes to answer once it is committed.
+/// Entries are gathered per run first: a short run admitted, executed and finished within one
+/// batch is written as one row and its blocks, instead of a row that is then updated.
 fn write_batch(connection: &mut Connection, batch: Vec<Entry>) -> Vec<oneshot::Sender<()>> {
     let mut flushes = Vec::new();
+    let mut runs = BatchRuns::default();
+    for entry in batch {
+        match entry {
+            Entry::Flush(flushed) => flushes.push(flushed),
+            Entry::Admitted(run, at_ms) => {
+                let entries = runs.of(&run.id);
+                entries.admitted = Some((run, at_ms));
+            }
+            Entry::Blocks { run, mut blocks } => runs.of(&run).blocks.append(&mut blocks),
+            Entry::Finished(run, at_ms) => {
+                let entries = runs.of(&run.id);
+                entries.finished = Some((run, at_ms));
+            }
+        }
+    }
     // Immediate: the write lock is taken (waiting out the catalog's own writes) before the
     // first read, so no write in the batch can fail on a snapshot another connection changed.
     let transaction = match connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
         Ok(transaction) => transaction,
         Err(err) => {
-            tracing::error!(error = %err, rows = batch.len(), "cannot begin writing run history; these rows are lost");
-            return batch.into_iter().filter_map(|entry| if let Entry::Flush(flushed) = entry { Some(flushed) } else { None }).collect();
+            tracing::error!(error = %err, runs = runs.order.len(), "cannot begin writing run history; these runs' rows are lost");
+            return flushes;
         }
     };
-    for entry in batch {
-        let (run, written) = match entry {
-            Entry::Flush(flushed) => {
-                flushes.push(flushed);
-                continue;
-            }
-            Entry::Admitted(run) => (run.id.clone(), in_savepoint(&transaction, |connection| write_admitted(connection, &run))),
-            Entry::Blocks { run, blocks } => {
-                let written = in_savepoint(&transaction, |connection| write_blocks(connection, &run, &blocks));
-                (run, written)
-            }
-            Entry::Finished(run) => {
-                let written = in_savepoint(&transaction, |connection| history::finish_run(connection, &run.id, run.state, run.credits, &run.output, run.error.as_deref()));
-                (run.id, written)
-            }
-        };
-        if let Err(err) = written {
+    for (run, entries) in runs.order {
+        if let Err(err) = in_savepoint(&transaction, |connection| write_run(connection, &run, entries)) {
             tracing::error!(run = %run, error = %err, "recording run history failed");
         }
     }
@@ -174,33 +215,53 @@ fn write_batch(connection: &mut Connection, batch: Vec<Entry>) -> Vec<oneshot::S
     flushes
 }
 
+fn write_run(connection: &Connection, run: &str, entries: RunEntries) -> Result<(), ApiError> {
+    let RunEntries { admitted, blocks, mut finished } = entries;
+    let mut new_row = false;
+    if let Some((admitted, at_ms)) = admitted {
+        // A resumed run already has its row: it starts if the ledger admitted it, and otherwise
+        // stays paused as recorded.
+        if history::run_exists(connection, run)? {
+            if admitted.status == RunState::Running {
+                history::mark_started(connection, run, at_ms)?;
+            }
+        } else {
+            let new_run = NewRun { id: run, team: &admitted.team, flow_id: &admitted.flow_id, snapshot: admitted.snapshot, deployment_id: admitted.deployment_id.as_deref(), trigger: admitted.trigger, location: admitted.location, status: admitted.status, input: &admitted.input, at_ms };
+            history::insert_run(connection, &new_run, finished.take().as_ref().map(end).as_ref())?;
+            new_row = true;
+        }
+    }
+    if !blocks.is_empty() {
+        // A row written in this batch has no blocks before these.
+        let first: u32 = if new_row { 0 } else { connection.prepare_cached("SELECT COUNT(*) FROM run_history_blocks WHERE run_id = ?1")?.query_row([run], |row| row.get(0))? };
+        write_blocks(connection, run, first, &blocks)?;
+    }
+    if let Some(finished) = &finished {
+        history::finish_run(connection, run, &end(finished))?;
+    }
+    Ok(())
+}
+
+fn end((finished, at_ms): &(FinishedRun, i64)) -> RunEnd<'_> {
+    RunEnd { state: finished.state, at_ms: *at_ms, credits: finished.credits, output: &finished.output, error: finished.error.as_deref() }
+}
+
 /// Runs `work` so that its failure undoes only its own rows.
 fn in_savepoint(connection: &Connection, work: impl FnOnce(&Connection) -> Result<(), ApiError>) -> Result<(), ApiError> {
-    connection.execute_batch("SAVEPOINT entry")?;
+    connection.prepare_cached("SAVEPOINT run")?.execute([])?;
     match work(connection) {
-        Ok(()) => Ok(connection.execute_batch("RELEASE entry")?),
+        Ok(()) => {
+            connection.prepare_cached("RELEASE run")?.execute([])?;
+            Ok(())
+        }
         Err(err) => {
-            connection.execute_batch("ROLLBACK TO entry; RELEASE entry")?;
+            connection.execute_batch("ROLLBACK TO run; RELEASE run")?;
             Err(err)
         }
     }
 }
 
-fn write_admitted(connection: &Connection, run: &AdmittedRun) -> Result<(), ApiError> {
-    // A resumed run already has its row: it starts if the ledger admitted it, and otherwise
-    // stays paused as recorded.
-    if history::run_exists(connection, &run.id)? {
-        if run.status == RunState::Running {
-            history::mark_started(connection, &run.id)?;
-        }
-        return Ok(());
-    }
-    let new_run = NewRun { id: &run.id, team: &run.team, flow_id: &run.flow_id, snapshot: run.snapshot, deployment_id: run.deployment_id.as_deref(), trigger: run.trigger, location: run.location, status: run.status, input: &run.input };
-    history::insert_run(connection, &new_run)
-}
-
-fn write_blocks(connection: &Connection, run: &str, blocks: &[BlockRecord]) -> Result<(), ApiError> {
-    let first: u32 = connection.prepare_cached("SELECT COUNT(*) FROM run_history_blocks WHERE run_id = ?1")?.query_row([run], |row| row.get(0))?;
+fn write_blocks(connection: &Connection, run: &str, first: u32, blocks: &[BlockRecord]) -> Result<(), ApiError> {
     let rows: Vec<NewBlock<'_>> = blocks
         .iter()
         .enumerate()

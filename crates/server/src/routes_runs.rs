@@ -248,8 +248,8 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
     state
         .catalog
         .call(move |connection| {
-            let run = history::NewRun { id: &id, team: &team_name, flow_id: &body.flow, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: run_state, input: &Value::Null };
-            history::insert_run(connection, &run)
+            let run = history::NewRun { id: &id, team: &team_name, flow_id: &body.flow, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: run_state, input: &Value::Null, at_ms: catalog::now_ms() };
+            history::insert_run(connection, &run, None)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(json!({"run_id": run_id, "status": status.as_str(), "needs_credits": needs_credits}))))
@@ -302,6 +302,7 @@ pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((
     state.ledger.end_run(&team, &run).await?;
     let credits = state.ledger.run_credits(&team, &run).await?;
     let id = run.clone();
-    state.catalog.call(move |connection| history::finish_run(connection, &id, RunState::Succeeded, credits.0, &Value::Null, None)).await?;
+    let end = history::RunEnd { state: RunState::Succeeded, at_ms: catalog::now_ms(), credits: credits.0, output: &Value::Null, error: None };
+    state.catalog.call(move |connection| history::finish_run(connection, &id, &end)).await?;
     Ok(Json(json!({"run_id": run, "status": "completed", "credits": credits.0})))
 }

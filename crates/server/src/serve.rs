@@ -155,6 +155,7 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
     }
     // The answers come from the flow's response block; the usage is complete once runs end.
     state.runner.drain(Duration::from_secs(30)).await;
+    state.history.flush().await;
     Ok(token)
 }
 
@@ -191,6 +192,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     if !state.runner.drain(config.drain).await {
         tracing::warn!(runs = state.runner.in_flight(), "shutdown stopped waiting for running flows");
     }
+    // Run history is written behind the runs: what they queued is written before exiting.
+    state.history.flush().await;
     Ok(())
 }
 
