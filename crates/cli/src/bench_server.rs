@@ -90,11 +90,11 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
     let key = set_up(&client, &base, &operator).await?;
 
     eprintln!("warming up…");
-    load(&client, &format!("{base}/hooks/bench/work"), &key, Some(json!({"n": 1})), args.connections, Duration::from_secs(1)).await;
+    load(&base, "/hooks/bench/work", &key, Some(json!({"n": 1})), args.connections, Duration::from_secs(1)).await;
     eprintln!("baseline: GET /healthz with {} connections for {} s…", args.connections, args.duration_s);
-    let baseline = load(&client, &format!("{base}/healthz"), &key, None, args.connections, Duration::from_secs(args.duration_s)).await;
+    let baseline = load(&base, "/healthz", &key, None, args.connections, Duration::from_secs(args.duration_s)).await;
     eprintln!("hook calls: POST /hooks/bench/work with {} connections for {} s…", args.connections, args.duration_s);
-    let hooks = load(&client, &format!("{base}/hooks/bench/work"), &key, Some(json!({"n": 1})), args.connections, Duration::from_secs(args.duration_s)).await;
+    let hooks = load(&base, "/hooks/bench/work", &key, Some(json!({"n": 1})), args.connections, Duration::from_secs(args.duration_s)).await;
 
     let report = json!({
         "connections": args.connections,
@@ -149,30 +149,39 @@ async fn set_up(client: &reqwest::Client, base: &str, operator: &str) -> anyhow:
     Ok(key)
 }
 
-/// `connections` callers each send requests one after another until `duration` passes.
-async fn load(client: &reqwest::Client, url: &str, key: &str, body: Option<Value>, connections: usize, duration: Duration) -> Phase {
+/// `connections` callers each send requests one after another on a kept-alive connection
+/// until `duration` passes. The caller is a minimal HTTP/1.1 client (as `wrk` is), so that the
+/// load generator takes as little as it can of the cores it shares with the server; every
+/// answer is still read whole and checked (status 2xx, `Content-Length` body).
+async fn load(base: &str, path: &str, key: &str, body: Option<Value>, connections: usize, duration: Duration) -> Phase {
+    let address = base.trim_start_matches("http://").to_owned();
+    let request = Arc::new(raw_request(&address, path, key, body.as_ref()));
     let started = Instant::now();
     let cpu_before = process_cpu_time();
     let deadline = started + duration;
-    let body = Arc::new(body);
     let mut callers = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let (client, url, key, body) = (client.clone(), url.to_owned(), key.to_owned(), Arc::clone(&body));
+        let (address, request) = (address.clone(), Arc::clone(&request));
         callers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = 0;
+            let mut connection: Option<RawConnection> = None;
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                let request = match body.as_ref() {
-                    Some(body) => client.post(&url).json(body),
-                    None => client.get(&url),
+                if connection.is_none() {
+                    connection = RawConnection::open(&address).await.ok();
+                }
+                let Some(open) = connection.as_mut() else {
+                    failures += 1;
+                    continue;
                 };
-                match request.bearer_auth(&key).send().await {
-                    Ok(response) if response.status().is_success() => {
-                        let _ = response.bytes().await;
-                        latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                match open.exchange(&request).await {
+                    Ok(status) if (200..300).contains(&status) => latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                    Ok(_) => failures += 1,
+                    Err(_) => {
+                        failures += 1;
+                        connection = None;
                     }
-                    _ => failures += 1,
                 }
             }
             (latencies, failures)
@@ -190,6 +199,68 @@ async fn load(client: &reqwest::Client, url: &str, key: &str, body: Option<Value
     let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     latencies_us.sort_unstable();
     Phase { requests: latencies_us.len(), failures, elapsed, latencies_us, cpu }
+}
+
+/// The bytes of one request, built once and sent again and again.
+fn raw_request(host: &str, path: &str, key: &str, body: Option<&Value>) -> Vec<u8> {
+    let mut request = match body {
+        Some(body) => {
+            let body = body.to_string();
+            format!("POST {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        }
+        None => format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n\r\n"),
+    };
+    request.shrink_to_fit();
+    request.into_bytes()
+}
+
+/// A kept-alive HTTP/1.1 connection and the bytes read past the last answer.
+struct RawConnection {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawConnection {
+    async fn open(address: &str) -> std::io::Result<RawConnection> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawConnection { stream, buffer: Vec::with_capacity(8192) })
+    }
+
+    /// Sends `request` and reads its whole answer; returns the status code.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::AsyncWriteExt;
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        self.stream.write_all(request).await?;
+        loop {
+            if let Some(head_end) = self.buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buffer[..head_end]).map_err(|_| invalid("the answer's head is not text"))?;
+                let status: u16 = head.split(' ').nth(1).and_then(|code| code.parse().ok()).ok_or_else(|| invalid("the answer has no status code"))?;
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-length")).and_then(|(_, value)| value.trim().parse().ok()))
+                    .ok_or_else(|| invalid("the answer has no content-length"))?;
+                let total = head_end + 4 + length;
+                while self.buffer.len() < total {
+                    self.read_more().await?;
+                }
+                self.buffer.drain(..total);
+                return Ok(status);
+            }
+            self.read_more().await?;
+        }
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        let read = self.stream.read(&mut chunk).await?;
+        if read == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+        }
+        self.buffer.extend_from_slice(&chunk[..read]);
+        Ok(())
+    }
 }
 
 /// User plus system time of this process so far, from `/proc/self/stat` (Linux; `None`
