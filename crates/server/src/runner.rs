@@ -130,6 +130,8 @@ impl Runner {
     /// recorded as failed. Returns how many.
     pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
         let interrupted = state.catalog.call(|connection| history::running_runs(connection)).await?;
+        // Private-runner jobs live in the catalog, not in this process: they go on.
+        let interrupted = crate::jobs::without_jobs(state, interrupted).await?;
         for (team, run_id) in &interrupted {
             if let Err(err) = state.ledger.end_run(team, run_id).await {
                 tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
@@ -155,6 +157,12 @@ impl Runner {
             let (team_name, flow_id, snapshot) = (team.to_owned(), run.flow_id.clone(), run.snapshot);
             let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
             let context = state.ledger.run_context(team, &run_id).await?;
+            // A private runner's run goes back in its team's job queue instead.
+            if context.location() == flowcredits_core::Location::Private {
+                crate::jobs::enqueue_resumed(state, team, &run_id).await?;
+                dispatched += 1;
+                continue;
+            }
             let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None, answer_on_response: false };
             self.spawn(state.clone(), job, None, None);
             dispatched += 1;
@@ -243,15 +251,21 @@ impl Runner {
                 RunReply { run_id: job.run_id.clone(), state: run_state, credits, response: None, output: Value::Null, error: Some(format!("run {reason}")) }
             }
         };
-        state.metrics.run_finished(reply.state);
-        let id = job.run_id.clone();
-        let (output, error, run_state, credits) = (reply.output.clone(), reply.error.clone(), reply.state, reply.credits.0);
-        if let Err(err) = state.catalog.call(move |connection| history::finish_run(connection, &id, run_state, credits, &output, error.as_deref())).await {
-            tracing::error!(run = %job.run_id, error = %err, "recording a finished run failed");
-        }
-        crate::scheduler::check_alerts(state, &job.team).await;
+        record_finished(state, &job.team, &reply).await;
         Some(reply)
     }
+}
+
+/// Records a finished run (history, the metric) and asks for an alert check: the server's own
+/// runs and private-runner jobs alike.
+pub(crate) async fn record_finished(state: &AppState, team: &str, reply: &RunReply) {
+    state.metrics.run_finished(reply.state);
+    let id = reply.run_id.clone();
+    let (output, error, run_state, credits) = (reply.output.clone(), reply.error.clone(), reply.state, reply.credits.0);
+    if let Err(err) = state.catalog.call(move |connection| history::finish_run(connection, &id, run_state, credits, &output, error.as_deref())).await {
+        tracing::error!(run = %reply.run_id, error = %err, "recording a finished run failed");
+    }
+    crate::scheduler::check_alerts(state, team).await;
 }
 
 /// Where the answer to a waiting caller goes, once.
@@ -271,7 +285,8 @@ struct Job {
     answer_on_response: bool,
 }
 
-fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {
+/// What a finished run tells its caller; a private runner builds the same from its report.
+pub fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {
     let (state, error) = match report.outcome {
         RunOutcome::Failed { error } => (RunState::Failed, Some(error)),
         _ => (RunState::Succeeded, None),
@@ -332,40 +347,7 @@ impl StoreMeter<'_> {
     async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
         // The ledger's message says what it refused (an execution seen with other content, a run
         // that is no longer running); it is passed on as it is.
-        let credits = self.ledger().charge(&self.job.team, run.as_str(), charges).await.map_err(|err| EngineError::Store(err.to_string()))?;
-        self.state.metrics.charged(credits.iter().copied().sum());
-        let rows: Vec<(BlockCharge, u64)> = charges.iter().cloned().zip(credits.iter().map(|credits| credits.0)).collect();
-        let id = self.job.run_id.clone();
-        self.state
-            .catalog
-            .call(move |connection| {
-                let first: u32 = connection.query_row("SELECT COUNT(*) FROM run_history_blocks WHERE run_id = ?1", [&id], |row| row.get(0))?;
-                let prefix = format!("{id}/");
-                let blocks: Vec<NewBlock<'_>> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(index, (charge, credits))| {
-                        let trace = charge.trace.as_deref();
-                        let error = trace.and_then(|trace| trace.error.as_deref());
-                        NewBlock {
-                            seq: first + index as u32,
-                            block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()),
-                            kind: charge.usage.kind.as_str(),
-                            status: if error.is_some() { "failed" } else { "completed" },
-                            input: trace.map_or(&Value::Null, |trace| &trace.input),
-                            output: trace.map_or(&Value::Null, |trace| &trace.output),
-                            started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
-                            duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
-                            credits: *credits,
-                            error,
-                        }
-                    })
-                    .collect();
-                history::insert_blocks(connection, &id, &blocks)
-            })
-            .await
-            .map_err(|err| EngineError::Store(err.to_string()))?;
-        Ok(credits)
+        charge_run(&self.state, &self.job.team, run.as_str(), charges).await.map_err(|err| EngineError::Store(err.to_string()))
     }
 }
 
@@ -381,6 +363,47 @@ impl Meter for StoreMeter<'_> {
     fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(|err| EngineError::Store(err.to_string())) })
     }
+}
+
+/// Charges block executions of a running run in the ledger and lists each in the run's
+/// history: the server's own runs (through `StoreMeter`), local runs and private-runner jobs
+/// (whose executions are reported over HTTP). An execution reported again (a retry, a job
+/// handed out again) is acknowledged by the ledger with its first credits and listed once.
+pub(crate) async fn charge_run(state: &AppState, team: &str, run_id: &str, charges: &[BlockCharge]) -> Result<Vec<Credits>, ApiError> {
+    let credits = state.ledger.charge(team, run_id, charges).await?;
+    state.metrics.charged(credits.iter().copied().sum());
+    let rows: Vec<(BlockCharge, u64)> = charges.iter().cloned().zip(credits.iter().map(|credits| credits.0)).collect();
+    let id = run_id.to_owned();
+    state
+        .catalog
+        .call(move |connection| {
+            // After the highest number, not the count: executions listed already are skipped.
+            let first: u32 = connection.query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_history_blocks WHERE run_id = ?1", [&id], |row| row.get(0))?;
+            let prefix = format!("{id}/");
+            let blocks: Vec<NewBlock<'_>> = rows
+                .iter()
+                .enumerate()
+                .map(|(index, (charge, credits))| {
+                    let trace = charge.trace.as_deref();
+                    let error = trace.and_then(|trace| trace.error.as_deref());
+                    NewBlock {
+                        seq: first + index as u32,
+                        block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()),
+                        kind: charge.usage.kind.as_str(),
+                        status: if error.is_some() { "failed" } else { "completed" },
+                        input: trace.map_or(&Value::Null, |trace| &trace.input),
+                        output: trace.map_or(&Value::Null, |trace| &trace.output),
+                        started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
+                        duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
+                        credits: *credits,
+                        error,
+                    }
+                })
+                .collect();
+            history::insert_blocks(connection, &id, &blocks)
+        })
+        .await?;
+    Ok(credits)
 }
 
 /// Admits a run in the team's ledger, timed for the admission metric: every admission, from

@@ -47,6 +47,10 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             if let Err(err) = check_every_teams_alerts(&state).await {
                 tracing::warn!(error = %err, "checking usage alerts failed");
             }
+            // Private-runner jobs no runner will finish are given up, even with no runner polling.
+            if let Err(err) = crate::jobs::sweep(&state, None).await {
+                tracing::warn!(error = %err, "giving up stale private-runner jobs failed");
+            }
         }
     }
 }
@@ -80,7 +84,7 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, toki
             http: None,
             answer_on_response: true,
         };
-        if let Err(err) = state.runner.start(state, request).await {
+        if let Err(err) = crate::jobs::start_deployed(state, deployment.runs_on, request).await {
             tracing::warn!(deployment = %deployment.id, error = %err, "a scheduled run could not start");
         }
     }
@@ -228,7 +232,7 @@ mod tests {
                 catalog::set_member(connection, "acme", &user.id, Role::Owner)?;
                 let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
                 let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
-                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), created_at: String::new() };
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), runs_on: catalog::RunsOn::Cloud, created_at: String::new() };
                 catalog::create_deployment(connection, &deployment)?;
                 Ok(deployment)
             })

@@ -50,6 +50,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         // Longer than any check takes, so a lost task cannot block checks for long.
         alert_checks_pending: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(5), 100_000)),
         alerts_fired: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(24 * 3600), 100_000)),
+        jobs: crate::jobs::JobHub::default(),
     })
 }
 
@@ -116,6 +117,7 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
                 snapshot: snapshot.number,
                 trigger: "api".into(),
                 schedule_every_s: None,
+                runs_on: catalog::RunsOn::Cloud,
                 created_at: String::new(),
             };
             catalog::create_deployment(connection, &deployment)?;
