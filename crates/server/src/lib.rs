@@ -5,6 +5,7 @@
 pub mod auth;
 mod cache;
 pub mod catalog;
+pub mod client;
 mod dashboard;
 pub mod error;
 pub mod history;
