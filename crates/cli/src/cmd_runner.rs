@@ -53,7 +53,7 @@ async fn serve(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     log.started(&client, &args);
     let (stop_tx, mut stop) = watch::channel(false);
     tokio::spawn(async move {
-        stop_signal().await;
+        flowcredits_server::serve::stop_signal().await;
         let _ = stop_tx.send(true);
     });
     let mut retry_wait = Duration::from_secs(1);
@@ -96,27 +96,6 @@ async fn serve(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     }
     log.stopped();
     Ok(ExitCode::SUCCESS)
-}
-
-async fn stop_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
-    }
 }
 
 /// Progress on stdout: sentences, or one JSON object per line with `--json`.

@@ -180,6 +180,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
 }
 
 async fn shutdown_signal() {
+    stop_signal().await;
+    tracing::info!("shutting down: no new requests; running flows may finish");
+}
+
+/// Returns when the process gets SIGINT (Ctrl-C) or SIGTERM: the server and `flowcredits
+/// runner` stop on either.
+pub async fn stop_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -198,5 +205,4 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    tracing::info!("shutting down: no new requests; running flows may finish");
 }
