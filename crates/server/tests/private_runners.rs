@@ -321,3 +321,34 @@ async fn out_of_credits_a_job_waits_paused_until_pay_as_you_go_hands_it_out() {
     let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
     assert_eq!((usage["used"].clone(), usage["payg_credits"].clone()), (json!(3 * PRIVATE_RUN_CREDITS), json!(PRIVATE_RUN_CREDITS)), "{usage}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_tool_deployed_to_a_private_runner_is_answered_by_the_runner() {
+    let server = support::start_with(private_rules(500), |_| {}).await;
+    let owner = server.team("acme", "enterprise").await;
+    let (_, token) = register(&server, "acme", &owner, "rack-1").await;
+    let tool = json!({
+        "name": "greet",
+        "blocks": [
+            {"id": "args", "kind": "mcp", "config": {"input_schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
+            {"id": "greet", "kind": "template", "config": {"template": "Hello, {{input.name}}!"}},
+            {"id": "check", "kind": "validate", "config": {"schema": {"type": "string"}}},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": [{"from": "args.arguments", "to": "greet.input"}, {"from": "greet.text", "to": "check.value"}, {"from": "check.pass", "to": "reply.body"}]
+    });
+    let (status, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": "greet", "definition": tool})).await;
+    assert_eq!(status, StatusCode::CREATED, "{flow}");
+    let flow_id = flow["id"].as_str().unwrap();
+    server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    let (status, deployment) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "greet", "trigger": "mcp", "runs_on": "private"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployment}");
+    let runner = spawn_runner(&server, "acme", &token, 1);
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "greet", "arguments": {"name": "Ada"}}});
+    let (_, called) = server.post("/mcp?team=acme", &owner, call).await;
+    assert_eq!(called["result"], json!({"content": [{"type": "text", "text": "Hello, Ada!"}], "isError": false}), "{called}");
+    joined(runner).await;
+    let (_, runs) = server.get("/v1/teams/acme/runs?trigger=mcp", &owner).await;
+    let run = server.finished_run("acme", &owner, runs["items"][0]["id"].as_str().unwrap()).await;
+    assert_eq!((run["location"].clone(), run["credits"].clone()), (json!("private"), json!(2)), "the validate block at its private price: {run}");
+}
