@@ -11,7 +11,7 @@ use flowcredits_engine::{DirResolver, Engine, Flow, LedgerMeter, Meter, Provider
 use flowcredits_store::{LedgerStore, SqliteStore, StoreError, TeamName};
 use serde_json::{Map, Value, json};
 
-use crate::meter_server::ServerMeter;
+use flowcredits_server::client::ServerMeter;
 use crate::meter_store::StoreMeter;
 use crate::rules::RulesArgs;
 

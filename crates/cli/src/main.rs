@@ -13,10 +13,10 @@ mod bench_server;
 mod cmd_bench;
 mod cmd_estimate;
 mod cmd_run;
+mod cmd_runner;
 mod cmd_serve;
 mod cmd_simulate;
 mod cmd_store;
-mod meter_server;
 mod meter_store;
 mod rules;
 mod sim_store;
@@ -41,6 +41,7 @@ enum Command {
     Run(cmd_run::RunArgs),
     Estimate(cmd_estimate::EstimateArgs),
     Serve(cmd_serve::ServeArgs),
+    Runner(cmd_runner::RunnerArgs),
     /// Benchmarks (see BENCHMARKS.md).
     Bench(cmd_bench::BenchArgs),
     #[command(flatten)]
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd_run::run(&cli.rules, args),
         Command::Estimate(args) => cmd_estimate::run(&cli.rules, args),
         Command::Serve(args) => cmd_serve::run(&cli.rules, args),
+        Command::Runner(args) => cmd_runner::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Store(command) => cmd_store::run(&cli.rules, command),
     };

@@ -1,56 +1,13 @@
 //! `flowcredits serve` as an operator runs it: the real binary on a loopback port, stopped with
 //! SIGTERM while a flow is running. The flow finishes and is recorded before the process exits.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts the server and returns it with the keys it printed (operator, then demo owner).
-fn start(db: &std::path::Path, port: u16, demo: bool) -> (Child, Vec<String>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_flowcredits"));
-    command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]).arg("--db").arg(db).env("FLOWCREDITS_LOG", "warn");
-    if demo {
-        command.arg("--demo");
-    }
-    let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    let mut keys = Vec::new();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(key) = line.trim().strip_prefix("fck_") {
-            keys.push(format!("fck_{key}"));
-        }
-        if line.starts_with("Listening on") {
-            break;
-        }
-    }
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, keys)
-}
-
-async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, key: &str, body: Value) -> Value {
-    let response = client.request(method, url).bearer_auth(key).json(&body).send().await.unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    response.json().await.unwrap()
-}
-
-fn wait_for_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(started.elapsed() < limit, "the server did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use support::{call, free_port, start, wait_for_exit};
 
 /// Deploys a flow at `slow` that waits `delay_ms` before answering.
 async fn deploy_slow(client: &reqwest::Client, base: &str, owner: &str, delay_ms: u64) {

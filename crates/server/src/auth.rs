@@ -18,9 +18,14 @@ pub const KEY_PREFIX: &str = "fck_";
 
 /// A new random key and the digest to store.
 pub fn new_key() -> (String, Vec<u8>) {
+    new_token(KEY_PREFIX)
+}
+
+/// 256 random bits behind `prefix`, and the digest to store: API keys and runner tokens alike.
+pub fn new_token(prefix: &str) -> (String, Vec<u8>) {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).expect("the OS random source is available");
-    let token = format!("{KEY_PREFIX}{}", secret.iter().map(|byte| format!("{byte:02x}")).collect::<String>());
+    let token = format!("{prefix}{}", secret.iter().map(|byte| format!("{byte:02x}")).collect::<String>());
     let digest = key_digest(&token);
     (token, digest)
 }
@@ -59,7 +64,7 @@ impl Role {
             Action::Read => true,
             Action::Build => matches!(self, Role::Owner | Role::Admin | Role::Editor),
             Action::Bill => matches!(self, Role::Owner | Role::Admin | Role::Billing),
-            Action::ManageMembers => matches!(self, Role::Owner | Role::Admin),
+            Action::ManageMembers | Action::ManageRunners => matches!(self, Role::Owner | Role::Admin),
         }
     }
 }
@@ -88,6 +93,8 @@ pub enum Action {
     Bill,
     /// Add, change and remove members.
     ManageMembers,
+    /// Register and deregister private runners (they run the team's flows on its machines).
+    ManageRunners,
 }
 
 impl Action {
@@ -97,6 +104,7 @@ impl Action {
             Action::Build => "change flows, deployments or runs (owner, admin or editor)",
             Action::Bill => "change billing or buy credits (owner, admin or billing)",
             Action::ManageMembers => "manage members (owner or admin)",
+            Action::ManageRunners => "register or remove private runners (owner or admin)",
         }
     }
 }
@@ -165,14 +173,14 @@ mod tests {
     fn the_role_matrix() {
         use Action::*;
         let table = [
-            (Role::Owner, [true, true, true, true]),
-            (Role::Admin, [true, true, true, true]),
-            (Role::Billing, [true, false, true, false]),
-            (Role::Editor, [true, true, false, false]),
-            (Role::Viewer, [true, false, false, false]),
+            (Role::Owner, [true, true, true, true, true]),
+            (Role::Admin, [true, true, true, true, true]),
+            (Role::Billing, [true, false, true, false, false]),
+            (Role::Editor, [true, true, false, false, false]),
+            (Role::Viewer, [true, false, false, false, false]),
         ];
         for (role, allowed) in table {
-            for (action, expected) in [Read, Build, Bill, ManageMembers].into_iter().zip(allowed) {
+            for (action, expected) in [Read, Build, Bill, ManageMembers, ManageRunners].into_iter().zip(allowed) {
                 assert_eq!(role.allows(action), expected, "{role} {action:?}");
             }
         }

@@ -45,6 +45,19 @@ const SCHEMA: &[&str] = &[
      CREATE TABLE alert_deliveries (id TEXT PRIMARY KEY, team TEXT NOT NULL, alert TEXT NOT NULL, period_start_ms INTEGER NOT NULL,
         created_ms INTEGER NOT NULL, delivered_ms INTEGER, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
         UNIQUE (team, alert, period_start_ms));",
+    // 2: private runners. A deployment says where its runs execute; a runner is a team's own
+    // machine holding a token (SHA-256 only, like API keys); a job is a run queued for, or
+    // leased to, one of the team's runners (`runner_id` NULL or its lease passed: waiting).
+    // One history row per execution, so an execution reported twice (a retried charge, a job
+    // handed out again) is listed once, as the ledger counts it once.
+    "ALTER TABLE deployments ADD COLUMN runs_on TEXT NOT NULL DEFAULT 'cloud';
+     CREATE TABLE runners (id TEXT PRIMARY KEY, team TEXT NOT NULL, name TEXT NOT NULL, token_sha256 BLOB NOT NULL UNIQUE,
+        created_ms INTEGER NOT NULL, last_seen_ms INTEGER, UNIQUE (team, name));
+     CREATE INDEX runners_by_team ON runners (team, id);
+     CREATE TABLE runner_jobs (run_id TEXT PRIMARY KEY REFERENCES run_history(id), team TEXT NOT NULL, http TEXT,
+        runner_id TEXT, lease_until_ms INTEGER, claims INTEGER NOT NULL DEFAULT 0, created_ms INTEGER NOT NULL);
+     CREATE INDEX runner_jobs_by_team ON runner_jobs (team, run_id);
+     CREATE UNIQUE INDEX run_history_blocks_by_execution ON run_history_blocks (run_id, block_id);",
 ];
 
 #[derive(Clone)]
@@ -405,7 +418,32 @@ pub struct Deployment {
     pub trigger: String,
     /// Runs on a schedule every this many seconds, when set.
     pub schedule_every_s: Option<u32>,
+    /// Where its runs execute: `cloud` (this server) or `private` (the team's private runners).
+    pub runs_on: RunsOn,
     pub created_at: String,
+}
+
+/// Where a deployment's runs execute.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunsOn {
+    #[default]
+    Cloud,
+    /// Queued as jobs for the team's private runners (Enterprise).
+    Private,
+}
+
+impl RunsOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunsOn::Cloud => "cloud",
+            RunsOn::Private => "private",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunsOn> {
+        [RunsOn::Cloud, RunsOn::Private].into_iter().find(|runs_on| runs_on.as_str() == text)
+    }
 }
 
 fn deployment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
@@ -418,16 +456,17 @@ fn deployment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
         trigger: row.get(5)?,
         schedule_every_s: row.get(6)?,
         created_at: ms_to_text(row.get(7)?),
+        runs_on: RunsOn::parse(&row.get::<_, String>(8)?).unwrap_or_default(),
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms";
+const DEPLOYMENT_COLUMNS: &str = "id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on";
 
 pub fn create_deployment(connection: &Connection, deployment: &Deployment) -> Result<(), ApiError> {
     let inserted = connection.execute(
-        "INSERT INTO deployments (id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO deployments (id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (team, path) DO NOTHING",
-        params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, now_ms()],
+        params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, now_ms(), deployment.runs_on.as_str()],
     )?;
     if inserted == 0 {
         return Err(ApiError::Conflict(format!("team {} already deploys something at path {:?}", deployment.team, deployment.path)));
@@ -437,6 +476,14 @@ pub fn create_deployment(connection: &Connection, deployment: &Deployment) -> Re
 
 pub fn deployment_by_path(connection: &Connection, team: &str, path: &str) -> Result<Option<Deployment>, ApiError> {
     Ok(connection.query_row(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE team = ?1 AND path = ?2"), params![team, path], deployment_row).optional()?)
+}
+
+/// A deployment of `team` by its id; another team's is not found.
+pub fn deployment(connection: &Connection, team: &str, id: &str) -> Result<Deployment, ApiError> {
+    connection
+        .query_row(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE team = ?1 AND id = ?2"), params![team, id], deployment_row)
+        .optional()?
+        .ok_or_else(|| ApiError::NotFound(format!("deployment {id}")))
 }
 
 pub fn deployments(connection: &Connection, team: &str, page: &PageRequest) -> Result<Page<Deployment>, ApiError> {

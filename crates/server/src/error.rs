@@ -12,6 +12,8 @@ pub enum ApiError {
     Invalid { field: String, message: String },
     #[error("missing or unknown API key; send `Authorization: Bearer <key>`")]
     Unauthenticated,
+    #[error("the server refused the runner token (unknown, or its runner was deregistered); register a runner with POST /v1/teams/{team}/runners and use the token it shows once")]
+    UnknownRunnerToken { team: String },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0} not found")]
@@ -39,7 +41,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Unauthenticated | ApiError::UnknownRunnerToken { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

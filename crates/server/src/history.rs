@@ -153,32 +153,35 @@ pub fn finish_run(connection: &Connection, run: &str, end: &RunEnd<'_>) -> Resul
     Ok(())
 }
 
-pub struct NewBlock<'a> {
-    pub seq: u32,
-    pub block_id: &'a str,
-    pub kind: &'a str,
-    pub status: &'a str,
-    pub input: &'a Value,
-    pub output: &'a Value,
+/// One block execution as history shows it.
+pub struct BlockRecord {
+    pub block_id: String,
+    pub kind: &'static str,
+    pub failed: bool,
+    pub input: Value,
+    pub output: Value,
     pub started_ms: i64,
     pub duration_us: i64,
     pub credits: u64,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
 }
 
-/// Inserts block rows; the caller holds the transaction they belong to.
-pub fn insert_blocks(connection: &Connection, run: &str, blocks: &[NewBlock<'_>]) -> Result<(), ApiError> {
+/// Lists block executions after the run's last one. An execution listed already (reported
+/// again by a retry or a job handed out again) is skipped and takes no number.
+pub fn insert_blocks(connection: &Connection, run: &str, blocks: &[BlockRecord], run_is_new: bool) -> Result<(), ApiError> {
+    let mut seq: u32 = if run_is_new { 0 } else { connection.prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_history_blocks WHERE run_id = ?1")?.query_row([run], |row| row.get(0))? };
     let mut statement = connection.prepare_cached(
         "INSERT OR IGNORE INTO run_history_blocks (run_id, seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for block in blocks {
-        statement.execute(params![
+        let status = if block.failed { "failed" } else { "completed" };
+        let inserted = statement.execute(params![
             run,
-            block.seq,
+            seq,
             block.block_id,
             block.kind,
-            block.status,
+            status,
             block.input.to_string(),
             block.output.to_string(),
             block.started_ms,
@@ -186,6 +189,7 @@ pub fn insert_blocks(connection: &Connection, run: &str, blocks: &[NewBlock<'_>]
             block.credits as i64,
             block.error
         ])?;
+        seq += inserted as u32;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::catalog::now_ms;
-use crate::history::{self, NewBlock, NewRun, RunEnd, RunState};
+use crate::history::{self, BlockRecord, NewRun, RunEnd, RunState};
 
 /// History rows waiting to be written, at most; a full queue makes runs wait (back-pressure)
 /// rather than grow memory without bound.
@@ -38,19 +38,6 @@ pub struct AdmittedRun {
     pub location: &'static str,
     pub status: RunState,
     pub input: Value,
-}
-
-/// One block execution as history shows it.
-pub struct BlockRecord {
-    pub block_id: String,
-    pub kind: &'static str,
-    pub failed: bool,
-    pub input: Value,
-    pub output: Value,
-    pub started_ms: i64,
-    pub duration_us: i64,
-    pub credits: u64,
-    pub error: Option<String>,
 }
 
 /// A run's end as history shows it.
@@ -232,9 +219,7 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries) -> Result<
         }
     }
     if !blocks.is_empty() {
-        // A row written in this batch has no blocks before these.
-        let first: u32 = if new_row { 0 } else { connection.prepare_cached("SELECT COUNT(*) FROM run_history_blocks WHERE run_id = ?1")?.query_row([run], |row| row.get(0))? };
-        write_blocks(connection, run, first, &blocks)?;
+        history::insert_blocks(connection, run, &blocks, new_row)?;
     }
     if let Some(finished) = &finished {
         history::finish_run(connection, run, &end(finished))?;
@@ -259,24 +244,4 @@ fn in_savepoint(connection: &Connection, work: impl FnOnce(&Connection) -> Resul
             Err(err)
         }
     }
-}
-
-fn write_blocks(connection: &Connection, run: &str, first: u32, blocks: &[BlockRecord]) -> Result<(), ApiError> {
-    let rows: Vec<NewBlock<'_>> = blocks
-        .iter()
-        .enumerate()
-        .map(|(index, block)| NewBlock {
-            seq: first + index as u32,
-            block_id: &block.block_id,
-            kind: block.kind,
-            status: if block.failed { "failed" } else { "completed" },
-            input: &block.input,
-            output: &block.output,
-            started_ms: block.started_ms,
-            duration_us: block.duration_us,
-            credits: block.credits,
-            error: block.error.as_deref(),
-        })
-        .collect();
-    history::insert_blocks(connection, run, &rows)
 }

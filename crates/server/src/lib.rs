@@ -5,10 +5,12 @@
 pub mod auth;
 mod cache;
 pub mod catalog;
+pub mod client;
 mod dashboard;
 pub mod error;
 pub mod history;
 pub mod history_log;
+pub mod jobs;
 pub mod ledger;
 mod mcp;
 pub mod metrics;
@@ -18,6 +20,7 @@ mod routes_flows;
 mod routes_runs;
 mod routes_teams;
 pub mod runner;
+pub mod runners;
 mod scheduler;
 pub mod serve;
 
@@ -55,6 +58,8 @@ pub struct AppState {
     pub alert_checks_pending: Arc<cache::TtlCache<String, ()>>,
     /// `(team, alert, period start)` already recorded by this node.
     pub alerts_fired: Arc<cache::TtlCache<(String, String, i64), ()>>,
+    /// Private-runner jobs: wakes waiting claims, holds the callers waiting for job runs.
+    pub jobs: jobs::JobHub,
 }
 
 /// The whole HTTP surface. Tests call it without a socket; `serve` binds it.
@@ -74,6 +79,14 @@ pub fn app(state: AppState) -> Router {
         .route("/teams/{team}/flows/{flow}/estimate", get(routes_flows::estimate))
         .route("/teams/{team}/deployments", post(routes_flows::create_deployment).get(routes_flows::list_deployments))
         .route("/teams/{team}/deployments/{deployment}", axum::routing::delete(routes_flows::delete_deployment))
+        .route("/teams/{team}/deployments/{deployment}/runs", post(routes_runs::run_deployment))
+        .route("/teams/{team}/runners", post(runners::create).get(runners::list))
+        .route("/teams/{team}/runners/me", get(runners::me))
+        .route("/teams/{team}/runners/{runner}", axum::routing::delete(runners::delete))
+        .route("/teams/{team}/runners/{runner}/jobs/claim", post(jobs::claim))
+        .route("/teams/{team}/runners/{runner}/jobs/{run}/charges", post(jobs::charge))
+        .route("/teams/{team}/runners/{runner}/jobs/{run}/heartbeat", post(jobs::heartbeat))
+        .route("/teams/{team}/runners/{runner}/jobs/{run}/complete", post(jobs::complete))
         .route("/teams/{team}/runs", post(routes_runs::start_run).get(routes_runs::list_runs))
         .route("/teams/{team}/runs/{run}", get(routes_runs::get_run))
         .route("/teams/{team}/runs/{run}/cancel", post(routes_runs::cancel_run))

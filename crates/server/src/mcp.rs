@@ -119,7 +119,7 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
         http: None,
         answer_on_response: true,
     };
-    let started = state.runner.start(state, request).await?;
+    let started = crate::jobs::start_deployed(state, deployment.runs_on, request).await?;
     let text_result = |text: String, is_error: bool| json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}], "isError": is_error}});
     if started.status == RunStatus::Paused {
         return Ok(text_result(format!("run {} is paused: the team is out of credits; it will run when credits return", started.run_id), true));

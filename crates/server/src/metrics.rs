@@ -54,6 +54,8 @@ pub struct Metrics {
     runs_paused: AtomicU64,
     runs_finished: [AtomicU64; RunState::ALL.len()],
     credits_charged: AtomicU64,
+    jobs_queued: AtomicU64,
+    jobs_claimed: AtomicU64,
     http_responses: [AtomicU64; 5],
     admission_latency: Histogram,
     http_latency: Histogram,
@@ -67,6 +69,8 @@ impl Default for Metrics {
             runs_paused: AtomicU64::new(0),
             runs_finished: std::array::from_fn(|_| AtomicU64::new(0)),
             credits_charged: AtomicU64::new(0),
+            jobs_queued: AtomicU64::new(0),
+            jobs_claimed: AtomicU64::new(0),
             http_responses: std::array::from_fn(|_| AtomicU64::new(0)),
             admission_latency: Histogram::new(),
             http_latency: Histogram::new(),
@@ -86,6 +90,16 @@ impl Metrics {
         self.credits_charged.fetch_add(credits.0, Ordering::Relaxed);
     }
 
+    /// A run was queued for private runners.
+    pub fn job_queued(&self) {
+        self.jobs_queued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A private runner took a job (again, after a lease ran out, counts again).
+    pub fn job_claimed(&self) {
+        self.jobs_claimed.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn run_finished(&self, state: RunState) {
         let index = RunState::ALL.iter().position(|candidate| *candidate == state).expect("every state is listed");
         self.runs_finished[index].fetch_add(1, Ordering::Relaxed);
@@ -103,6 +117,8 @@ impl Metrics {
             let _ = writeln!(out, "flowcredits_runs_finished_total{{status=\"{}\"}} {}", state.as_str(), value.load(Ordering::Relaxed));
         }
         counter(&mut out, "flowcredits_credits_charged_total", "Credits charged for block executions.", self.credits_charged.load(Ordering::Relaxed));
+        counter(&mut out, "flowcredits_runner_jobs_queued_total", "Runs queued as jobs for private runners.", self.jobs_queued.load(Ordering::Relaxed));
+        counter(&mut out, "flowcredits_runner_jobs_claimed_total", "Jobs handed to private runners.", self.jobs_claimed.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP flowcredits_http_responses_total HTTP responses by status class.\n# TYPE flowcredits_http_responses_total counter");
         for (class, value) in self.http_responses.iter().enumerate() {
             let _ = writeln!(out, "flowcredits_http_responses_total{{class=\"{}xx\"}} {}", class + 1, value.load(Ordering::Relaxed));
@@ -115,7 +131,13 @@ impl Metrics {
 }
 
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render_text())
+    let mut text = state.metrics.render_text();
+    // Jobs are rows of the catalog, shared by every node: counted there, not in this process.
+    if let Ok((waiting, leased)) = state.catalog.call(|connection| crate::jobs::job_counts(connection)).await {
+        let _ = writeln!(text, "# HELP flowcredits_runner_jobs Private-runner jobs now, waiting for a runner or leased to one.\n# TYPE flowcredits_runner_jobs gauge");
+        let _ = writeln!(text, "flowcredits_runner_jobs{{state=\"waiting\"}} {waiting}\nflowcredits_runner_jobs{{state=\"leased\"}} {leased}");
+    }
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Counts and times every response.

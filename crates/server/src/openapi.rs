@@ -25,6 +25,19 @@ fn object(required: &[&str], properties: Value) -> Value {
 
 const PAGE: &[(&str, &str)] = &[("after", "string"), ("limit", "integer")];
 
+/// Who may call the job endpoints: the runner itself, by its token.
+const RUNNER: &str = "runner token of that runner (fcr_…)";
+
+/// Block executions reported by the machine that ran them (local runs, private-runner jobs).
+fn charges_body() -> Value {
+    let trace = object(&["started_at", "duration_us"], json!({"input": {}, "output": {}, "error": string(), "started_at": string(), "duration_us": {"type": "integer", "minimum": 0}}));
+    let charge = object(
+        &["execution_id", "type"],
+        json!({"execution_id": string(), "type": string(), "model": string(), "external_mcp_tools": {"type": "array", "items": string()}, "internal_mcp_tools": {"type": "array", "items": string()}, "trace": trace}),
+    );
+    object(&["charges"], json!({"charges": {"type": "array", "items": charge}}))
+}
+
 const ROUTES: &[Route] = &[
     Route { method: "get", path: "/healthz", summary: "Liveness and database check", access: "anyone", body: None, query: &[], success: "200" },
     Route { method: "get", path: "/metrics", summary: "Prometheus metrics", access: "anyone", body: None, query: &[], success: "200" },
@@ -66,12 +79,42 @@ const ROUTES: &[Route] = &[
         path: "/v1/teams/{team}/deployments",
         summary: "Deploy a snapshot to /hooks/{team}/{path} or as an MCP tool",
         access: "owner, admin, editor",
-        body: Some(|| object(&["flow_id", "path"], json!({"flow_id": string(), "snapshot": {"type": "integer", "minimum": 1}, "path": string(), "trigger": {"type": "string", "enum": ["api", "mcp"]}, "schedule_every_s": {"type": "integer", "minimum": 60}}))),
+        body: Some(|| {
+            object(
+                &["flow_id", "path"],
+                json!({"flow_id": string(), "snapshot": {"type": "integer", "minimum": 1}, "path": string(), "trigger": {"type": "string", "enum": ["api", "mcp"]}, "schedule_every_s": {"type": "integer", "minimum": 60}, "runs_on": {"type": "string", "enum": ["cloud", "private"]}}),
+            )
+        }),
         query: &[],
         success: "201",
     },
     Route { method: "get", path: "/v1/teams/{team}/deployments", summary: "List deployments", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "delete", path: "/v1/teams/{team}/deployments/{deployment}", summary: "Remove a deployment", access: "owner, admin, editor", body: None, query: &[], success: "204" },
+    Route {
+        method: "post",
+        path: "/v1/teams/{team}/deployments/{deployment}/runs",
+        summary: "Start an API run of a deployment, where it runs (cloud, or the team's private runners)",
+        access: "owner, admin, editor",
+        body: Some(|| object(&[], json!({"input": {}, "wait": {"type": "boolean"}}))),
+        query: &[],
+        success: "202",
+    },
+    Route { method: "post", path: "/v1/teams/{team}/runners", summary: "Register a private runner (Enterprise); its token is shown once", access: "owner, admin", body: Some(|| object(&["name"], json!({"name": string()}))), query: &[], success: "201" },
+    Route { method: "get", path: "/v1/teams/{team}/runners", summary: "Private runners: name, created, last seen, jobs running", access: "member", body: None, query: PAGE, success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/runners/me", summary: "The runner a runner token belongs to, with its lease and claim wait", access: "runner token (fcr_…)", body: None, query: &[], success: "200" },
+    Route { method: "delete", path: "/v1/teams/{team}/runners/{runner}", summary: "Deregister a private runner (its token stops working; its jobs go to other runners)", access: "owner, admin", body: None, query: &[], success: "204" },
+    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/claim", summary: "Take the oldest waiting job (long poll up to `wait_s`, at most 25 s; 204 when none)", access: RUNNER, body: None, query: &[("wait_s", "integer")], success: "200" },
+    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/charges", summary: "Charge block executions of a leased job (idempotent by execution id); renews the lease", access: RUNNER, body: Some(charges_body), query: &[], success: "200" },
+    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/heartbeat", summary: "Renew a leased job's lease", access: RUNNER, body: None, query: &[], success: "200" },
+    Route {
+        method: "post",
+        path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/complete",
+        summary: "End a leased job's run and answer whoever waits for it",
+        access: RUNNER,
+        body: Some(|| object(&["state"], json!({"state": {"type": "string", "enum": ["succeeded", "failed"]}, "response": object(&["status"], json!({"status": {"type": "integer", "minimum": 100, "maximum": 599}, "body": {}})), "output": {}, "error": string()}))),
+        query: &[],
+        success: "200",
+    },
     Route {
         method: "post",
         path: "/v1/teams/{team}/runs",
@@ -106,10 +149,7 @@ const ROUTES: &[Route] = &[
         path: "/v1/teams/{team}/local-runs/{run}/charges",
         summary: "Charge block executions of a local run (idempotent by execution id)",
         access: "owner, admin, editor",
-        body: Some(|| {
-            let charge = object(&["execution_id", "type"], json!({"execution_id": string(), "type": string(), "model": string(), "external_mcp_tools": {"type": "array", "items": string()}, "internal_mcp_tools": {"type": "array", "items": string()}}));
-            object(&["charges"], json!({"charges": {"type": "array", "items": charge}}))
-        }),
+        body: Some(charges_body),
         query: &[],
         success: "200",
     },
@@ -149,7 +189,9 @@ fn operation(route: &Route) -> Value {
             "4XX": {"description": "A client error: `{\"error\": {\"code\", \"message\", \"field\"?}}`", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         },
     });
-    if route.access != "anyone" {
+    if route.access.starts_with("runner token") {
+        operation["security"] = json!([{"runnerToken": []}]);
+    } else if route.access != "anyone" {
         operation["security"] = json!([{"apiKey": []}]);
     }
     if let Some(body) = route.body {
@@ -169,7 +211,10 @@ pub fn build() -> Value {
         "info": {"title": "flowcredits", "version": env!("CARGO_PKG_VERSION"), "description": "Runs flows for teams and meters, limits and bills the credits they consume."},
         "paths": paths,
         "components": {
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (fck_…) acting for one user"}},
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (fck_…) acting for one user"},
+                "runnerToken": {"type": "http", "scheme": "bearer", "description": "A private runner's token (fcr_…), shown once when the runner is registered; it works only on that runner's job endpoints"},
+            },
             "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": string(), "message": string(), "field": string()}}}}},
         },
     })

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::{Action, Caller};
-use crate::catalog::{self, Deployment};
+use crate::catalog::{self, Deployment, RunsOn};
 use crate::{ApiError, AppState, JsonBody, PageQuery, Query, runner};
 
 /// Longest flow name, in bytes.
@@ -109,6 +109,8 @@ pub struct NewDeployment {
     /// `api` (default) or `mcp`.
     trigger: Option<String>,
     schedule_every_s: Option<u32>,
+    /// `cloud` (default: this server runs it) or `private` (the team's private runners; Enterprise).
+    runs_on: Option<String>,
 }
 
 fn check_path(path: &str) -> Result<(), ApiError> {
@@ -129,6 +131,13 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
     if let Some(every) = body.schedule_every_s.filter(|every| !(SCHEDULE_EVERY_S_MIN..=SCHEDULE_EVERY_S_MAX).contains(every)) {
         return Err(ApiError::invalid("schedule_every_s", format!("{every} is outside {SCHEDULE_EVERY_S_MIN} (every minute) to {SCHEDULE_EVERY_S_MAX} (yearly)")));
     }
+    let runs_on = match body.runs_on.as_deref() {
+        None => RunsOn::Cloud,
+        Some(text) => RunsOn::parse(text).ok_or_else(|| ApiError::invalid("runs_on", format!("`{text}` is not `cloud` or `private`")))?,
+    };
+    if runs_on == RunsOn::Private {
+        crate::runners::require_entitlement(&state, &team).await?;
+    }
     let deployment = state
         .catalog
         .call(move |connection| {
@@ -146,6 +155,7 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
                 snapshot: snapshot.number,
                 trigger,
                 schedule_every_s,
+                runs_on,
                 created_at: jiff::Timestamp::now().to_string(),
             };
             catalog::create_deployment(connection, &deployment)?;

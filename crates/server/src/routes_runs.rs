@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use flowcredits_core::{BlockKind, BlockUsage, CloudRun, ExecutionId, RunContext, RunStatus, Trigger};
-use flowcredits_engine::{BlockCharge, HttpTrigger};
+use flowcredits_engine::{BlockCharge, BlockTrace, HttpTrigger};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -55,6 +55,44 @@ pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team)
         answer_on_response: false,
     };
     let started = state.runner.start(&state, request).await?;
+    Ok(answer_started(started, body.wait.then_some(state.sync_wait), None, Answer::Run).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRun {
+    #[serde(default)]
+    input: Value,
+    /// Wait for the run to finish (up to 30 s) instead of answering at once.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// An API run of a deployment: its snapshot, as an automated run (trigger api), executed where
+/// the deployment says (this server, or the team's private runners).
+pub async fn run_deployment(State(state): State<AppState>, caller: Caller, Path((team, deployment)): Path<(String, String)>, JsonBody(body): JsonBody<DeploymentRun>) -> Result<Response, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    let team_name = team.clone();
+    let (deployment, definition) = state
+        .catalog
+        .call(move |connection| {
+            let deployment = catalog::deployment(connection, &team_name, &deployment)?;
+            let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, Some(deployment.snapshot))?;
+            Ok((deployment, snapshot.definition))
+        })
+        .await?;
+    let request = StartRequest {
+        team,
+        flow_id: deployment.flow_id,
+        snapshot: Some(deployment.snapshot),
+        deployment_id: Some(deployment.id),
+        flow: std::sync::Arc::new(crate::runner::load_flow(&definition)?),
+        input: body.input,
+        context: RunContext::automated(Trigger::Api).expect("api is automated"),
+        http: None,
+        answer_on_response: false,
+    };
+    let started = crate::jobs::start_deployed(&state, deployment.runs_on, request).await?;
     Ok(answer_started(started, body.wait.then_some(state.sync_wait), None, Answer::Run).await)
 }
 
@@ -164,7 +202,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
         http: Some(http),
         answer_on_response: true,
     };
-    let started = state.runner.start(&state, request).await?;
+    let started = crate::jobs::start_deployed(&state, deployment.runs_on, request).await?;
     Ok(answer_started(started, (!asynchronous).then_some(state.sync_wait), Some(if asynchronous { StatusCode::ACCEPTED } else { StatusCode::PAYMENT_REQUIRED }), Answer::Hook).await)
 }
 
@@ -266,6 +304,21 @@ pub struct LocalCharge {
     external_mcp_tools: Vec<String>,
     #[serde(default)]
     internal_mcp_tools: Vec<String>,
+    /// What the execution did, for the run's history (a private runner sends it).
+    trace: Option<ChargeTrace>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargeTrace {
+    #[serde(default)]
+    input: Value,
+    #[serde(default)]
+    output: Value,
+    error: Option<String>,
+    /// RFC 3339.
+    started_at: String,
+    duration_us: u64,
 }
 
 #[derive(Deserialize)]
@@ -274,9 +327,10 @@ pub struct LocalCharges {
     charges: Vec<LocalCharge>,
 }
 
-/// Charges block executions of a local run, each with its idempotent execution id.
-pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(body): JsonBody<LocalCharges>) -> Result<Json<Value>, ApiError> {
-    caller.authorize(&state, &team, Action::Build).await?;
+/// Block executions reported by the machine that ran them (the user's for a local run, a
+/// private runner for a job): checked whole, then charged to `run` through the server's own
+/// charge path, and the run's credits in history brought up to date.
+pub(crate) async fn charge_reported(state: &AppState, team: &str, run: &str, body: LocalCharges) -> Result<Json<Value>, ApiError> {
     if body.charges.len() > LOCAL_CHARGES_MAX {
         return Err(ApiError::invalid("charges", format!("{} charges is more than the limit of {LOCAL_CHARGES_MAX} per request", body.charges.len())));
     }
@@ -284,17 +338,28 @@ pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Pat
     for (index, charge) in body.charges.into_iter().enumerate() {
         let kind = block_kind(&format!("charges[{index}].type"), &charge.kind)?;
         let execution = ExecutionId::new(format!("{run}/{}", charge.execution_id)).map_err(|err| ApiError::invalid(format!("charges[{index}].execution_id"), err.to_string()))?;
+        let trace = charge
+            .trace
+            .map(|trace| {
+                let started_at = trace.started_at.parse::<jiff::Timestamp>().map_err(|err| ApiError::invalid(format!("charges[{index}].trace.started_at"), format!("`{}` is not an RFC 3339 time: {err}", trace.started_at)))?;
+                Ok::<_, ApiError>(Box::new(BlockTrace { input: trace.input, output: trace.output, error: trace.error, started_at, duration_us: trace.duration_us }))
+            })
+            .transpose()?;
         let usage = BlockUsage { kind, model: charge.model, external_mcp_tools: charge.external_mcp_tools, internal_mcp_tools: charge.internal_mcp_tools };
-        charges.push(BlockCharge::new(execution, usage));
+        charges.push(BlockCharge { trace, ..BlockCharge::new(execution, usage) });
     }
-    let credits = state.ledger.charge(&team, &run, &charges).await?;
-    let total: u64 = credits.iter().map(|credits| credits.0).sum();
-    state.metrics.charged(flowcredits_core::Credits(total));
-    let (run_id, team_name) = (run.clone(), team.clone());
-    let run_total = state.ledger.run_credits(&team_name, &run_id).await?;
+    let credits = crate::runner::charge_run(state, team, run, &charges).await?;
+    let run_total = state.ledger.run_credits(team, run).await?;
+    let run_id = run.to_owned();
     state.catalog.call(move |connection| Ok(connection.execute("UPDATE run_history SET credits = ?2 WHERE id = ?1", rusqlite::params![run_id, run_total.0 as i64])?)).await?;
-    crate::scheduler::check_alerts(&state, &team).await;
+    crate::scheduler::check_alerts(state, team).await;
     Ok(Json(json!({"credits": credits.iter().map(|credits| credits.0).collect::<Vec<_>>(), "run_credits": run_total.0})))
+}
+
+/// Charges block executions of a local run, each with its idempotent execution id.
+pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(body): JsonBody<LocalCharges>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    charge_reported(&state, &team, &run, body).await
 }
 
 pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {

@@ -21,7 +21,8 @@ use tokio::sync::{Notify, oneshot};
 use crate::catalog::{self, new_id};
 use crate::error::ApiError;
 use crate::history::{self, RunState};
-use crate::history_log::{AdmittedRun, BlockRecord, FinishedRun};
+use crate::history::BlockRecord;
+use crate::history_log::{AdmittedRun, FinishedRun};
 use crate::ledger::Ledger;
 use crate::AppState;
 
@@ -131,6 +132,8 @@ impl Runner {
     /// recorded as failed. Returns how many.
     pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
         let interrupted = state.history.read(&state.catalog, |connection| history::running_runs(connection)).await?;
+        // Private-runner jobs live in the catalog, not in this process: they go on.
+        let interrupted = crate::jobs::without_jobs(state, interrupted).await?;
         for (team, run_id) in &interrupted {
             if let Err(err) = state.ledger.end_run(team, run_id).await {
                 tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
@@ -156,6 +159,12 @@ impl Runner {
             let (team_name, flow_id, snapshot) = (team.to_owned(), run.flow_id.clone(), run.snapshot);
             let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
             let context = state.ledger.run_context(team, &run_id).await?;
+            // A private runner's run goes back in its team's job queue instead.
+            if context.location() == flowcredits_core::Location::Private {
+                crate::jobs::enqueue_resumed(state, team, &run_id).await?;
+                dispatched += 1;
+                continue;
+            }
             let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None, answer_on_response: false };
             self.spawn(state.clone(), job, None, None);
             dispatched += 1;
@@ -243,11 +252,17 @@ impl Runner {
                 RunReply { run_id: job.run_id.clone(), state: run_state, credits, response: None, output: Value::Null, error: Some(format!("run {reason}")) }
             }
         };
-        state.metrics.run_finished(reply.state);
-        state.history.finished(FinishedRun { id: job.run_id.clone(), state: reply.state, credits: reply.credits.0, output: reply.output.clone(), error: reply.error.clone() });
-        crate::scheduler::check_alerts(state, &job.team).await;
+        record_finished(state, &job.team, &reply).await;
         Some(reply)
     }
+}
+
+/// Records a finished run (history, the metric) and asks for an alert check: the server's own
+/// runs and private-runner jobs alike.
+pub(crate) async fn record_finished(state: &AppState, team: &str, reply: &RunReply) {
+    state.metrics.run_finished(reply.state);
+    state.history.finished(FinishedRun { id: reply.run_id.clone(), state: reply.state, credits: reply.credits.0, output: reply.output.clone(), error: reply.error.clone() });
+    crate::scheduler::check_alerts(state, team).await;
 }
 
 /// Where the answer to a waiting caller goes, once.
@@ -267,7 +282,8 @@ struct Job {
     answer_on_response: bool,
 }
 
-fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {
+/// What a finished run tells its caller; a private runner builds the same from its report.
+pub fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {
     let (state, error) = match report.outcome {
         RunOutcome::Failed { error } => (RunState::Failed, Some(error)),
         _ => (RunState::Succeeded, None),
@@ -320,51 +336,20 @@ impl StoreMeter<'_> {
     async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
         // The ledger's message says what it refused (an execution seen with other content, a run
         // that is no longer running); it is passed on as it is.
-        let credits = self.ledger().charge(&self.job.team, run.as_str(), charges).await.map_err(meter_error)?;
-        self.charged(charges, &credits);
-        Ok(credits)
+        charge_run(&self.state, &self.job.team, run.as_str(), charges).await.map_err(meter_error)
     }
 
     async fn charge_and_end_inner(&self, run: &RunId, charges: &[BlockCharge]) -> ChargedAndEnded {
         match self.ledger().charge_and_end(&self.job.team, run.as_str(), charges).await {
             Ok((charged, ended)) => {
                 if let Ok(credits) = &charged {
-                    self.charged(charges, credits);
+                    record_charged(&self.state, run.as_str(), charges, credits);
                 }
                 (charged.map_err(meter_error), ended.map_err(meter_error))
             }
             // Neither was sent (the run or team could not be named): both failed alike.
             Err(err) => (Err(EngineError::Store(err.to_string())), Err(meter_error(err))),
         }
-    }
-
-    /// Counts charged credits and queues the blocks' history rows.
-    fn charged(&self, charges: &[BlockCharge], credits: &[Credits]) {
-        if charges.is_empty() {
-            return;
-        }
-        self.state.metrics.charged(credits.iter().copied().sum());
-        let prefix = format!("{}/", self.job.run_id);
-        let blocks = charges
-            .iter()
-            .zip(credits)
-            .map(|(charge, credits)| {
-                let trace = charge.trace.as_deref();
-                let error = trace.and_then(|trace| trace.error.clone());
-                BlockRecord {
-                    block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()).to_owned(),
-                    kind: charge.usage.kind.as_str(),
-                    failed: error.is_some(),
-                    input: trace.map_or(Value::Null, |trace| trace.input.clone()),
-                    output: trace.map_or(Value::Null, |trace| trace.output.clone()),
-                    started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
-                    duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
-                    credits: credits.0,
-                    error,
-                }
-            })
-            .collect();
-        self.state.history.blocks(self.job.run_id.clone(), blocks);
     }
 }
 
@@ -388,6 +373,45 @@ impl Meter for StoreMeter<'_> {
     fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
         Box::pin(self.charge_and_end_inner(run, charges))
     }
+}
+
+/// Charges block executions of a running run in the ledger and lists each in the run's
+/// history: the server's own runs (through `StoreMeter`), local runs and private-runner jobs
+/// (whose executions are reported over HTTP). An execution reported again (a retry, a job
+/// handed out again) is acknowledged by the ledger with its first credits and listed once.
+pub(crate) async fn charge_run(state: &AppState, team: &str, run_id: &str, charges: &[BlockCharge]) -> Result<Vec<Credits>, ApiError> {
+    let credits = state.ledger.charge(team, run_id, charges).await?;
+    record_charged(state, run_id, charges, &credits);
+    Ok(credits)
+}
+
+/// Counts charged credits and queues the blocks' history rows.
+fn record_charged(state: &AppState, run_id: &str, charges: &[BlockCharge], credits: &[Credits]) {
+    if charges.is_empty() {
+        return;
+    }
+    state.metrics.charged(credits.iter().copied().sum());
+    let prefix = format!("{run_id}/");
+    let blocks = charges
+        .iter()
+        .zip(credits)
+        .map(|(charge, credits)| {
+            let trace = charge.trace.as_deref();
+            let error = trace.and_then(|trace| trace.error.clone());
+            BlockRecord {
+                block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()).to_owned(),
+                kind: charge.usage.kind.as_str(),
+                failed: error.is_some(),
+                input: trace.map_or(Value::Null, |trace| trace.input.clone()),
+                output: trace.map_or(Value::Null, |trace| trace.output.clone()),
+                started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
+                duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
+                credits: credits.0,
+                error,
+            }
+        })
+        .collect();
+    state.history.blocks(run_id.to_owned(), blocks);
 }
 
 /// Admits a run in the team's ledger, timed for the admission metric: every admission, from

@@ -47,6 +47,10 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             if let Err(err) = check_every_teams_alerts(&state).await {
                 tracing::warn!(error = %err, "checking usage alerts failed");
             }
+            // Private-runner jobs no runner will finish are given up, even with no runner polling.
+            if let Err(err) = crate::jobs::sweep(&state, None).await {
+                tracing::warn!(error = %err, "giving up stale private-runner jobs failed");
+            }
         }
     }
 }
@@ -80,7 +84,7 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, toki
             http: None,
             answer_on_response: true,
         };
-        if let Err(err) = state.runner.start(state, request).await {
+        if let Err(err) = crate::jobs::start_deployed(state, deployment.runs_on, request).await {
             tracing::warn!(deployment = %deployment.id, error = %err, "a scheduled run could not start");
         }
     }
@@ -217,6 +221,33 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_due_schedule_of_a_private_deployment_queues_a_job_instead_of_running_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
+        state.ledger.create_team("acme", flowcredits_core::PlanId::Enterprise, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
+        let deployment = state
+            .catalog
+            .call(|connection| {
+                let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
+                let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), runs_on: catalog::RunsOn::Private, created_at: String::new() };
+                catalog::create_deployment(connection, &deployment)?;
+                Ok(deployment)
+            })
+            .await
+            .unwrap();
+        let mut next_due = HashMap::from([(deployment.id.clone(), tokio::time::Instant::now())]);
+        run_due_schedules(&state, &mut next_due).await.unwrap();
+        let page = catalog::PageRequest { after: None, limit: 10 };
+        let runs = state.catalog.call(move |connection| history::runs(connection, "acme", &history::RunFilter::default(), &page)).await.unwrap();
+        assert_eq!(runs.items.len(), 1);
+        let run = &runs.items[0];
+        assert_eq!((run.status, run.location.as_str(), run.trigger.as_str()), (RunState::Running, "private", "api"), "{run:?}");
+        let queued: i64 = state.catalog.call(|connection| Ok(connection.query_row("SELECT COUNT(*) FROM runner_jobs", [], |row| row.get(0))?)).await.unwrap();
+        assert_eq!((queued, state.runner.in_flight()), (1, 0), "queued for a runner, not executed here");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn due_schedules_run_and_a_team_out_of_credits_keeps_one_paused_run_per_schedule() {
         let dir = tempfile::tempdir().unwrap();
         let state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
@@ -228,7 +259,7 @@ mod tests {
                 catalog::set_member(connection, "acme", &user.id, Role::Owner)?;
                 let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
                 let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
-                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), created_at: String::new() };
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), runs_on: catalog::RunsOn::Cloud, created_at: String::new() };
                 catalog::create_deployment(connection, &deployment)?;
                 Ok(deployment)
             })

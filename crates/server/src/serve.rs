@@ -67,6 +67,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         // Longer than any check takes, so a lost task cannot block checks for long.
         alert_checks_pending: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(5), 100_000)),
         alerts_fired: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(24 * 3600), 100_000)),
+        jobs: crate::jobs::JobHub::default(),
     })
 }
 
@@ -133,6 +134,7 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
                 snapshot: snapshot.number,
                 trigger: "api".into(),
                 schedule_every_s: None,
+                runs_on: catalog::RunsOn::Cloud,
                 created_at: String::new(),
             };
             catalog::create_deployment(connection, &deployment)?;
@@ -198,6 +200,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
 }
 
 async fn shutdown_signal() {
+    stop_signal().await;
+    tracing::info!("shutting down: no new requests; running flows may finish");
+}
+
+/// Returns when the process gets SIGINT (Ctrl-C) or SIGTERM: the server and `flowcredits
+/// runner` stop on either.
+pub async fn stop_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -216,5 +225,4 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
-    tracing::info!("shutting down: no new requests; running flows may finish");
 }

@@ -110,11 +110,11 @@ async fn no_generated_request_gets_a_server_error() {
                 Some(schema) => value_for(&schema).prop_map(Some).boxed(),
                 None => Just(None).boxed(),
             };
-            let strategy = (proptest::collection::vec(path_param, 6), body_strategy, 0..keys.len());
+            let strategy = (proptest::collection::vec(path_param, 7), body_strategy, 0..keys.len());
             for _ in 0..CASES_PER_OPERATION {
                 let (params, body, key) = strategy.new_tree(&mut runner).unwrap().current();
                 let mut path = template.clone();
-                for (index, name) in ["{team}", "{flow}", "{run}", "{deployment}", "{user}", "{path}"].iter().enumerate() {
+                for (index, name) in ["{team}", "{flow}", "{run}", "{deployment}", "{user}", "{path}", "{runner}"].iter().enumerate() {
                     path = path.replace(name, &params[index]);
                 }
                 if template == "/mcp" {

@@ -14,6 +14,12 @@ fn valid_body(method: &str, path: &str, flow_id: &str) -> Option<Value> {
         ("put", "/v1/teams/{team}/flows/{flow}") => json!({"definition": support::flow_costing_25()}),
         ("post", "/v1/teams/{team}/flows/{flow}/snapshots") => json!(null),
         ("post", "/v1/teams/{team}/deployments") => json!({"flow_id": flow_id, "path": "intruder"}),
+        ("post", "/v1/teams/{team}/deployments/{deployment}/runs") => json!({"input": {"x": 1}}),
+        ("post", "/v1/teams/{team}/runners") => json!({"name": "intruder"}),
+        ("post", "/v1/teams/{team}/runners/{runner}/jobs/claim") => json!(null),
+        ("post", "/v1/teams/{team}/runners/{runner}/jobs/{run}/charges") => json!({"charges": [{"execution_id": "x", "type": "integration"}]}),
+        ("post", "/v1/teams/{team}/runners/{runner}/jobs/{run}/heartbeat") => json!(null),
+        ("post", "/v1/teams/{team}/runners/{runner}/jobs/{run}/complete") => json!({"state": "succeeded"}),
         ("post", "/v1/teams/{team}/runs") => json!({"flow_id": flow_id}),
         ("post", "/v1/teams/{team}/runs/{run}/cancel") => json!(null),
         ("post", "/v1/teams/{team}/local-runs") => json!({"flow": "intruder", "blocks": [{"type": "integration"}]}),
@@ -33,7 +39,7 @@ fn valid_body(method: &str, path: &str, flow_id: &str) -> Option<Value> {
 
 async fn snapshot_of_team(server: &support::Server, key: &str) -> Value {
     let mut view = json!({});
-    for path in ["", "/flows", "/deployments", "/runs", "/members", "/usage", "/billing", "/invoices", "/alerts"] {
+    for path in ["", "/flows", "/deployments", "/runs", "/members", "/usage", "/billing", "/invoices", "/alerts", "/runners"] {
         let (status, body) = server.get(&format!("/v1/teams/acme{path}"), key).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
         view[path] = body;
@@ -54,6 +60,9 @@ async fn another_teams_key_reaches_nothing() {
     let deployment_id = deployments["items"][0]["id"].as_str().unwrap().to_owned();
     let (_, members) = server.get("/v1/teams/acme/members", &owner).await;
     let user_id = members["items"][0]["user_id"].as_str().unwrap().to_owned();
+    let (status, registered) = server.post("/v1/teams/acme/runners", &owner, json!({"name": "rack-1"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let runner_id = registered["runner"]["id"].as_str().unwrap().to_owned();
     let outsider = server.team("other", "enterprise").await;
     let before = snapshot_of_team(&server, &owner).await;
 
@@ -71,6 +80,7 @@ async fn another_teams_key_reaches_nothing() {
                 .replace("{run}", &run_id)
                 .replace("{deployment}", &deployment_id)
                 .replace("{user}", &user_id)
+                .replace("{runner}", &runner_id)
                 .replace("{path}", "work");
             let path = if template == "/mcp" { format!("{path}?team=acme") } else { path };
             let body = valid_body(method, template, &flow_id);

@@ -19,8 +19,14 @@ pub struct Server {
 }
 
 pub async fn start() -> Server {
+    start_with(Rules::shipped(), |_| {}).await
+}
+
+/// A server with other rules, and its state changed by `tune` before it serves.
+pub async fn start_with(rules: Rules, tune: impl FnOnce(&mut AppState)) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let state = open_state(&dir.path().join("flowcredits.db"), Rules::shipped()).unwrap();
+    let mut state = open_state(&dir.path().join("flowcredits.db"), rules).unwrap();
+    tune(&mut state);
     let operator = bootstrap_operator(&state).await.unwrap().expect("a fresh database has no users");
     listen(state, operator, dir).await
 }

@@ -1,0 +1,383 @@
+//! Clients of this server's HTTP API for flows that execute on another machine. They live
+//! beside the server so both ends of each protocol change together, and so the server's own
+//! tests drive a real runner.
+//!
+//! - [`ServerMeter`] meters a run executing elsewhere against the team's ledger here: a local
+//!   run (`flowcredits run --server`: admitted, charged and ended through `/local-runs`), or a
+//!   private runner's job (already admitted by the server; charged through the job's endpoint).
+//!   The server decides; this only forwards, each execution under its deterministic id.
+//! - [`RunnerClient`] is a private runner's side of the job hand-out (`flowcredits runner`):
+//!   claim a job, run it with the real engine metered through the server while heartbeats keep
+//!   its lease, and report how it ended.
+//!
+//! Errors are the engine's ([`EngineError::Store`] with a message saying what to do): the meter
+//! must return them, and the runner's errors are the same kind (the server refused, or could
+//! not be reached).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flowcredits_core::{BlockUsage, Credits, RunContext, RunId, Trigger};
+use flowcredits_engine::{Admission, BlockCharge, Engine, EngineError, Flow, HttpTrigger, MapResolver, Meter, RunRequest, Syntax};
+use futures_util::future::BoxFuture;
+use reqwest::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::history::RunState;
+use crate::routes_runs::LOCAL_CHARGES_MAX;
+use crate::runner::{RunReply, reply_from_report};
+
+/// Largest charges request sent, in bytes: under the server's 5 MiB body limit, with room.
+pub const CHARGES_REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest block trace (its input and output as JSON) sent with a charge, in bytes; a larger
+/// one goes without its values, so history says what was left out instead of the request failing.
+pub const TRACE_BYTES_MAX: usize = 256 * 1024;
+/// How long any request but a claim may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much longer than its wait a claim may take (the server answers at the wait's end).
+const CLAIM_TIMEOUT_MARGIN: Duration = Duration::from_secs(15);
+
+/// Where a metered run's reports go.
+enum Target {
+    /// A run on the caller's machine, admitted by the server as a local run; the server's id for
+    /// each local run id.
+    LocalRun { flow: String, runs: Mutex<HashMap<RunId, String>> },
+    /// A private runner's job, which the server admitted before handing it out (same run id).
+    Job { runner: String },
+}
+
+pub struct ServerMeter {
+    client: reqwest::Client,
+    /// `https://host:port/v1/teams/TEAM`.
+    team_url: String,
+    key: String,
+    target: Target,
+}
+
+impl ServerMeter {
+    /// Meters a local run of `flow` with a member's API key.
+    pub fn new(server: &str, team: &str, key: &str, flow: &str) -> ServerMeter {
+        ServerMeter::with_target(server, team, key, Target::LocalRun { flow: flow.to_owned(), runs: Mutex::new(HashMap::new()) })
+    }
+
+    /// Meters the jobs `runner` runs, with its runner token.
+    pub fn for_job(server: &str, team: &str, token: &str, runner: &str) -> ServerMeter {
+        ServerMeter::with_target(server, team, token, Target::Job { runner: runner.to_owned() })
+    }
+
+    fn with_target(server: &str, team: &str, key: &str, target: Target) -> ServerMeter {
+        ServerMeter { client: flowcredits_engine::http::client(), team_url: format!("{}/v1/teams/{team}", server.trim_end_matches('/')), key: key.to_owned(), target }
+    }
+
+    /// The server's id of a local run (once admitted); a job's run id is the server's.
+    pub fn server_run_id(&self, run: &RunId) -> Option<String> {
+        match &self.target {
+            Target::LocalRun { runs, .. } => runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(run).cloned(),
+            Target::Job { .. } => Some(run.to_string()),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, EngineError> {
+        post(&self.client, &format!("{}{path}", self.team_url), &self.key, body, REQUEST_TIMEOUT).await.map_err(Refusal::into_engine)
+    }
+
+    fn server_run(&self, run: &RunId) -> Result<String, EngineError> {
+        self.server_run_id(run).ok_or_else(|| EngineError::Store(format!("run {run} was not admitted by the server")))
+    }
+
+    async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
+        let Target::LocalRun { flow, runs } = &self.target else {
+            // The server admitted the job's run before handing it out.
+            return Ok(Admission::Running);
+        };
+        let blocks: Vec<Value> = planned.iter().map(|usage| json!({"type": usage.kind.as_str(), "model": usage.model})).collect();
+        let cloud_run = context.location() != flowcredits_core::Location::Local;
+        let answer = self.post("/local-runs", json!({"flow": flow, "blocks": blocks, "cloud_run": cloud_run})).await?;
+        let server_run = answer["run_id"].as_str().ok_or_else(|| EngineError::Store("the server's admission has no run_id".into()))?;
+        runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(run.clone(), server_run.to_owned());
+        Ok(if answer["status"] == "running" { Admission::Running } else { Admission::Paused })
+    }
+
+    async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
+        let server_run = self.server_run(run)?;
+        let path = match &self.target {
+            Target::LocalRun { .. } => format!("/local-runs/{server_run}/charges"),
+            Target::Job { runner } => format!("/runners/{runner}/jobs/{server_run}/charges"),
+        };
+        // The server names each execution after its own run id: send the part after ours.
+        let prefix = format!("{run}/");
+        let mut credits = Vec::with_capacity(charges.len());
+        for chunk in chunks(charges.iter().map(|charge| charge_json(charge, &prefix)).collect()) {
+            let sent = chunk.len();
+            let answer = self.post(&path, json!({"charges": chunk})).await?;
+            let answered = answer["credits"].as_array().filter(|answered| answered.len() == sent).ok_or_else(|| EngineError::Store("the server's charge answer does not list each execution's credits".into()))?;
+            credits.extend(answered.iter().map(|credits| Credits(credits.as_u64().unwrap_or(0))));
+        }
+        Ok(credits)
+    }
+
+    async fn end_inner(&self, run: &RunId) -> Result<(), EngineError> {
+        match &self.target {
+            Target::LocalRun { .. } => {
+                let server_run = self.server_run(run)?;
+                self.post(&format!("/local-runs/{server_run}/end"), Value::Null).await.map(drop)
+            }
+            // A job's end is reported with its result (`RunnerClient::run`).
+            Target::Job { .. } => Ok(()),
+        }
+    }
+}
+
+impl Meter for ServerMeter {
+    fn admit<'a>(&'a self, run: &'a RunId, context: RunContext, planned: &'a [BlockUsage]) -> BoxFuture<'a, Result<Admission, EngineError>> {
+        Box::pin(self.admit_inner(run, context, planned))
+    }
+
+    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
+        Box::pin(self.charge_inner(run, charges))
+    }
+
+    fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(self.end_inner(run))
+    }
+}
+
+/// One execution as the charges endpoints read it, with its trace when the engine kept one.
+fn charge_json(charge: &BlockCharge, run_prefix: &str) -> Value {
+    let usage = &charge.usage;
+    let mut body = json!({
+        "execution_id": charge.execution.as_str().strip_prefix(run_prefix).unwrap_or(charge.execution.as_str()),
+        "type": usage.kind.as_str(),
+        "model": usage.model,
+        "external_mcp_tools": usage.external_mcp_tools,
+        "internal_mcp_tools": usage.internal_mcp_tools,
+    });
+    if let Some(trace) = &charge.trace {
+        let size = trace.input.to_string().len() + trace.output.to_string().len();
+        let (input, output) = if size <= TRACE_BYTES_MAX {
+            (trace.input.clone(), trace.output.clone())
+        } else {
+            let omitted = json!({"omitted": format!("{size} bytes of values, more than a runner sends ({TRACE_BYTES_MAX})")});
+            (omitted.clone(), omitted)
+        };
+        body["trace"] = json!({"input": input, "output": output, "error": trace.error, "started_at": trace.started_at.to_string(), "duration_us": trace.duration_us});
+    }
+    body
+}
+
+/// Splits charges into requests the server accepts: at most its count limit and
+/// [`CHARGES_REQUEST_BYTES_MAX`] bytes each (a charge is at most a trace's worth).
+fn chunks(charges: Vec<Value>) -> Vec<Vec<Value>> {
+    let mut out: Vec<Vec<Value>> = Vec::new();
+    let mut bytes = 0;
+    for charge in charges {
+        let size = charge.to_string().len();
+        let full = out.last().is_none_or(|last| last.len() >= LOCAL_CHARGES_MAX || bytes + size > CHARGES_REQUEST_BYTES_MAX);
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        out.last_mut().expect("a chunk was just pushed").push(charge);
+    }
+    out
+}
+
+/// Why a request to the server did not succeed.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The server answered with an error status and message.
+    Answered(StatusCode, String),
+    /// No answer (the server is down, unreachable, or too slow).
+    Unreachable(String),
+}
+
+impl Refusal {
+    fn into_engine(self) -> EngineError {
+        EngineError::Store(self.to_string())
+    }
+
+    /// The server refused the request itself (a bad token, a deregistered runner, a team that
+    /// is gone): asking again will not help. No answer, or a server error, may pass.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Refusal::Answered(status, _) if status.is_client_error())
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Answered(status, message) => write!(f, "the server refused ({status}): {message}"),
+            Refusal::Unreachable(message) => f.write_str(message),
+        }
+    }
+}
+
+/// POSTs (or GETs, with no body) and returns the JSON answer (`null` for 204).
+async fn send(request: reqwest::RequestBuilder, url: &str, timeout: Duration) -> Result<Value, Refusal> {
+    let response = request.timeout(timeout).send().await.map_err(|err| Refusal::Unreachable(format!("cannot reach the server at {url}: {err}")))?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = answer["error"]["message"].as_str().unwrap_or("no error message").to_owned();
+        return Err(Refusal::Answered(status, message));
+    }
+    Ok(answer)
+}
+
+async fn post(client: &reqwest::Client, url: &str, key: &str, body: Value, timeout: Duration) -> Result<Value, Refusal> {
+    send(client.post(url).bearer_auth(key).json(&body), url, timeout).await
+}
+
+// ---------------------------------------------------------------- the private runner
+
+/// A job as a runner gets it.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub run_id: String,
+    /// The deployed flow's name.
+    pub flow: String,
+    /// 1 the first time it is handed out; more after leases ran out.
+    pub attempt: u64,
+    definition: Value,
+    flows: Map<String, Value>,
+    input: Value,
+    trigger: Trigger,
+    http: Option<HttpTrigger>,
+}
+
+/// How a job ended, as the server recorded it.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    pub run_id: String,
+    pub state: RunState,
+    pub credits: u64,
+    pub error: Option<String>,
+}
+
+/// A registered private runner talking to its server.
+pub struct RunnerClient {
+    http: reqwest::Client,
+    server: String,
+    team: String,
+    token: String,
+    pub runner_id: String,
+    pub runner_name: String,
+    /// How long a claimed job stays ours without a charge or heartbeat.
+    pub lease: Duration,
+    engine: Engine,
+}
+
+impl RunnerClient {
+    /// Checks the token with the server and learns which runner it is.
+    pub async fn connect(server: &str, team: &str, token: &str) -> Result<RunnerClient, EngineError> {
+        let server = server.trim_end_matches('/').to_owned();
+        let http = flowcredits_engine::http::client();
+        let url = format!("{server}/v1/teams/{team}/runners/me");
+        let me = send(http.get(&url).bearer_auth(token), &url, REQUEST_TIMEOUT).await.map_err(|refusal| match refusal {
+            Refusal::Answered(StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND, _) => {
+                EngineError::Store(format!("the server refused the runner token for team {team}; register a runner with POST /v1/teams/{team}/runners (owner or admin) and pass the token it shows"))
+            }
+            other => other.into_engine(),
+        })?;
+        let text = |pointer: &str| me.pointer(pointer).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| EngineError::Store(format!("the server's answer at {url} has no {pointer}")));
+        Ok(RunnerClient {
+            runner_id: text("/runner/id")?,
+            runner_name: text("/runner/name")?,
+            lease: Duration::from_secs(me["lease_s"].as_u64().unwrap_or(60).max(1)),
+            http,
+            server,
+            team: team.to_owned(),
+            token: token.to_owned(),
+            // History shows each block's inputs, outputs and timing, as for the server's runs.
+            engine: Engine::default().with_block_traces(),
+        })
+    }
+
+    fn job_url(&self, tail: &str) -> String {
+        format!("{}/v1/teams/{}/runners/{}/jobs{tail}", self.server, self.team, self.runner_id)
+    }
+
+    async fn post(&self, url: &str, body: Value, timeout: Duration) -> Result<Value, Refusal> {
+        post(&self.http, url, &self.token, body, timeout).await
+    }
+
+    /// Takes the team's oldest waiting job, waiting up to `wait_s` seconds for one.
+    pub async fn claim(&self, wait_s: u64) -> Result<Option<Job>, Refusal> {
+        let url = self.job_url(&format!("/claim?wait_s={wait_s}"));
+        let answer = self.post(&url, Value::Null, Duration::from_secs(wait_s) + CLAIM_TIMEOUT_MARGIN).await.map_err(|refusal| match refusal {
+            Refusal::Answered(StatusCode::UNAUTHORIZED, _) => {
+                Refusal::Answered(StatusCode::UNAUTHORIZED, format!("the server refused the runner token (was the runner deregistered?); register a runner with POST /v1/teams/{}/runners", self.team))
+            }
+            other => other,
+        })?;
+        if answer.is_null() {
+            return Ok(None);
+        }
+        let field = |name: &str| answer.get(name).cloned().unwrap_or(Value::Null);
+        let unreadable = |problem: String| Refusal::Unreachable(format!("the server's job at {url} is not readable: {problem}"));
+        let run_id = answer["run_id"].as_str().ok_or_else(|| unreadable("no run_id".into()))?.to_owned();
+        let trigger = answer["trigger"].as_str().unwrap_or("api").parse().map_err(|err: flowcredits_core::CoreError| unreadable(err.to_string()))?;
+        Ok(Some(Job {
+            flow: answer["flow"]["name"].as_str().unwrap_or("?").to_owned(),
+            attempt: answer["attempt"].as_u64().unwrap_or(1),
+            definition: field("flow"),
+            flows: answer["flows"].as_object().cloned().unwrap_or_default(),
+            input: field("input"),
+            http: answer.get("http").and_then(crate::jobs::http_from_json),
+            trigger,
+            run_id,
+        }))
+    }
+
+    /// Runs a claimed job to its end and reports the result. Heartbeats keep the lease while
+    /// it runs; if the server says the job is no longer ours (its lease ran out and another
+    /// runner took it, or the run was cancelled), work stops and that is the error.
+    pub async fn run(&self, job: &Job) -> Result<JobResult, EngineError> {
+        let reply = tokio::select! {
+            reply = self.execute(job) => reply,
+            lost = self.heartbeats(&job.run_id) => return Err(lost),
+        };
+        let answer = self.post(&self.job_url(&format!("/{}/complete", job.run_id)), crate::jobs::completion_json(&reply), REQUEST_TIMEOUT).await.map_err(Refusal::into_engine)?;
+        Ok(JobResult { run_id: job.run_id.clone(), state: reply.state, credits: answer["credits"].as_u64().unwrap_or(reply.credits.0), error: reply.error })
+    }
+
+    /// The run's reply: what the engine reported, or why it could not run.
+    async fn execute(&self, job: &Job) -> RunReply {
+        let failed = |error: String| RunReply { run_id: job.run_id.clone(), state: RunState::Failed, credits: Credits::ZERO, response: None, output: Value::Null, error: Some(error) };
+        let prepared = (|| {
+            let load = |definition: &Value| Flow::load(&definition.to_string(), Syntax::Json).map(Arc::new);
+            let flows = job.flows.iter().map(|(name, definition)| Ok((name.clone(), load(definition)?))).collect::<Result<BTreeMap<_, _>, EngineError>>()?;
+            Ok::<_, EngineError>((load(&job.definition)?, flows, RunId::new(job.run_id.clone())?, RunContext::private_runner(job.trigger)?))
+        })();
+        let (flow, flows, run, context) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => return failed(format!("the job could not start on runner {}: {err}", self.runner_name)),
+        };
+        let engine = self.engine.with_resolver(Arc::new(MapResolver(flows)));
+        let meter = ServerMeter::for_job(&self.server, &self.team, &self.token, &self.runner_id);
+        let request = RunRequest { run, context, input: job.input.clone(), config: Map::new(), http: job.http.clone(), on_response: None };
+        match engine.run(&flow, request, &meter).await {
+            Ok(report) => reply_from_report(&job.run_id, report),
+            Err(err) => failed(err.to_string()),
+        }
+    }
+
+    /// Renews the job's lease every third of it; returns only when the server says the job is
+    /// no longer this runner's. A heartbeat that gets no answer is retried at the next beat:
+    /// the lease outlasts two missed beats.
+    async fn heartbeats(&self, run_id: &str) -> EngineError {
+        let url = self.job_url(&format!("/{run_id}/heartbeat"));
+        loop {
+            tokio::time::sleep(self.lease / 3).await;
+            match self.post(&url, Value::Null, self.lease / 3).await {
+                Ok(_) | Err(Refusal::Unreachable(_)) => {}
+                Err(Refusal::Answered(status, message)) if status.is_client_error() => return EngineError::Store(format!("job {run_id} was taken from this runner: {message}")),
+                Err(Refusal::Answered(..)) => {}
+            }
+        }
+    }
+}
