@@ -166,32 +166,69 @@ pub struct BlockRecord {
     pub error: Option<String>,
 }
 
-/// Lists block executions after the run's last one. An execution listed already (reported
-/// again by a retry or a job handed out again) is skipped and takes no number.
+/// A block execution as stored in its batch's JSON array.
+#[derive(Serialize, serde::Deserialize)]
+struct StoredBlock<B, V> {
+    block_id: B,
+    kind: B,
+    status: B,
+    input: V,
+    output: V,
+    started_ms: i64,
+    duration_us: i64,
+    credits: u64,
+    error: Option<B>,
+}
+
+/// Records block executions as the run's next batch (one row whatever their number).
 pub fn insert_blocks(connection: &Connection, run: &str, blocks: &[BlockRecord], run_is_new: bool) -> Result<(), ApiError> {
-    let mut seq: u32 = if run_is_new { 0 } else { connection.prepare_cached("SELECT COALESCE(MAX(seq) + 1, 0) FROM run_history_blocks WHERE run_id = ?1")?.query_row([run], |row| row.get(0))? };
-    let mut statement = connection.prepare_cached(
-        "INSERT OR IGNORE INTO run_history_blocks (run_id, seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    for block in blocks {
-        let status = if block.failed { "failed" } else { "completed" };
-        let inserted = statement.execute(params![
-            run,
-            seq,
-            block.block_id,
-            block.kind,
-            status,
-            block.input.to_string(),
-            block.output.to_string(),
-            block.started_ms,
-            block.duration_us,
-            block.credits as i64,
-            block.error
-        ])?;
-        seq += inserted as u32;
-    }
+    let batch: i64 = if run_is_new { 0 } else { connection.prepare_cached("SELECT COALESCE(MAX(batch) + 1, 0) FROM run_history_batches WHERE run_id = ?1")?.query_row([run], |row| row.get(0))? };
+    let stored: Vec<StoredBlock<&str, &Value>> = blocks
+        .iter()
+        .map(|block| StoredBlock {
+            block_id: block.block_id.as_str(),
+            kind: block.kind,
+            status: if block.failed { "failed" } else { "completed" },
+            input: &block.input,
+            output: &block.output,
+            started_ms: block.started_ms,
+            duration_us: block.duration_us,
+            credits: block.credits,
+            error: block.error.as_deref(),
+        })
+        .collect();
+    let text = serde_json::to_string(&stored).map_err(ApiError::internal)?;
+    connection.prepare_cached("INSERT INTO run_history_batches (run_id, batch, blocks) VALUES (?1, ?2, ?3)")?.execute(params![run, batch, text])?;
     Ok(())
+}
+
+/// A run's block executions in the order they were charged, each listed once.
+fn blocks(connection: &Connection, run: &str) -> Result<Vec<BlockView>, ApiError> {
+    let mut statement = connection.prepare_cached("SELECT blocks FROM run_history_batches WHERE run_id = ?1 ORDER BY batch")?;
+    let batches = statement.query_map([run], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    let mut listed = std::collections::HashSet::new();
+    let mut views = Vec::new();
+    for batch in batches {
+        let stored: Vec<StoredBlock<String, Value>> = serde_json::from_str(&batch).map_err(|err| ApiError::internal(format!("run {run}'s stored history is not readable: {err}")))?;
+        for block in stored {
+            if !listed.insert(block.block_id.clone()) {
+                continue;
+            }
+            views.push(BlockView {
+                seq: views.len() as u32,
+                block_id: block.block_id,
+                kind: block.kind,
+                status: block.status,
+                input: block.input,
+                output: block.output,
+                started_at: ms_to_text(block.started_ms),
+                duration_us: block.duration_us,
+                credits: block.credits,
+                error: block.error,
+            });
+        }
+    }
+    Ok(views)
 }
 
 const RUN_COLUMNS: &str = "id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, ended_ms, credits, error, input, output";
@@ -251,24 +288,7 @@ pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, Api
         .query_row(&format!("SELECT {RUN_COLUMNS} FROM run_history WHERE team = ?1 AND id = ?2"), params![team, id], run_row)
         .optional()?
         .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
-    let mut statement = connection.prepare("SELECT seq, block_id, kind, status, input, output, started_ms, duration_us, credits, error FROM run_history_blocks WHERE run_id = ?1 ORDER BY seq")?;
-    let blocks = statement
-        .query_map([id], |row| {
-            Ok(BlockView {
-                seq: row.get(0)?,
-                block_id: row.get(1)?,
-                kind: row.get(2)?,
-                status: row.get(3)?,
-                input: json_column(row.get(4)?),
-                output: json_column(row.get(5)?),
-                started_at: ms_to_text(row.get(6)?),
-                duration_us: row.get(7)?,
-                credits: row.get::<_, i64>(8)? as u64,
-                error: row.get(9)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    run.blocks = Some(blocks);
+    run.blocks = Some(blocks(connection, id)?);
     Ok(run)
 }
 

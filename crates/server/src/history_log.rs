@@ -4,7 +4,7 @@
 //! far go through [`HistoryLog::read`], which waits until the writer has committed them.
 //!
 //! History is for people to read; the ledger holds the credits. A history write that fails is
-//! logged and does not stop the others (each row group is its own savepoint).
+//! logged and does not stop the others.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -38,6 +38,8 @@ pub struct AdmittedRun {
     pub location: &'static str,
     pub status: RunState,
     pub input: Value,
+    /// A paused run the ledger resumed: its row exists already.
+    pub resumed: bool,
 }
 
 /// A run's end as history shows it.
@@ -192,7 +194,9 @@ fn write_batch(connection: &mut Connection, batch: Vec<Entry>) -> Vec<oneshot::S
         }
     };
     for (run, entries) in runs.order {
-        if let Err(err) = in_savepoint(&transaction, |connection| write_run(connection, &run, entries)) {
+        // No savepoint per run: a failure (there is none but a bug or a full disk) leaves at worst
+        // part of one run's history, and savepoints cost a statement journal per run.
+        if let Err(err) = write_run(&transaction, &run, entries) {
             tracing::error!(run = %run, error = %err, "recording run history failed");
         }
     }
@@ -208,7 +212,7 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries) -> Result<
     if let Some((admitted, at_ms)) = admitted {
         // A resumed run already has its row: it starts if the ledger admitted it, and otherwise
         // stays paused as recorded.
-        if history::run_exists(connection, run)? {
+        if admitted.resumed {
             if admitted.status == RunState::Running {
                 history::mark_started(connection, run, at_ms)?;
             }
@@ -231,17 +235,3 @@ fn end((finished, at_ms): &(FinishedRun, i64)) -> RunEnd<'_> {
     RunEnd { state: finished.state, at_ms: *at_ms, credits: finished.credits, output: &finished.output, error: finished.error.as_deref() }
 }
 
-/// Runs `work` so that its failure undoes only its own rows.
-fn in_savepoint(connection: &Connection, work: impl FnOnce(&Connection) -> Result<(), ApiError>) -> Result<(), ApiError> {
-    connection.prepare_cached("SAVEPOINT run")?.execute([])?;
-    match work(connection) {
-        Ok(()) => {
-            connection.prepare_cached("RELEASE run")?.execute([])?;
-            Ok(())
-        }
-        Err(err) => {
-            connection.execute_batch("ROLLBACK TO run; RELEASE run")?;
-            Err(err)
-        }
-    }
-}

@@ -118,6 +118,7 @@ impl Runner {
             context: request.context,
             http: request.http,
             answer_on_response: request.answer_on_response,
+            resumed: false,
         };
         self.spawn(state.clone(), job, Some(admitted_tx), Some(reply_tx));
         match admitted_rx.await {
@@ -165,7 +166,7 @@ impl Runner {
                 dispatched += 1;
                 continue;
             }
-            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None, answer_on_response: false };
+            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None, answer_on_response: false, resumed: true };
             self.spawn(state.clone(), job, None, None);
             dispatched += 1;
         }
@@ -280,6 +281,8 @@ struct Job {
     context: RunContext,
     http: Option<HttpTrigger>,
     answer_on_response: bool,
+    /// A paused run the ledger has resumed (its history row exists).
+    resumed: bool,
 }
 
 /// What a finished run tells its caller; a private runner builds the same from its report.
@@ -326,6 +329,7 @@ impl StoreMeter<'_> {
             location: context.location().as_str(),
             status: if status == RunStatus::Running { RunState::Running } else { RunState::Paused },
             input: job.input.clone(),
+            resumed: job.resumed,
         });
         if let Some(sender) = self.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
             let _ = sender.send(Ok(status));

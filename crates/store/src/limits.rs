@@ -20,3 +20,7 @@ pub const INSTANT_MS_MIN: i64 = 946_684_800_000;
 pub const INSTANT_MS_MAX: i64 = 7_258_118_400_000;
 /// Idle read connections kept open for reuse.
 pub const READERS_IDLE_MAX: usize = 8;
+/// WAL pages (4 KiB each) written before SQLite copies them back into the database file.
+pub const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+/// How often the store's checkpoint thread copies the WAL back into the database file.
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);

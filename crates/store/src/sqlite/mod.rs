@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
 use crate::error::{Result, StoreError};
-use crate::limits::{BATCH_EVENTS_MAX, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX};
+use crate::limits::{BATCH_EVENTS_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
 use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, check_instant};
 use crate::{Done, LedgerStore, schema};
 
@@ -64,6 +64,7 @@ struct Shared {
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     decision_ns: Option<DecisionTimes>,
+    checkpointer: Option<Checkpointer>,
     /// Held while the store is open: the writer's cached team states are only right while it
     /// is the file's one writer. The operating system releases it if the process dies.
     _writer_lock: File,
@@ -76,6 +77,40 @@ impl Drop for Shared {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop();
+        }
+    }
+}
+
+/// Copies the WAL back into the database file from a thread of its own, every
+/// [`CHECKPOINT_INTERVAL`], so that the writer's commits never stop for a checkpoint (a long
+/// one would hold up every caller in the group). Passive: it never blocks the writer.
+struct Checkpointer {
+    stop: SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, durability: Durability) -> Result<Checkpointer> {
+        let conn = open_connection(path, durability)?;
+        let (stop, stopped) = mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+                    // A checkpoint that cannot finish (a reader on an old snapshot) is retried
+                    // at the next interval; nothing is lost meanwhile, the WAL only grows.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|err| StoreError::Aborted(format!("cannot start the checkpoint thread: {err}")))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
     }
 }
 
@@ -104,6 +139,10 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Con
     conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
     // 64 MiB of page cache: the hot ends of the indexes stay in memory.
     conn.pragma_update(None, "cache_size", -65_536)?;
+    // Rarer checkpoints: the hot pages (team balances, rollups, the ends of the indexes) change
+    // in every commit, and a rarer checkpoint copies each to the database file once instead of
+    // many times. The writer's own connection checkpoints not at all (see `Checkpointer`).
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -118,12 +157,14 @@ impl SqliteStore {
         let writer_lock = lock_for_writing(&path)?;
         let mut conn = open_connection(&path, options.durability)?;
         schema::migrate(&mut conn)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(&path, options.durability)?;
         let rules = Arc::new(options.rules.clone());
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
         let writer = Writer::new(conn, rules, decision_ns.clone())?;
         let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
-        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, _writer_lock: writer_lock };
+        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, checkpointer: Some(checkpointer), _writer_lock: writer_lock };
         Ok(SqliteStore { shared: Arc::new(shared) })
     }
 
