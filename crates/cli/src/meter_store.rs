@@ -49,7 +49,7 @@ impl<S: LedgerStore> Meter for StoreMeter<S> {
         Box::pin(ready(self.admit_now(run, context, planned)))
     }
 
-    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
+    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
         Box::pin(ready(self.charge_now(run, charges)))
     }
 

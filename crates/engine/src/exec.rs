@@ -296,15 +296,15 @@ impl Run<'_> {
 
     /// Sends queued charges to the meter. A meter failure fails the run.
     async fn flush(&self) -> Result<(), EngineError> {
-        let Some((charges, oks)) = self.take_queued() else { return Ok(()) };
-        let result = self.meter.charge(&self.request.run, &charges).await;
+        let Some((mut charges, oks)) = self.take_queued() else { return Ok(()) };
+        let result = self.meter.charge(&self.request.run, &mut charges).await;
         self.charged(charges, oks, result)
     }
 
     /// Sends the last queued charges and the run's end together.
     async fn flush_and_end(&self) -> (Result<(), EngineError>, Result<(), EngineError>) {
-        let (charges, oks) = self.take_queued().unwrap_or_default();
-        let (result, ended) = self.meter.charge_and_end(&self.request.run, &charges).await;
+        let (mut charges, oks) = self.take_queued().unwrap_or_default();
+        let (result, ended) = self.meter.charge_and_end(&self.request.run, &mut charges).await;
         (self.charged(charges, oks, result), ended)
     }
 

@@ -57,9 +57,11 @@ pub trait Meter: Send + Sync {
     fn admit<'a>(&'a self, run: &'a RunId, context: RunContext, planned: &'a [BlockUsage]) -> BoxFuture<'a, Result<Admission, EngineError>>;
 
     /// Charges completed executions of a running run, in order; returns each one's credits.
+    /// The meter may take each charge's trace (to record it without a copy); the engine reads
+    /// only the executions and their usage afterwards.
     /// Charging an execution id again with the same usage is a no-op returning the same
     /// credits; with a different usage it is [`EngineError::ExecutionConflict`].
-    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>>;
+    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>>;
 
     /// Marks the run completed.
     fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>>;
@@ -67,7 +69,7 @@ pub trait Meter: Send + Sync {
     /// Charges the run's last executions (possibly none) and then ends it, even when that
     /// charge fails; returns the charge's result and the end's. A meter that can send both at
     /// once (one round trip, one commit) overrides this.
-    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
+    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
         Box::pin(async move {
             let charged = if charges.is_empty() { Ok(Vec::new()) } else { self.charge(run, charges).await };
             (charged, self.end(run).await)
@@ -171,7 +173,7 @@ impl Meter for LedgerMeter {
         futures_util::future::ready(self.admit_now(run, context, planned)).boxed()
     }
 
-    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
+    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
         futures_util::future::ready(self.charge_now(run, charges)).boxed()
     }
 

@@ -50,10 +50,10 @@ async fn charges_are_idempotent_by_execution_id() {
     let run = RunId::new("r1").unwrap();
     assert_eq!(meter.admit(&run, cloud(), &[BlockUsage::of_kind(BlockKind::HttpRequest)]).await.unwrap(), flowcredits_engine::Admission::Running);
     let charge = BlockCharge::new(ExecutionId::new("r1/fetch").unwrap(), BlockUsage::of_kind(BlockKind::HttpRequest));
-    assert_eq!(meter.charge(&run, &[charge.clone(), charge.clone()]).await.unwrap(), vec![Credits(1), Credits(1)]);
+    assert_eq!(meter.charge(&run, &mut [charge.clone(), charge.clone()]).await.unwrap(), vec![Credits(1), Credits(1)]);
     assert_eq!(meter.ledger().run(&run).unwrap().credits, Credits(1), "the same execution is counted once");
     let conflicting = BlockCharge { usage: BlockUsage::of_kind(BlockKind::Evaluate), ..charge };
-    assert!(matches!(meter.charge(&run, &[conflicting]).await, Err(EngineError::ExecutionConflict { .. })));
+    assert!(matches!(meter.charge(&run, &mut [conflicting]).await, Err(EngineError::ExecutionConflict { .. })));
 }
 
 const AGENT: &str = r#"

@@ -134,7 +134,7 @@ impl Meter for ServerMeter {
         Box::pin(self.admit_inner(run, context, planned))
     }
 
-    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
+    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
         Box::pin(self.charge_inner(run, charges))
     }
 

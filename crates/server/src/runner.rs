@@ -214,7 +214,7 @@ impl Runner {
     async fn execute(&self, state: &AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>, reply: ReplySlot) -> Option<RunReply> {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job.run_id.clone(), cancel_tx);
-        let meter = StoreMeter { state: state.clone(), job: &job, admitted: Mutex::new(admitted) };
+        let meter = StoreMeter { state, job: &job, admitted: Mutex::new(admitted) };
         let engine = self.inner.engine.with_resolver(Arc::new(TeamFlows { catalog: state.catalog.clone(), team: job.team.clone() }));
         let run_id = job.run_id.clone();
         let on_response = ResponseHook(Arc::new(move |response: &flowcredits_engine::Response| {
@@ -305,7 +305,7 @@ fn engine_error(err: &EngineError) -> ApiError {
 
 /// Meters a server-side run into the durable ledger and records its history.
 struct StoreMeter<'j> {
-    state: AppState,
+    state: &'j AppState,
     job: &'j Job,
     admitted: Mutex<Option<oneshot::Sender<Result<RunStatus, ApiError>>>>,
 }
@@ -317,7 +317,7 @@ impl StoreMeter<'_> {
 
     async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
         let needs_credits = self.state.rules.run_needs_credits(Timestamp::now(), context, planned)?;
-        let status = admit(&self.state, &self.job.team, run.as_str(), context, needs_credits).await.map_err(|err| EngineError::Store(err.to_string()))?;
+        let status = admit(self.state, &self.job.team, run.as_str(), context, needs_credits).await.map_err(|err| EngineError::Store(err.to_string()))?;
         let job = self.job;
         self.state.history.admitted(AdmittedRun {
             id: job.run_id.clone(),
@@ -337,17 +337,17 @@ impl StoreMeter<'_> {
         Ok(if status == RunStatus::Running { Admission::Running } else { Admission::Paused })
     }
 
-    async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
+    async fn charge_inner(&self, run: &RunId, charges: &mut [BlockCharge]) -> Result<Vec<Credits>, EngineError> {
         // The ledger's message says what it refused (an execution seen with other content, a run
         // that is no longer running); it is passed on as it is.
-        charge_run(&self.state, &self.job.team, run.as_str(), charges).await.map_err(meter_error)
+        charge_run(self.state, &self.job.team, run.as_str(), charges).await.map_err(meter_error)
     }
 
-    async fn charge_and_end_inner(&self, run: &RunId, charges: &[BlockCharge]) -> ChargedAndEnded {
+    async fn charge_and_end_inner(&self, run: &RunId, charges: &mut [BlockCharge]) -> ChargedAndEnded {
         match self.ledger().charge_and_end(&self.job.team, run.as_str(), charges).await {
             Ok((charged, ended)) => {
                 if let Ok(credits) = &charged {
-                    record_charged(&self.state, run.as_str(), charges, credits);
+                    record_charged(self.state, run.as_str(), charges, credits);
                 }
                 (charged.map_err(meter_error), ended.map_err(meter_error))
             }
@@ -366,7 +366,7 @@ impl Meter for StoreMeter<'_> {
         Box::pin(self.admit_inner(run, context, planned))
     }
 
-    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
+    fn charge<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, Result<Vec<Credits>, EngineError>> {
         Box::pin(self.charge_inner(run, charges))
     }
 
@@ -374,7 +374,7 @@ impl Meter for StoreMeter<'_> {
         Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(meter_error) })
     }
 
-    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
+    fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
         Box::pin(self.charge_and_end_inner(run, charges))
     }
 }
@@ -383,33 +383,35 @@ impl Meter for StoreMeter<'_> {
 /// history: the server's own runs (through `StoreMeter`), local runs and private-runner jobs
 /// (whose executions are reported over HTTP). An execution reported again (a retry, a job
 /// handed out again) is acknowledged by the ledger with its first credits and listed once.
-pub(crate) async fn charge_run(state: &AppState, team: &str, run_id: &str, charges: &[BlockCharge]) -> Result<Vec<Credits>, ApiError> {
+pub(crate) async fn charge_run(state: &AppState, team: &str, run_id: &str, charges: &mut [BlockCharge]) -> Result<Vec<Credits>, ApiError> {
     let credits = state.ledger.charge(team, run_id, charges).await?;
     record_charged(state, run_id, charges, &credits);
     Ok(credits)
 }
 
 /// Counts charged credits and queues the blocks' history rows.
-fn record_charged(state: &AppState, run_id: &str, charges: &[BlockCharge], credits: &[Credits]) {
+fn record_charged(state: &AppState, run_id: &str, charges: &mut [BlockCharge], credits: &[Credits]) {
     if charges.is_empty() {
         return;
     }
     state.metrics.charged(credits.iter().copied().sum());
     let prefix = format!("{run_id}/");
     let blocks = charges
-        .iter()
+        .iter_mut()
         .zip(credits)
         .map(|(charge, credits)| {
-            let trace = charge.trace.as_deref();
-            let error = trace.and_then(|trace| trace.error.clone());
+            // The trace is taken, not copied: nothing reads it after the charge.
+            let trace = charge.trace.take().map(|trace| *trace);
+            let (started_ms, duration_us) = trace.as_ref().map_or_else(|| (catalog::now_ms(), 0), |trace| (trace.started_at.as_millisecond(), trace.duration_us.min(i64::MAX as u64) as i64));
+            let (input, output, error) = trace.map_or((Value::Null, Value::Null, None), |trace| (trace.input, trace.output, trace.error));
             BlockRecord {
                 block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()).to_owned(),
                 kind: charge.usage.kind.as_str(),
                 failed: error.is_some(),
-                input: trace.map_or(Value::Null, |trace| trace.input.clone()),
-                output: trace.map_or(Value::Null, |trace| trace.output.clone()),
-                started_ms: trace.map_or_else(catalog::now_ms, |trace| trace.started_at.as_millisecond()),
-                duration_us: trace.map_or(0, |trace| trace.duration_us.min(i64::MAX as u64) as i64),
+                input,
+                output,
+                started_ms,
+                duration_us,
                 credits: credits.0,
                 error,
             }
