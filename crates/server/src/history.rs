@@ -135,10 +135,6 @@ pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunE
     Ok(())
 }
 
-pub fn run_exists(connection: &Connection, id: &str) -> Result<bool, ApiError> {
-    Ok(connection.prepare_cached("SELECT EXISTS (SELECT 1 FROM run_history WHERE id = ?1)")?.query_row([id], |row| row.get(0))?)
-}
-
 /// Marks a paused run running (it was resumed at `at_ms`).
 pub fn mark_started(connection: &Connection, run: &str, at_ms: i64) -> Result<(), ApiError> {
     connection.execute("UPDATE run_history SET status = 'running', started_ms = ?2 WHERE id = ?1 AND status = 'paused'", params![run, at_ms])?;
@@ -290,6 +286,12 @@ pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, Api
         .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     run.blocks = Some(blocks(connection, id)?);
     Ok(run)
+}
+
+/// What history records of a run, if anything.
+pub fn run_state(connection: &Connection, id: &str) -> Result<Option<RunState>, ApiError> {
+    let status: Option<String> = connection.query_row("SELECT status FROM run_history WHERE id = ?1", [id], |row| row.get(0)).optional()?;
+    Ok(status.and_then(|status| RunState::parse(&status)))
 }
 
 /// Runs recorded as running, across teams: at start-up, the runs a stopped server left.

@@ -189,6 +189,12 @@ impl Ledger {
         self.blocking(move |store| store.run(&name, &run)).await
     }
 
+    /// Every run the ledger holds as running, across teams: `(team, run)`.
+    pub async fn running_runs(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let runs = self.blocking(|store| store.running_runs()).await?;
+        Ok(runs.into_iter().map(|(team, run)| (team.to_string(), run.to_string())).collect())
+    }
+
     pub async fn run_status(&self, team: &str, run: &str) -> Result<Option<RunStatus>, ApiError> {
         Ok(self.run_info(team, run).await?.map(|info| info.status))
     }

@@ -131,19 +131,42 @@ impl Runner {
     /// At start-up: runs that were executing when the server stopped cannot continue (their
     /// state was in memory). Each is ended in the ledger, keeping what it was charged, and
     /// recorded as failed. Returns how many.
+    ///
+    /// The ledger says which runs were still running; history (written behind the runs, so it
+    /// may lack the last moments before a crash) adds runs the ledger had already ended and says
+    /// which ledger-running runs were resumed but not yet dispatched (still `paused` there:
+    /// [`Runner::dispatch_resumed`] runs them). Private-runner jobs live in the catalog, not in
+    /// this process: they go on.
     pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
-        let interrupted = state.history.read(&state.catalog, |connection| history::running_runs(connection)).await?;
-        // Private-runner jobs live in the catalog, not in this process: they go on.
-        let interrupted = crate::jobs::without_jobs(state, interrupted).await?;
-        for (team, run_id) in &interrupted {
+        let mut runs: Vec<(String, String)> = state.ledger.running_runs().await?;
+        for run in state.history.read(&state.catalog, |connection| history::running_runs(connection)).await? {
+            if !runs.contains(&run) {
+                runs.push(run);
+            }
+        }
+        let runs = crate::jobs::without_jobs(state, runs).await?;
+        let mut interrupted = 0;
+        for (team, run_id) in &runs {
+            let id = run_id.clone();
+            let recorded = state.catalog.call(move |connection| history::run_state(connection, &id)).await?;
+            if recorded == Some(RunState::Paused) {
+                continue;
+            }
             if let Err(err) = state.ledger.end_run(team, run_id).await {
                 tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
             }
-            let credits = state.ledger.run_credits(team, run_id).await.unwrap_or(Credits::ZERO);
-            let error = Some("interrupted: the server stopped while the run was executing".to_owned());
-            state.history.finished(FinishedRun { id: run_id.clone(), state: RunState::Failed, credits: credits.0, output: Value::Null, error });
+            match recorded {
+                Some(RunState::Running) => {
+                    let credits = state.ledger.run_credits(team, run_id).await.unwrap_or(Credits::ZERO);
+                    let error = Some("interrupted: the server stopped while the run was executing".to_owned());
+                    state.history.finished(FinishedRun { id: run_id.clone(), state: RunState::Failed, credits: credits.0, output: Value::Null, error });
+                }
+                None => tracing::warn!(team = %team, run = %run_id, "an interrupted run had no history yet; it was ended in the ledger with what it was charged"),
+                Some(_) => {}
+            }
+            interrupted += 1;
         }
-        Ok(interrupted.len())
+        Ok(interrupted)
     }
 
     /// Executes the team's paused runs that the ledger has since resumed, oldest first.

@@ -419,3 +419,25 @@ async fn a_run_past_its_time_limit_is_stopped_and_recorded_as_timed_out() {
     let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
     assert_eq!(usage["used"], 1, "{usage}");
 }
+
+/// Run history is written behind the runs, so a crash can leave a run the ledger admitted with
+/// no history row yet. At start-up the ledger's own list of running runs is what gets closed:
+/// such a run is ended with what it was charged, and a run resumed but not yet dispatched
+/// (paused in history) is left for the dispatcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_ends_runs_the_ledger_holds_as_running_even_without_history() {
+    use flowcredits_core::{AnchorDay, PlanId, RunContext, RunStatus, Trigger};
+    let server = support::start().await;
+    let state = &server.state;
+    state.ledger.create_team("crashy", PlanId::Enterprise, AnchorDay::FIRST, "usr_test").await.unwrap();
+    let context = RunContext::automated(Trigger::Api).unwrap();
+    let status = state.ledger.start_run("crashy", "run_without_history", context, true).await.unwrap();
+    assert_eq!(status, RunStatus::Running);
+    assert_eq!(state.ledger.running_runs().await.unwrap(), vec![("crashy".to_owned(), "run_without_history".to_owned())]);
+
+    let ended = state.runner.recover_interrupted(state).await.unwrap();
+    assert_eq!(ended, 1, "the run the ledger held as running was closed");
+    assert_eq!(state.ledger.run_status("crashy", "run_without_history").await.unwrap(), Some(RunStatus::Completed));
+    assert!(state.ledger.running_runs().await.unwrap().is_empty());
+    assert_eq!(state.runner.recover_interrupted(state).await.unwrap(), 0, "nothing is left to close");
+}

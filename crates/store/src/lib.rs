@@ -71,6 +71,9 @@ pub trait LedgerStore: Send + Sync {
     /// with the new period's credits. Returns how many invoices were issued.
     fn close_periods(&self, at: Timestamp) -> Result<usize>;
     fn run(&self, team: &TeamName, run: &RunId) -> Result<Option<RunInfo>>;
+    /// Every run the ledger holds as running, across teams, oldest first: at start-up, the
+    /// runs a stopped server may have been executing.
+    fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>>;
     /// Every period the team's ledger opened, oldest first.
     fn periods(&self, team: &TeamName) -> Result<Vec<PeriodUsage>>;
     /// Usage of the period named `YYYY-MM`, or of the team's current period.

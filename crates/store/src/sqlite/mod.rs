@@ -298,6 +298,10 @@ impl LedgerStore for SqliteStore {
         self.read(|conn| read::run(conn, team, run))
     }
 
+    fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>> {
+        self.read(read::running_runs)
+    }
+
     fn periods(&self, team: &TeamName) -> Result<Vec<PeriodUsage>> {
         self.read(|conn| read::periods(conn, team))
     }

@@ -1,13 +1,13 @@
 //! Queries on committed data: teams, runs, usage (from the balances and rollups, never a scan
 //! of executions), invoices and the audit log.
 
-use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, Rules, RunId};
+use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, Rules, RunId, RunStatus};
 use jiff::civil::Date;
 use jiff::tz::Offset;
 use rusqlite::{Connection, params};
 
 use super::team::{TEAM_COLUMNS, TeamRow, find_run, find_team, load_period, team_row};
-use crate::codec::{context_from, instant, kind_from, status_from, to_u64, trigger_from};
+use crate::codec::{context_from, instant, kind_from, status_code, status_from, to_u64, trigger_from};
 use crate::error::{Result, StoreError};
 use crate::model::{AuditEntry, Invoice, RunInfo, TeamInfo, TeamName, UsageLine, UsageReport};
 
@@ -38,6 +38,18 @@ pub(super) fn run(conn: &Connection, team: &TeamName, run: &RunId) -> Result<Opt
     let team = find_team(conn, team)?;
     let Some(stored) = find_run(conn, team.id, run)? else { return Ok(None) };
     Ok(Some(RunInfo { status: status_from(stored.status)?, credits: Credits(to_u64(stored.credits)?), context: context_from(stored.trigger, stored.location)? }))
+}
+
+pub(super) fn running_runs(conn: &Connection) -> Result<Vec<(TeamName, RunId)>> {
+    let sql = "SELECT teams.name, runs.run_key FROM runs JOIN teams ON teams.id = runs.team_id WHERE runs.status = ?1 ORDER BY runs.id";
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map([status_code(RunStatus::Running)], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.into_iter()
+        .map(|(team, run)| {
+            let corrupt = |err: StoreError| StoreError::Corrupt(err.to_string());
+            Ok((TeamName::new(team).map_err(corrupt)?, RunId::new(run).map_err(|err| StoreError::Corrupt(err.to_string()))?))
+        })
+        .collect()
 }
 
 pub(super) fn periods(conn: &Connection, team: &TeamName) -> Result<Vec<PeriodUsage>> {
