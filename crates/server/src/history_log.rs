@@ -24,8 +24,9 @@ const QUEUE_ENTRIES_MAX: usize = 65_536;
 /// Entries committed in one transaction, at most.
 const BATCH_ENTRIES_MAX: usize = 4_096;
 /// The writer commits at most once per this interval while entries keep coming: fewer, larger
-/// transactions and fewer wake-ups, for at most this much more delay before rows are readable.
-const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+/// transactions and fewer wake-ups (each commit rewrites the hot pages of the history's
+/// indexes into the WAL), for at most this much more delay before a read that flushes answers.
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A run as it was admitted (or resumed).
 pub struct AdmittedRun {

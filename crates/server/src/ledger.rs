@@ -165,18 +165,14 @@ impl Ledger {
         Self::written(|done| self.store.submit_end_run(&name, &run, Timestamp::now(), done)).await
     }
 
-    /// A run's last charges (possibly none) and its end, submitted one after the other so
-    /// that they usually share one commit; the run ends even when the charge is refused.
-    /// Returns the charge's answer and the end's.
+    /// A run's last charges (possibly none) and its end, decided together by the ledger; the
+    /// run ends even when the charge is refused. Returns the charge's answer and the end's.
     pub async fn charge_and_end(&self, team: &str, run: &str, charges: &[BlockCharge]) -> Result<(Result<Vec<Credits>, ApiError>, Result<(), ApiError>), ApiError> {
         let (name, run) = (team_name(team)?, run_id(run)?);
-        let charged = (!charges.is_empty()).then(|| Self::written(|done| self.store.submit_charge(&name, usage_events(&run, charges), done)));
-        let ended = Self::written(|done| self.store.submit_end_run(&name, &run, Timestamp::now(), done)).await;
-        let charged = match charged {
-            Some(charged) => charged.await.map(|outcomes| outcomes.into_iter().map(|outcome| outcome.credits).collect()),
-            None => Ok(Vec::new()),
-        };
-        Ok((charged, ended))
+        let events = usage_events(&run, charges);
+        let (charged, ended) = Self::written(|done| self.store.submit_charge_and_end(&name, &run, events, Timestamp::now(), done)).await?;
+        let charged = charged.map(|outcomes| outcomes.into_iter().map(|outcome| outcome.credits).collect()).map_err(store_error);
+        Ok((charged, ended.map_err(store_error)))
     }
 
     pub async fn cancel_run(&self, team: &str, run: &str) -> Result<(), ApiError> {

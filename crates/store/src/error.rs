@@ -37,6 +37,11 @@ pub enum StoreError {
     /// back with it; it is safe to retry.
     #[error("rolled back with its group commit: {0}")]
     Aborted(String),
+    /// The disk did not confirm a commit (fsync failed). What was written since the last
+    /// confirmed commit may not be on disk, so the store takes no more writes until it is
+    /// opened again, which reads back what the disk holds.
+    #[error("the ledger's disk did not confirm a write ({0}); nothing since is acknowledged: restart the server after checking the disk")]
+    SyncFailed(String),
     /// Another process has the database open for writing.
     #[error("ledger database is locked: {0}")]
     Locked(String),

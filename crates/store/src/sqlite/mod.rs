@@ -4,6 +4,7 @@
 //! connections, which WAL lets run beside the writer and see only committed data.
 
 mod read;
+mod syncer;
 mod team;
 mod verify;
 mod writer;
@@ -21,7 +22,7 @@ use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
 use crate::error::{Result, StoreError};
 use crate::limits::{BATCH_EVENTS_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
 use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, check_instant};
-use crate::{Done, LedgerStore, schema};
+use crate::{ChargedAndEnded, Done, LedgerStore, schema};
 
 /// How the store is opened.
 #[derive(Clone, Debug)]
@@ -50,7 +51,8 @@ impl SqliteOptions {
 /// writer thread after it has committed what it was given.
 ///
 /// Every method blocks the calling thread until its answer is known, and a write until it is
-/// committed (for `Durability::Full`: on disk). From async code, call it through
+/// committed (for `Durability::Full`: on disk, synced by a thread of its own so that the
+/// writer goes on with the next group meanwhile). From async code, call it through
 /// `tokio::task::spawn_blocking`.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -155,13 +157,22 @@ impl SqliteStore {
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore> {
         let path = path.as_ref().to_path_buf();
         let writer_lock = lock_for_writing(&path)?;
-        let mut conn = open_connection(&path, options.durability)?;
+        // The writer's commits do not sync; with `Full` durability the syncer does, before
+        // anyone is answered (see `syncer`).
+        let mut conn = open_connection(&path, Durability::Normal)?;
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer::start(&path, options.durability)?;
         let rules = Arc::new(options.rules.clone());
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
-        let writer = Writer::new(conn, rules, decision_ns.clone())?;
+        let syncer = match options.durability {
+            Durability::Full => {
+                let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                Some((syncer::Syncer::start(path.clone(), Arc::clone(&failed))?, failed))
+            }
+            Durability::Normal => None,
+        };
+        let writer = Writer::new(conn, rules, decision_ns.clone(), syncer)?;
         let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
         let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, checkpointer: Some(checkpointer), _writer_lock: writer_lock };
@@ -221,6 +232,7 @@ fn unexpected(reply: Reply) -> StoreError {
         Reply::TeamCreated => "team created",
         Reply::Admission(_) => "admission",
         Reply::Charges(_) => "charges",
+        Reply::ChargedAndEnded(..) => "charged and ended",
         Reply::Done => "done",
         Reply::Invoiced(_) => "invoiced",
     };
@@ -272,6 +284,17 @@ impl LedgerStore for SqliteStore {
             return done(Err(err));
         }
         self.submit_expecting(Op::End(team.clone(), run.clone(), at, RunEnd::Complete), expect_done, done);
+    }
+
+    fn submit_charge_and_end(&self, team: &TeamName, run: &RunId, events: Vec<UsageEvent>, at: Timestamp, done: Done<ChargedAndEnded>) {
+        if let Err(err) = check_instant("at", at).and_then(|_| if events.is_empty() { Ok(()) } else { check_events(&events) }) {
+            return done(Err(err));
+        }
+        let expect = |reply| match reply {
+            Reply::ChargedAndEnded(charged, ended) => Ok((charged, ended)),
+            other => Err(other),
+        };
+        self.submit_expecting(Op::ChargeAndEnd(team.clone(), run.clone(), events, at), expect, done);
     }
 
     fn cancel_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()> {

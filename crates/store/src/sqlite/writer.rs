@@ -9,12 +9,14 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use flowcredits_core::{Charge, Command, CoreError, Credits, LedgerEvent, PeriodUsage, Refused, Rules, RunId, RunStatus, TeamLedger, TeamSettings, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::syncer::{Answers, Syncer};
 use super::team::{StoredRun, TeamState, find_run, format_alerts, load_team};
 use crate::bulk::insert_rows;
 use crate::codec::{alert_code, detail_hash, execution_key, kind_code, location_code, ms, plan_code, status_code, status_from, to_i64, trigger_code};
@@ -34,6 +36,8 @@ pub(crate) enum Op {
     Start(TeamName, StartRun),
     Charge(TeamName, Vec<UsageEvent>),
     End(TeamName, RunId, Timestamp, RunEnd),
+    /// A run's last charges (possibly none), then its completion, whatever the charge's answer.
+    ChargeAndEnd(TeamName, RunId, Vec<UsageEvent>, Timestamp),
     Billing(TeamName, Actor, Timestamp, BillingChange),
     CloseAll(Timestamp),
 }
@@ -42,6 +46,7 @@ pub(crate) enum Reply {
     TeamCreated,
     Admission(Admission),
     Charges(Vec<ChargeOutcome>),
+    ChargedAndEnded(Result<Vec<ChargeOutcome>>, Result<()>),
     Done,
     Invoiced(usize),
 }
@@ -65,6 +70,11 @@ pub(crate) struct Writer {
     next_op: i64,
     pending: Pending,
     decision_ns: Option<DecisionTimes>,
+    /// Answers committed groups once they are on disk; `None` answers at commit (the
+    /// connection then syncs in its commits, or durability was traded away).
+    syncer: Option<Syncer>,
+    /// Set by the syncer when the disk failed to confirm a commit: no write is taken after.
+    sync_failed: Arc<AtomicBool>,
 }
 
 /// Balances and rollups changed by the current group, written once at its end rather than once
@@ -117,9 +127,13 @@ struct Content {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>) -> Result<Writer> {
+    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<(Syncer, Arc<AtomicBool>)>) -> Result<Writer> {
         let next_op = read_next_op(&conn)?;
-        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns })
+        let (syncer, sync_failed) = match syncer {
+            Some((syncer, failed)) => (Some(syncer), failed),
+            None => (None, Arc::default()),
+        };
+        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer, sync_failed })
     }
 
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
@@ -136,6 +150,14 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<Request>) {
+        if self.sync_failed.load(Ordering::SeqCst) {
+            // What the disk holds is unknown past the failed sync, and so is the state cached
+            // here: nothing more is written until the store is opened again.
+            for Request { reply, .. } in group {
+                reply(Err(StoreError::SyncFailed("an earlier commit was not confirmed by the disk".into())));
+            }
+            return;
+        }
         let mut replies = Vec::with_capacity(group.len());
         let mut results = Vec::with_capacity(group.len());
         let mut failure = self.conn.execute_batch("BEGIN IMMEDIATE").err().map(|err| err.to_string());
@@ -164,8 +186,10 @@ impl Writer {
                 }
             }
         }
-        for (reply, result) in replies.into_iter().zip(results) {
-            reply(result);
+        let answers: Answers = replies.into_iter().zip(results).collect();
+        match &self.syncer {
+            Some(syncer) => syncer.acknowledge(answers),
+            None => answers.into_iter().for_each(|(reply, result)| reply(result)),
         }
     }
 
@@ -185,6 +209,15 @@ impl Writer {
             Op::Start(team, start) => self.with_team(&team, |writer, state| writer.start_run(&team, state, start)).map(Reply::Admission),
             Op::Charge(team, events) => self.with_team(&team, |writer, state| writer.charge(&team, state, events)).map(Reply::Charges),
             Op::End(team, run, at, end) => self.with_team(&team, |writer, state| writer.end_run(&team, state, run, at, end)).map(|()| Reply::Done),
+            Op::ChargeAndEnd(team, run, events, at) => self.with_team(&team, |writer, state| {
+                let charged = if events.is_empty() { Ok(Vec::new()) } else { writer.charge(&team, state, events) };
+                let ended = writer.end_run(&team, state, run, at, RunEnd::Complete);
+                // A database failure aborts the whole group; refusals are the caller's answers.
+                match (charged, ended) {
+                    (Err(StoreError::Storage(err)), _) | (_, Err(StoreError::Storage(err))) => Err(StoreError::Storage(err)),
+                    (charged, ended) => Ok(Reply::ChargedAndEnded(charged, ended)),
+                }
+            }),
             Op::Billing(team, actor, at, change) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, change)).map(|()| Reply::Done),
             Op::CloseAll(at) => self.close_all(at).map(Reply::Invoiced),
         }

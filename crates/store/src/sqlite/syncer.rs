@@ -1,0 +1,114 @@
+//! Makes the writer's commits durable on a thread of their own, so that the writer never waits
+//! for the disk.
+//!
+//! The writer's connection commits with `synchronous=NORMAL`: a commit appends its frames to
+//! the WAL file without an fsync. The writer hands each committed group's answers to the
+//! syncer and goes on with the next group; the syncer takes every group handed to it so far,
+//! `fdatasync`s the WAL once, and only then answers their callers. A caller is therefore told
+//! "done" only once its write is on disk (as with `synchronous=FULL`), but the fsync of one
+//! group overlaps the work of the next, and one fsync serves every group that finished meanwhile.
+//!
+//! After a crash, SQLite's WAL recovery keeps the frames that passed their checksums: every
+//! acknowledged group was synced, so it is kept; a group that was committed but not yet synced
+//! was never acknowledged, so losing it loses nothing anyone was told about.
+//!
+//! A failed sync leaves the file in an unknown state: the groups waiting for it are answered
+//! with [`StoreError::SyncFailed`] (refusals, which wrote nothing, keep their answer), and the
+//! shared `failed` flag makes the writer refuse every later request until the store is opened
+//! again.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+
+use super::writer::{Reply, ReplyTo};
+use crate::error::{Result, StoreError};
+
+/// A committed group's callers and what each is to be told.
+pub(crate) type Answers = Vec<(ReplyTo, Result<Reply>)>;
+
+pub(crate) struct Syncer {
+    groups: Option<Sender<Answers>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    /// Starts the syncer for the WAL file of the database at `database`.
+    pub(crate) fn start(database: PathBuf, failed: Arc<AtomicBool>) -> Result<Syncer> {
+        let mut wal = database.into_os_string();
+        wal.push("-wal");
+        let (groups, queue) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("ledger-sync".into())
+            .spawn(move || sync_loop(PathBuf::from(wal), queue, &failed))
+            .map_err(|err| StoreError::Aborted(format!("cannot start the sync thread: {err}")))?;
+        Ok(Syncer { groups: Some(groups), thread: Some(thread) })
+    }
+
+    /// Answers a committed group's callers once the WAL holding it is on disk.
+    pub(crate) fn acknowledge(&self, answers: Answers) {
+        let Some(groups) = &self.groups else { return answer(answers, Some(&StoreError::Closed)) };
+        if let Err(unsent) = groups.send(answers) {
+            answer(unsent.0, Some(&StoreError::Closed));
+        }
+    }
+}
+
+impl Drop for Syncer {
+    /// Answers every group handed over so far (syncing them first), then stops.
+    fn drop(&mut self) {
+        drop(self.groups.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool) {
+    // Opened on first use: the WAL file exists once the first group is committed, and stays
+    // (the same file) while the writer's connection is open.
+    let mut file: Option<File> = None;
+    while let Ok(first) = queue.recv() {
+        let mut groups = vec![first];
+        groups.extend(queue.try_iter());
+        let failure = if failed.load(Ordering::SeqCst) {
+            Some(StoreError::SyncFailed("an earlier sync failed".into()))
+        } else {
+            sync(&wal, &mut file).err().map(|err| {
+                failed.store(true, Ordering::SeqCst);
+                StoreError::SyncFailed(format!("fdatasync of {}: {err}", wal.display()))
+            })
+        };
+        for answers in groups {
+            answer(answers, failure.as_ref());
+        }
+    }
+}
+
+fn sync(wal: &PathBuf, file: &mut Option<File>) -> std::io::Result<()> {
+    let file = match file {
+        Some(file) => file,
+        None => file.insert(File::options().read(true).write(true).open(wal)?),
+    };
+    file.sync_data()
+}
+
+/// Tells each caller its result, or `failure` instead of a success that was not made durable.
+fn answer(answers: Answers, failure: Option<&StoreError>) {
+    for (reply, result) in answers {
+        match (failure, result) {
+            (Some(failure), Ok(_)) => reply(Err(copy_failure(failure))),
+            (_, result) => reply(result),
+        }
+    }
+}
+
+fn copy_failure(failure: &StoreError) -> StoreError {
+    match failure {
+        StoreError::SyncFailed(cause) => StoreError::SyncFailed(cause.clone()),
+        _ => StoreError::Closed,
+    }
+}
