@@ -64,17 +64,10 @@ pub trait LedgerStore: Send + Sync {
     fn submit_charge(&self, team: &TeamName, events: Vec<UsageEvent>, done: Done<Vec<ChargeOutcome>>);
     /// [`LedgerStore::end_run`], answered through `done`.
     fn submit_end_run(&self, team: &TeamName, run: &RunId, at: Timestamp, done: Done<()>);
-    /// A run's last charges (possibly none) and its end, in that order: the run ends even when
-    /// the charge is refused. `done` gets both answers, or one error when neither was decided.
-    /// A backend that can should decide both in one request; this default sends two.
-    fn submit_charge_and_end(&self, team: &TeamName, run: &RunId, events: Vec<UsageEvent>, at: Timestamp, done: Done<ChargedAndEnded>) {
-        if events.is_empty() {
-            return self.submit_end_run(team, run, at, Box::new(move |ended| done(Ok((Ok(Vec::new()), ended)))));
-        }
-        let (team, run) = (team.clone(), run.clone());
-        let charged = wait_for(|charged| self.submit_charge(&team, events, charged));
-        self.submit_end_run(&team, &run, at, Box::new(move |ended| done(Ok((charged, ended)))));
-    }
+    /// A run's last charges (possibly none) and its end, decided in one request and in that
+    /// order: the run ends even when the charge is refused. `done` gets both answers, or one
+    /// error when neither was decided.
+    fn submit_charge_and_end(&self, team: &TeamName, run: &RunId, events: Vec<UsageEvent>, at: Timestamp, done: Done<ChargedAndEnded>);
     fn cancel_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()>;
     /// Pay-as-you-go, its cap and alerts, purchases and plan changes; recorded in the audit log.
     fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<()>;
