@@ -112,3 +112,55 @@ fn copy_failure(failure: &StoreError) -> StoreError {
         _ => StoreError::Closed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use flowcredits_core::CoreError;
+
+    /// One success and one refusal, with a channel that receives what each caller was told.
+    fn answers() -> (Answers, mpsc::Receiver<Result<Reply>>) {
+        let (told, heard) = mpsc::channel();
+        let (success, refusal) = (told.clone(), told);
+        let answers: Answers = vec![
+            (Box::new(move |result| success.send(result).unwrap()), Ok(Reply::Done)),
+            (Box::new(move |result| refusal.send(result).unwrap()), Err(StoreError::Refused(CoreError::UnknownRun { run: "r".into() }))),
+        ];
+        (answers, heard)
+    }
+
+    #[test]
+    fn callers_are_answered_once_the_wal_is_synced() {
+        let dir = std::env::temp_dir().join(format!("flowcredits-syncer-ok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let database = dir.join("ledger.db");
+        std::fs::write(dir.join("ledger.db-wal"), b"frames").unwrap();
+        let failed = Arc::new(AtomicBool::new(false));
+        let syncer = Syncer::start(database, Arc::clone(&failed)).unwrap();
+        let (group, heard) = answers();
+        syncer.acknowledge(group);
+        drop(syncer);
+        assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));
+        assert!(matches!(heard.recv().unwrap(), Err(StoreError::Refused(_))));
+        assert!(!failed.load(Ordering::SeqCst));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A sync that fails turns every success waiting on it, and every later one, into an error;
+    /// refusals wrote nothing and keep their answer. The writer sees the flag.
+    #[test]
+    fn a_failed_sync_acknowledges_nothing_from_then_on() {
+        let missing = std::env::temp_dir().join(format!("flowcredits-syncer-missing-{}", std::process::id())).join("ledger.db");
+        let failed = Arc::new(AtomicBool::new(false));
+        let syncer = Syncer::start(missing, Arc::clone(&failed)).unwrap();
+        for _ in 0..2 {
+            let (group, heard) = answers();
+            syncer.acknowledge(group);
+            assert!(matches!(heard.recv().unwrap(), Err(StoreError::SyncFailed(_))));
+            assert!(matches!(heard.recv().unwrap(), Err(StoreError::Refused(_))));
+        }
+        assert!(failed.load(Ordering::SeqCst));
+    }
+}

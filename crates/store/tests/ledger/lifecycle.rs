@@ -185,3 +185,49 @@ fn one_writer_per_database_file() {
     drop(store);
     open(&dir.db());
 }
+
+fn charge_and_end(store: &flowcredits_store::SqliteStore, run_id: &str, events: Vec<flowcredits_store::UsageEvent>, at: &str) -> flowcredits_store::ChargedAndEnded {
+    let (answer, answered) = std::sync::mpsc::channel();
+    store.submit_charge_and_end(&team("acme"), &run(run_id), events, ts(at), Box::new(move |result| answer.send(result).unwrap()));
+    answered.recv().unwrap().expect("both were decided")
+}
+
+/// A run's last charges and its end go to the ledger as one request: the charge is decided
+/// first, and the run ends whether or not the charge was accepted.
+#[test]
+fn the_last_charges_and_the_end_are_decided_together() {
+    let dir = TempDir::new("charge-and-end");
+    let store = open(&dir.db());
+    create(&store, "acme", PlanId::Team);
+    for id in ["r1", "r2", "r3"] {
+        store.start_run(&team("acme"), start(id, "2026-03-02T10:00:00Z")).unwrap();
+    }
+
+    let events = (0..2).map(|n| integration(&format!("r1-e{n}"), "r1", "2026-03-02T10:00:01Z")).collect();
+    let (charged, ended) = charge_and_end(&store, "r1", events, "2026-03-02T10:00:02Z");
+    assert_eq!(charged.unwrap().iter().map(|outcome| outcome.credits).sum::<Credits>(), Credits(4));
+    ended.unwrap();
+    let info = store.run(&team("acme"), &run("r1")).unwrap().unwrap();
+    assert_eq!((info.status, info.credits), (RunStatus::Completed, Credits(4)));
+
+    // No charges: only the end.
+    let (charged, ended) = charge_and_end(&store, "r2", Vec::new(), "2026-03-02T10:00:03Z");
+    assert!(charged.unwrap().is_empty());
+    ended.unwrap();
+    assert_eq!(store.run(&team("acme"), &run("r2")).unwrap().unwrap().status, RunStatus::Completed);
+
+    // A charge naming another run's execution with other content is refused; the run still ends
+    // and nothing of the refused batch is counted.
+    let conflicting = vec![integration("r3-e0", "r3", "2026-03-02T10:00:04Z"), integration("r1-e0", "r3", "2026-03-02T10:00:04Z")];
+    let (charged, ended) = charge_and_end(&store, "r3", conflicting, "2026-03-02T10:00:05Z");
+    assert!(charged.is_err(), "the conflicting batch is refused: {charged:?}");
+    ended.unwrap();
+    let info = store.run(&team("acme"), &run("r3")).unwrap().unwrap();
+    assert_eq!((info.status, info.credits), (RunStatus::Completed, Credits(0)));
+
+    // An ended run is ended: a second request is refused for both parts.
+    let (charged, ended) = charge_and_end(&store, "r1", vec![integration("r1-e9", "r1", "2026-03-02T10:00:06Z")], "2026-03-02T10:00:06Z");
+    assert!(charged.is_err() && ended.is_err(), "{charged:?} {ended:?}");
+    assert_eq!(store.usage(&team("acme"), None).unwrap().used(), Credits(4));
+    assert_verified(&store);
+}
