@@ -291,7 +291,7 @@ impl LedgerStore for SqliteStore {
             return done(Err(err));
         }
         let expect = |reply| match reply {
-            Reply::ChargedAndEnded(charged, ended) => Ok((charged, ended)),
+            Reply::ChargedAndEnded(both) => Ok(*both),
             other => Err(other),
         };
         self.submit_expecting(Op::ChargeAndEnd(team.clone(), run.clone(), events, at), expect, done);

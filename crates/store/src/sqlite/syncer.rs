@@ -91,7 +91,12 @@ fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool) {
 fn sync(wal: &PathBuf, file: &mut Option<File>) -> std::io::Result<()> {
     let file = match file {
         Some(file) => file,
-        None => file.insert(File::options().read(true).write(true).open(wal)?),
+        None => match File::options().read(true).write(true).open(wal) {
+            Ok(opened) => file.insert(opened),
+            // No WAL file: no commit has written a frame, so there is nothing to make durable.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        },
     };
     file.sync_data()
 }
@@ -152,9 +157,11 @@ mod tests {
     /// refusals wrote nothing and keep their answer. The writer sees the flag.
     #[test]
     fn a_failed_sync_acknowledges_nothing_from_then_on() {
-        let missing = std::env::temp_dir().join(format!("flowcredits-syncer-missing-{}", std::process::id())).join("ledger.db");
+        // A directory where the WAL file should be: it cannot be opened for writing.
+        let dir = std::env::temp_dir().join(format!("flowcredits-syncer-fails-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("ledger.db-wal")).unwrap();
         let failed = Arc::new(AtomicBool::new(false));
-        let syncer = Syncer::start(missing, Arc::clone(&failed)).unwrap();
+        let syncer = Syncer::start(dir.join("ledger.db"), Arc::clone(&failed)).unwrap();
         for _ in 0..2 {
             let (group, heard) = answers();
             syncer.acknowledge(group);
@@ -162,5 +169,17 @@ mod tests {
             assert!(matches!(heard.recv().unwrap(), Err(StoreError::Refused(_))));
         }
         assert!(failed.load(Ordering::SeqCst));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn no_wal_file_yet_is_nothing_to_sync() {
+        let database = std::env::temp_dir().join(format!("flowcredits-syncer-nowal-{}", std::process::id())).join("ledger.db");
+        let failed = Arc::new(AtomicBool::new(false));
+        let syncer = Syncer::start(database, Arc::clone(&failed)).unwrap();
+        let (group, heard) = answers();
+        syncer.acknowledge(group);
+        assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));
+        assert!(!failed.load(Ordering::SeqCst));
     }
 }

@@ -46,7 +46,8 @@ pub(crate) enum Reply {
     TeamCreated,
     Admission(Admission),
     Charges(Vec<ChargeOutcome>),
-    ChargedAndEnded(Result<Vec<ChargeOutcome>>, Result<()>),
+    /// Boxed: two results would make every reply as large as two errors.
+    ChargedAndEnded(Box<crate::ChargedAndEnded>),
     Done,
     Invoiced(usize),
 }
@@ -215,7 +216,7 @@ impl Writer {
                 // A database failure aborts the whole group; refusals are the caller's answers.
                 match (charged, ended) {
                     (Err(StoreError::Storage(err)), _) | (_, Err(StoreError::Storage(err))) => Err(StoreError::Storage(err)),
-                    (charged, ended) => Ok(Reply::ChargedAndEnded(charged, ended)),
+                    (charged, ended) => Ok(Reply::ChargedAndEnded(Box::new((charged, ended)))),
                 }
             }),
             Op::Billing(team, actor, at, change) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, change)).map(|()| Reply::Done),
