@@ -166,10 +166,7 @@ impl SqliteStore {
         let rules = Arc::new(options.rules.clone());
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
         let syncer = match options.durability {
-            Durability::Full => {
-                let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                Some((syncer::Syncer::start(path.clone(), Arc::clone(&failed))?, failed))
-            }
+            Durability::Full => Some(syncer::Syncer::start(path.clone())?),
             Durability::Normal => None,
         };
         let writer = Writer::new(conn, rules, decision_ns.clone(), syncer)?;

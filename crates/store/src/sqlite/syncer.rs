@@ -13,8 +13,8 @@
 //! was never acknowledged, so losing it loses nothing anyone was told about.
 //!
 //! A failed sync leaves the file in an unknown state: the groups waiting for it are answered
-//! with [`StoreError::SyncFailed`] (refusals, which wrote nothing, keep their answer), and the
-//! shared `failed` flag makes the writer refuse every later request until the store is opened
+//! with [`StoreError::SyncFailed`] (refusals, which wrote nothing, keep their answer), and
+//! [`Syncer::failed`] makes the writer refuse every later request until the store is opened
 //! again.
 
 use std::fs::File;
@@ -33,19 +33,28 @@ pub(crate) type Answers = Vec<(ReplyTo, Result<Reply>)>;
 pub(crate) struct Syncer {
     groups: Option<Sender<Answers>>,
     thread: Option<JoinHandle<()>>,
+    /// Set once a sync failed; never cleared.
+    failed: Arc<AtomicBool>,
 }
 
 impl Syncer {
     /// Starts the syncer for the WAL file of the database at `database`.
-    pub(crate) fn start(database: PathBuf, failed: Arc<AtomicBool>) -> Result<Syncer> {
+    pub(crate) fn start(database: PathBuf) -> Result<Syncer> {
         let mut wal = database.into_os_string();
         wal.push("-wal");
         let (groups, queue) = mpsc::channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
             .name("ledger-sync".into())
-            .spawn(move || sync_loop(PathBuf::from(wal), queue, &failed))
+            .spawn(move || sync_loop(PathBuf::from(wal), queue, &flag))
             .map_err(|err| StoreError::Aborted(format!("cannot start the sync thread: {err}")))?;
-        Ok(Syncer { groups: Some(groups), thread: Some(thread) })
+        Ok(Syncer { groups: Some(groups), thread: Some(thread), failed })
+    }
+
+    /// Whether a sync failed: what the disk holds past it is unknown.
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 
     /// Answers a committed group's callers once the WAL holding it is on disk.
@@ -142,14 +151,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let database = dir.join("ledger.db");
         std::fs::write(dir.join("ledger.db-wal"), b"frames").unwrap();
-        let failed = Arc::new(AtomicBool::new(false));
-        let syncer = Syncer::start(database, Arc::clone(&failed)).unwrap();
+        let syncer = Syncer::start(database).unwrap();
         let (group, heard) = answers();
         syncer.acknowledge(group);
-        drop(syncer);
         assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));
         assert!(matches!(heard.recv().unwrap(), Err(StoreError::Refused(_))));
-        assert!(!failed.load(Ordering::SeqCst));
+        assert!(!syncer.failed());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -160,26 +167,24 @@ mod tests {
         // A directory where the WAL file should be: it cannot be opened for writing.
         let dir = std::env::temp_dir().join(format!("flowcredits-syncer-fails-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("ledger.db-wal")).unwrap();
-        let failed = Arc::new(AtomicBool::new(false));
-        let syncer = Syncer::start(dir.join("ledger.db"), Arc::clone(&failed)).unwrap();
+        let syncer = Syncer::start(dir.join("ledger.db")).unwrap();
         for _ in 0..2 {
             let (group, heard) = answers();
             syncer.acknowledge(group);
             assert!(matches!(heard.recv().unwrap(), Err(StoreError::SyncFailed(_))));
             assert!(matches!(heard.recv().unwrap(), Err(StoreError::Refused(_))));
         }
-        assert!(failed.load(Ordering::SeqCst));
+        assert!(syncer.failed());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn no_wal_file_yet_is_nothing_to_sync() {
         let database = std::env::temp_dir().join(format!("flowcredits-syncer-nowal-{}", std::process::id())).join("ledger.db");
-        let failed = Arc::new(AtomicBool::new(false));
-        let syncer = Syncer::start(database, Arc::clone(&failed)).unwrap();
+        let syncer = Syncer::start(database).unwrap();
         let (group, heard) = answers();
         syncer.acknowledge(group);
         assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));
-        assert!(!failed.load(Ordering::SeqCst));
+        assert!(!syncer.failed());
     }
 }

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -71,11 +70,9 @@ pub(crate) struct Writer {
     next_op: i64,
     pending: Pending,
     decision_ns: Option<DecisionTimes>,
-    /// Answers committed groups once they are on disk; `None` answers at commit (the
-    /// connection then syncs in its commits, or durability was traded away).
+    /// Answers committed groups once they are on disk; `None` answers at commit (durability
+    /// traded away, for benchmarks).
     syncer: Option<Syncer>,
-    /// Set by the syncer when the disk failed to confirm a commit: no write is taken after.
-    sync_failed: Arc<AtomicBool>,
 }
 
 /// Balances and rollups changed by the current group, written once at its end rather than once
@@ -128,13 +125,9 @@ struct Content {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<(Syncer, Arc<AtomicBool>)>) -> Result<Writer> {
+    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<Syncer>) -> Result<Writer> {
         let next_op = read_next_op(&conn)?;
-        let (syncer, sync_failed) = match syncer {
-            Some((syncer, failed)) => (Some(syncer), failed),
-            None => (None, Arc::default()),
-        };
-        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer, sync_failed })
+        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer })
     }
 
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
@@ -151,7 +144,7 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<Request>) {
-        if self.sync_failed.load(Ordering::SeqCst) {
+        if self.syncer.as_ref().is_some_and(Syncer::failed) {
             // What the disk holds is unknown past the failed sync, and so is the state cached
             // here: nothing more is written until the store is opened again.
             for Request { reply, .. } in group {
