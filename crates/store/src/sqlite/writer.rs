@@ -204,12 +204,15 @@ impl Writer {
             Op::Charge(team, events) => self.with_team(&team, |writer, state| writer.charge(&team, state, events)).map(Reply::Charges),
             Op::End(team, run, at, end) => self.with_team(&team, |writer, state| writer.end_run(&team, state, run, at, end)).map(|()| Reply::Done),
             Op::ChargeAndEnd(team, run, events, at) => self.with_team(&team, |writer, state| {
-                let charged = if events.is_empty() { Ok(Vec::new()) } else { writer.charge(&team, state, events) };
-                let ended = writer.end_run(&team, state, run, at, RunEnd::Complete);
-                // A database failure aborts the whole group; refusals are the caller's answers.
-                match (charged, ended) {
-                    (Err(StoreError::Storage(err)), _) | (_, Err(StoreError::Storage(err))) => Err(StoreError::Storage(err)),
-                    (charged, ended) => Ok(Reply::ChargedAndEnded(Box::new((charged, ended)))),
+                // A database failure aborts the whole group (nothing more is written in its
+                // transaction); refusals are the caller's answers.
+                let charged = match if events.is_empty() { Ok(Vec::new()) } else { writer.charge(&team, state, events) } {
+                    Err(StoreError::Storage(err)) => return Err(StoreError::Storage(err)),
+                    charged => charged,
+                };
+                match writer.end_run(&team, state, run, at, RunEnd::Complete) {
+                    Err(StoreError::Storage(err)) => Err(StoreError::Storage(err)),
+                    ended => Ok(Reply::ChargedAndEnded(Box::new((charged, ended)))),
                 }
             }),
             Op::Billing(team, actor, at, change) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, change)).map(|()| Reply::Done),
