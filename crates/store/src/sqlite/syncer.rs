@@ -59,9 +59,9 @@ impl Syncer {
 
     /// Answers a committed group's callers once the WAL holding it is on disk.
     pub(crate) fn acknowledge(&self, answers: Answers) {
-        let Some(groups) = &self.groups else { return answer(answers, Some(&StoreError::Closed)) };
+        let Some(groups) = &self.groups else { return answer(answers, Some(&Unconfirmed::Closed)) };
         if let Err(unsent) = groups.send(answers) {
-            answer(unsent.0, Some(&StoreError::Closed));
+            answer(unsent.0, Some(&Unconfirmed::Closed));
         }
     }
 }
@@ -84,11 +84,11 @@ fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool) {
         let mut groups = vec![first];
         groups.extend(queue.try_iter());
         let failure = if failed.load(Ordering::SeqCst) {
-            Some(StoreError::SyncFailed("an earlier sync failed".into()))
+            Some(Unconfirmed::SyncFailed("an earlier sync failed".into()))
         } else {
             sync(&wal, &mut file).err().map(|err| {
                 failed.store(true, Ordering::SeqCst);
-                StoreError::SyncFailed(format!("fdatasync of {}: {err}", wal.display()))
+                Unconfirmed::SyncFailed(format!("fdatasync of {}: {err}", wal.display()))
             })
         };
         for answers in groups {
@@ -110,20 +110,29 @@ fn sync(wal: &PathBuf, file: &mut Option<File>) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// Tells each caller its result, or `failure` instead of a success that was not made durable.
-fn answer(answers: Answers, failure: Option<&StoreError>) {
-    for (reply, result) in answers {
-        match (failure, result) {
-            (Some(failure), Ok(_)) => reply(Err(copy_failure(failure))),
-            (_, result) => reply(result),
+/// Why a group's successes cannot be acknowledged.
+enum Unconfirmed {
+    /// The syncer is gone (the store is closing).
+    Closed,
+    SyncFailed(String),
+}
+
+impl Unconfirmed {
+    fn error(&self) -> StoreError {
+        match self {
+            Unconfirmed::Closed => StoreError::Closed,
+            Unconfirmed::SyncFailed(cause) => StoreError::SyncFailed(cause.clone()),
         }
     }
 }
 
-fn copy_failure(failure: &StoreError) -> StoreError {
-    match failure {
-        StoreError::SyncFailed(cause) => StoreError::SyncFailed(cause.clone()),
-        _ => StoreError::Closed,
+/// Tells each caller its result, or `failure` instead of a success that was not made durable.
+fn answer(answers: Answers, failure: Option<&Unconfirmed>) {
+    for (reply, result) in answers {
+        match (failure, result) {
+            (Some(failure), Ok(_)) => reply(Err(failure.error())),
+            (_, result) => reply(result),
+        }
     }
 }
 
