@@ -294,6 +294,24 @@ pub fn run_state(connection: &Connection, id: &str) -> Result<Option<RunState>, 
     Ok(status.and_then(|status| RunState::parse(&status)))
 }
 
+/// When the newest run history holds was admitted (Unix milliseconds); `None` when it holds none.
+pub fn newest_created_ms(connection: &Connection) -> Result<Option<i64>, ApiError> {
+    // Rows are appended as runs are admitted: the last row is the newest, without a scan.
+    Ok(connection.query_row("SELECT created_ms FROM run_history ORDER BY rowid DESC LIMIT 1", [], |row| row.get(0)).optional()?)
+}
+
+/// Which of `ids` have no history row.
+pub fn without_rows(connection: &Connection, ids: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut statement = connection.prepare_cached("SELECT EXISTS (SELECT 1 FROM run_history WHERE id = ?1)")?;
+    let mut missing = Vec::new();
+    for id in ids {
+        if !statement.query_row([&id], |row| row.get::<_, bool>(0))? {
+            missing.push(id);
+        }
+    }
+    Ok(missing)
+}
+
 /// Runs recorded as running, across teams: at start-up, the runs a stopped server left.
 pub fn running_runs(connection: &Connection) -> Result<Vec<(String, String)>, ApiError> {
     let mut statement = connection.prepare("SELECT team, id FROM run_history WHERE status = 'running' ORDER BY id")?;

@@ -191,6 +191,11 @@ impl Ledger {
         Ok(runs.into_iter().map(|(team, run)| (team.to_string(), run.to_string())).collect())
     }
 
+    /// Runs admitted at or after `since`, across teams, oldest first: at most the newest `limit`.
+    pub async fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<flowcredits_store::LedgerRun>, ApiError> {
+        self.blocking(move |store| store.runs_since(since, limit)).await
+    }
+
     pub async fn run_status(&self, team: &str, run: &str) -> Result<Option<RunStatus>, ApiError> {
         Ok(self.run_info(team, run).await?.map(|info| info.status))
     }

@@ -138,6 +138,7 @@ impl Runner {
     /// [`Runner::dispatch_resumed`] runs them). Private-runner jobs live in the catalog, not in
     /// this process: they go on.
     pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
+        let mut interrupted = restore_lost_history(state).await?;
         let mut runs: Vec<(String, String)> = state.ledger.running_runs().await?;
         for run in state.history.read(&state.catalog, |connection| history::running_runs(connection)).await? {
             if !runs.contains(&run) {
@@ -145,7 +146,6 @@ impl Runner {
             }
         }
         let runs = crate::jobs::without_jobs(state, runs).await?;
-        let mut interrupted = 0;
         for (team, run_id) in &runs {
             let id = run_id.clone();
             let recorded = state.catalog.call(move |connection| history::run_state(connection, &id)).await?;
@@ -161,7 +161,8 @@ impl Runner {
                     let error = Some("interrupted: the server stopped while the run was executing".to_owned());
                     state.history.finished(FinishedRun { id: run_id.clone(), state: RunState::Failed, credits: credits.0, output: Value::Null, error });
                 }
-                None => tracing::warn!(team = %team, run = %run_id, "an interrupted run had no history yet; it was ended in the ledger with what it was charged"),
+                // Older than the window `restore_lost_history` looks at: not expected.
+                None => tracing::warn!(team = %team, run = %run_id, "an interrupted run had no history; it was ended in the ledger with what it was charged"),
                 Some(_) => {}
             }
             interrupted += 1;
@@ -287,6 +288,61 @@ pub(crate) async fn record_finished(state: &AppState, team: &str, reply: &RunRep
     state.metrics.run_finished(reply.state);
     state.history.finished(FinishedRun { id: reply.run_id.clone(), state: reply.state, credits: reply.credits.0, output: reply.output.clone(), error: reply.error.clone() });
     crate::scheduler::check_alerts(state, team).await;
+}
+
+/// How far before the newest run in history [`restore_lost_history`] looks for runs without
+/// history: far more than history ever lags behind the ledger (milliseconds).
+const LOST_HISTORY_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Runs [`restore_lost_history`] compares at most (the newest ones).
+const LOST_HISTORY_RUNS_MAX: usize = 100_000;
+
+/// At start-up: runs the ledger admitted whose history a crash lost. History is written a few
+/// milliseconds behind the runs, and a run's id may already have been handed out (a 202, a
+/// 402, a synchronous answer), so each such run gets a row from the ledger's record (trigger,
+/// place, status, credits; its flow, input and blocks are what was lost) instead of being a
+/// run id that answers 404. A running one was cut off: it ends, keeping what it was charged. A
+/// paused one can never run (its input was in the lost history): it is cancelled, so it does
+/// not hold a place in its team's queue. Returns how many were running.
+async fn restore_lost_history(state: &AppState) -> Result<usize, ApiError> {
+    let newest_ms = state.history.read(&state.catalog, |connection| history::newest_created_ms(connection)).await?;
+    let since = match newest_ms {
+        Some(ms) => Timestamp::from_millisecond(ms.saturating_sub(LOST_HISTORY_WINDOW.as_millis() as i64)).unwrap_or(Timestamp::UNIX_EPOCH),
+        None => Timestamp::UNIX_EPOCH,
+    };
+    let runs = state.ledger.runs_since(since, LOST_HISTORY_RUNS_MAX).await?;
+    let ids = runs.iter().map(|run| run.run.to_string()).collect();
+    let missing: std::collections::HashSet<String> = state.catalog.call(move |connection| history::without_rows(connection, ids)).await?.into_iter().collect();
+    let mut interrupted = 0;
+    for run in runs.into_iter().filter(|run| missing.contains(run.run.as_str())) {
+        let (team, id) = (run.team.to_string(), run.run.to_string());
+        let (status, error) = match run.info.status {
+            RunStatus::Running => {
+                state.ledger.end_run(&team, &id).await?;
+                interrupted += 1;
+                (RunState::Failed, "interrupted: the server stopped while the run was executing, before its history was written")
+            }
+            RunStatus::Paused => {
+                state.ledger.cancel_run(&team, &id).await?;
+                (RunState::Cancelled, "the server stopped before this paused run's input was recorded, so it could never resume; it was cancelled and charged nothing")
+            }
+            // Whether it succeeded was in the lost history: failed says to look, the error why.
+            RunStatus::Completed => (RunState::Failed, "the server stopped before this run's history was written: its outcome, flow and blocks are unknown; its credits are the ledger's"),
+            RunStatus::Cancelled => (RunState::Cancelled, "the server stopped before this run's history was written; its credits are the ledger's"),
+        };
+        tracing::warn!(team = %team, run = %id, status = status.as_str(), "a run's history was lost in a crash; it was recorded from the ledger");
+        let (credits, created_ms) = (run.info.credits.0, run.created_at.as_millisecond());
+        let ended_ms = run.ended_at.map_or_else(catalog::now_ms, |at| at.as_millisecond());
+        let (trigger, location) = (run.info.context.trigger().as_str(), run.info.context.location().as_str());
+        state
+            .catalog
+            .call(move |connection| {
+                let row = history::NewRun { id: &id, team: &team, flow_id: "", snapshot: None, deployment_id: None, trigger, location, status: RunState::Running, input: &Value::Null, at_ms: created_ms };
+                let end = history::RunEnd { state: status, at_ms: ended_ms, credits, output: &Value::Null, error: Some(error) };
+                history::insert_run(connection, &row, Some(&end))
+            })
+            .await?;
+    }
+    Ok(interrupted)
 }
 
 /// Where the answer to a waiting caller goes, once.

@@ -440,4 +440,56 @@ async fn start_up_ends_runs_the_ledger_holds_as_running_even_without_history() {
     assert_eq!(state.ledger.run_status("crashy", "run_without_history").await.unwrap(), Some(RunStatus::Completed));
     assert!(state.ledger.running_runs().await.unwrap().is_empty());
     assert_eq!(state.runner.recover_interrupted(state).await.unwrap(), 0, "nothing is left to close");
+    // Its id now answers with what the ledger knows, instead of 404.
+    let history = state.catalog.call(|connection| flowcredits_server::history::run(connection, "crashy", "run_without_history")).await.unwrap();
+    assert_eq!((history.status, history.trigger.as_str(), history.credits), (flowcredits_server::history::RunState::Failed, "api", 0));
+    assert!(history.error.as_deref().unwrap().starts_with("interrupted"), "{history:?}");
+}
+
+/// A crash can lose the history of runs whose ids were already handed out: a finished run
+/// (answered synchronously) and a paused one (answered 402). At start-up each gets a row from
+/// the ledger's record; the paused one, whose input was lost, is cancelled instead of waiting
+/// forever for credits it could not use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_restores_runs_whose_history_a_crash_lost() {
+    use flowcredits_core::RunStatus;
+    let server = support::start().await;
+    let owner = server.team("acme", "free").await;
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    let response = server.client.post(format!("{}/hooks/acme/work", server.base)).bearer_auth(&owner).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let finished = response.headers()["x-flowcredits-run"].to_str().unwrap().to_owned();
+    server.finished_run("acme", &owner, &finished).await;
+    let (status, paused) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let paused = paused["run_id"].as_str().unwrap().to_owned();
+    let kept = server.call_hook("acme", "work", &owner, json!({})).await.1["run_id"].as_str().unwrap().to_owned();
+    // What a crash before the history writer's commit leaves: the ledger's records, no rows.
+    server.state.history.flush().await;
+    let lost = [finished.clone(), paused.clone()];
+    server
+        .state
+        .catalog
+        .call(move |connection| {
+            for run in &lost {
+                connection.execute("DELETE FROM run_history_batches WHERE run_id = ?1", [run])?;
+                connection.execute("DELETE FROM run_history WHERE id = ?1", [run])?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(server.get(&format!("/v1/teams/acme/runs/{paused}"), &owner).await.0, StatusCode::NOT_FOUND);
+
+    assert_eq!(server.state.runner.recover_interrupted(&server.state).await.unwrap(), 0, "no run was executing");
+    let (status, run) = server.get(&format!("/v1/teams/acme/runs/{finished}"), &owner).await;
+    assert_eq!((status, run["status"].clone(), run["credits"].clone(), run["trigger"].clone()), (StatusCode::OK, json!("failed"), json!(25), json!("api")), "{run}");
+    assert!(run["error"].as_str().unwrap().contains("outcome"), "{run}");
+    let (status, run) = server.get(&format!("/v1/teams/acme/runs/{paused}"), &owner).await;
+    assert_eq!((status, run["status"].clone(), run["credits"].clone()), (StatusCode::OK, json!("cancelled"), json!(0)), "{run}");
+    assert_eq!(server.state.ledger.run_status("acme", &paused).await.unwrap(), Some(RunStatus::Cancelled));
+    // A paused run whose history survived still waits for credits, untouched.
+    let (_, run) = server.get(&format!("/v1/teams/acme/runs/{kept}"), &owner).await;
+    assert_eq!(run["status"], "paused", "{run}");
+    assert_eq!(server.state.ledger.run_status("acme", &kept).await.unwrap(), Some(RunStatus::Paused));
 }

@@ -27,7 +27,7 @@ use flowcredits_core::{PeriodUsage, RunId, Timestamp};
 
 pub use error::{Result, StoreError};
 pub use ids::ExecutionIds;
-pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport};
+pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport};
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore, migrate};
 
@@ -78,6 +78,10 @@ pub trait LedgerStore: Send + Sync {
     /// Every run the ledger holds as running, across teams, oldest first: at start-up, the
     /// runs a stopped server may have been executing.
     fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>>;
+    /// The runs admitted at or after `since`, across teams and whatever their status, oldest
+    /// first; at most the newest `limit` of them. At start-up, a server compares them with its
+    /// run history to find runs whose history a crash lost.
+    fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<LedgerRun>>;
     /// Every period the team's ledger opened, oldest first.
     fn periods(&self, team: &TeamName) -> Result<Vec<PeriodUsage>>;
     /// Usage of the period named `YYYY-MM`, or of the team's current period.

@@ -155,6 +155,17 @@ pub struct RunInfo {
     pub context: RunContext,
 }
 
+/// A run as the ledger recorded it, with its team and when it was admitted and ended (see
+/// [`crate::LedgerStore::runs_since`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerRun {
+    pub team: TeamName,
+    pub run: RunId,
+    pub info: RunInfo,
+    pub created_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+}
+
 /// One billing period's usage, from the balances and rollups kept with the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageReport {

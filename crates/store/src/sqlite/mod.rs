@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags};
 use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
 use crate::error::{Result, StoreError};
 use crate::limits::{BATCH_EVENTS_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
-use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, check_instant};
+use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, check_instant};
 use crate::{ChargedAndEnded, Done, LedgerStore, schema};
 
 /// How the store is opened.
@@ -320,6 +320,10 @@ impl LedgerStore for SqliteStore {
 
     fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>> {
         self.read(read::running_runs)
+    }
+
+    fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<LedgerRun>> {
+        self.read(|conn| read::runs_since(conn, since, limit))
     }
 
     fn periods(&self, team: &TeamName) -> Result<Vec<PeriodUsage>> {

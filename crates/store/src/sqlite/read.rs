@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 use super::team::{TEAM_COLUMNS, TeamRow, find_run, find_team, load_period, team_row};
 use crate::codec::{context_from, instant, kind_from, status_code, status_from, to_u64, trigger_from};
 use crate::error::{Result, StoreError};
-use crate::model::{AuditEntry, Invoice, RunInfo, TeamInfo, TeamName, UsageLine, UsageReport};
+use crate::model::{AuditEntry, Invoice, LedgerRun, RunInfo, TeamInfo, TeamName, UsageLine, UsageReport};
 
 /// Runs `f` in one read transaction, so that every query sees the same commit.
 pub(super) fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -50,6 +50,31 @@ pub(super) fn running_runs(conn: &Connection) -> Result<Vec<(TeamName, RunId)>> 
             Ok((TeamName::new(team).map_err(corrupt)?, RunId::new(run).map_err(|err| StoreError::Corrupt(err.to_string()))?))
         })
         .collect()
+}
+
+pub(super) fn runs_since(conn: &Connection, since: flowcredits_core::Timestamp, limit: usize) -> Result<Vec<LedgerRun>> {
+    // Newest first by row id (the order runs were admitted in), stopping at the first run
+    // older than `since`: a read of the runs asked for, not a scan of every run.
+    let sql = "SELECT teams.name, runs.run_key, runs.status, runs.credits, runs.trigger, runs.location, runs.created_ms, runs.ended_ms \
+               FROM runs JOIN teams ON teams.id = runs.team_id ORDER BY runs.id DESC";
+    let corrupt = |err: StoreError| StoreError::Corrupt(err.to_string());
+    let since_ms = since.as_millisecond();
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query([])?;
+    let mut runs = Vec::new();
+    while runs.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        let created_ms: i64 = row.get(6)?;
+        if created_ms < since_ms {
+            break;
+        }
+        let (team, run): (String, String) = (row.get(0)?, row.get(1)?);
+        let info = RunInfo { status: status_from(row.get(2)?)?, credits: Credits(to_u64(row.get(3)?)?), context: context_from(row.get(4)?, row.get(5)?)? };
+        let ended_at = row.get::<_, Option<i64>>(7)?.map(instant).transpose()?;
+        runs.push(LedgerRun { team: TeamName::new(team).map_err(corrupt)?, run: RunId::new(run).map_err(|err| StoreError::Corrupt(err.to_string()))?, info, created_at: instant(created_ms)?, ended_at });
+    }
+    runs.reverse();
+    Ok(runs)
 }
 
 pub(super) fn periods(conn: &Connection, team: &TeamName) -> Result<Vec<PeriodUsage>> {

@@ -231,3 +231,26 @@ fn the_last_charges_and_the_end_are_decided_together() {
     assert_eq!(store.usage(&team("acme"), None).unwrap().used(), Credits(4));
     assert_verified(&store);
 }
+
+#[test]
+fn runs_since_lists_recent_runs_of_every_team_and_status_oldest_first() {
+    let dir = TempDir::new("runs-since");
+    let store = open(&dir.db());
+    create(&store, "acme", PlanId::Team);
+    create(&store, "free", PlanId::Free);
+    store.start_run(&team("acme"), start("old", "2026-03-02T09:00:00Z")).unwrap();
+    store.end_run(&team("acme"), &run("old"), ts("2026-03-02T09:00:01Z")).unwrap();
+    store.start_run(&team("acme"), start("done", "2026-03-02T10:00:00Z")).unwrap();
+    store.charge(&team("acme"), vec![integration("d1", "done", "2026-03-02T10:00:01Z")]).unwrap();
+    store.end_run(&team("acme"), &run("done"), ts("2026-03-02T10:00:02Z")).unwrap();
+    store.start_run(&team("free"), start("going", "2026-03-02T10:00:03Z")).unwrap();
+
+    let runs = store.runs_since(ts("2026-03-02T10:00:00Z"), 100).unwrap();
+    let listed: Vec<(&str, &str, RunStatus, Credits)> = runs.iter().map(|listed| (listed.team.as_str(), listed.run.as_str(), listed.info.status, listed.info.credits)).collect();
+    assert_eq!(listed, vec![("acme", "done", RunStatus::Completed, Credits(2)), ("free", "going", RunStatus::Running, Credits(0))]);
+    assert_eq!((runs[0].created_at, runs[0].ended_at), (ts("2026-03-02T10:00:00Z"), Some(ts("2026-03-02T10:00:02Z"))));
+    assert_eq!(runs[1].ended_at, None);
+    // The limit keeps the newest.
+    let newest = store.runs_since(ts("2026-03-01T00:00:00Z"), 1).unwrap();
+    assert_eq!(newest.iter().map(|listed| listed.run.as_str()).collect::<Vec<_>>(), vec!["going"]);
+}
