@@ -7,6 +7,8 @@
 //! logged and does not stop the others.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use rusqlite::Connection;
@@ -24,10 +26,11 @@ const QUEUE_ENTRIES_MAX: usize = 65_536;
 /// Entries committed in one transaction, at most.
 const BATCH_ENTRIES_MAX: usize = 4_096;
 /// The writer commits at most once per this interval while entries keep coming: fewer, larger
-/// transactions and fewer wake-ups, for at most this much more delay before rows are readable.
-/// Kept short: a run's id is handed out (202, 402) before its row is written, and a crash loses
-/// what is queued (10 ms measured 3% less CPU per hook call but widened that window).
-const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+/// transactions, and a short run's admission and end land in one batch and so in one row. A
+/// read that must see the rows queued so far wakes the writer at once ([`HistoryLog::read`]),
+/// so the interval delays no reader. A crash loses what is queued; start-up restores those runs
+/// from the ledger (`runner::restore_lost_history`).
+const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A run as it was admitted (or resumed).
 pub struct AdmittedRun {
@@ -65,6 +68,9 @@ enum Entry {
 #[derive(Clone)]
 pub struct HistoryLog {
     entries: SyncSender<Entry>,
+    /// The writer's thread, woken early when someone waits for a flush.
+    writer: std::thread::Thread,
+    flush_waiting: Arc<AtomicBool>,
 }
 
 impl HistoryLog {
@@ -72,8 +78,13 @@ impl HistoryLog {
     pub fn open(path: &Path) -> Result<HistoryLog, ApiError> {
         let connection = Catalog::connect(path)?;
         let (entries, queue) = mpsc::sync_channel(QUEUE_ENTRIES_MAX);
-        std::thread::Builder::new().name("history-writer".into()).spawn(move || write_loop(connection, queue)).map_err(|err| ApiError::internal(format!("cannot start the history writer: {err}")))?;
-        Ok(HistoryLog { entries })
+        let flush_waiting = Arc::new(AtomicBool::new(false));
+        let waiting = Arc::clone(&flush_waiting);
+        let writer = std::thread::Builder::new()
+            .name("history-writer".into())
+            .spawn(move || write_loop(connection, queue, &waiting))
+            .map_err(|err| ApiError::internal(format!("cannot start the history writer: {err}")))?;
+        Ok(HistoryLog { entries, writer: writer.thread().clone(), flush_waiting })
     }
 
     fn queue(&self, entry: Entry) {
@@ -101,6 +112,8 @@ impl HistoryLog {
     pub async fn flush(&self) {
         let (flushed, done) = oneshot::channel();
         self.queue(Entry::Flush(flushed));
+        self.flush_waiting.store(true, Ordering::Release);
+        self.writer.unpark();
         // A stopped writer answers nothing more; there is nothing left to wait for.
         let _ = done.await;
     }
@@ -116,9 +129,10 @@ impl HistoryLog {
     }
 }
 
-fn write_loop(mut connection: Connection, queue: Receiver<Entry>) {
+fn write_loop(mut connection: Connection, queue: Receiver<Entry>, flush_waiting: &AtomicBool) {
     while let Ok(first) = queue.recv() {
         let began = std::time::Instant::now();
+        flush_waiting.store(false, Ordering::Release);
         let mut batch = vec![first];
         while batch.len() < BATCH_ENTRIES_MAX {
             match queue.try_recv() {
@@ -131,8 +145,15 @@ fn write_loop(mut connection: Connection, queue: Receiver<Entry>) {
         for flushed in flushes {
             let _ = flushed.send(());
         }
-        if !full {
-            std::thread::sleep(BATCH_INTERVAL.saturating_sub(began.elapsed()));
+        // Waits out the interval unless a full batch or a reader wants the next one now. A
+        // park may end early for no reason, hence the loop.
+        let deadline = began + BATCH_INTERVAL;
+        while !full && !flush_waiting.load(Ordering::Acquire) {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
         }
     }
 }
