@@ -33,6 +33,8 @@ struct Phase {
     /// Processor time this process (server and load generator) spent in the phase, when the
     /// system reports it: less disturbed than throughput by other work on the machine.
     cpu: Option<Duration>,
+    /// The same, by thread name (the tokio workers together, the ledger's writer, …).
+    cpu_by_thread: Vec<(String, Duration)>,
 }
 
 impl Phase {
@@ -44,6 +46,12 @@ impl Phase {
     fn cpu_us_per_request(&self) -> Option<f64> {
         let cpu = self.cpu?;
         (self.requests > 0).then(|| (cpu.as_secs_f64() * 1e6 / self.requests as f64 * 10.0).round() / 10.0)
+    }
+
+    /// Processor microseconds per request of each named thread, busiest first.
+    fn cpu_us_per_request_by_thread(&self) -> Value {
+        let per_request = |cpu: &Duration| (cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64 * 10.0).round() / 10.0;
+        Value::Object(self.cpu_by_thread.iter().map(|(name, cpu)| (name.clone(), json!(per_request(cpu)))).collect())
     }
 
     fn percentile_ms(&self, percentile: usize) -> f64 {
@@ -109,6 +117,7 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
         "hook_to_baseline_ratio": (hooks.per_second() / baseline.per_second() * 1000.0).round() / 1000.0,
         "hook_cpu_us_per_request": hooks.cpu_us_per_request(),
         "baseline_cpu_us_per_request": baseline.cpu_us_per_request(),
+        "hook_cpu_us_per_request_by_thread": hooks.cpu_us_per_request_by_thread(),
     });
     if args.json {
         println!("{report}");
@@ -120,6 +129,9 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
             println!("{name:<34} {:>12.0} {:>10.3} {:>10.3} {cpu:>12}", phase.per_second(), phase.percentile_ms(50), phase.percentile_ms(99));
         }
         println!("hook calls are {:.1}% of the baseline rate; {} failed", hooks.per_second() / baseline.per_second() * 100.0, hooks.failures);
+        if !hooks.cpu_by_thread.is_empty() {
+            println!("cpu µs per hook call by thread: {}", hooks.cpu_us_per_request_by_thread());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -158,6 +170,7 @@ async fn load(base: &str, path: &str, key: &str, body: Option<Value>, connection
     let request = Arc::new(raw_request(&address, path, key, body.as_ref()));
     let started = Instant::now();
     let cpu_before = process_cpu_time();
+    let threads_before = thread_cpu_times();
     let deadline = started + duration;
     let mut callers = Vec::with_capacity(connections);
     for _ in 0..connections {
@@ -197,8 +210,17 @@ async fn load(base: &str, path: &str, key: &str, body: Option<Value>, connection
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    let mut cpu_by_thread: Vec<(String, Duration)> = thread_cpu_times()
+        .into_iter()
+        .map(|(name, after)| {
+            let before = threads_before.iter().find(|(earlier, _)| *earlier == name).map_or(Duration::ZERO, |(_, cpu)| *cpu);
+            (name, after.saturating_sub(before))
+        })
+        .filter(|(_, cpu)| !cpu.is_zero())
+        .collect();
+    cpu_by_thread.sort_by(|a, b| b.1.cmp(&a.1));
     latencies_us.sort_unstable();
-    Phase { requests: latencies_us.len(), failures, elapsed, latencies_us, cpu }
+    Phase { requests: latencies_us.len(), failures, elapsed, latencies_us, cpu, cpu_by_thread }
 }
 
 /// The bytes of one request, built once and sent again and again.
@@ -264,9 +286,30 @@ impl RawConnection {
 }
 
 /// User plus system time of this process so far, from `/proc/self/stat` (Linux; `None`
-/// elsewhere). Clock ticks are 100 per second on every Linux this runs on.
+/// elsewhere).
 fn process_cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_time(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// User plus system time so far of this process's threads, summed by thread name (Linux;
+/// empty elsewhere). Threads that ended are not counted.
+fn thread_cpu_times() -> Vec<(String, Duration)> {
+    let mut by_name: Vec<(String, Duration)> = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return by_name };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(name), Some(cpu)) = (stat.split_once('(').and_then(|(_, rest)| rest.rsplit_once(')')).map(|(name, _)| name.to_owned()), stat_cpu_time(&stat)) else { continue };
+        match by_name.iter_mut().find(|(known, _)| *known == name) {
+            Some((_, total)) => *total += cpu,
+            None => by_name.push((name, cpu)),
+        }
+    }
+    by_name
+}
+
+/// utime + stime of a `/proc/…/stat` line. Clock ticks are 100 per second on every Linux this
+/// runs on.
+fn stat_cpu_time(stat: &str) -> Option<Duration> {
     // Fields after the command name (which may contain spaces) start after its closing paren.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
