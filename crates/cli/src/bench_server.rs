@@ -218,7 +218,7 @@ async fn load(base: &str, path: &str, key: &str, body: Option<Value>, connection
         })
         .filter(|(_, cpu)| !cpu.is_zero())
         .collect();
-    cpu_by_thread.sort_by(|a, b| b.1.cmp(&a.1));
+    cpu_by_thread.sort_by_key(|(_, cpu)| std::cmp::Reverse(*cpu));
     latencies_us.sort_unstable();
     Phase { requests: latencies_us.len(), failures, elapsed, latencies_us, cpu, cpu_by_thread }
 }
