@@ -65,6 +65,8 @@ const SCHEMA: &[&str] = &[
         SELECT run_id, seq, json_array(json_object('block_id', block_id, 'kind', kind, 'status', status, 'input', json(input), 'output', json(coalesce(output, 'null')),
             'started_ms', started_ms, 'duration_us', duration_us, 'credits', credits, 'error', error)) FROM run_history_blocks;
      DROP TABLE run_history_blocks;",
+    // 3: a user's keys are listed (and revoked) by user.
+    "CREATE INDEX api_keys_by_user ON api_keys (user_id, id);",
 ];
 
 #[derive(Clone)]
@@ -215,13 +217,22 @@ pub fn user(connection: &Connection, id: &str) -> Result<User, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("user {id}")))
 }
 
+/// An API key as it is shown: never its token, which only its holder has.
 #[derive(Clone, Debug, Serialize)]
 pub struct ApiKeyInfo {
     pub id: String,
     pub user_id: String,
     pub label: String,
     pub created_at: String,
+    /// When it stopped working; `null` while it works.
+    pub revoked_at: Option<String>,
 }
+
+fn key_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyInfo> {
+    Ok(ApiKeyInfo { id: row.get(0)?, user_id: row.get(1)?, label: row.get(2)?, created_at: ms_to_text(row.get(3)?), revoked_at: row.get::<_, Option<i64>>(4)?.map(ms_to_text) })
+}
+
+const KEY_COLUMNS: &str = "id, user_id, label, created_ms, revoked_ms";
 
 pub fn create_key(connection: &Connection, user_id: &str, label: &str, token_sha256: &[u8]) -> Result<ApiKeyInfo, ApiError> {
     let id = new_id("key");
@@ -230,7 +241,24 @@ pub fn create_key(connection: &Connection, user_id: &str, label: &str, token_sha
         "INSERT INTO api_keys (id, user_id, token_sha256, label, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id, user_id, token_sha256, label, created],
     )?;
-    Ok(ApiKeyInfo { id, user_id: user_id.to_owned(), label: label.to_owned(), created_at: ms_to_text(created) })
+    Ok(ApiKeyInfo { id, user_id: user_id.to_owned(), label: label.to_owned(), created_at: ms_to_text(created), revoked_at: None })
+}
+
+/// A user's keys, revoked ones included, oldest first.
+pub fn keys(connection: &Connection, user_id: &str, page: &PageRequest) -> Result<Page<ApiKeyInfo>, ApiError> {
+    let mut statement = connection.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"))?;
+    let rows = statement.query_map(params![user_id, page.after.as_deref().unwrap_or(""), page.limit + 1], key_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(rows, page.limit, |key| key.id.clone()))
+}
+
+/// Revokes one of the user's keys (revoking it again changes nothing). Returns the key and its
+/// token's digest, for caches to forget.
+pub fn revoke_key(connection: &Connection, user_id: &str, key_id: &str) -> Result<(ApiKeyInfo, Vec<u8>), ApiError> {
+    connection.execute("UPDATE api_keys SET revoked_ms = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_ms IS NULL", params![key_id, user_id, now_ms()])?;
+    let found = connection
+        .query_row(&format!("SELECT {KEY_COLUMNS}, token_sha256 FROM api_keys WHERE id = ?1 AND user_id = ?2"), params![key_id, user_id], |row| Ok((key_row(row)?, row.get::<_, Vec<u8>>(5)?)))
+        .optional()?;
+    found.ok_or_else(|| ApiError::NotFound(format!("key {key_id} of user {user_id}")))
 }
 
 /// The user a live key acts for.

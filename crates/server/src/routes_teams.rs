@@ -54,9 +54,7 @@ pub struct NewKey {
 /// Creates an API key for a user: an operator for anyone, a user for themself. The key is in
 /// this response only.
 pub async fn create_key(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>, JsonBody(body): JsonBody<NewKey>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if caller.user.id != user_id {
-        caller.require_operator()?;
-    }
+    check_own_keys(&caller, &user_id)?;
     check_name("label", &body.label)?;
     let (token, digest) = auth::new_key();
     let info = state
@@ -67,6 +65,33 @@ pub async fn create_key(State(state): State<AppState>, caller: Caller, Path(user
         })
         .await?;
     Ok((StatusCode::CREATED, Json(json!({"key": info, "token": token, "note": "store this token now: it is shown only once"}))))
+}
+
+/// Who may create, see and revoke a user's keys: the user, or an operator.
+fn check_own_keys(caller: &Caller, user_id: &str) -> Result<(), ApiError> {
+    if caller.user.id == user_id { Ok(()) } else { caller.require_operator() }
+}
+
+pub async fn list_keys(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>, Query(page): Query<crate::PageQuery>) -> Result<Json<catalog::Page<catalog::ApiKeyInfo>>, ApiError> {
+    check_own_keys(&caller, &user_id)?;
+    let page = page.request()?;
+    Ok(Json(
+        state
+            .catalog
+            .call(move |connection| {
+                catalog::user(connection, &user_id)?;
+                catalog::keys(connection, &user_id, &page)
+            })
+            .await?,
+    ))
+}
+
+/// Revokes a key at once on this server (its cached lookup is dropped with it).
+pub async fn revoke_key(State(state): State<AppState>, caller: Caller, Path((user_id, key_id)): Path<(String, String)>) -> Result<Json<catalog::ApiKeyInfo>, ApiError> {
+    check_own_keys(&caller, &user_id)?;
+    let (key, digest) = state.catalog.call(move |connection| catalog::revoke_key(connection, &user_id, &key_id)).await?;
+    state.keys.remove(&digest);
+    Ok(Json(key))
 }
 
 #[derive(Deserialize)]

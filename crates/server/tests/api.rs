@@ -493,3 +493,41 @@ async fn start_up_restores_runs_whose_history_a_crash_lost() {
     assert_eq!(run["status"], "paused", "{run}");
     assert_eq!(server.state.ledger.run_status("acme", &kept).await.unwrap(), Some(RunStatus::Paused));
 }
+
+/// A leaked key can be found and revoked by its user (or an operator): it stops working at
+/// once, even though a key's lookup is cached, and its token is never shown again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_lists_and_revokes_their_keys_and_a_revoked_key_stops_at_once() {
+    let server = support::start().await;
+    let (user, first) = server.user("alice").await;
+    let (status, created) = server.post(&format!("/v1/users/{user}/keys"), &first, json!({"label": "ci"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (second, second_id) = (created["token"].as_str().unwrap().to_owned(), created["key"]["id"].as_str().unwrap().to_owned());
+    // Used once, so its lookup is cached.
+    assert_eq!(server.get("/v1/me", &second).await.0, StatusCode::OK);
+
+    let (status, keys) = server.get(&format!("/v1/users/{user}/keys"), &first).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let items = keys["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{keys}");
+    assert!(items.iter().all(|key| key.get("token").is_none() && key["revoked_at"].is_null()), "{keys}");
+    let (_, page) = server.get(&format!("/v1/users/{user}/keys?limit=1"), &first).await;
+    assert_eq!((page["items"].as_array().unwrap().len(), page["next"].is_string()), (1, true), "{page}");
+
+    let (_, other) = server.user("mallory").await;
+    assert_eq!(server.get(&format!("/v1/users/{user}/keys"), &other).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(server.call(Method::DELETE, &format!("/v1/users/{user}/keys/{second_id}"), &other, None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(server.get("/v1/me", &second).await.0, StatusCode::OK, "another user's attempt changed nothing");
+
+    let (status, revoked) = server.call(Method::DELETE, &format!("/v1/users/{user}/keys/{second_id}"), &first, None).await;
+    assert_eq!(status, StatusCode::OK, "{revoked}");
+    let revoked_at = revoked["revoked_at"].as_str().unwrap().to_owned();
+    assert_eq!(server.get("/v1/me", &second).await.0, StatusCode::UNAUTHORIZED, "revoked: refused at once");
+    assert_eq!(server.get("/v1/me", &first).await.0, StatusCode::OK, "the other key still works");
+    let (status, again) = server.call(Method::DELETE, &format!("/v1/users/{user}/keys/{second_id}"), &server.operator, None).await;
+    assert_eq!((status, again["revoked_at"].as_str().unwrap()), (StatusCode::OK, revoked_at.as_str()), "revoking again changes nothing");
+    assert_eq!(server.call(Method::DELETE, &format!("/v1/users/{user}/keys/key_unknown"), &first, None).await.0, StatusCode::NOT_FOUND);
+    let (_, keys) = server.get(&format!("/v1/users/{user}/keys"), &first).await;
+    let revoked_listed: Vec<bool> = keys["items"].as_array().unwrap().iter().map(|key| key["revoked_at"].is_string()).collect();
+    assert_eq!(revoked_listed.iter().filter(|revoked| **revoked).count(), 1, "{keys}");
+}
