@@ -32,9 +32,36 @@ use flowcredits_core::Rules;
 
 pub use error::ApiError;
 
-/// Everything a request handler can reach. Cheap to clone.
+/// Everything a request handler can reach: one shared [`AppParts`], so that the clone every
+/// extractor and spawned task makes is one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// Changing a part (tests tune timeouts before serving) gives this handle parts of its own;
+/// handles cloned before keep the parts they had.
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut AppParts {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+/// The parts of [`AppState`]. Each is itself cheap to clone.
+#[derive(Clone)]
+pub struct AppParts {
     pub rules: Arc<Rules>,
     pub catalog: catalog::Catalog,
     /// Run history, written behind the runs.

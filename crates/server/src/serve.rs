@@ -50,7 +50,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
     let history = crate::history_log::HistoryLog::open(&catalog_file)?;
     // The engine's client: it installs the TLS provider and carries the project's timeouts.
     let http = flowcredits_engine::http::client();
-    Ok(AppState {
+    Ok(AppState::new(crate::AppParts {
         rules: Arc::new(rules),
         catalog,
         history,
@@ -68,7 +68,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         alert_checks_pending: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(5), 100_000)),
         alerts_fired: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(24 * 3600), 100_000)),
         jobs: crate::jobs::JobHub::default(),
-    })
+    }))
 }
 
 /// On first start (no users), creates an operator and returns its key, shown once.
