@@ -136,7 +136,8 @@ impl Runner {
     /// may lack the last moments before a crash) adds runs the ledger had already ended and says
     /// which ledger-running runs were resumed but not yet dispatched (still `paused` there:
     /// [`Runner::dispatch_resumed`] runs them). Private-runner jobs live in the catalog, not in
-    /// this process: they go on.
+    /// this process: they go on. First, runs the ledger knows and history lost get their rows
+    /// back ([`restore_lost_history`]).
     pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
         let mut interrupted = restore_lost_history(state).await?;
         let mut runs: Vec<(String, String)> = state.ledger.running_runs().await?;
