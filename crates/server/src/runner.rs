@@ -314,6 +314,7 @@ async fn restore_lost_history(state: &AppState) -> Result<usize, ApiError> {
     let ids = runs.iter().map(|run| run.run.to_string()).collect();
     let missing: std::collections::HashSet<String> = state.catalog.call(move |connection| history::without_rows(connection, ids)).await?.into_iter().collect();
     let mut interrupted = 0;
+    let mut rows = Vec::new();
     for run in runs.into_iter().filter(|run| missing.contains(run.run.as_str())) {
         let (team, id) = (run.team.to_string(), run.run.to_string());
         let (status, error) = match run.info.status {
@@ -330,19 +331,27 @@ async fn restore_lost_history(state: &AppState) -> Result<usize, ApiError> {
             RunStatus::Completed => (RunState::Failed, "the server stopped before this run's history was written: its outcome, flow and blocks are unknown; its credits are the ledger's"),
             RunStatus::Cancelled => (RunState::Cancelled, "the server stopped before this run's history was written; its credits are the ledger's"),
         };
-        tracing::warn!(team = %team, run = %id, status = status.as_str(), "a run's history was lost in a crash; it was recorded from the ledger");
-        let (credits, created_ms) = (run.info.credits.0, run.created_at.as_millisecond());
+        tracing::debug!(team = %team, run = %id, status = status.as_str(), "a run's history was lost; it is recorded from the ledger");
         let ended_ms = run.ended_at.map_or_else(catalog::now_ms, |at| at.as_millisecond());
-        let (trigger, location) = (run.info.context.trigger().as_str(), run.info.context.location().as_str());
-        state
-            .catalog
-            .call(move |connection| {
-                let row = history::NewRun { id: &id, team: &team, flow_id: "", snapshot: None, deployment_id: None, trigger, location, status: RunState::Running, input: &Value::Null, at_ms: created_ms };
-                let end = history::RunEnd { state: status, at_ms: ended_ms, credits, output: &Value::Null, error: Some(error) };
-                history::insert_run(connection, &row, Some(&end))
-            })
-            .await?;
+        rows.push((team, id, run.info.context, run.info.credits.0, run.created_at.as_millisecond(), ended_ms, status, error));
     }
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    tracing::warn!(runs = rows.len(), "runs the ledger admitted had no history (lost in a crash, or the catalog is older than the ledger); they were recorded from the ledger");
+    state
+        .catalog
+        .call(move |connection| {
+            let transaction = connection.transaction()?;
+            for (team, id, context, credits, created_ms, ended_ms, status, error) in &rows {
+                let (trigger, location) = (context.trigger().as_str(), context.location().as_str());
+                let row = history::NewRun { id, team, flow_id: "", snapshot: None, deployment_id: None, trigger, location, status: RunState::Running, input: &Value::Null, at_ms: *created_ms };
+                let end = history::RunEnd { state: *status, at_ms: *ended_ms, credits: *credits, output: &Value::Null, error: Some(error) };
+                history::insert_run(&transaction, &row, Some(&end))?;
+            }
+            Ok(transaction.commit()?)
+        })
+        .await?;
     Ok(interrupted)
 }
 
