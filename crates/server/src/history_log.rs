@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use rusqlite::Connection;
@@ -71,6 +71,8 @@ pub struct HistoryLog {
     /// The writer's thread, woken early when someone waits for a flush.
     writer: std::thread::Thread,
     flush_waiting: Arc<AtomicBool>,
+    /// Entries queued and not yet written (for `/metrics`).
+    queued: Arc<AtomicUsize>,
 }
 
 impl HistoryLog {
@@ -78,17 +80,24 @@ impl HistoryLog {
     pub fn open(path: &Path) -> Result<HistoryLog, ApiError> {
         let connection = Catalog::connect(path)?;
         let (entries, queue) = mpsc::sync_channel(QUEUE_ENTRIES_MAX);
-        let flush_waiting = Arc::new(AtomicBool::new(false));
-        let waiting = Arc::clone(&flush_waiting);
+        let (flush_waiting, queued) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (waiting, backlog) = (Arc::clone(&flush_waiting), Arc::clone(&queued));
         let writer = std::thread::Builder::new()
             .name("history-writer".into())
-            .spawn(move || write_loop(connection, queue, &waiting))
+            .spawn(move || write_loop(connection, queue, &waiting, &backlog))
             .map_err(|err| ApiError::internal(format!("cannot start the history writer: {err}")))?;
-        Ok(HistoryLog { entries, writer: writer.thread().clone(), flush_waiting })
+        Ok(HistoryLog { entries, writer: writer.thread().clone(), flush_waiting, queued })
+    }
+
+    /// Entries queued and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     fn queue(&self, entry: Entry) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
         if self.entries.send(entry).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("the history writer stopped; a history row was not recorded");
         }
     }
@@ -129,7 +138,7 @@ impl HistoryLog {
     }
 }
 
-fn write_loop(mut connection: Connection, queue: Receiver<Entry>, flush_waiting: &AtomicBool) {
+fn write_loop(mut connection: Connection, queue: Receiver<Entry>, flush_waiting: &AtomicBool, queued: &AtomicUsize) {
     while let Ok(first) = queue.recv() {
         let began = std::time::Instant::now();
         flush_waiting.store(false, Ordering::Release);
@@ -140,8 +149,9 @@ fn write_loop(mut connection: Connection, queue: Receiver<Entry>, flush_waiting:
                 Err(_) => break,
             }
         }
-        let full = batch.len() == BATCH_ENTRIES_MAX;
+        let (full, taken) = (batch.len() == BATCH_ENTRIES_MAX, batch.len());
         let flushes = write_batch(&mut connection, batch);
+        queued.fetch_sub(taken, Ordering::Relaxed);
         for flushed in flushes {
             let _ = flushed.send(());
         }

@@ -191,6 +191,11 @@ impl Ledger {
         Ok(runs.into_iter().map(|(team, run)| (team.to_string(), run.to_string())).collect())
     }
 
+    /// What the ledger's writer has done since it opened (for `/metrics`).
+    pub fn writer_stats(&self) -> flowcredits_store::WriterStats {
+        self.store.writer_stats()
+    }
+
     /// Runs admitted at or after `since`, across teams, oldest first: at most the newest `limit`.
     pub async fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<flowcredits_store::LedgerRun>, ApiError> {
         self.blocking(move |store| store.runs_since(since, limit)).await

@@ -132,6 +132,7 @@ impl Metrics {
 
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render_text();
+    render_backends(&mut text, &state.ledger.writer_stats(), state.history.backlog());
     // Jobs are rows of the catalog, shared by every node: counted there, not in this process.
     if let Ok((waiting, leased)) = state.catalog.call(|connection| crate::jobs::job_counts(connection)).await {
         let _ = writeln!(text, "# HELP flowcredits_runner_jobs Private-runner jobs now, waiting for a runner or leased to one.\n# TYPE flowcredits_runner_jobs gauge");
@@ -140,14 +141,32 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
+/// The ledger writer's and the history writer's work: requests per commit and the time commits
+/// and syncs take say whether the disk or the processor holds the ledger back.
+fn render_backends(out: &mut String, ledger: &flowcredits_store::WriterStats, history_backlog: usize) {
+    let counters = [
+        ("flowcredits_ledger_commits_total", "Ledger transactions, each carrying a group of requests.", ledger.commits.to_string()),
+        ("flowcredits_ledger_requests_total", "Ledger write requests decided (refusals included).", ledger.requests.to_string()),
+        ("flowcredits_ledger_commit_seconds_total", "Time the ledger writer spent deciding and committing groups.", (ledger.commit_ns as f64 / 1e9).to_string()),
+        ("flowcredits_ledger_syncs_total", "Syncs of the ledger's committed groups to disk.", ledger.syncs.to_string()),
+        ("flowcredits_ledger_sync_seconds_total", "Time spent syncing the ledger to disk.", (ledger.sync_ns as f64 / 1e9).to_string()),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    }
+    let _ = writeln!(out, "# HELP flowcredits_history_queue_entries Run history entries waiting to be written.\n# TYPE flowcredits_history_queue_entries gauge\nflowcredits_history_queue_entries {history_backlog}");
+}
+
 /// Counts and times every response.
 pub async fn track_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     // The route template, not the path: ids and team names stay out of logs' cardinality.
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |path| path.as_str()).to_owned();
-    let method = request.method().clone();
+    // Copied only when the line is logged: this runs on every request.
+    let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| (request.method().clone(), request.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |path| path.as_str()).to_owned()));
     let response = next.run(request).await;
-    tracing::debug!(method = %method, route = %route, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered a request");
+    if let Some((method, route)) = logged {
+        tracing::debug!(method = %method, route = %route, status = response.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "answered a request");
+    }
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     state.metrics.http_responses[class].fetch_add(1, Ordering::Relaxed);
     state.metrics.http_latency.observe(started.elapsed());

@@ -221,6 +221,16 @@ async fn health_metrics_and_the_openapi_document() {
     for line in ["flowcredits_runs_admitted_total 1", "flowcredits_credits_charged_total 25", "flowcredits_runs_finished_total{status=\"succeeded\"} 1", "flowcredits_admission_seconds_count 1"] {
         assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
     }
+    // The ledger's writer: the team, the run's admission, and its charges with its end, each
+    // committed and synced.
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|line| line.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("missing {name} in\n{metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let (commits, requests, syncs) = (value("flowcredits_ledger_commits_total"), value("flowcredits_ledger_requests_total"), value("flowcredits_ledger_syncs_total"));
+    assert!(requests >= 3.0 && commits >= 1.0 && commits <= requests && syncs >= 1.0 && syncs <= commits, "{metrics}");
+    assert!(value("flowcredits_ledger_sync_seconds_total") > 0.0 && value("flowcredits_ledger_commit_seconds_total") > 0.0, "{metrics}");
+    assert_eq!(value("flowcredits_history_queue_entries"), 0.0, "the run's history was read, so it was written");
     let (_, document) = server.get("/openapi.json", "").await;
     assert_eq!(document["openapi"], "3.0.3");
     assert!(document["paths"]["/v1/teams/{team}/billing"]["patch"]["requestBody"].is_object());

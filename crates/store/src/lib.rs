@@ -27,7 +27,7 @@ use flowcredits_core::{PeriodUsage, RunId, Timestamp};
 
 pub use error::{Result, StoreError};
 pub use ids::ExecutionIds;
-pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport};
+pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport, WriterStats};
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore, migrate};
 
@@ -90,6 +90,9 @@ pub trait LedgerStore: Send + Sync {
     fn audit_log(&self, team: &TeamName) -> Result<Vec<AuditEntry>>;
     /// Compares every stored balance and rollup with its rebuild from the ledger entries.
     fn verify(&self) -> Result<VerifyReport>;
+    /// What the writer has done since the store opened (commits, requests, syncs and their
+    /// times), for monitoring.
+    fn writer_stats(&self) -> WriterStats;
 }
 
 /// Receives the answer to a submitted write once, when it is durable or refused. It may be

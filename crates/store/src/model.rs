@@ -155,6 +155,21 @@ pub struct RunInfo {
     pub context: RunContext,
 }
 
+/// What a store's writer has done since it opened, for monitoring. Every field only grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed or rolled back; each carries a group of requests.
+    pub commits: u64,
+    /// Requests decided, refused ones included.
+    pub requests: u64,
+    /// Time spent deciding and committing groups, in nanoseconds.
+    pub commit_ns: u64,
+    /// Syncs of committed groups to disk (none with `Durability::Normal`).
+    pub syncs: u64,
+    /// Time spent in those syncs, in nanoseconds.
+    pub sync_ns: u64,
+}
+
 /// A run as the ledger recorded it, with its team and when it was admitted and ended (see
 /// [`crate::LedgerStore::runs_since`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

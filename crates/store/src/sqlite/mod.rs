@@ -4,6 +4,7 @@
 //! connections, which WAL lets run beside the writer and see only committed data.
 
 mod read;
+mod stats;
 mod syncer;
 mod team;
 mod verify;
@@ -21,7 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
 use crate::error::{Result, StoreError};
 use crate::limits::{BATCH_EVENTS_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
-use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, check_instant};
+use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, WriterStats, check_instant};
 use crate::{ChargedAndEnded, Done, LedgerStore, schema};
 
 /// How the store is opened.
@@ -66,6 +67,7 @@ struct Shared {
     writer: Option<JoinHandle<()>>,
     readers: Mutex<Vec<Connection>>,
     decision_ns: Option<DecisionTimes>,
+    stats: Arc<stats::StatCounters>,
     checkpointer: Option<Checkpointer>,
     /// Held while the store is open: the writer's cached team states are only right while it
     /// is the file's one writer. The operating system releases it if the process dies.
@@ -165,14 +167,15 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(&path, options.durability)?;
         let rules = Arc::new(options.rules.clone());
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
+        let stats = Arc::new(stats::StatCounters::default());
         let syncer = match options.durability {
-            Durability::Full => Some(syncer::Syncer::start(path.clone())?),
+            Durability::Full => Some(syncer::Syncer::start(path.clone(), Arc::clone(&stats))?),
             Durability::Normal => None,
         };
-        let writer = Writer::new(conn, rules, decision_ns.clone(), syncer)?;
+        let writer = Writer::new(conn, rules, decision_ns.clone(), syncer, Arc::clone(&stats))?;
         let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
-        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, checkpointer: Some(checkpointer), _writer_lock: writer_lock };
+        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), _writer_lock: writer_lock };
         Ok(SqliteStore { shared: Arc::new(shared) })
     }
 
@@ -320,6 +323,10 @@ impl LedgerStore for SqliteStore {
 
     fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>> {
         self.read(read::running_runs)
+    }
+
+    fn writer_stats(&self) -> WriterStats {
+        self.shared.stats.read()
     }
 
     fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<LedgerRun>> {

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
+use super::stats::StatCounters;
 use super::writer::{Reply, ReplyTo};
 use crate::error::{Result, StoreError};
 
@@ -39,7 +40,7 @@ pub(crate) struct Syncer {
 
 impl Syncer {
     /// Starts the syncer for the WAL file of the database at `database`.
-    pub(crate) fn start(database: PathBuf) -> Result<Syncer> {
+    pub(crate) fn start(database: PathBuf, stats: Arc<StatCounters>) -> Result<Syncer> {
         let mut wal = database.into_os_string();
         wal.push("-wal");
         let (groups, queue) = mpsc::channel();
@@ -47,7 +48,7 @@ impl Syncer {
         let flag = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
             .name("ledger-sync".into())
-            .spawn(move || sync_loop(PathBuf::from(wal), queue, &flag))
+            .spawn(move || sync_loop(PathBuf::from(wal), queue, &flag, &stats))
             .map_err(|err| StoreError::Aborted(format!("cannot start the sync thread: {err}")))?;
         Ok(Syncer { groups: Some(groups), thread: Some(thread), failed })
     }
@@ -76,7 +77,7 @@ impl Drop for Syncer {
     }
 }
 
-fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool) {
+fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool, stats: &StatCounters) {
     // Opened on first use: the WAL file exists once the first group is committed, and stays
     // (the same file) while the writer's connection is open.
     let mut file: Option<File> = None;
@@ -86,7 +87,10 @@ fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool) {
         let failure = if failed.load(Ordering::SeqCst) {
             Some(Unconfirmed::SyncFailed("an earlier sync failed".into()))
         } else {
-            sync(&wal, &mut file).err().map(|err| {
+            let started = std::time::Instant::now();
+            let synced = sync(&wal, &mut file);
+            stats.synced(started.elapsed());
+            synced.err().map(|err| {
                 failed.store(true, Ordering::SeqCst);
                 Unconfirmed::SyncFailed(format!("fdatasync of {}: {err}", wal.display()))
             })
@@ -160,7 +164,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let database = dir.join("ledger.db");
         std::fs::write(dir.join("ledger.db-wal"), b"frames").unwrap();
-        let syncer = Syncer::start(database).unwrap();
+        let syncer = Syncer::start(database, Arc::default()).unwrap();
         let (group, heard) = answers();
         syncer.acknowledge(group);
         assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));
@@ -176,7 +180,7 @@ mod tests {
         // A directory where the WAL file should be: it cannot be opened for writing.
         let dir = std::env::temp_dir().join(format!("flowcredits-syncer-fails-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("ledger.db-wal")).unwrap();
-        let syncer = Syncer::start(dir.join("ledger.db")).unwrap();
+        let syncer = Syncer::start(dir.join("ledger.db"), Arc::default()).unwrap();
         for _ in 0..2 {
             let (group, heard) = answers();
             syncer.acknowledge(group);
@@ -190,7 +194,7 @@ mod tests {
     #[test]
     fn no_wal_file_yet_is_nothing_to_sync() {
         let database = std::env::temp_dir().join(format!("flowcredits-syncer-nowal-{}", std::process::id())).join("ledger.db");
-        let syncer = Syncer::start(database).unwrap();
+        let syncer = Syncer::start(database, Arc::default()).unwrap();
         let (group, heard) = answers();
         syncer.acknowledge(group);
         assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));

@@ -15,6 +15,7 @@ use std::time::Instant;
 use flowcredits_core::{Charge, Command, CoreError, Credits, LedgerEvent, PeriodUsage, Refused, Rules, RunId, RunStatus, TeamLedger, TeamSettings, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::stats::StatCounters;
 use super::syncer::{Answers, Syncer};
 use super::team::{StoredRun, TeamState, find_run, format_alerts, load_team};
 use crate::bulk::insert_rows;
@@ -73,6 +74,7 @@ pub(crate) struct Writer {
     /// Answers committed groups once they are on disk; `None` answers at commit (durability
     /// traded away, for benchmarks).
     syncer: Option<Syncer>,
+    stats: Arc<StatCounters>,
 }
 
 /// Balances and rollups changed by the current group, written once at its end rather than once
@@ -125,9 +127,9 @@ struct Content {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<Syncer>) -> Result<Writer> {
+    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<Syncer>, stats: Arc<StatCounters>) -> Result<Writer> {
         let next_op = read_next_op(&conn)?;
-        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer })
+        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer, stats })
     }
 
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
@@ -139,7 +141,9 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let (started, requests) = (Instant::now(), group.len());
             self.commit_group(group);
+            self.stats.committed(requests, started.elapsed());
         }
     }
 

@@ -254,3 +254,20 @@ fn runs_since_lists_recent_runs_of_every_team_and_status_oldest_first() {
     let newest = store.runs_since(ts("2026-03-01T00:00:00Z"), 1).unwrap();
     assert_eq!(newest.iter().map(|listed| listed.run.as_str()).collect::<Vec<_>>(), vec!["going"]);
 }
+
+#[test]
+fn writer_stats_count_every_request_commit_and_sync() {
+    let dir = TempDir::new("stats");
+    let store = open(&dir.db());
+    assert_eq!(store.writer_stats(), flowcredits_store::WriterStats::default());
+    create(&store, "acme", PlanId::Team);
+    store.start_run(&team("acme"), start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    store.charge(&team("acme"), vec![integration("e1", "r1", "2026-03-02T10:00:01Z")]).unwrap();
+    store.end_run(&team("acme"), &run("r1"), ts("2026-03-02T10:00:02Z")).unwrap();
+    // A refused request is decided too, in a group of its own.
+    assert!(store.end_run(&team("acme"), &run("r1"), ts("2026-03-02T10:00:03Z")).is_err());
+    let stats = store.writer_stats();
+    // One caller waiting for each answer: every request is a group of one, synced before the next.
+    assert_eq!((stats.requests, stats.commits, stats.syncs), (5, 5, 5), "{stats:?}");
+    assert!(stats.commit_ns > 0 && stats.sync_ns > 0, "{stats:?}");
+}
