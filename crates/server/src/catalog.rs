@@ -65,8 +65,10 @@ const SCHEMA: &[&str] = &[
         SELECT run_id, seq, json_array(json_object('block_id', block_id, 'kind', kind, 'status', status, 'input', json(input), 'output', json(coalesce(output, 'null')),
             'started_ms', started_ms, 'duration_us', duration_us, 'credits', credits, 'error', error)) FROM run_history_blocks;
      DROP TABLE run_history_blocks;",
-    // 3: a user's keys are listed (and revoked) by user.
-    "CREATE INDEX api_keys_by_user ON api_keys (user_id, id);",
+    // 3: a user's keys are listed (and revoked) by user; a deployment may run on a cron
+    // schedule instead of every so many seconds.
+    "CREATE INDEX api_keys_by_user ON api_keys (user_id, id);
+     ALTER TABLE deployments ADD COLUMN schedule_cron TEXT;",
 ];
 
 #[derive(Clone)]
@@ -457,6 +459,8 @@ pub struct Deployment {
     pub trigger: String,
     /// Runs on a schedule every this many seconds, when set.
     pub schedule_every_s: Option<u32>,
+    /// Runs at the minutes this cron expression names (UTC), when set (see [`crate::cron`]).
+    pub schedule_cron: Option<String>,
     /// Where its runs execute: `cloud` (this server) or `private` (the team's private runners).
     pub runs_on: RunsOn,
     pub created_at: String,
@@ -496,16 +500,17 @@ fn deployment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
         schedule_every_s: row.get(6)?,
         created_at: ms_to_text(row.get(7)?),
         runs_on: RunsOn::parse(&row.get::<_, String>(8)?).unwrap_or_default(),
+        schedule_cron: row.get(9)?,
     })
 }
 
-const DEPLOYMENT_COLUMNS: &str = "id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on";
+const DEPLOYMENT_COLUMNS: &str = "id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on, schedule_cron";
 
 pub fn create_deployment(connection: &Connection, deployment: &Deployment) -> Result<(), ApiError> {
     let inserted = connection.execute(
-        "INSERT INTO deployments (id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+        "INSERT INTO deployments (id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on, schedule_cron) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (team, path) DO NOTHING",
-        params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, now_ms(), deployment.runs_on.as_str()],
+        params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, now_ms(), deployment.runs_on.as_str(), deployment.schedule_cron],
     )?;
     if inserted == 0 {
         return Err(ApiError::Conflict(format!("team {} already deploys something at path {:?}", deployment.team, deployment.path)));
@@ -533,7 +538,7 @@ pub fn deployments(connection: &Connection, team: &str, page: &PageRequest) -> R
 
 /// Every deployment that runs on a schedule, across teams (for the scheduler).
 pub fn scheduled_deployments(connection: &Connection) -> Result<Vec<Deployment>, ApiError> {
-    let mut statement = connection.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE schedule_every_s IS NOT NULL ORDER BY id"))?;
+    let mut statement = connection.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE schedule_every_s IS NOT NULL OR schedule_cron IS NOT NULL ORDER BY id"))?;
     Ok(statement.query_map([], deployment_row)?.collect::<Result<_, _>>()?)
 }
 

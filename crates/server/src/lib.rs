@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod cache;
+pub mod cron;
 pub mod catalog;
 pub mod client;
 mod dashboard;

@@ -79,12 +79,12 @@ const ROUTES: &[Route] = &[
     Route {
         method: "post",
         path: "/v1/teams/{team}/deployments",
-        summary: "Deploy a snapshot to /hooks/{team}/{path} or as an MCP tool",
+        summary: "Deploy a snapshot to /hooks/{team}/{path} or as an MCP tool, optionally on a schedule (every N seconds, or a cron expression in UTC)",
         access: "owner, admin, editor",
         body: Some(|| {
             object(
                 &["flow_id", "path"],
-                json!({"flow_id": string(), "snapshot": {"type": "integer", "minimum": 1}, "path": string(), "trigger": {"type": "string", "enum": ["api", "mcp"]}, "schedule_every_s": {"type": "integer", "minimum": 60}, "runs_on": {"type": "string", "enum": ["cloud", "private"]}}),
+                json!({"flow_id": string(), "snapshot": {"type": "integer", "minimum": 1}, "path": string(), "trigger": {"type": "string", "enum": ["api", "mcp"]}, "schedule_every_s": {"type": "integer", "minimum": 60}, "schedule_cron": {"type": "string", "description": "five fields, UTC, e.g. `0 9 * * 1-5`"}, "runs_on": {"type": "string", "enum": ["cloud", "private"]}}),
             )
         }),
         query: &[],

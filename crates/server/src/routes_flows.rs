@@ -109,6 +109,8 @@ pub struct NewDeployment {
     /// `api` (default) or `mcp`.
     trigger: Option<String>,
     schedule_every_s: Option<u32>,
+    /// A cron expression (five fields, UTC) instead of `schedule_every_s`.
+    schedule_cron: Option<String>,
     /// `cloud` (default: this server runs it) or `private` (the team's private runners; Enterprise).
     runs_on: Option<String>,
 }
@@ -131,6 +133,15 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
     if let Some(every) = body.schedule_every_s.filter(|every| !(SCHEDULE_EVERY_S_MIN..=SCHEDULE_EVERY_S_MAX).contains(every)) {
         return Err(ApiError::invalid("schedule_every_s", format!("{every} is outside {SCHEDULE_EVERY_S_MIN} (every minute) to {SCHEDULE_EVERY_S_MAX} (yearly)")));
     }
+    if let Some(cron) = &body.schedule_cron {
+        if body.schedule_every_s.is_some() {
+            return Err(ApiError::invalid("schedule_cron", "give schedule_every_s or schedule_cron, not both"));
+        }
+        let parsed = crate::cron::Cron::parse(cron).map_err(|problem| ApiError::invalid("schedule_cron", format!("`{cron}` {problem}")))?;
+        if parsed.next_after(jiff::Timestamp::now()).is_none() {
+            return Err(ApiError::invalid("schedule_cron", format!("`{cron}` names no day in the next eight years")));
+        }
+    }
     let runs_on = match body.runs_on.as_deref() {
         None => RunsOn::Cloud,
         Some(text) => RunsOn::parse(text).ok_or_else(|| ApiError::invalid("runs_on", format!("`{text}` is not `cloud` or `private`")))?,
@@ -143,7 +154,7 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
         .call(move |connection| {
             let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot)?;
             // A flow with a `schedule` trigger runs on its own schedule unless the deployment sets one.
-            let schedule_every_s = body.schedule_every_s.or_else(|| runner::schedule_every_s(&snapshot.definition));
+            let schedule_every_s = if body.schedule_cron.is_some() { None } else { body.schedule_every_s.or_else(|| runner::schedule_every_s(&snapshot.definition)) };
             if trigger == "mcp" {
                 runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("trigger", "an mcp deployment needs a flow with an `mcp` trigger block"))?;
             }
@@ -155,6 +166,7 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
                 snapshot: snapshot.number,
                 trigger,
                 schedule_every_s,
+                schedule_cron: body.schedule_cron,
                 runs_on,
                 created_at: jiff::Timestamp::now().to_string(),
             };

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flowcredits_core::{Alert, RunContext, Trigger};
+use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -25,7 +26,7 @@ pub const ALERT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown` turns true.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let mut next_due: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut next_due: HashMap<String, Timestamp> = HashMap::new();
     let mut ticks: u64 = 0;
     loop {
         tokio::select! {
@@ -36,7 +37,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             return;
         }
         ticks += 1;
-        if let Err(err) = run_due_schedules(&state, &mut next_due).await {
+        if let Err(err) = run_due_schedules(&state, &mut next_due, Timestamp::now()).await {
             tracing::warn!(error = %err, "running scheduled deployments failed");
         }
         // Once a minute: a new billing period may have started for a team with paused runs.
@@ -55,17 +56,40 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, tokio::time::Instant>) -> Result<(), crate::ApiError> {
+/// When a scheduled deployment next runs after `now`: its cron expression's next minute, or
+/// its interval from now. `None`: it never runs (an expression that names no coming day).
+fn next_run(deployment: &catalog::Deployment, now: Timestamp) -> Option<Timestamp> {
+    match (&deployment.schedule_cron, deployment.schedule_every_s) {
+        // Checked when deployed; a stored expression that no longer parses runs never.
+        (Some(cron), _) => crate::cron::Cron::parse(cron).ok()?.next_after(now),
+        (None, Some(every)) => now.checked_add(jiff::SignedDuration::from_secs(i64::from(every))).ok(),
+        (None, None) => None,
+    }
+}
+
+/// Starts the scheduled deployments due at `now`. A deployment first seen is due at its next
+/// run after `now`; one that ran is due at its next run after it. Runs missed while the server
+/// was down are not made up.
+async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, Timestamp>, now: Timestamp) -> Result<(), crate::ApiError> {
     let deployments = state.catalog.call(|connection| catalog::scheduled_deployments(connection)).await?;
-    let now = tokio::time::Instant::now();
     next_due.retain(|id, _| deployments.iter().any(|deployment| &deployment.id == id));
     for deployment in deployments {
-        let every = Duration::from_secs(u64::from(deployment.schedule_every_s.unwrap_or(u32::MAX)));
-        let due = *next_due.entry(deployment.id.clone()).or_insert(now + every);
+        let due = match next_due.get(&deployment.id) {
+            Some(due) => *due,
+            None => {
+                if let Some(due) = next_run(&deployment, now) {
+                    next_due.insert(deployment.id.clone(), due);
+                }
+                continue;
+            }
+        };
         if due > now {
             continue;
         }
-        next_due.insert(deployment.id.clone(), now + every);
+        match next_run(&deployment, now) {
+            Some(next) => next_due.insert(deployment.id.clone(), next),
+            None => next_due.remove(&deployment.id),
+        };
         // A team out of credits keeps at most one paused run per schedule.
         let id = deployment.id.clone();
         if state.history.read(&state.catalog, move |connection| history::deployment_has_paused_run(connection, &id)).await? {
@@ -230,14 +254,15 @@ mod tests {
             .call(|connection| {
                 let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
                 let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
-                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), runs_on: catalog::RunsOn::Private, created_at: String::new() };
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), schedule_cron: None, runs_on: catalog::RunsOn::Private, created_at: String::new() };
                 catalog::create_deployment(connection, &deployment)?;
                 Ok(deployment)
             })
             .await
             .unwrap();
-        let mut next_due = HashMap::from([(deployment.id.clone(), tokio::time::Instant::now())]);
-        run_due_schedules(&state, &mut next_due).await.unwrap();
+        let now = Timestamp::now();
+        let mut next_due = HashMap::from([(deployment.id.clone(), now)]);
+        run_due_schedules(&state, &mut next_due, now).await.unwrap();
         let page = catalog::PageRequest { after: None, limit: 10 };
         let runs = state.catalog.call(move |connection| history::runs(connection, "acme", &history::RunFilter::default(), &page)).await.unwrap();
         assert_eq!(runs.items.len(), 1);
@@ -259,7 +284,7 @@ mod tests {
                 catalog::set_member(connection, "acme", &user.id, Role::Owner)?;
                 let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
                 let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
-                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), runs_on: catalog::RunsOn::Cloud, created_at: String::new() };
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), schedule_cron: None, runs_on: catalog::RunsOn::Cloud, created_at: String::new() };
                 catalog::create_deployment(connection, &deployment)?;
                 Ok(deployment)
             })
@@ -267,29 +292,61 @@ mod tests {
             .unwrap();
         let mut next_due = HashMap::new();
         // First sight of a schedule: due one period from now, nothing runs yet.
-        run_due_schedules(&state, &mut next_due).await.unwrap();
+        let now = Timestamp::now();
+        run_due_schedules(&state, &mut next_due, now).await.unwrap();
         assert!(runs_by_state(&state).await.is_empty());
-        let now = tokio::time::Instant::now();
-        assert!(next_due[&deployment.id] > now + Duration::from_secs(59));
+        assert_eq!(next_due[&deployment.id], now.checked_add(jiff::SignedDuration::from_secs(60)).unwrap());
 
         // Four due ticks use the 100 included credits.
         for _ in 0..4 {
             next_due.insert(deployment.id.clone(), now);
-            run_due_schedules(&state, &mut next_due).await.unwrap();
+            run_due_schedules(&state, &mut next_due, now).await.unwrap();
             wait_until_finished(&state).await;
         }
         assert_eq!(runs_by_state(&state).await, vec![RunState::Succeeded; 4]);
         // Not due again until its period passes.
-        run_due_schedules(&state, &mut next_due).await.unwrap();
+        run_due_schedules(&state, &mut next_due, now).await.unwrap();
         assert_eq!(runs_by_state(&state).await.len(), 4);
 
         // Out of credits: the next tick pauses a run; later ticks add no more paused runs.
         for _ in 0..3 {
             next_due.insert(deployment.id.clone(), now);
-            run_due_schedules(&state, &mut next_due).await.unwrap();
+            run_due_schedules(&state, &mut next_due, now).await.unwrap();
         }
         let states = runs_by_state(&state).await;
         assert_eq!(states.iter().filter(|run| **run == RunState::Paused).count(), 1, "{states:?}");
         assert_eq!(states.len(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cron_schedule_runs_at_the_minutes_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
+        state.ledger.create_team("acme", flowcredits_core::PlanId::Team, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
+        let deployment = state
+            .catalog
+            .call(|connection| {
+                let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
+                let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: None, schedule_cron: Some("0 9 * * 1-5".into()), runs_on: catalog::RunsOn::Cloud, created_at: String::new() };
+                catalog::create_deployment(connection, &deployment)?;
+                Ok(deployment)
+            })
+            .await
+            .unwrap();
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        let mut next_due = HashMap::new();
+        // Friday 2026-03-06, 08:30 UTC: first sight, due at 09:00.
+        run_due_schedules(&state, &mut next_due, at("2026-03-06T08:30:00Z")).await.unwrap();
+        assert_eq!(next_due[&deployment.id], at("2026-03-06T09:00:00Z"));
+        run_due_schedules(&state, &mut next_due, at("2026-03-06T08:59:59Z")).await.unwrap();
+        assert!(runs_by_state(&state).await.is_empty(), "not due yet");
+        run_due_schedules(&state, &mut next_due, at("2026-03-06T09:00:00Z")).await.unwrap();
+        wait_until_finished(&state).await;
+        assert_eq!(runs_by_state(&state).await, vec![RunState::Succeeded]);
+        // Next: Monday, past the weekend.
+        assert_eq!(next_due[&deployment.id], at("2026-03-09T09:00:00Z"));
+        run_due_schedules(&state, &mut next_due, at("2026-03-07T09:00:00Z")).await.unwrap();
+        assert_eq!(runs_by_state(&state).await.len(), 1, "Saturday runs nothing");
     }
 }

@@ -134,6 +134,7 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
                 snapshot: snapshot.number,
                 trigger: "api".into(),
                 schedule_every_s: None,
+                schedule_cron: None,
                 runs_on: catalog::RunsOn::Cloud,
                 created_at: String::new(),
             };

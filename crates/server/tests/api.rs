@@ -290,6 +290,19 @@ async fn a_flow_with_a_schedule_block_is_scheduled_when_deployed() {
     let flow_id = flows["items"][0]["id"].as_str().unwrap();
     let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "fast", "schedule_every_s": 30})).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_every_s")), "{refused}");
+    // A cron expression instead: weekdays at 09:00 UTC, in place of the flow's own interval.
+    let (status, deployed) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "weekdays", "schedule_cron": "0 9 * * 1-5"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    assert_eq!((deployed["schedule_cron"].clone(), deployed["schedule_every_s"].clone()), (json!("0 9 * * 1-5"), Value::Null), "{deployed}");
+    for (cron, problem) in [("0 25 * * *", "hour field `25`"), ("0 9 * *", "has 4 fields"), ("0 0 31 2 *", "names no day")] {
+        let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "bad", "schedule_cron": cron})).await;
+        assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_cron")), "{refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().contains(problem), "{cron}: {refused}");
+    }
+    let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "both", "schedule_cron": "* * * * *", "schedule_every_s": 60})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_cron")), "{refused}");
+    let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
+    assert_eq!(deployments["items"].as_array().unwrap().len(), 2, "refused deployments were not created: {deployments}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
