@@ -244,22 +244,32 @@ mod tests {
         panic!("scheduled runs did not finish");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_due_schedule_of_a_private_deployment_queues_a_job_instead_of_running_here() {
+    /// A fresh server state with team `acme` on `plan` (and an owner), and the flow above
+    /// deployed at `tick` on the schedule given.
+    async fn deployed_on_schedule(plan: flowcredits_core::PlanId, runs_on: catalog::RunsOn, schedule_every_s: Option<u32>, schedule_cron: Option<&str>) -> (tempfile::TempDir, AppState, Deployment) {
         let dir = tempfile::tempdir().unwrap();
         let state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
-        state.ledger.create_team("acme", flowcredits_core::PlanId::Enterprise, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
+        state.ledger.create_team("acme", plan, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
+        let schedule_cron = schedule_cron.map(str::to_owned);
         let deployment = state
             .catalog
-            .call(|connection| {
+            .call(move |connection| {
+                let user = catalog::create_user(connection, "owner", false)?;
+                catalog::set_member(connection, "acme", &user.id, Role::Owner)?;
                 let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
                 let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
-                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), schedule_cron: None, runs_on: catalog::RunsOn::Private, created_at: String::new() };
+                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s, schedule_cron, runs_on, created_at: String::new() };
                 catalog::create_deployment(connection, &deployment)?;
                 Ok(deployment)
             })
             .await
             .unwrap();
+        (dir, state, deployment)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_due_schedule_of_a_private_deployment_queues_a_job_instead_of_running_here() {
+        let (_dir, state, deployment) = deployed_on_schedule(flowcredits_core::PlanId::Enterprise, catalog::RunsOn::Private, Some(60), None).await;
         let now = Timestamp::now();
         let mut next_due = HashMap::from([(deployment.id.clone(), now)]);
         run_due_schedules(&state, &mut next_due, now).await.unwrap();
@@ -274,22 +284,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn due_schedules_run_and_a_team_out_of_credits_keeps_one_paused_run_per_schedule() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
-        state.ledger.create_team("acme", flowcredits_core::PlanId::Team, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
-        let deployment = state
-            .catalog
-            .call(|connection| {
-                let user = catalog::create_user(connection, "owner", false)?;
-                catalog::set_member(connection, "acme", &user.id, Role::Owner)?;
-                let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
-                let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
-                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: Some(60), schedule_cron: None, runs_on: catalog::RunsOn::Cloud, created_at: String::new() };
-                catalog::create_deployment(connection, &deployment)?;
-                Ok(deployment)
-            })
-            .await
-            .unwrap();
+        let (_dir, state, deployment) = deployed_on_schedule(flowcredits_core::PlanId::Team, catalog::RunsOn::Cloud, Some(60), None).await;
         let mut next_due = HashMap::new();
         // First sight of a schedule: due one period from now, nothing runs yet.
         let now = Timestamp::now();
@@ -320,20 +315,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cron_schedule_runs_at_the_minutes_it_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
-        state.ledger.create_team("acme", flowcredits_core::PlanId::Team, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
-        let deployment = state
-            .catalog
-            .call(|connection| {
-                let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
-                let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
-                let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s: None, schedule_cron: Some("0 9 * * 1-5".into()), runs_on: catalog::RunsOn::Cloud, created_at: String::new() };
-                catalog::create_deployment(connection, &deployment)?;
-                Ok(deployment)
-            })
-            .await
-            .unwrap();
+        let (_dir, state, deployment) = deployed_on_schedule(flowcredits_core::PlanId::Team, catalog::RunsOn::Cloud, None, Some("0 9 * * 1-5")).await;
         let at = |text: &str| text.parse::<Timestamp>().unwrap();
         let mut next_due = HashMap::new();
         // Friday 2026-03-06, 08:30 UTC: first sight, due at 09:00.
