@@ -210,13 +210,19 @@ pub fn user_count(connection: &Connection) -> Result<u64, ApiError> {
     Ok(connection.query_row("SELECT COUNT(*) FROM users", [], |row| row.get::<_, i64>(0))? as u64)
 }
 
+fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User { id: row.get(0)?, name: row.get(1)?, is_operator: row.get(2)?, created_at: ms_to_text(row.get(3)?) })
+}
+
 pub fn user(connection: &Connection, id: &str) -> Result<User, ApiError> {
-    connection
-        .query_row("SELECT id, name, is_operator, created_ms FROM users WHERE id = ?1", [id], |row| {
-            Ok(User { id: row.get(0)?, name: row.get(1)?, is_operator: row.get(2)?, created_at: ms_to_text(row.get(3)?) })
-        })
-        .optional()?
-        .ok_or_else(|| ApiError::NotFound(format!("user {id}")))
+    connection.query_row("SELECT id, name, is_operator, created_ms FROM users WHERE id = ?1", [id], user_row).optional()?.ok_or_else(|| ApiError::NotFound(format!("user {id}")))
+}
+
+/// Every user, by id.
+pub fn users(connection: &Connection, page: &PageRequest) -> Result<Page<User>, ApiError> {
+    let mut statement = connection.prepare_cached("SELECT id, name, is_operator, created_ms FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+    let rows = statement.query_map(params![page.after.as_deref().unwrap_or(""), page.limit + 1], user_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(rows, page.limit, |user| user.id.clone()))
 }
 
 /// An API key as it is shown: never its token, which only its holder has.

@@ -94,7 +94,7 @@ pub struct AppParts {
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/me", get(routes_teams::me))
-        .route("/users", post(routes_teams::create_user))
+        .route("/users", post(routes_teams::create_user).get(routes_teams::list_users))
         .route("/users/{user}/keys", post(routes_teams::create_key).get(routes_teams::list_keys))
         .route("/users/{user}/keys/{key}", axum::routing::delete(routes_teams::revoke_key))
         .route("/teams", post(routes_teams::create_team).get(routes_teams::list_teams))

@@ -43,6 +43,7 @@ const ROUTES: &[Route] = &[
     Route { method: "get", path: "/metrics", summary: "Prometheus metrics", access: "anyone", body: None, query: &[], success: "200" },
     Route { method: "get", path: "/v1/me", summary: "The caller and their teams", access: "any key", body: None, query: &[], success: "200" },
     Route { method: "post", path: "/v1/users", summary: "Create a user", access: "operator", body: Some(|| object(&["name"], json!({"name": string(), "operator": {"type": "boolean"}}))), query: &[], success: "201" },
+    Route { method: "get", path: "/v1/users", summary: "Every user of the platform", access: "operator", body: None, query: PAGE, success: "200" },
     Route { method: "post", path: "/v1/users/{user}/keys", summary: "Create an API key (shown once)", access: "operator, or the user", body: Some(|| object(&["label"], json!({"label": string()}))), query: &[], success: "201" },
     Route { method: "get", path: "/v1/users/{user}/keys", summary: "A user's API keys, revoked ones included (never their tokens)", access: "operator, or the user", body: None, query: PAGE, success: "200" },
     Route { method: "delete", path: "/v1/users/{user}/keys/{key}", summary: "Revoke an API key: it stops working at once on this server", access: "operator, or the user", body: None, query: &[], success: "200" },

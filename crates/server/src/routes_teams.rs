@@ -45,6 +45,13 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, JsonBody
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+/// Every user of the platform, for operators (a member sees their teammates in `members`).
+pub async fn list_users(State(state): State<AppState>, caller: Caller, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::User>>, ApiError> {
+    caller.require_operator()?;
+    let page = page.request()?;
+    Ok(Json(state.catalog.call(move |connection| catalog::users(connection, &page)).await?))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
@@ -72,7 +79,7 @@ fn check_own_keys(caller: &Caller, user_id: &str) -> Result<(), ApiError> {
     if caller.user.id == user_id { Ok(()) } else { caller.require_operator() }
 }
 
-pub async fn list_keys(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>, Query(page): Query<crate::PageQuery>) -> Result<Json<catalog::Page<catalog::ApiKeyInfo>>, ApiError> {
+pub async fn list_keys(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::ApiKeyInfo>>, ApiError> {
     check_own_keys(&caller, &user_id)?;
     let page = page.request()?;
     Ok(Json(

@@ -537,8 +537,13 @@ async fn a_user_lists_and_revokes_their_keys_and_a_revoked_key_stops_at_once() {
     let (_, page) = server.get(&format!("/v1/users/{user}/keys?limit=1"), &first).await;
     assert_eq!((page["items"].as_array().unwrap().len(), page["next"].is_string()), (1, true), "{page}");
 
-    let (_, other) = server.user("mallory").await;
+    let (mallory, other) = server.user("mallory").await;
     assert_eq!(server.get(&format!("/v1/users/{user}/keys"), &other).await.0, StatusCode::FORBIDDEN);
+    // Operators see every user; others may not list them.
+    let (status, users) = server.get("/v1/users", &server.operator).await;
+    let ids: Vec<&str> = users["items"].as_array().unwrap().iter().map(|listed| listed["id"].as_str().unwrap()).collect();
+    assert!(status == StatusCode::OK && ids.contains(&user.as_str()) && ids.contains(&mallory.as_str()), "{users}");
+    assert_eq!(server.get("/v1/users", &other).await.0, StatusCode::FORBIDDEN);
     assert_eq!(server.call(Method::DELETE, &format!("/v1/users/{user}/keys/{second_id}"), &other, None).await.0, StatusCode::FORBIDDEN);
     assert_eq!(server.get("/v1/me", &second).await.0, StatusCode::OK, "another user's attempt changed nothing");
 
