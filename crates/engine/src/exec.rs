@@ -649,7 +649,7 @@ impl<'a> Frame<'a> {
                 let http = self.run.request.http.clone().unwrap_or_else(|| HttpTrigger { method: "POST".into(), path: "/".into(), ..HttpTrigger::default() });
                 Ok(vec![out("body", self.instance.trigger_input()), out("headers", Value::Object(http.headers)), out("query", Value::Object(http.query)), out("method", Value::String(http.method)), out("path", Value::String(http.path))])
             }
-            Op::Schedule { .. } => Ok(vec![out("time", Value::String(jiff::Timestamp::now().to_string()))]),
+            Op::Schedule => Ok(vec![out("time", Value::String(jiff::Timestamp::now().to_string()))]),
             Op::Mcp { schema } => {
                 let arguments = self.instance.trigger_input();
                 let errors = schema_errors(schema, &arguments);

@@ -9,6 +9,7 @@
 //! - [`FlowResolver`] finds the flows that `flow` blocks run.
 
 mod config;
+pub mod cron;
 mod error;
 pub mod estimate;
 mod exec;

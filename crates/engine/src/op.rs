@@ -101,7 +101,9 @@ pub enum Op {
     Start,
     Request,
     Response { status: u16 },
-    Schedule { every_minutes: u64 },
+    /// Runs the flow every so many minutes or at a cron expression's minutes (the server's
+    /// scheduler reads which from the config); emits the time it fired.
+    Schedule,
     Mcp { schema: Arc<jsonschema::Validator> },
     Http(Arc<HttpSpec>),
     Integration(Arc<ConnectorSpec>),
@@ -174,8 +176,17 @@ fn parse_op(kind: BlockKind, cfg: &mut Cfg<'_>) -> Parsed {
             (Op::Response { status }, vec![input("body", Ty::Any, true), input("status", Ty::Number, false)], vec![])
         }
         K::Schedule => {
-            let every_minutes = cfg.required("every_minutes", "how often the flow runs, in minutes").and(cfg.integer("every_minutes", SCHEDULE_MINUTES_MIN, SCHEDULE_MINUTES_MAX, "minutes"));
-            (Op::Schedule { every_minutes: every_minutes.unwrap_or(SCHEDULE_MINUTES_MIN) }, vec![], vec![output("time", Ty::Text)])
+            let every_minutes = cfg.value("every_minutes").is_some().then(|| cfg.integer("every_minutes", SCHEDULE_MINUTES_MIN, SCHEDULE_MINUTES_MAX, "minutes"));
+            let cron = cfg.text("cron");
+            if let Some(problem) = cron.as_deref().and_then(|cron| crate::cron::Cron::parse(cron).err().map(|problem| format!("`{cron}` {problem}"))) {
+                cfg.problem("cron", problem);
+            }
+            match (every_minutes.is_some(), cron.is_some()) {
+                (true, true) => cfg.problem("cron", "give every_minutes or cron, not both"),
+                (false, false) => cfg.problem("every_minutes", "missing; give how often the flow runs, in minutes, or `cron`, a cron expression (UTC) such as `0 9 * * 1-5`"),
+                _ => {}
+            }
+            (Op::Schedule, vec![], vec![output("time", Ty::Text)])
         }
         K::Mcp => {
             let schema = cfg.required("input_schema", "the JSON Schema of the tool's arguments").and_then(|schema| compile_schema(cfg, "input_schema", schema));

@@ -126,3 +126,14 @@ blocks:
     assert!(found[0].starts_with("block `remote`, config.schema: not a valid JSON Schema"), "{found:#?}");
     assert!(found[1].starts_with("block `wrong`, config.schema: not a valid JSON Schema"), "{found:#?}");
 }
+
+#[test]
+fn a_schedule_block_takes_minutes_or_a_cron_expression() {
+    let flow = |config: &str| format!("name: tick\nblocks:\n  - {{ id: every, kind: schedule, config: {config} }}\n  - {{ id: show, kind: display }}\nedges:\n  - {{ from: every.time, to: show.value }}\n");
+    check(&flow("{ every_minutes: 5 }"), &[]);
+    check(&flow(r#"{ cron: "0 9 * * 1-5" }"#), &[]);
+    check(&flow("{}"), &["block `every`, config.every_minutes: missing; give how often the flow runs, in minutes, or `cron`"]);
+    check(&flow(r#"{ every_minutes: 5, cron: "0 9 * * *" }"#), &["block `every`, config.cron: give every_minutes or cron, not both"]);
+    check(&flow(r#"{ cron: "0 9 * * 9" }"#), &["block `every`, config.cron: `0 9 * * 9` day of week field `9`: values must be from 0 to 7"]);
+    check(&flow("{ every_minutes: 0 }"), &["block `every`, config.every_minutes: must be a whole number of minutes from 1 to 527040"]);
+}

@@ -465,7 +465,7 @@ pub struct Deployment {
     pub trigger: String,
     /// Runs on a schedule every this many seconds, when set.
     pub schedule_every_s: Option<u32>,
-    /// Runs at the minutes this cron expression names (UTC), when set (see [`crate::cron`]).
+    /// Runs at the minutes this cron expression names (UTC), when set (see [`flowcredits_engine::cron`]).
     pub schedule_cron: Option<String>,
     /// Where its runs execute: `cloud` (this server) or `private` (the team's private runners).
     pub runs_on: RunsOn,

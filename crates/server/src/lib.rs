@@ -4,7 +4,6 @@
 
 pub mod auth;
 mod cache;
-pub mod cron;
 pub mod catalog;
 pub mod client;
 mod dashboard;

@@ -137,7 +137,7 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
         if body.schedule_every_s.is_some() {
             return Err(ApiError::invalid("schedule_cron", "give schedule_every_s or schedule_cron, not both"));
         }
-        let parsed = crate::cron::Cron::parse(cron).map_err(|problem| ApiError::invalid("schedule_cron", format!("`{cron}` {problem}")))?;
+        let parsed = flowcredits_engine::cron::Cron::parse(cron).map_err(|problem| ApiError::invalid("schedule_cron", format!("`{cron}` {problem}")))?;
         if parsed.next_after(jiff::Timestamp::now()).is_none() {
             return Err(ApiError::invalid("schedule_cron", format!("`{cron}` names no day in the next eight years")));
         }
@@ -154,7 +154,11 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
         .call(move |connection| {
             let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot)?;
             // A flow with a `schedule` trigger runs on its own schedule unless the deployment sets one.
-            let schedule_every_s = if body.schedule_cron.is_some() { None } else { body.schedule_every_s.or_else(|| runner::schedule_every_s(&snapshot.definition)) };
+            let (schedule_every_s, schedule_cron) = match (body.schedule_every_s, body.schedule_cron, runner::flow_schedule(&snapshot.definition)) {
+                (None, None, Some(runner::FlowSchedule::EverySeconds(every))) => (Some(every), None),
+                (None, None, Some(runner::FlowSchedule::Cron(cron))) => (None, Some(cron)),
+                (every, cron, _) => (every, cron),
+            };
             if trigger == "mcp" {
                 runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("trigger", "an mcp deployment needs a flow with an `mcp` trigger block"))?;
             }
@@ -166,7 +170,7 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
                 snapshot: snapshot.number,
                 trigger,
                 schedule_every_s,
-                schedule_cron: body.schedule_cron,
+                schedule_cron,
                 runs_on,
                 created_at: jiff::Timestamp::now().to_string(),
             };

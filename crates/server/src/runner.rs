@@ -555,11 +555,22 @@ impl flowcredits_engine::FlowResolver for TeamFlows {
     }
 }
 
-/// How often a flow with a `schedule` trigger block asks to run, in seconds.
-pub fn schedule_every_s(definition: &Value) -> Option<u32> {
+/// The schedule a flow with a `schedule` trigger block asks for: every so many seconds, or a cron expression.
+pub fn flow_schedule(definition: &Value) -> Option<FlowSchedule> {
     let block = definition.get("blocks")?.as_array()?.iter().find(|block| block.get("kind").or_else(|| block.get("type")).and_then(Value::as_str) == Some("schedule"))?;
-    let minutes = block.get("config")?.get("every_minutes")?.as_u64()?;
-    u32::try_from(minutes.checked_mul(60)?).ok()
+    let config = block.get("config")?;
+    if let Some(cron) = config.get("cron").and_then(Value::as_str) {
+        return Some(FlowSchedule::Cron(cron.to_owned()));
+    }
+    let minutes = config.get("every_minutes")?.as_u64()?;
+    u32::try_from(minutes.checked_mul(60)?).ok().map(FlowSchedule::EverySeconds)
+}
+
+/// The schedule a flow's `schedule` block asks for (validated when the flow was loaded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowSchedule {
+    EverySeconds(u32),
+    Cron(String),
 }
 
 /// The input schema of a flow's `mcp` trigger block, if it has one, and the flow's description.

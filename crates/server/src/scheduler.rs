@@ -61,7 +61,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
 fn next_run(deployment: &catalog::Deployment, now: Timestamp) -> Option<Timestamp> {
     match (&deployment.schedule_cron, deployment.schedule_every_s) {
         // Checked when deployed; a stored expression that no longer parses runs never.
-        (Some(cron), _) => crate::cron::Cron::parse(cron).ok()?.next_after(now),
+        (Some(cron), _) => flowcredits_engine::cron::Cron::parse(cron).ok()?.next_after(now),
         (None, Some(every)) => now.checked_add(jiff::SignedDuration::from_secs(i64::from(every))).ok(),
         (None, None) => None,
     }

@@ -303,6 +303,22 @@ async fn a_flow_with_a_schedule_block_is_scheduled_when_deployed() {
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_cron")), "{refused}");
     let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
     assert_eq!(deployments["items"].as_array().unwrap().len(), 2, "refused deployments were not created: {deployments}");
+    // A schedule block may carry the cron expression itself; a bad one is refused with the flow.
+    let nightly = json!({
+        "name": "nightly",
+        "blocks": [{"id": "every", "kind": "schedule", "config": {"cron": "30 2 * * *"}}, {"id": "show", "kind": "display"}],
+        "edges": [{"from": "every.time", "to": "show.value"}]
+    });
+    server.deploy("acme", &owner, "nightly", nightly.clone()).await;
+    let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
+    let deployed = deployments["items"].as_array().unwrap().iter().find(|deployment| deployment["path"] == "nightly").unwrap().clone();
+    assert_eq!((deployed["schedule_cron"].clone(), deployed["schedule_every_s"].clone()), (json!("30 2 * * *"), Value::Null), "{deployed}");
+    let mut broken = nightly;
+    broken["name"] = json!("broken");
+    broken["blocks"][0]["config"] = json!({"cron": "30 2 * *"});
+    let (status, refused) = server.post("/v1/teams/acme/flows", &owner, json!({"name": "broken", "definition": broken})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused.to_string().contains("config.cron") && refused.to_string().contains("has 4 fields"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

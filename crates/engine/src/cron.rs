@@ -1,4 +1,4 @@
-//! Cron expressions for deployment schedules: five fields (minute, hour, day of month, month,
+//! Cron expressions for schedules (a `schedule` block's `cron`, a deployment's `schedule_cron`): five fields (minute, hour, day of month, month,
 //! day of week), read in UTC, so a schedule fires at most once a minute. Each field is `*`, a
 //! number, a range `a-b`, any of those with a step (`*/15`, `8-18/2`, `5/10` meaning `5-max/10`),
 //! or a comma-separated list of them. Day of week runs 0–7, both 0 and 7 being Sunday. As in
