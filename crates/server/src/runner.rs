@@ -153,20 +153,29 @@ impl Runner {
             if recorded == Some(RunState::Paused) {
                 continue;
             }
-            if let Err(err) = state.ledger.end_run(team, run_id).await {
-                tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
-            }
+            // History may say running only because the run's end was lost with the history
+            // queue: the ledger knows whether it ended.
+            let (ended_as, error) = match state.ledger.run_status(team, run_id).await? {
+                Some(RunStatus::Paused) => continue,
+                Some(RunStatus::Completed) => (RunState::Failed, "the server stopped before this run's end was recorded in history: its outcome and output are unknown; its credits are the ledger's"),
+                Some(RunStatus::Cancelled) => (RunState::Cancelled, "cancelled; the server stopped before history recorded it"),
+                Some(RunStatus::Running) | None => {
+                    if let Err(err) = state.ledger.end_run(team, run_id).await {
+                        tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
+                    }
+                    interrupted += 1;
+                    (RunState::Failed, "interrupted: the server stopped while the run was executing")
+                }
+            };
             match recorded {
                 Some(RunState::Running) => {
                     let credits = state.ledger.run_credits(team, run_id).await.unwrap_or(Credits::ZERO);
-                    let error = Some("interrupted: the server stopped while the run was executing".to_owned());
-                    state.history.finished(FinishedRun { id: run_id.clone(), state: RunState::Failed, credits: credits.0, output: Value::Null, error });
+                    state.history.finished(FinishedRun { id: run_id.clone(), state: ended_as, credits: credits.0, output: Value::Null, error: Some(error.to_owned()) });
                 }
                 // Older than the window `restore_lost_history` looks at: not expected.
                 None => tracing::warn!(team = %team, run = %run_id, "an interrupted run had no history; it was ended in the ledger with what it was charged"),
                 Some(_) => {}
             }
-            interrupted += 1;
         }
         Ok(interrupted)
     }

@@ -503,9 +503,17 @@ async fn start_up_restores_runs_whose_history_a_crash_lost() {
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     let paused = paused["run_id"].as_str().unwrap().to_owned();
     let kept = server.call_hook("acme", "work", &owner, json!({})).await.1["run_id"].as_str().unwrap().to_owned();
-    // What a crash before the history writer's commit leaves: the ledger's records, no rows.
+    // A run that finished (the ledger ended it) whose end history lost: still `running` there.
+    let owner_team = server.team("other", "team").await;
+    server.deploy("other", &owner_team, "work", support::flow_costing_25()).await;
+    let (status, _) = server.call_hook("other", "work", &owner_team, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, runs) = server.get("/v1/teams/other/runs", &owner_team).await;
+    let unended = runs["items"][0]["id"].as_str().unwrap().to_owned();
+    // What a crash before the history writer's commit leaves: the ledger's records, no rows
+    // (or a row that never heard of the end).
     server.state.history.flush().await;
-    let lost = [finished.clone(), paused.clone()];
+    let (lost, stale) = ([finished.clone(), paused.clone()], unended.clone());
     server
         .state
         .catalog
@@ -514,6 +522,7 @@ async fn start_up_restores_runs_whose_history_a_crash_lost() {
                 connection.execute("DELETE FROM run_history_batches WHERE run_id = ?1", [run])?;
                 connection.execute("DELETE FROM run_history WHERE id = ?1", [run])?;
             }
+            connection.execute("UPDATE run_history SET status = 'running', ended_ms = NULL WHERE id = ?1", [&stale])?;
             Ok(())
         })
         .await
@@ -521,6 +530,10 @@ async fn start_up_restores_runs_whose_history_a_crash_lost() {
     assert_eq!(server.get(&format!("/v1/teams/acme/runs/{paused}"), &owner).await.0, StatusCode::NOT_FOUND);
 
     assert_eq!(server.state.runner.recover_interrupted(&server.state).await.unwrap(), 0, "no run was executing");
+    let (_, run) = server.get(&format!("/v1/teams/other/runs/{unended}"), &owner_team).await;
+    assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("failed"), json!(25)), "{run}");
+    assert!(run["error"].as_str().unwrap().contains("outcome"), "the ledger had ended it; not an interruption: {run}");
+    assert_eq!(server.state.ledger.run_status("other", &unended).await.unwrap(), Some(RunStatus::Completed));
     let (status, run) = server.get(&format!("/v1/teams/acme/runs/{finished}"), &owner).await;
     assert_eq!((status, run["status"].clone(), run["credits"].clone(), run["trigger"].clone()), (StatusCode::OK, json!("failed"), json!(25), json!("api")), "{run}");
     assert!(run["error"].as_str().unwrap().contains("outcome"), "{run}");
