@@ -548,6 +548,14 @@ pub fn scheduled_deployments(connection: &Connection) -> Result<Vec<Deployment>,
     Ok(statement.query_map([], deployment_row)?.collect::<Result<_, _>>()?)
 }
 
+/// Points a deployment of `team` at another snapshot of its flow.
+pub fn set_deployment_snapshot(connection: &Connection, team: &str, id: &str, snapshot: u32) -> Result<(), ApiError> {
+    match connection.execute("UPDATE deployments SET snapshot = ?3 WHERE team = ?1 AND id = ?2", params![team, id, snapshot])? {
+        0 => Err(ApiError::NotFound(format!("deployment {id}"))),
+        _ => Ok(()),
+    }
+}
+
 pub fn delete_deployment(connection: &Connection, team: &str, id: &str) -> Result<(), ApiError> {
     match connection.execute("DELETE FROM deployments WHERE team = ?1 AND id = ?2", params![team, id])? {
         0 => Err(ApiError::NotFound(format!("deployment {id}"))),

@@ -106,7 +106,7 @@ pub fn app(state: AppState) -> Router {
         .route("/teams/{team}/flows/{flow}/snapshots", post(routes_flows::create_snapshot).get(routes_flows::list_snapshots))
         .route("/teams/{team}/flows/{flow}/estimate", get(routes_flows::estimate))
         .route("/teams/{team}/deployments", post(routes_flows::create_deployment).get(routes_flows::list_deployments))
-        .route("/teams/{team}/deployments/{deployment}", axum::routing::delete(routes_flows::delete_deployment))
+        .route("/teams/{team}/deployments/{deployment}", axum::routing::delete(routes_flows::delete_deployment).patch(routes_flows::redeploy))
         .route("/teams/{team}/deployments/{deployment}/runs", post(routes_runs::run_deployment))
         .route("/teams/{team}/runners", post(runners::create).get(runners::list))
         .route("/teams/{team}/runners/me", get(runners::me))

@@ -92,6 +92,15 @@ const ROUTES: &[Route] = &[
         success: "201",
     },
     Route { method: "get", path: "/v1/teams/{team}/deployments", summary: "List deployments", access: "member", body: None, query: PAGE, success: "200" },
+    Route {
+        method: "patch",
+        path: "/v1/teams/{team}/deployments/{deployment}",
+        summary: "Serve another snapshot (the latest when none is named) at the same path, id and schedule",
+        access: "owner, admin, editor",
+        body: Some(|| object(&[], json!({"snapshot": {"type": "integer", "minimum": 1}}))),
+        query: &[],
+        success: "200",
+    },
     Route { method: "delete", path: "/v1/teams/{team}/deployments/{deployment}", summary: "Remove a deployment", access: "owner, admin, editor", body: None, query: &[], success: "204" },
     Route {
         method: "post",

@@ -187,6 +187,38 @@ pub async fn list_deployments(State(state): State<AppState>, caller: Caller, Pat
     Ok(Json(state.catalog.call(move |connection| catalog::deployments(connection, &team, &page)).await?))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redeploy {
+    /// The snapshot to serve from now on; the flow's latest when absent.
+    snapshot: Option<u32>,
+}
+
+/// Serves another snapshot of the deployment's flow at the same path, schedule and trigger: how
+/// a new snapshot goes live without the deployment's URL or id changing.
+pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team, id)): Path<(String, String)>, JsonBody(body): JsonBody<Redeploy>) -> Result<Json<Deployment>, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    let team_name = team.clone();
+    let deployment = state
+        .catalog
+        .call(move |connection| {
+            let deployment = catalog::deployment(connection, &team_name, &id)?;
+            let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, body.snapshot).map_err(|err| match err {
+                ApiError::NotFound(what) => ApiError::invalid("snapshot", format!("the flow has no {what}")),
+                other => other,
+            })?;
+            if deployment.trigger == "mcp" {
+                runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("snapshot", "an mcp deployment needs a snapshot with an `mcp` trigger block"))?;
+            }
+            catalog::set_deployment_snapshot(connection, &team_name, &deployment.id, snapshot.number)?;
+            Ok(Deployment { snapshot: snapshot.number, ..deployment })
+        })
+        .await?;
+    // The path serves the new snapshot on this node now, on others within the cache's life.
+    state.hooks.remove_where(|(hook_team, _)| *hook_team == team);
+    Ok(Json(deployment))
+}
+
 pub async fn delete_deployment(State(state): State<AppState>, caller: Caller, Path((team, deployment)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     let team_name = team.clone();

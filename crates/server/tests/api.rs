@@ -588,3 +588,43 @@ async fn a_user_lists_and_revokes_their_keys_and_a_revoked_key_stops_at_once() {
     let revoked_listed: Vec<bool> = keys["items"].as_array().unwrap().iter().map(|key| key["revoked_at"].is_string()).collect();
     assert_eq!(revoked_listed.iter().filter(|revoked| **revoked).count(), 1, "{keys}");
 }
+
+/// A new snapshot goes live at the same path (and deployment id) when the deployment is
+/// pointed at it; an unknown snapshot is refused and the deployment keeps serving the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_is_pointed_at_a_new_snapshot_without_changing_its_path() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let answering = |greeting: &str| {
+        json!({
+            "name": "greet",
+            "blocks": [{"id": "request", "kind": "request"}, {"id": "say", "kind": "string", "config": {"value": greeting}}, {"id": "reply", "kind": "response"}],
+            "edges": [{"from": "say.value", "to": "reply.body"}]
+        })
+    };
+    let flow_id = server.deploy("acme", &owner, "greet", answering("hello")).await;
+    let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
+    let deployment = deployments["items"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(server.call_hook("acme", "greet", &owner, json!({})).await.1, json!("hello"));
+
+    let (status, _) = server.call(Method::PUT, &format!("/v1/teams/acme/flows/{flow_id}"), &owner, Some(json!({"definition": answering("bonjour")}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, snapshot) = server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    assert_eq!((status, snapshot["number"].clone()), (StatusCode::CREATED, json!(2)));
+    // Snapshotting alone changes nothing that is deployed.
+    assert_eq!(server.call_hook("acme", "greet", &owner, json!({})).await.1, json!("hello"));
+
+    let (status, refused) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{deployment}"), &owner, Some(json!({"snapshot": 9}))).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("snapshot")), "{refused}");
+    let viewer = server.member("acme", &owner, "viewer").await;
+    assert_eq!(server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{deployment}"), &viewer, Some(json!({}))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(server.call_hook("acme", "greet", &owner, json!({})).await.1, json!("hello"));
+
+    let (status, redeployed) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{deployment}"), &owner, Some(json!({}))).await;
+    assert_eq!((status, redeployed["id"].as_str(), redeployed["snapshot"].clone()), (StatusCode::OK, Some(deployment.as_str()), json!(2)), "{redeployed}");
+    assert_eq!(server.call_hook("acme", "greet", &owner, json!({})).await.1, json!("bonjour"));
+    // And back to the first, by number.
+    let (status, _) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{deployment}"), &owner, Some(json!({"snapshot": 1}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(server.call_hook("acme", "greet", &owner, json!({})).await.1, json!("hello"));
+}

@@ -15,6 +15,7 @@ fn valid_body(method: &str, path: &str, flow_id: &str) -> Option<Value> {
         ("post", "/v1/teams/{team}/flows/{flow}/snapshots") => json!(null),
         ("post", "/v1/teams/{team}/deployments") => json!({"flow_id": flow_id, "path": "intruder"}),
         ("post", "/v1/teams/{team}/deployments/{deployment}/runs") => json!({"input": {"x": 1}}),
+        ("patch", "/v1/teams/{team}/deployments/{deployment}") => json!({"snapshot": 1}),
         ("post", "/v1/teams/{team}/runners") => json!({"name": "intruder"}),
         ("post", "/v1/teams/{team}/runners/{runner}/jobs/claim") => json!(null),
         ("post", "/v1/teams/{team}/runners/{runner}/jobs/{run}/charges") => json!({"charges": [{"execution_id": "x", "type": "integration"}]}),
