@@ -137,6 +137,12 @@ impl Catalog {
 
 /// A fresh time-ordered id: milliseconds then randomness, so ids sort by creation and index
 /// inserts append.
+/// The smallest id [`new_id`] makes with `prefix` at `ms` or later: ids sort by the
+/// millisecond they were made in, so a time range is an id range (and an index range).
+pub fn first_id_at(prefix: &str, ms: i64) -> String {
+    format!("{prefix}_{:011x}", ms.max(0))
+}
+
 pub fn new_id(prefix: &str) -> String {
     // Ids name things, they grant nothing (every route checks the caller's team), so a fast
     // per-thread generator seeded from the OS serves: no system call per id on the hook path.

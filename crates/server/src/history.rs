@@ -288,6 +288,29 @@ pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, Api
     Ok(run)
 }
 
+/// One flow's runs in a period and the credits history shows for them.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowUsage {
+    /// Empty for runs recorded from the ledger after their history was lost.
+    pub flow_id: String,
+    /// `None` when the flow was deleted or is unknown.
+    pub name: Option<String>,
+    pub runs: u64,
+    pub credits: u64,
+}
+
+/// Runs of `team` started in `[start_ms, end_ms)` and their credits, per flow, most credits
+/// first. Read by run id range (ids sort by the millisecond they were made in), so the team's
+/// index bounds the read to the period.
+pub fn usage_by_flow(connection: &Connection, team: &str, start_ms: i64, end_ms: i64) -> Result<Vec<FlowUsage>, ApiError> {
+    let sql = "SELECT h.flow_id, f.name, COUNT(*), SUM(h.credits) FROM run_history h LEFT JOIN flows f ON f.id = h.flow_id AND f.team = h.team
+               WHERE h.team = ?1 AND h.id >= ?2 AND h.id < ?3 GROUP BY h.flow_id ORDER BY SUM(h.credits) DESC, h.flow_id";
+    let (from, to) = (crate::catalog::first_id_at("run", start_ms), crate::catalog::first_id_at("run", end_ms));
+    let mut statement = connection.prepare_cached(sql)?;
+    let rows = statement.query_map(params![team, from, to], |row| Ok(FlowUsage { flow_id: row.get(0)?, name: row.get(1)?, runs: row.get::<_, i64>(2)? as u64, credits: row.get::<_, i64>(3)? as u64 }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// What history records of a run, if anything.
 pub fn run_state(connection: &Connection, id: &str) -> Result<Option<RunState>, ApiError> {
     let status: Option<String> = connection.query_row("SELECT status FROM run_history WHERE id = ?1", [id], |row| row.get(0)).optional()?;

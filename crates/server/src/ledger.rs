@@ -237,6 +237,11 @@ impl Ledger {
         self.blocking(move |store| store.periods(&name)).await
     }
 
+    /// The billing period named `YYYY-MM`, or the team's current one.
+    pub async fn period(&self, team: &str, period: Option<&str>) -> Result<flowcredits_core::Period, ApiError> {
+        Ok(self.usage_report(team, period).await?.period)
+    }
+
     pub async fn usage(&self, team: &str, period: Option<&str>) -> Result<Value, ApiError> {
         Ok(usage_json(&self.usage_report(team, period).await?))
     }
@@ -247,7 +252,7 @@ impl Ledger {
     }
 }
 
-fn period_json(period: flowcredits_core::Period) -> Value {
+pub(crate) fn period_json(period: flowcredits_core::Period) -> Value {
     json!({"start": period.start.to_string(), "end": period.end.to_string(), "label": period.label()})
 }
 

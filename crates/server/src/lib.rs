@@ -122,6 +122,7 @@ pub fn app(state: AppState) -> Router {
         .route("/teams/{team}/local-runs/{run}/charges", post(routes_runs::charge_local_run))
         .route("/teams/{team}/local-runs/{run}/end", post(routes_runs::end_local_run))
         .route("/teams/{team}/usage", get(routes_billing::usage))
+        .route("/teams/{team}/usage/flows", get(routes_billing::usage_by_flow))
         .route("/teams/{team}/billing", get(routes_billing::get_billing).patch(routes_billing::update_billing))
         .route("/teams/{team}/purchases", post(routes_billing::purchase))
         .route("/teams/{team}/invoices", get(routes_billing::invoices))

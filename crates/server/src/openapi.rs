@@ -167,6 +167,7 @@ const ROUTES: &[Route] = &[
     },
     Route { method: "post", path: "/v1/teams/{team}/local-runs/{run}/end", summary: "End a local run", access: "owner, admin, editor", body: None, query: &[], success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/usage", summary: "Credits used and remaining, by block kind and trigger", access: "member", body: None, query: &[("period", "string")], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/usage/flows", summary: "A period's runs and credits by flow (from run history, by the period each run started in)", access: "member", body: None, query: &[("period", "string")], success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/billing", summary: "Billing settings", access: "member", body: None, query: &[], success: "200" },
     Route {
         method: "patch",

@@ -27,6 +27,16 @@ pub async fn usage(State(state): State<AppState>, caller: Caller, Path(team): Pa
     Ok(Json(state.ledger.usage(&team, query.period.as_deref()).await?))
 }
 
+/// Where a period's credits went by flow, from run history: each run counts in the period it
+/// started in (the ledger's usage counts each charge when it happened).
+pub async fn usage_by_flow(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(query): Query<UsageQuery>) -> Result<Json<Value>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let period = state.ledger.period(&team, query.period.as_deref()).await?;
+    let (start_ms, end_ms) = (period.start.as_millisecond(), period.end.as_millisecond());
+    let flows = state.history.read(&state.catalog, move |connection| crate::history::usage_by_flow(connection, &team, start_ms, end_ms)).await?;
+    Ok(Json(json!({"period": crate::ledger::period_json(period), "flows": flows})))
+}
+
 pub async fn get_billing(State(state): State<AppState>, caller: Caller, Path(team): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
     billing_view(&state, &team).await.map(Json)

@@ -628,3 +628,36 @@ async fn a_deployment_is_pointed_at_a_new_snapshot_without_changing_its_path() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(server.call_hook("acme", "greet", &owner, json!({})).await.1, json!("hello"));
 }
+
+/// A team admin sees which flows spent the period's credits, most first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_by_flow_shows_where_the_periods_credits_went() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let heavy = server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    let light_flow = json!({
+        "name": "light",
+        "blocks": [{"id": "request", "kind": "request"}, {"id": "check", "kind": "validate", "config": {"schema": {}}}, {"id": "reply", "kind": "response"}],
+        "edges": [{"from": "request.body", "to": "check.value"}, {"from": "check.pass", "to": "reply.body"}]
+    });
+    let light = server.deploy("acme", &owner, "light", light_flow).await;
+    for path in ["work", "light", "work"] {
+        assert_eq!(server.call_hook("acme", path, &owner, json!({})).await.0, StatusCode::OK);
+    }
+    let (status, usage) = server.get("/v1/teams/acme/usage/flows", &owner).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    let rows: Vec<(String, String, u64, u64)> = usage["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| (row["flow_id"].as_str().unwrap().to_owned(), row["name"].as_str().unwrap().to_owned(), row["runs"].as_u64().unwrap(), row["credits"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(rows, vec![(heavy, "work".to_owned(), 2, 50), (light, "light".to_owned(), 1, 1)], "{usage}");
+    // The same credits the ledger counted for the period.
+    let (_, ledger) = server.get("/v1/teams/acme/usage", &owner).await;
+    assert_eq!((ledger["used"].clone(), usage["period"]["label"].clone()), (json!(51), ledger["period"]["label"].clone()), "{ledger}");
+    let (_, past) = server.get("/v1/teams/acme/usage/flows?period=2026-01", &owner).await;
+    assert_eq!(past["flows"], json!([]), "{past}");
+    let (status, refused) = server.get("/v1/teams/acme/usage/flows?period=soon", &owner).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("period")), "{refused}");
+}
