@@ -58,7 +58,7 @@ async fn the_dashboard_shows_usage_runs_and_the_limit_banner() {
     assert_eq!(dom.matches("<td>succeeded</td>").count(), 3, "the three demo runs are listed");
     assert!(dom.contains("id=\"banner\" class=\"banner hidden\""), "no banner under 75%");
     // The deployed flow is listed with its Cloud Run estimate (evaluate 1 + validate 1) and a Run button.
-    assert!(dom.contains("<td>hello</td><td>#1</td><td class=\"num\">2</td><td><button data-flow="), "the flows panel lists hello with its estimate");
+    assert!(dom.contains("<td>hello</td><td>#1</td><td class=\"num\">2</td><td class=\"num\">6</td><td><button data-flow="), "the flows panel lists hello with its estimate and what it spent this period");
 
     // Use the rest of the credits: the page now says new runs are paused and offers pay-as-you-go.
     for _ in 0..47 {
