@@ -395,6 +395,25 @@ pub fn flow(connection: &Connection, team: &str, id: &str) -> Result<Flow, ApiEr
         .ok_or_else(|| ApiError::NotFound(format!("flow {id}")))
 }
 
+/// Deletes a flow of `team` and its snapshots. Refused while a deployment serves it or a run
+/// of it is running or paused (a paused run resumes from its snapshot); its finished runs stay
+/// in history.
+pub fn delete_flow(connection: &mut Connection, team: &str, id: &str) -> Result<(), ApiError> {
+    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    flow(&transaction, team, id)?;
+    let paths: Vec<String> = transaction.prepare("SELECT path FROM deployments WHERE team = ?1 AND flow_id = ?2 ORDER BY path")?.query_map(params![team, id], |row| row.get(0))?.collect::<Result<_, _>>()?;
+    if !paths.is_empty() {
+        return Err(ApiError::Conflict(format!("flow {id} is deployed at {}; delete those deployments first", paths.join(", "))));
+    }
+    let live: i64 = transaction.query_row("SELECT COUNT(*) FROM run_history WHERE team = ?1 AND flow_id = ?2 AND status IN ('running', 'paused')", params![team, id], |row| row.get(0))?;
+    if live > 0 {
+        return Err(ApiError::Conflict(format!("flow {id} has {live} run(s) running or paused; let them finish or cancel them first")));
+    }
+    transaction.execute("DELETE FROM snapshots WHERE flow_id = ?1", [id])?;
+    transaction.execute("DELETE FROM flows WHERE team = ?1 AND id = ?2", params![team, id])?;
+    Ok(transaction.commit()?)
+}
+
 pub fn flows(connection: &Connection, team: &str, page: &PageRequest) -> Result<Page<Flow>, ApiError> {
     let mut statement = connection.prepare(&format!("SELECT {FLOW_COLUMNS} FROM flows f WHERE f.team = ?1 AND f.id > ?2 ORDER BY f.id LIMIT ?3"))?;
     let rows = statement.query_map(params![team, page.after.as_deref().unwrap_or(""), page.limit + 1], flow_row)?.collect::<Result<Vec<_>, _>>()?;

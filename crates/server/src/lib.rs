@@ -102,7 +102,7 @@ pub fn app(state: AppState) -> Router {
         .route("/teams/{team}/members", get(routes_teams::list_members))
         .route("/teams/{team}/members/{user}", put(routes_teams::set_member).delete(routes_teams::remove_member))
         .route("/teams/{team}/flows", post(routes_flows::create_flow).get(routes_flows::list_flows))
-        .route("/teams/{team}/flows/{flow}", get(routes_flows::get_flow).put(routes_flows::update_flow))
+        .route("/teams/{team}/flows/{flow}", get(routes_flows::get_flow).put(routes_flows::update_flow).delete(routes_flows::delete_flow))
         .route("/teams/{team}/flows/{flow}/snapshots", post(routes_flows::create_snapshot).get(routes_flows::list_snapshots))
         .route("/teams/{team}/flows/{flow}/estimate", get(routes_flows::estimate))
         .route("/teams/{team}/deployments", post(routes_flows::create_deployment).get(routes_flows::list_deployments))

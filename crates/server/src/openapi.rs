@@ -74,6 +74,7 @@ const ROUTES: &[Route] = &[
     Route { method: "get", path: "/v1/teams/{team}/flows", summary: "List flows", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/flows/{flow}", summary: "A flow", access: "member", body: None, query: &[], success: "200" },
     Route { method: "put", path: "/v1/teams/{team}/flows/{flow}", summary: "Replace a flow's working definition", access: "owner, admin, editor", body: Some(|| object(&["definition"], json!({"definition": {"type": "object"}}))), query: &[], success: "200" },
+    Route { method: "delete", path: "/v1/teams/{team}/flows/{flow}", summary: "Delete a flow and its snapshots (refused while deployed, or while a run of it is running or paused)", access: "owner, admin, editor", body: None, query: &[], success: "204" },
     Route { method: "post", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "Snapshot the flow (numbered, immutable; Free keeps 10)", access: "owner, admin, editor", body: None, query: &[], success: "201" },
     Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "List snapshots", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/estimate", summary: "Estimate a run's credits", access: "member", body: None, query: &[("trigger", "string"), ("cloud_run", "boolean"), ("snapshot", "integer")], success: "200" },

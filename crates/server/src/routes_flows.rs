@@ -60,6 +60,14 @@ pub async fn get_flow(State(state): State<AppState>, caller: Caller, Path((team,
     Ok(Json(state.catalog.call(move |connection| catalog::flow(connection, &team, &flow)).await?))
 }
 
+/// Deletes a flow that nothing deploys or runs any more; its past runs stay in history.
+pub async fn delete_flow(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    // Runs queued for history count as live until written.
+    state.history.read(&state.catalog, move |connection| catalog::delete_flow(connection, &team, &flow)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub async fn create_snapshot(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>) -> Result<(StatusCode, Json<catalog::Snapshot>), ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     let plan = state.ledger.team(&team).await?.plan;

@@ -661,3 +661,37 @@ async fn usage_by_flow_shows_where_the_periods_credits_went() {
     let (status, refused) = server.get("/v1/teams/acme/usage/flows?period=soon", &owner).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("period")), "{refused}");
 }
+
+/// A flow is deleted only once nothing deploys it and none of its runs is running or paused;
+/// its past runs stay in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_is_deleted_only_when_nothing_deploys_or_runs_it() {
+    let server = support::start().await;
+    let owner = server.team("acme", "free").await;
+    let flow_id = server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    assert_eq!(server.call_hook("acme", "work", &owner, json!({})).await.0, StatusCode::OK);
+    let (status, paused) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "Free's 25 credits are spent");
+    let paused = paused["run_id"].as_str().unwrap().to_owned();
+    let flow_path = format!("/v1/teams/acme/flows/{flow_id}");
+
+    let (status, refused) = server.call(Method::DELETE, &flow_path, &owner, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("deployed at work"), "{refused}");
+    let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
+    let deployment = deployments["items"][0]["id"].as_str().unwrap();
+    assert_eq!(server.call(Method::DELETE, &format!("/v1/teams/acme/deployments/{deployment}"), &owner, None).await.0, StatusCode::NO_CONTENT);
+    let (status, refused) = server.call(Method::DELETE, &flow_path, &owner, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "the paused run would resume from a snapshot: {refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("running or paused"), "{refused}");
+
+    assert_eq!(server.post(&format!("/v1/teams/acme/runs/{paused}/cancel"), &owner, json!(null)).await.0, StatusCode::OK);
+    server.finished_run("acme", &owner, &paused).await;
+    assert_eq!(server.call(Method::DELETE, &flow_path, &owner, None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(server.get(&flow_path, &owner).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(server.call(Method::DELETE, &flow_path, &owner, None).await.0, StatusCode::NOT_FOUND);
+    let (_, runs) = server.get("/v1/teams/acme/runs", &owner).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 2, "its runs stay in history: {runs}");
+    let (_, usage) = server.get("/v1/teams/acme/usage/flows", &owner).await;
+    assert_eq!((usage["flows"][0]["flow_id"].as_str(), usage["flows"][0]["name"].clone(), usage["flows"][0]["credits"].clone()), (Some(flow_id.as_str()), Value::Null, json!(25)), "{usage}");
+}
