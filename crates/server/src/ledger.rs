@@ -246,6 +246,20 @@ impl Ledger {
         Ok(usage_json(&self.usage_report(team, period).await?))
     }
 
+    /// Credits the team bought, oldest first, as the API shows them.
+    pub async fn purchases(&self, team: &str) -> Result<Vec<Value>, ApiError> {
+        let name = team_name(team)?;
+        let grants = self.blocking(move |store| store.grants(&name)).await?;
+        let now = Timestamp::now();
+        Ok(grants
+            .iter()
+            .map(|grant| {
+                let expired = grant.expires_at <= now;
+                json!({"id": grant.id, "credits": grant.credits.0, "remaining": grant.remaining.0, "bought_at": grant.granted_at.to_string(), "expires_at": grant.expires_at.to_string(), "expired": expired})
+            })
+            .collect())
+    }
+
     pub async fn invoices(&self, team: &str) -> Result<Vec<Value>, ApiError> {
         let name = team_name(team)?;
         Ok(self.blocking(move |store| store.invoices(&name)).await?.iter().map(invoice_json).collect())

@@ -124,7 +124,7 @@ pub fn app(state: AppState) -> Router {
         .route("/teams/{team}/usage", get(routes_billing::usage))
         .route("/teams/{team}/usage/flows", get(routes_billing::usage_by_flow))
         .route("/teams/{team}/billing", get(routes_billing::get_billing).patch(routes_billing::update_billing))
-        .route("/teams/{team}/purchases", post(routes_billing::purchase))
+        .route("/teams/{team}/purchases", post(routes_billing::purchase).get(routes_billing::purchases))
         .route("/teams/{team}/invoices", get(routes_billing::invoices))
         .route("/teams/{team}/alerts", get(routes_billing::alerts));
     Router::new()

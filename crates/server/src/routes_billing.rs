@@ -127,6 +127,14 @@ pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team):
     Ok((StatusCode::CREATED, Json(json!({"credits": body.credits, "runs_resumed": resumed}))))
 }
 
+pub async fn purchases(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Value>>, ApiError> {
+    caller.authorize(&state, &team, Action::Read).await?;
+    let page = page.request()?;
+    let purchases = state.ledger.purchases(&team).await?;
+    // Ids are numbers: the cursor is zero-padded so that it sorts as they do.
+    Ok(Json(catalog::Page::of_sorted(purchases, &page, |purchase| format!("{:020}", purchase["id"].as_u64().unwrap_or_default()))))
+}
+
 pub async fn invoices(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Value>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
     let page = page.request()?;

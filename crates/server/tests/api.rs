@@ -695,3 +695,24 @@ async fn a_flow_is_deleted_only_when_nothing_deploys_or_runs_it() {
     let (_, usage) = server.get("/v1/teams/acme/usage/flows", &owner).await;
     assert_eq!((usage["flows"][0]["flow_id"].as_str(), usage["flows"][0]["name"].clone(), usage["flows"][0]["credits"].clone()), (Some(flow_id.as_str()), Value::Null, json!(25)), "{usage}");
 }
+
+/// An Enterprise billing admin sees what was bought, what remains and when it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchases_are_listed_with_what_remains() {
+    let server = support::start().await;
+    let owner = server.team("big", "enterprise").await;
+    let (_, none) = server.get("/v1/teams/big/purchases", &owner).await;
+    assert_eq!(none["items"], json!([]), "{none}");
+    assert_eq!(server.post("/v1/teams/big/purchases", &owner, json!({"credits": 1000})).await.0, StatusCode::CREATED);
+    let (status, bought) = server.post("/v1/teams/big/purchases", &owner, json!({"credits": 500, "expires_at": "2099-01-01T00:00:00Z"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+    let viewer = server.member("big", &owner, "viewer").await;
+    let (status, listed) = server.get("/v1/teams/big/purchases", &viewer).await;
+    assert_eq!(status, StatusCode::OK, "members read them: {listed}");
+    let rows: Vec<(u64, u64, u64, bool)> = listed["items"].as_array().unwrap().iter().map(|row| (row["id"].as_u64().unwrap(), row["credits"].as_u64().unwrap(), row["remaining"].as_u64().unwrap(), row["expired"].as_bool().unwrap())).collect();
+    assert_eq!(rows, vec![(1, 1000, 1000, false), (2, 500, 500, false)], "{listed}");
+    assert_eq!(listed["items"][1]["expires_at"], "2099-01-01T00:00:00Z", "{listed}");
+    let (_, first) = server.get("/v1/teams/big/purchases?limit=1", &viewer).await;
+    let (_, second) = server.get(&format!("/v1/teams/big/purchases?limit=1&after={}", first["next"].as_str().unwrap()), &viewer).await;
+    assert_eq!((first["items"][0]["id"].clone(), second["items"][0]["id"].clone(), second["next"].clone()), (json!(1), json!(2), Value::Null));
+}

@@ -87,6 +87,8 @@ pub trait LedgerStore: Send + Sync {
     /// Usage of the period named `YYYY-MM`, or of the team's current period.
     fn usage(&self, team: &TeamName, month: Option<&str>) -> Result<UsageReport>;
     fn invoices(&self, team: &TeamName) -> Result<Vec<Invoice>>;
+    /// Credits the team bought, oldest first, with what remains of each.
+    fn grants(&self, team: &TeamName) -> Result<Vec<flowcredits_core::Grant>>;
     fn audit_log(&self, team: &TeamName) -> Result<Vec<AuditEntry>>;
     /// Compares every stored balance and rollup with its rebuild from the ledger entries.
     fn verify(&self) -> Result<VerifyReport>;

@@ -341,6 +341,10 @@ impl LedgerStore for SqliteStore {
         self.read(|conn| read::usage(conn, &self.shared.rules, team, month))
     }
 
+    fn grants(&self, team: &TeamName) -> Result<Vec<flowcredits_core::Grant>> {
+        self.read(|conn| team::load_grants(conn, team::find_team(conn, team)?.id))
+    }
+
     fn invoices(&self, team: &TeamName) -> Result<Vec<Invoice>> {
         self.read(|conn| read::invoices(conn, team))
     }

@@ -91,7 +91,7 @@ pub(crate) fn load_period(conn: &Connection, team_id: i64, period: Period) -> Re
 }
 
 /// Every grant the team ever bought (the ledger numbers new grants after them).
-fn load_grants(conn: &Connection, team_id: i64) -> Result<Vec<Grant>> {
+pub(crate) fn load_grants(conn: &Connection, team_id: i64) -> Result<Vec<Grant>> {
     let mut statement = conn.prepare_cached("SELECT grant_no, credits, remaining, granted_ms, expires_ms FROM grants WHERE team_id = ?1 ORDER BY grant_no")?;
     let rows = statement.query_map([team_id], |row| Ok([row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?]))?;
     let mut grants = Vec::new();
