@@ -312,7 +312,9 @@ const LOST_HISTORY_RUNS_MAX: usize = 100_000;
 /// place, status, credits; its flow, input and blocks are what was lost) instead of being a
 /// run id that answers 404. A running one was cut off: it ends, keeping what it was charged. A
 /// paused one can never run (its input was in the lost history): it is cancelled, so it does
-/// not hold a place in its team's queue. Returns how many were running.
+/// not hold a place in its team's queue. Runs another process recorded in the ledger file
+/// while the server was stopped (`flowcredits run --db`) have no history either, and are
+/// recorded the same way. Returns how many were running.
 async fn restore_lost_history(state: &AppState) -> Result<usize, ApiError> {
     let newest_ms = state.history.read(&state.catalog, |connection| history::newest_created_ms(connection)).await?;
     let since = match newest_ms {
@@ -334,11 +336,11 @@ async fn restore_lost_history(state: &AppState) -> Result<usize, ApiError> {
             }
             RunStatus::Paused => {
                 state.ledger.cancel_run(&team, &id).await?;
-                (RunState::Cancelled, "the server stopped before this paused run's input was recorded, so it could never resume; it was cancelled and charged nothing")
+                (RunState::Cancelled, "this paused run's input is not recorded here (lost in a crash, or the run was started by another process), so it could never resume; it was cancelled and charged nothing")
             }
             // Whether it succeeded was in the lost history: failed says to look, the error why.
-            RunStatus::Completed => (RunState::Failed, "the server stopped before this run's history was written: its outcome, flow and blocks are unknown; its credits are the ledger's"),
-            RunStatus::Cancelled => (RunState::Cancelled, "the server stopped before this run's history was written; its credits are the ledger's"),
+            RunStatus::Completed => (RunState::Failed, "this run has no history here (lost in a crash, or the run was made by another process): its outcome, flow and blocks are unknown; its credits are the ledger's"),
+            RunStatus::Cancelled => (RunState::Cancelled, "this run has no history here (lost in a crash, or the run was made by another process); its credits are the ledger's"),
         };
         tracing::debug!(team = %team, run = %id, status = status.as_str(), "a run's history was lost; it is recorded from the ledger");
         let ended_ms = run.ended_at.map_or_else(catalog::now_ms, |at| at.as_millisecond());
