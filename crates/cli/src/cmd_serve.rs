@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// Seconds shutdown waits for running flows to finish.
     #[arg(long, default_value_t = 300)]
     drain_timeout_s: u64,
+    /// Days finished runs stay in run history (0: forever). Running and paused runs stay; the
+    /// ledger keeps every charge regardless.
+    #[arg(long, default_value_t = 90, env = "FLOWCREDITS_HISTORY_DAYS", value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    history_days: u32,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -37,7 +41,8 @@ pub fn run(rules: &RulesArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         subscriber.init();
     }
-    let config = ServeConfig { db: args.db, listen: args.listen, rules: rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s) };
+    let history_retention = (args.history_days > 0).then(|| Duration::from_secs(u64::from(args.history_days) * 24 * 3600));
+    let config = ServeConfig { db: args.db, listen: args.listen, rules: rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(config)).map_err(|err| anyhow::anyhow!("{err}"))?;
     Ok(ExitCode::SUCCESS)

@@ -311,6 +311,19 @@ pub fn usage_by_flow(connection: &Connection, team: &str, start_ms: i64, end_ms:
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Deletes at most `limit` finished runs made before `before_ms` (and their blocks), oldest
+/// first; running and paused runs stay whatever their age. Returns how many were deleted.
+pub fn prune(connection: &mut Connection, before_ms: i64, limit: u32) -> Result<usize, ApiError> {
+    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Run ids sort by the millisecond they were made in: the oldest are the first ids.
+    let oldest = "SELECT id FROM run_history WHERE id < ?1 AND status NOT IN ('running', 'paused') ORDER BY id LIMIT ?2";
+    let cutoff = crate::catalog::first_id_at("run", before_ms);
+    transaction.execute(&format!("DELETE FROM run_history_batches WHERE run_id IN ({oldest})"), params![cutoff, limit])?;
+    let deleted = transaction.execute(&format!("DELETE FROM run_history WHERE id IN ({oldest})"), params![cutoff, limit])?;
+    transaction.commit()?;
+    Ok(deleted)
+}
+
 /// What history records of a run, if anything.
 pub fn run_state(connection: &Connection, id: &str) -> Result<Option<RunState>, ApiError> {
     let status: Option<String> = connection.query_row("SELECT status FROM run_history WHERE id = ?1", [id], |row| row.get(0)).optional()?;

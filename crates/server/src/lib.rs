@@ -75,6 +75,9 @@ pub struct AppParts {
     pub sync_wait: std::time::Duration,
     /// A run still going after this long is stopped and recorded as timed out (60 minutes).
     pub run_duration_max: std::time::Duration,
+    /// Finished runs older than this leave run history (`None`: kept forever). The ledger keeps
+    /// every charge whatever this says.
+    pub history_retention: Option<std::time::Duration>,
     /// API key digest to its user (briefly: a lookup every request repeats).
     pub keys: Arc<cache::TtlCache<Vec<u8>, catalog::User>>,
     /// `(team, user)` to the member's role (briefly; this node forgets a role it changes).

@@ -52,6 +52,9 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             if let Err(err) = crate::jobs::sweep(&state, None).await {
                 tracing::warn!(error = %err, "giving up stale private-runner jobs failed");
             }
+            if let Err(err) = prune_history(&state, Timestamp::now()).await {
+                tracing::warn!(error = %err, "pruning old run history failed");
+            }
         }
     }
 }
@@ -113,6 +116,30 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, Time
         }
     }
     Ok(())
+}
+
+/// Rows deleted per statement when pruning history: each batch holds the catalog briefly.
+const PRUNE_BATCH_ROWS: u32 = 2_000;
+/// Batches per pruning round (once a minute): a long backlog is worked off over several
+/// minutes instead of holding the catalog for long.
+const PRUNE_BATCHES_MAX: u32 = 50;
+
+/// Deletes finished runs older than the retention from run history; returns how many.
+async fn prune_history(state: &AppState, now: Timestamp) -> Result<usize, crate::ApiError> {
+    let Some(retention) = state.history_retention else { return Ok(0) };
+    let before_ms = now.as_millisecond().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let mut pruned = 0;
+    for _ in 0..PRUNE_BATCHES_MAX {
+        let deleted = state.catalog.call(move |connection| history::prune(connection, before_ms, PRUNE_BATCH_ROWS)).await?;
+        pruned += deleted;
+        if deleted < PRUNE_BATCH_ROWS as usize {
+            break;
+        }
+    }
+    if pruned > 0 {
+        tracing::info!(runs = pruned, "pruned run history past its retention");
+    }
+    Ok(pruned)
 }
 
 async fn resume_for_new_periods(state: &AppState) -> Result<(), crate::ApiError> {
@@ -330,5 +357,29 @@ mod tests {
         assert_eq!(next_due[&deployment.id], at("2026-03-09T09:00:00Z"));
         run_due_schedules(&state, &mut next_due, at("2026-03-07T09:00:00Z")).await.unwrap();
         assert_eq!(runs_by_state(&state).await.len(), 1, "Saturday runs nothing");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn finished_runs_past_the_retention_leave_history_and_paused_runs_stay() {
+        let (_dir, mut state, deployment) = deployed_on_schedule(flowcredits_core::PlanId::Team, catalog::RunsOn::Cloud, Some(60), None).await;
+        let now = Timestamp::now();
+        let mut next_due = HashMap::new();
+        // Four runs use the 100 included credits; the fifth pauses.
+        for _ in 0..5 {
+            next_due.insert(deployment.id.clone(), now);
+            run_due_schedules(&state, &mut next_due, now).await.unwrap();
+            wait_until_finished(&state).await;
+        }
+        let mut expected = vec![RunState::Succeeded; 4];
+        expected.insert(0, RunState::Paused);
+        assert_eq!(runs_by_state(&state).await, expected, "newest first");
+        assert_eq!(prune_history(&state, now).await.unwrap(), 0, "no retention: history is kept");
+        state.history_retention = Some(Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(prune_history(&state, now).await.unwrap(), 0, "nothing is 90 days old yet");
+        let later = now.checked_add(jiff::SignedDuration::from_hours(100 * 24)).unwrap();
+        assert_eq!(prune_history(&state, later).await.unwrap(), 4);
+        assert_eq!(runs_by_state(&state).await, vec![RunState::Paused], "a paused run stays whatever its age");
+        let blocks: i64 = state.catalog.call(|connection| Ok(connection.query_row("SELECT COUNT(*) FROM run_history_batches", [], |row| row.get(0))?)).await.unwrap();
+        assert_eq!(blocks, 0, "the pruned runs' blocks went with them");
     }
 }

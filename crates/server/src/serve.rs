@@ -27,6 +27,8 @@ pub struct ServeConfig {
     pub demo: bool,
     /// How long shutdown waits for running flows to finish.
     pub drain: Duration,
+    /// How long finished runs stay in run history (`None`: forever).
+    pub history_retention: Option<Duration>,
 }
 
 /// Where the catalog (users, keys, flows, deployments, run history) lives for the ledger at
@@ -61,6 +63,7 @@ pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiErr
         http,
         sync_wait: crate::routes_runs::SYNC_WAIT_DEFAULT,
         run_duration_max: crate::runner::RUN_DURATION_MAX,
+        history_retention: None,
         keys: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(10), 10_000)),
         roles: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(1), 100_000)),
         hooks: Arc::new(crate::cache::TtlCache::new(Duration::from_secs(1), 10_000)),
@@ -164,7 +167,8 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
 
 /// Serves until SIGINT or SIGTERM, then stops taking requests and waits for running flows.
 pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
-    let state = open_state(&config.db, config.rules)?;
+    let mut state = open_state(&config.db, config.rules)?;
+    state.history_retention = config.history_retention;
     if let Some(token) = bootstrap_operator(&state).await? {
         eprintln!("Created the operator account. Its API key is shown once; store it now:\n  {token}");
     }
