@@ -139,7 +139,7 @@ impl Runner {
     /// this process: they go on. First, runs the ledger knows and history lost get their rows
     /// back ([`restore_lost_history`]).
     pub async fn recover_interrupted(&self, state: &AppState) -> Result<usize, ApiError> {
-        let mut interrupted = restore_lost_history(state).await?;
+        let mut interrupted = restore_lost_history(state, Timestamp::now()).await?;
         let mut runs: Vec<(String, String)> = state.ledger.running_runs().await?;
         for run in state.history.read(&state.catalog, |connection| history::running_runs(connection)).await? {
             if !runs.contains(&run) {
@@ -312,15 +312,18 @@ const LOST_HISTORY_RUNS_MAX: usize = 100_000;
 /// place, status, credits; its flow, input and blocks are what was lost) instead of being a
 /// run id that answers 404. A running one was cut off: it ends, keeping what it was charged. A
 /// paused one can never run (its input was in the lost history): it is cancelled, so it does
-/// not hold a place in its team's queue. Runs another process recorded in the ledger file
+/// not hold a place in its team's queue. Runs older than the history's retention (at `now`)
+/// are left alone: their rows were pruned, not lost. Runs another process recorded in the ledger file
 /// while the server was stopped (`flowcredits run --db`) have no history either, and are
 /// recorded the same way. Returns how many were running.
-async fn restore_lost_history(state: &AppState) -> Result<usize, ApiError> {
+async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize, ApiError> {
     let newest_ms = state.history.read(&state.catalog, |connection| history::newest_created_ms(connection)).await?;
-    let since = match newest_ms {
-        Some(ms) => Timestamp::from_millisecond(ms.saturating_sub(LOST_HISTORY_WINDOW.as_millis() as i64)).unwrap_or(Timestamp::UNIX_EPOCH),
-        None => Timestamp::UNIX_EPOCH,
-    };
+    let mut since_ms = newest_ms.map_or(0, |ms| ms.saturating_sub(LOST_HISTORY_WINDOW.as_millis() as i64));
+    // Runs older than the retention have no history because it was pruned, not lost.
+    if let Some(retention) = state.history_retention {
+        since_ms = since_ms.max(now.as_millisecond().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)));
+    }
+    let since = Timestamp::from_millisecond(since_ms).unwrap_or(Timestamp::UNIX_EPOCH);
     let runs = state.ledger.runs_since(since, LOST_HISTORY_RUNS_MAX).await?;
     let ids = runs.iter().map(|run| run.run.to_string()).collect();
     let missing: std::collections::HashSet<String> = state.catalog.call(move |connection| history::without_rows(connection, ids)).await?.into_iter().collect();
@@ -591,4 +594,31 @@ pub fn mcp_tool_schema(definition: &Value) -> Option<(Value, String)> {
     let schema = config.and_then(|config| config.get("input_schema")).cloned().unwrap_or_else(|| json!({"type": "object"}));
     let description = definition.get("description").and_then(Value::as_str).unwrap_or("").to_owned();
     Some((schema, description))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run the ledger holds and history lacks is restored, unless it is older than the
+    /// history's retention: then its row was pruned on purpose.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_past_the_retention_are_not_mistaken_for_lost_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = crate::serve::open_state(&dir.path().join("db"), flowcredits_core::Rules::shipped()).unwrap();
+        state.history_retention = Some(Duration::from_secs(90 * 24 * 3600));
+        state.ledger.create_team("acme", flowcredits_core::PlanId::Team, flowcredits_core::AnchorDay::FIRST, "test").await.unwrap();
+        let context = RunContext::automated(flowcredits_core::Trigger::Api).unwrap();
+        state.ledger.start_run("acme", "run_old", context, true).await.unwrap();
+        state.ledger.end_run("acme", "run_old").await.unwrap();
+        let restored_rows = |state: AppState| async move { state.catalog.call(|connection| Ok(connection.query_row("SELECT COUNT(*) FROM run_history", [], |row| row.get::<_, i64>(0))?)).await.unwrap() };
+
+        // A hundred days on, the run is past the 90-day retention: nothing is restored.
+        let later = Timestamp::now().checked_add(jiff::SignedDuration::from_hours(100 * 24)).unwrap();
+        restore_lost_history(&state, later).await.unwrap();
+        assert_eq!(restored_rows(state.clone()).await, 0);
+        // Today it is within it: its row is restored from the ledger.
+        restore_lost_history(&state, Timestamp::now()).await.unwrap();
+        assert_eq!(restored_rows(state.clone()).await, 1);
+    }
 }
