@@ -149,7 +149,8 @@ fn write_loop(mut connection: Connection, queue: Receiver<Entry>, flush_waiting:
                 Err(_) => break,
             }
         }
-        let (full, taken) = (batch.len() == BATCH_ENTRIES_MAX, batch.len());
+        let taken = batch.len();
+        let full = taken == BATCH_ENTRIES_MAX;
         let flushes = write_batch(&mut connection, batch);
         queued.fetch_sub(taken, Ordering::Relaxed);
         for flushed in flushes {

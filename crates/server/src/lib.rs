@@ -59,6 +59,16 @@ impl std::ops::DerefMut for AppState {
     }
 }
 
+impl AppParts {
+    /// At `now`, the instant (Unix milliseconds) before which finished runs leave history;
+    /// `None` when history is kept forever. Pruning deletes by it, and start-up's restore of
+    /// lost history looks no further back, so the two agree on what was pruned.
+    pub fn history_cutoff_ms(&self, now: jiff::Timestamp) -> Option<i64> {
+        let retention = self.history_retention?;
+        Some(now.as_millisecond().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)))
+    }
+}
+
 /// The parts of [`AppState`]. Each is itself cheap to clone.
 #[derive(Clone)]
 pub struct AppParts {

@@ -318,11 +318,9 @@ const LOST_HISTORY_RUNS_MAX: usize = 100_000;
 /// recorded the same way. Returns how many were running.
 async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize, ApiError> {
     let newest_ms = state.history.read(&state.catalog, |connection| history::newest_created_ms(connection)).await?;
-    let mut since_ms = newest_ms.map_or(0, |ms| ms.saturating_sub(LOST_HISTORY_WINDOW.as_millis() as i64));
+    let since_ms = newest_ms.map_or(0, |ms| ms.saturating_sub(LOST_HISTORY_WINDOW.as_millis() as i64));
     // Runs older than the retention have no history because it was pruned, not lost.
-    if let Some(retention) = state.history_retention {
-        since_ms = since_ms.max(now.as_millisecond().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)));
-    }
+    let since_ms = since_ms.max(state.history_cutoff_ms(now).unwrap_or(0));
     let since = Timestamp::from_millisecond(since_ms).unwrap_or(Timestamp::UNIX_EPOCH);
     let runs = state.ledger.runs_since(since, LOST_HISTORY_RUNS_MAX).await?;
     let ids = runs.iter().map(|run| run.run.to_string()).collect();

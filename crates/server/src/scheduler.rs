@@ -126,8 +126,7 @@ const PRUNE_BATCHES_MAX: u32 = 50;
 
 /// Deletes finished runs older than the retention from run history; returns how many.
 async fn prune_history(state: &AppState, now: Timestamp) -> Result<usize, crate::ApiError> {
-    let Some(retention) = state.history_retention else { return Ok(0) };
-    let before_ms = now.as_millisecond().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let Some(before_ms) = state.history_cutoff_ms(now) else { return Ok(0) };
     let mut pruned = 0;
     for _ in 0..PRUNE_BATCHES_MAX {
         let deleted = state.catalog.call(move |connection| history::prune(connection, before_ms, PRUNE_BATCH_ROWS)).await?;
