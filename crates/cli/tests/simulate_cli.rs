@@ -54,6 +54,7 @@ fn malformed_scenarios_exit_2_with_one_line_naming_step_and_field() {
         (team(r#"{"plan":"free","payg":true}"#, &[]), "field `team.payg`: plan free has no pay-as-you-go"),
         (team(r#"{"plan":"platinum"}"#, &[]), "field `team.plan`: unknown plan `platinum`"),
         (plain(&[r#"{"at":"2025-12-31T23:00:00Z","op":"set_payg","enabled":true}"#.into()]), "step 0: field `at`: no price is in force at 2025-12-31T23:00:00Z"),
+        (plain(&[r#"{"at":"9999-12-15T00:00:00Z","op":"set_payg","enabled":true}"#.into()]), "step 0: field `at`: 9999-12-15T00:00:00Z is later than the latest instant flowcredits handles"),
         (plain(&[r#"{"at":"2026-03-02T10:00:00Z","op":"set_payg","enabled":true,"enable":true}"#.into()]), "step 0: field `enable`: unknown field"),
         (r#"{"team":{"plan":"team"}}"#.into(), "field `steps`: is missing"),
     ];

@@ -26,6 +26,8 @@ pub enum CoreError {
     AnchorDayOutOfRange { day: i64 },
     #[error("no price is in force at {at}: the first price-book version starts at {first}")]
     BeforeFirstPriceVersion { at: Timestamp, first: Timestamp },
+    #[error("{at} is later than the latest instant flowcredits handles ({latest})")]
+    AfterLatestInstant { at: Timestamp, latest: Timestamp },
     #[error("plans file: {message}")]
     PlansFile { message: String },
     #[error("price book: {message}")]

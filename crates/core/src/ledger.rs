@@ -403,6 +403,7 @@ impl TeamLedger {
     /// Moves the clock to `at`. When `at` is in a later billing period, that period opens with
     /// the plan's included credits and paused runs resume, oldest first, at its start.
     pub fn advance_to(&mut self, rules: &Rules, at: Timestamp) -> Result<Vec<LedgerEvent>, CoreError> {
+        crate::period::check_supported(at)?;
         if let Some(last) = self.clock.filter(|last| at < *last) {
             return Err(CoreError::TimeWentBackwards { at, last });
         }

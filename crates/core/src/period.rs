@@ -42,8 +42,22 @@ pub struct Period {
     pub end: Timestamp,
 }
 
+/// The first instant flowcredits refuses, 9999-01-01T00:00:00Z: the period of any earlier instant
+/// ends inside the calendar the date library represents (its last year is 9999), so no period
+/// arithmetic can step off its end. Inputs are checked against it where they enter.
+pub const LATEST_INSTANT: Timestamp = Timestamp::constant(253_370_764_800, 0);
+
+/// Refuses an instant at or after [`LATEST_INSTANT`].
+pub fn check_supported(at: Timestamp) -> Result<(), CoreError> {
+    if at >= LATEST_INSTANT {
+        return Err(CoreError::AfterLatestInstant { at, latest: LATEST_INSTANT });
+    }
+    Ok(())
+}
+
 impl Period {
-    /// The billing period that contains `at` for a team anchored on `anchor`.
+    /// The billing period that contains `at` for a team anchored on `anchor`. `at` must be
+    /// before [`LATEST_INSTANT`] ([`check_supported`]).
     pub fn containing(anchor: AnchorDay, at: Timestamp) -> Period {
         let date = Offset::UTC.to_datetime(at).date();
         let month_index = i32::from(date.year()) * 12 + i32::from(date.month()) - 1;

@@ -69,6 +69,9 @@ const SCHEMA: &[&str] = &[
     // schedule instead of every so many seconds.
     "CREATE INDEX api_keys_by_user ON api_keys (user_id, id);
      ALTER TABLE deployments ADD COLUMN schedule_cron TEXT;",
+    // 4: a paused hook run keeps the HTTP request that made it (method, path, headers, query),
+    // which its flow reads again when it resumes.
+    "ALTER TABLE run_history ADD COLUMN http TEXT;",
 ];
 
 #[derive(Clone)]
@@ -306,6 +309,30 @@ pub fn remove_member(connection: &Connection, team: &str, user_id: &str) -> Resu
         0 => Err(ApiError::NotFound(format!("member {user_id} of team {team}"))),
         _ => Ok(()),
     }
+}
+
+/// Sets a member's role (`Some`) or removes the member (`None`), guarding the team's owners:
+/// only an owner may make, change or remove an owner, and the last owner stays (a team
+/// without one could never again change its owners). `actor` is the caller's effective role.
+pub fn change_member(connection: &mut Connection, team: &str, user_id: &str, role: Option<Role>, actor: Role) -> Result<(), ApiError> {
+    let transaction = connection.transaction()?;
+    let current = role_of(&transaction, team, user_id)?;
+    let touches_owner = current == Some(Role::Owner) || role == Some(Role::Owner);
+    if touches_owner && actor != Role::Owner {
+        return Err(ApiError::Forbidden(format!("your role in team {team} is {actor}; only an owner can make, change or remove an owner")));
+    }
+    if current == Some(Role::Owner) && role != Some(Role::Owner) {
+        let owners: i64 = transaction.query_row("SELECT count(*) FROM members WHERE team = ?1 AND role = 'owner'", [team], |row| row.get(0))?;
+        if owners <= 1 {
+            return Err(ApiError::Conflict(format!("{user_id} is the last owner of team {team}; make another member an owner first")));
+        }
+    }
+    match role {
+        Some(role) => set_member(&transaction, team, user_id, role)?,
+        None => remove_member(&transaction, team, user_id)?,
+    }
+    transaction.commit()?;
+    Ok(())
 }
 
 pub fn members(connection: &Connection, team: &str) -> Result<Vec<Member>, ApiError> {

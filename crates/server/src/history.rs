@@ -355,6 +355,20 @@ pub fn running_runs(connection: &Connection) -> Result<Vec<(String, String)>, Ap
 }
 
 /// Paused runs of a team, oldest first (to dispatch when the ledger resumes them).
+/// Keeps the hook request of a paused run for when it resumes.
+pub fn keep_paused_http(connection: &Connection, run: &str, http: &Value) -> Result<(), ApiError> {
+    connection.prepare_cached("UPDATE run_history SET http = ?1 WHERE id = ?2")?.execute(params![http.to_string(), run])?;
+    Ok(())
+}
+
+/// The hook request a paused run was made by, if a hook made it.
+pub fn paused_http(connection: &Connection, run: &str) -> Result<Option<flowcredits_engine::HttpTrigger>, ApiError> {
+    let text: Option<String> = connection.query_row("SELECT http FROM run_history WHERE id = ?1", [run], |row| row.get(0)).optional()?.flatten();
+    let Some(text) = text else { return Ok(None) };
+    let value: Value = serde_json::from_str(&text).map_err(|err| ApiError::internal(format!("run {run}'s stored request is not readable: {err}")))?;
+    Ok(crate::jobs::http_from_json(&value))
+}
+
 pub fn paused_runs(connection: &Connection, team: &str) -> Result<Vec<String>, ApiError> {
     let mut statement = connection.prepare("SELECT id FROM run_history WHERE team = ?1 AND status = 'paused' ORDER BY id")?;
     Ok(statement.query_map([team], |row| row.get(0))?.collect::<Result<_, _>>()?)

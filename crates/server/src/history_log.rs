@@ -43,6 +43,8 @@ pub struct AdmittedRun {
     pub location: &'static str,
     pub status: RunState,
     pub input: Value,
+    /// The hook request of a paused run, kept for when it resumes (`jobs::http_json`).
+    pub paused_http: Option<Value>,
     /// A paused run the ledger resumed: its row exists already.
     pub resumed: bool,
 }
@@ -253,6 +255,9 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries) -> Result<
         } else {
             let new_run = NewRun { id: run, team: &admitted.team, flow_id: &admitted.flow_id, snapshot: admitted.snapshot, deployment_id: admitted.deployment_id.as_deref(), trigger: admitted.trigger, location: admitted.location, status: admitted.status, input: &admitted.input, at_ms };
             history::insert_run(connection, &new_run, finished.take().as_ref().map(end).as_ref())?;
+            if let Some(http) = &admitted.paused_http {
+                history::keep_paused_http(connection, run, http)?;
+            }
             new_row = true;
         }
     }

@@ -122,6 +122,9 @@ pub struct Purchase {
 pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<Purchase>) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.authorize(&state, &team, Action::Bill).await?;
     let expires_at = body.expires_at.as_deref().map(|text| text.parse::<jiff::Timestamp>().map_err(|err| ApiError::invalid("expires_at", format!("`{text}` is not an RFC 3339 time: {err}")))).transpose()?;
+    if let Some(at) = expires_at {
+        flowcredits_core::check_supported(at).map_err(|err| ApiError::invalid("expires_at", err.to_string()))?;
+    }
     state.ledger.change_billing(&team, &caller.user.id, BillingChange::Purchase { credits: Credits(body.credits), expires_at }).await?;
     let resumed = state.runner.dispatch_resumed(&state, &team).await?;
     Ok((StatusCode::CREATED, Json(json!({"credits": body.credits, "runs_resumed": resumed}))))

@@ -182,14 +182,11 @@ pub struct MemberRole {
 pub async fn set_member(State(state): State<AppState>, caller: Caller, Path((team, user_id)): Path<(String, String)>, JsonBody(body): JsonBody<MemberRole>) -> Result<Json<Value>, ApiError> {
     let own_role = caller.authorize(&state, &team, Action::ManageMembers).await?;
     let role: Role = body.role.parse().map_err(|err: String| ApiError::invalid("role", err))?;
-    if role == Role::Owner && own_role != Role::Owner {
-        return Err(ApiError::Forbidden("only an owner can make another owner".into()));
-    }
     let member = (team.clone(), user_id.clone());
     let members = state
         .catalog
         .call(move |connection| {
-            catalog::set_member(connection, &team, &user_id, role)?;
+            catalog::change_member(connection, &team, &user_id, Some(role), own_role)?;
             catalog::members(connection, &team)
         })
         .await?;
@@ -198,9 +195,9 @@ pub async fn set_member(State(state): State<AppState>, caller: Caller, Path((tea
 }
 
 pub async fn remove_member(State(state): State<AppState>, caller: Caller, Path((team, user_id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
-    caller.authorize(&state, &team, Action::ManageMembers).await?;
+    let own_role = caller.authorize(&state, &team, Action::ManageMembers).await?;
     let member = (team.clone(), user_id.clone());
-    state.catalog.call(move |connection| catalog::remove_member(connection, &team, &user_id)).await?;
+    state.catalog.call(move |connection| catalog::change_member(connection, &team, &user_id, None, own_role)).await?;
     state.roles.remove(&member);
     Ok(StatusCode::NO_CONTENT)
 }

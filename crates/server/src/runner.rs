@@ -200,7 +200,9 @@ impl Runner {
                 dispatched += 1;
                 continue;
             }
-            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http: None, answer_on_response: false, resumed: true };
+            let id = run_id.clone();
+            let http = state.catalog.call(move |connection| history::paused_http(connection, &id)).await?;
+            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http, answer_on_response: false, resumed: true };
             self.spawn(state.clone(), job, None, None);
             dispatched += 1;
         }
@@ -430,6 +432,7 @@ impl StoreMeter<'_> {
             location: context.location().as_str(),
             status: if status == RunStatus::Running { RunState::Running } else { RunState::Paused },
             input: job.input.clone(),
+            paused_http: if status == RunStatus::Paused { job.http.as_ref().map(crate::jobs::http_json) } else { None },
             resumed: job.resumed,
         });
         if let Some(sender) = self.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {

@@ -716,3 +716,80 @@ async fn purchases_are_listed_with_what_remains() {
     let (_, second) = server.get(&format!("/v1/teams/big/purchases?limit=1&after={}", first["next"].as_str().unwrap()), &viewer).await;
     assert_eq!((first["items"][0]["id"].clone(), second["items"][0]["id"].clone(), second["next"].clone()), (json!(1), json!(2), Value::Null));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_owner_changes_owners_and_the_last_owner_stays() {
+    let server = support::start().await;
+    for plan in ["team", "free"] {
+        // On Free every member acts as an admin; owners are guarded all the same.
+        let team = format!("guard-{plan}");
+        let owner_key = server.team(&team, plan).await;
+        let (status, me) = server.get("/v1/me", &owner_key).await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        let owner = me["user"]["id"].as_str().unwrap().to_owned();
+        let admin_key = server.member(&team, &owner_key, if plan == "free" { "viewer" } else { "admin" }).await;
+        let owner_path = format!("/v1/teams/{team}/members/{owner}");
+        for (method, body) in [(Method::PUT, Some(json!({"role": "viewer"}))), (Method::DELETE, None)] {
+            let (status, refused) = server.call(method.clone(), &owner_path, &admin_key, body).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{plan} {method}: {refused}");
+            assert!(refused["error"]["message"].as_str().unwrap().contains("only an owner"), "{refused}");
+        }
+        // The owner cannot leave the team ownerless either.
+        for (method, body) in [(Method::PUT, Some(json!({"role": "admin"}))), (Method::DELETE, None)] {
+            let (status, refused) = server.call(method.clone(), &owner_path, &owner_key, body).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{plan} {method}: {refused}");
+            assert!(refused["error"]["message"].as_str().unwrap().contains("last owner"), "{refused}");
+        }
+        let (status, members) = server.get(&format!("/v1/teams/{team}/members"), &owner_key).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(members["items"].as_array().unwrap().iter().any(|member| member["user_id"] == owner.as_str() && member["role"] == "owner"), "{members}");
+    }
+    // With a second owner, the first may step down.
+    let owner_key = server.team("two-owners", "team").await;
+    let (second, _) = server.user("second owner").await;
+    let (status, body) = server.call(Method::PUT, &format!("/v1/teams/two-owners/members/{second}"), &owner_key, Some(json!({"role": "owner"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = server.get("/v1/me", &owner_key).await.1["user"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = server.call(Method::PUT, &format!("/v1/teams/two-owners/members/{first}"), &owner_key, Some(json!({"role": "admin"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_hook_run_resumes_with_the_request_that_made_it() {
+    let server = support::start().await;
+    let owner = server.team("echo", "free").await;
+    server.deploy("echo", &owner, "work", support::flow_costing_25()).await;
+    // The Free plan's 25 included credits go on one call.
+    assert_eq!(server.call_hook("echo", "work", &owner, json!({})).await.0, StatusCode::OK);
+    let echo = json!({
+        "name": "echo",
+        "blocks": [
+            {"id": "request", "kind": "request"},
+            {"id": "query", "kind": "validate", "config": {"schema": {"type": "object"}}},
+            {"id": "path", "kind": "validate", "config": {"schema": {"type": "string"}}},
+            {"id": "header", "kind": "validate", "config": {"schema": {"type": "object"}}}
+        ],
+        "edges": [
+            {"from": "request.query", "to": "query.value"},
+            {"from": "request.path", "to": "path.value"},
+            {"from": "request.headers", "to": "header.value"}
+        ]
+    });
+    server.deploy("echo", &owner, "echo", echo).await;
+    let client = reqwest::Client::new();
+    let response = client.post(format!("{}/hooks/echo/echo?x=1", server.base)).bearer_auth(&owner).header("x-custom", "abc").json(&json!({})).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    let paused: Value = response.json().await.unwrap();
+    let run_id = paused["run_id"].as_str().unwrap().to_owned();
+
+    // A purchase is Enterprise only; the plan moves up instead, which gives credits back.
+    let (status, body) = server.call(Method::PUT, "/v1/teams/echo/plan", &server.operator, Some(json!({"plan": "team"}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let run = server.finished_run("echo", &owner, &run_id).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let input = |block: &str| run["blocks"].as_array().unwrap().iter().find(|listed| listed["block_id"] == block).map(|listed| listed["input"]["value"].clone()).unwrap_or(Value::Null);
+    assert_eq!(input("query"), json!({"x": "1"}), "{run}");
+    assert_eq!(input("path"), json!("/echo"), "{run}");
+    assert_eq!(input("header")["x-custom"], "abc", "{run}");
+    assert!(input("header").get("authorization").is_none(), "the key is never kept: {run}");
+}

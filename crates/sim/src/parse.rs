@@ -276,7 +276,9 @@ impl<'v> Fields<'v> {
 
     fn timestamp(&self, field: &str) -> Result<Timestamp, ScenarioError> {
         let text = self.string(field)?;
-        text.parse().map_err(|err| self.error(field, &format!("`{text}` is not an RFC 3339 UTC time such as 2026-03-02T10:00:00Z ({err})")))
+        let at = text.parse().map_err(|err| self.error(field, &format!("`{text}` is not an RFC 3339 UTC time such as 2026-03-02T10:00:00Z ({err})")))?;
+        flowcredits_core::check_supported(at).map_err(|err| self.error(field, &err.to_string()))?;
+        Ok(at)
     }
 
     fn run_id(&self) -> Result<RunId, ScenarioError> {

@@ -25,8 +25,8 @@ pub enum StoreError {
     /// The run id was started before with another trigger, location or flow.
     #[error("run {run} was already started with a different trigger, location or flow")]
     RunConflict { run: String },
-    #[error("period `{period}` is not a month written as YYYY-MM")]
-    BadPeriod { period: String },
+    #[error("period `{period}` {problem}")]
+    BadPeriod { period: String, problem: &'static str },
     #[error("database: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("database file was written by a newer flowcredits (schema version {found}, this build knows up to {known})")]

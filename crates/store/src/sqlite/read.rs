@@ -99,7 +99,7 @@ fn chosen_period(team: &TeamRow, month: Option<&str>) -> Result<Period> {
         let at = instant(team.clock_ms.unwrap_or(team.created_ms))?;
         return Ok(Period::containing(anchor, at));
     };
-    let bad = || StoreError::BadPeriod { period: month.to_owned() };
+    let bad = || StoreError::BadPeriod { period: month.to_owned(), problem: "is not a month written as YYYY-MM" };
     let (year, month_number) = month.split_once('-').ok_or_else(bad)?;
     if year.len() != 4 || month_number.len() != 2 {
         return Err(bad());
@@ -107,6 +107,7 @@ fn chosen_period(team: &TeamRow, month: Option<&str>) -> Result<Period> {
     let (year, month_number): (i16, i8) = (year.parse().map_err(|_| bad())?, month_number.parse().map_err(|_| bad())?);
     let date = Date::new(year, month_number, anchor.get() as i8).map_err(|_| bad())?;
     let start = Offset::UTC.to_timestamp(date.to_datetime(jiff::civil::Time::midnight())).map_err(|_| bad())?;
+    flowcredits_core::check_supported(start).map_err(|_| StoreError::BadPeriod { period: month.to_owned(), problem: "is after 9998-12, the last month flowcredits handles" })?;
     Ok(Period::containing(anchor, start))
 }
 

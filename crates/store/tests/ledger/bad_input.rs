@@ -80,4 +80,10 @@ fn malformed_names_and_periods_are_refused() {
         let err = store.usage(&team("t"), Some(period)).unwrap_err().to_string();
         assert!(err.contains(period) && err.contains("YYYY-MM"), "{err}");
     }
+    // The calendar ends in 9999: a month whose period would end past it is refused, not a panic.
+    for period in ["9999-01", "9999-12"] {
+        let err = store.usage(&team("t"), Some(period)).unwrap_err().to_string();
+        assert!(err.contains(period) && err.contains("after 9998-12"), "{err}");
+    }
+    assert!(store.usage(&team("t"), Some("9998-12")).is_ok());
 }
