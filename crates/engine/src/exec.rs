@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 use crate::error::{EngineError, Problem, Problems};
 use crate::flow::{BlockIx, Flow, ROOT_SCOPE, ScopeIx, TargetKind};
 use crate::meter::{Admission, BlockCharge, BlockTrace, Meter};
-use crate::op::{LOOP_ITERATIONS_MAX, Op};
+use crate::op::{LOOP_ITERATIONS_MAX, Op, RESPONSE_STATUS_MAX, RESPONSE_STATUS_MIN};
 use crate::path::{Scope as TemplateScope, truthy};
 use crate::provider::{AiCall, Providers};
 use crate::resolve::{FlowResolver, MapResolver, resolve_all};
@@ -656,7 +656,13 @@ impl<'a> Frame<'a> {
                 if errors.is_empty() { Ok(vec![out("arguments", arguments)]) } else { Err(format!("the arguments do not match the tool's input schema: {}", errors.join("; "))) }
             }
             Op::Response { status } => {
-                let status = input(inputs, "status").and_then(|value| value.as_u64()).map_or(*status, |status| status as u16);
+                let status = match input(inputs, "status") {
+                    None => *status,
+                    Some(value) => match value.as_u64().filter(|code| (RESPONSE_STATUS_MIN..=RESPONSE_STATUS_MAX).contains(code)) {
+                        Some(code) => code as u16,
+                        None => return Inline::Done(Err(format!("input `status`: {value} is not an HTTP status from {RESPONSE_STATUS_MIN} to {RESPONSE_STATUS_MAX}"))),
+                    },
+                };
                 let response = Response { status, body: first(inputs) };
                 if let Some(hook) = &self.instance.on_response {
                     (hook.0)(&response);

@@ -95,6 +95,11 @@ fn stop_port() -> InPort {
     InPort { stop: true, ..input("stop", Ty::Any, false) }
 }
 
+/// The statuses a `response` block may answer with: a final HTTP status. An informational
+/// (1xx) answer is not a response a caller can read, so it is refused like any other.
+pub const RESPONSE_STATUS_MIN: u64 = 200;
+pub const RESPONSE_STATUS_MAX: u64 = 599;
+
 /// A loaded block's operation, its config already checked.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -172,7 +177,7 @@ fn parse_op(kind: BlockKind, cfg: &mut Cfg<'_>) -> Parsed {
         K::Start => (Op::Start, vec![], vec![output("input", Ty::Any)]),
         K::Request => (Op::Request, vec![], vec![output("body", Ty::Any), output("headers", Ty::Record), output("query", Ty::Record), output("method", Ty::Text), output("path", Ty::Text)]),
         K::Response => {
-            let status = cfg.integer("status", 100, 599, "HTTP status").unwrap_or(200) as u16;
+            let status = cfg.integer("status", RESPONSE_STATUS_MIN, RESPONSE_STATUS_MAX, "HTTP status").unwrap_or(200) as u16;
             (Op::Response { status }, vec![input("body", Ty::Any, true), input("status", Ty::Number, false)], vec![])
         }
         K::Schedule => {

@@ -288,3 +288,32 @@ edges:
     assert_eq!(report.outcome, RunOutcome::Completed, "{:?}", report.outcome);
     assert_eq!(report.outputs[0].value, json!([[{"row": 1, "col": "x"}, {"row": 1, "col": "y"}], [{"row": 2, "col": "x"}, {"row": 2, "col": "y"}]]));
 }
+
+#[tokio::test]
+async fn a_response_status_input_must_be_a_final_http_status() {
+    let yaml = r#"
+name: status
+blocks:
+  - { id: start, kind: start }
+  - { id: code, kind: select, config: { path: s } }
+  - { id: answer, kind: response }
+edges:
+  - { from: start.input, to: code.value }
+  - { from: start.input, to: answer.body }
+  - { from: code.value, to: answer.status }
+"#;
+    for (status, answered) in [(json!(200), Some(200)), (json!(404), Some(404)), (json!(599), Some(599)), (json!(999), None), (json!(101), None), (json!(199), None), (json!(-1), None), (json!(2.5e2), None), (json!("abc"), None)] {
+        let report = run(yaml, local(), json!({"s": status})).await;
+        match answered {
+            Some(code) => {
+                assert_eq!(report.outcome, RunOutcome::Completed, "{status}: {:?}", report.outcome);
+                assert_eq!(report.response.map(|response| response.status), Some(code), "{status}");
+            }
+            None => {
+                let RunOutcome::Failed { error } = &report.outcome else { panic!("{status}: {:?}", report.outcome) };
+                assert!(error.contains("`answer`") && error.contains("input `status`") && error.contains("200 to 599"), "{status}: {error}");
+                assert!(report.response.is_none(), "{status}");
+            }
+        }
+    }
+}
