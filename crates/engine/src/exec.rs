@@ -224,6 +224,15 @@ pub fn planned_usage(flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> Vec<Bl
     }).collect()
 }
 
+/// Refuses a flow whose AI blocks name a model the price book in force at `at` does not list,
+/// naming the block: such a flow could never be admitted, so it is refused when it is saved
+/// rather than on every call.
+pub fn check_models(rules: &flowcredits_core::Rules, at: Timestamp, flow: &Flow) -> Result<(), EngineError> {
+    let no_children = BTreeMap::new();
+    let context = RunContext::manual(flowcredits_core::CloudRun::On);
+    rules.run_needs_credits(at, context, &planned_usage(flow, &no_children)).map(drop).map_err(|err| name_model_problem(EngineError::Meter(err), flow, &no_children))
+}
+
 /// An unknown model is a problem in the flow file: say which block has it.
 fn name_model_problem(err: EngineError, flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> EngineError {
     let EngineError::Meter(flowcredits_core::CoreError::UnknownModel { model, .. }) = &err else { return err };

@@ -31,7 +31,7 @@ pub async fn create_flow(State(state): State<AppState>, caller: Caller, Path(tea
     if body.name.trim().is_empty() || body.name.len() > FLOW_NAME_BYTES_MAX {
         return Err(ApiError::invalid("name", format!("must be 1 to {FLOW_NAME_BYTES_MAX} bytes")));
     }
-    runner::validate_flow(&body.definition)?;
+    runner::validate_flow(&state.rules, &body.definition)?;
     let flow = state.catalog.call(move |connection| catalog::create_flow(connection, &team, &body.name, &body.definition)).await?;
     Ok((StatusCode::CREATED, Json(flow)))
 }
@@ -45,7 +45,7 @@ pub struct FlowUpdate {
 /// Replaces a flow's working definition; snapshots already taken never change.
 pub async fn update_flow(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>, JsonBody(body): JsonBody<FlowUpdate>) -> Result<Json<catalog::Flow>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
-    runner::validate_flow(&body.definition)?;
+    runner::validate_flow(&state.rules, &body.definition)?;
     Ok(Json(state.catalog.call(move |connection| catalog::update_flow(connection, &team, &flow, &body.definition)).await?))
 }
 

@@ -538,8 +538,10 @@ pub fn load_flow(definition: &Value) -> Result<Flow, ApiError> {
     Flow::load(&definition.to_string(), Syntax::Json).map_err(|err| ApiError::invalid("definition", err.to_string()))
 }
 
-pub fn validate_flow(definition: &Value) -> Result<(), ApiError> {
-    load_flow(definition).map(drop)
+/// Checks a flow before it is saved: its file, and the models its AI blocks name.
+pub fn validate_flow(rules: &flowcredits_core::Rules, definition: &Value) -> Result<(), ApiError> {
+    let flow = load_flow(definition)?;
+    flowcredits_engine::check_models(rules, Timestamp::now(), &flow).map_err(|err| ApiError::invalid("definition", err.to_string()))
 }
 
 /// The credit estimate of a flow for a run context.

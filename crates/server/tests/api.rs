@@ -793,3 +793,26 @@ async fn a_paused_hook_run_resumes_with_the_request_that_made_it() {
     assert_eq!(input("header")["x-custom"], "abc", "{run}");
     assert!(input("header").get("authorization").is_none(), "the key is never kept: {run}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_naming_an_unknown_model_is_refused_when_saved() {
+    let server = support::start().await;
+    let owner = server.team("models", "team").await;
+    let agent = |model: &str| {
+        json!({"name": "agent", "blocks": [
+            {"id": "start", "kind": "start"},
+            {"id": "think", "kind": "ai_agent", "config": {"model": model}}
+        ], "edges": [{"from": "start.input", "to": "think.prompt"}]})
+    };
+    let (status, refused) = server.post("/v1/teams/models/flows", &owner, json!({"name": "agent", "definition": agent("gpt-99")})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("definition")), "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("think") && message.contains("config.model") && message.contains("gpt-99"), "{message}");
+    let (status, flows) = server.get("/v1/teams/models/flows", &owner).await;
+    assert_eq!((status, flows["items"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "nothing was saved: {flows}");
+    let (status, saved) = server.post("/v1/teams/models/flows", &owner, json!({"name": "agent", "definition": agent("gpt-5")})).await;
+    assert_eq!(status, StatusCode::CREATED, "{saved}");
+    let flow_id = saved["id"].as_str().unwrap();
+    let (status, refused) = server.call(Method::PUT, &format!("/v1/teams/models/flows/{flow_id}"), &owner, Some(json!({"definition": agent("gpt-99")}))).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("definition")), "an edit is checked too: {refused}");
+}
