@@ -187,6 +187,9 @@ const ROUTES: &[Route] = &[
     Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member; `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200" },
 ];
 
+/// The routes that start a run, and so answer as a run's start does (`routes_runs::answer_started`).
+const STARTS_RUNS: [&str; 3] = ["/hooks/{team}/{path}", "/v1/teams/{team}/runs", "/v1/teams/{team}/deployments/{deployment}/runs"];
+
 fn operation(route: &Route) -> Value {
     let mut parameters: Vec<Value> = route
         .path
@@ -204,6 +207,13 @@ fn operation(route: &Route) -> Value {
             "4XX": {"description": "A client error: `{\"error\": {\"code\", \"message\", \"field\"?}}`", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         },
     });
+    if STARTS_RUNS.contains(&route.path) && route.method == "post" {
+        let responses = &mut operation["responses"];
+        responses["200"] = json!({"description": "The run finished (a hook: the flow's `response` block's status and body)", "content": {"application/json": {}}});
+        responses["202"] = json!({"description": "Accepted without waiting: `{run_id, status}`, running or paused", "content": {"application/json": {}}});
+        responses["402"] = json!({"description": "The team is out of credits: the run is paused (`run_id`) and runs when credits return", "content": {"application/json": {}}});
+        responses["408"] = json!({"description": "Still running after 30 s: `run_id` and where to read the result", "content": {"application/json": {}}});
+    }
     if route.access.starts_with("runner token") {
         operation["security"] = json!([{"runnerToken": []}]);
     } else if route.access != "anyone" {

@@ -44,7 +44,7 @@ pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team)
     let (team_name, flow_id, snapshot) = (team.clone(), body.flow_id.clone(), body.snapshot);
     let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
     let request = StartRequest {
-        team,
+        team: team.clone(),
         flow_id: body.flow_id,
         snapshot: body.snapshot,
         deployment_id: None,
@@ -55,7 +55,7 @@ pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team)
         answer_on_response: false,
     };
     let started = state.runner.start(&state, request).await?;
-    Ok(answer_started(started, body.wait.then_some(state.sync_wait), None, Answer::Run).await)
+    Ok(answer_started(started, &team, body.wait.then_some(state.sync_wait), Answer::Run).await)
 }
 
 #[derive(Deserialize)]
@@ -82,7 +82,7 @@ pub async fn run_deployment(State(state): State<AppState>, caller: Caller, Path(
         })
         .await?;
     let request = StartRequest {
-        team,
+        team: team.clone(),
         flow_id: deployment.flow_id,
         snapshot: Some(deployment.snapshot),
         deployment_id: Some(deployment.id),
@@ -93,7 +93,7 @@ pub async fn run_deployment(State(state): State<AppState>, caller: Caller, Path(
         answer_on_response: false,
     };
     let started = crate::jobs::start_deployed(&state, deployment.runs_on, request).await?;
-    Ok(answer_started(started, body.wait.then_some(state.sync_wait), None, Answer::Run).await)
+    Ok(answer_started(started, &team, body.wait.then_some(state.sync_wait), Answer::Run).await)
 }
 
 /// The answer to whoever started a run: paused (with the run id and what to do), accepted, the
@@ -106,15 +106,18 @@ enum Answer {
     Run,
 }
 
-async fn answer_started(started: Started, wait: Option<Duration>, paused_status: Option<StatusCode>, answer: Answer) -> Response {
+/// A paused run answers 402 to a caller that waits for the result (it will not come until credits
+/// return) and 202, like any run accepted for later, to one that does not.
+async fn answer_started(started: Started, team: &str, wait: Option<Duration>, answer: Answer) -> Response {
     let run_id = started.run_id.clone();
     if started.status == RunStatus::Paused {
+        let paused_status = if wait.is_some() { StatusCode::PAYMENT_REQUIRED } else { StatusCode::ACCEPTED };
         let body = json!({
             "run_id": run_id,
             "status": "paused",
             "error": {"code": "out_of_credits", "message": "the team has used its credits; the run is paused and will run when credits return (turn on pay-as-you-go, buy credits, or wait for the next billing period)"},
         });
-        return (paused_status.unwrap_or(StatusCode::ACCEPTED), Json(body)).into_response();
+        return (paused_status, Json(body)).into_response();
     }
     let (Some(reply), Some(wait)) = (started.reply, wait) else {
         return (StatusCode::ACCEPTED, Json(json!({"run_id": run_id, "status": "running"}))).into_response();
@@ -122,7 +125,7 @@ async fn answer_started(started: Started, wait: Option<Duration>, paused_status:
     match tokio::time::timeout(wait, reply).await {
         Ok(Ok(reply)) => reply_response(reply, answer),
         Ok(Err(_)) => ApiError::internal(format!("run {run_id} stopped without a result")).into_response(),
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": "the run is still going; read its result from /v1/teams/{team}/runs/{run_id}"}))).into_response(),
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": format!("the run is still going; read its result from /v1/teams/{team}/runs/{run_id}")}))).into_response(),
     }
 }
 
@@ -192,7 +195,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
     let header_map: Map<String, Value> = headers.iter().filter(|(name, _)| *name != axum::http::header::AUTHORIZATION).filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_owned())))).collect();
     let http = HttpTrigger { method: method.to_string(), path: format!("/{path}"), headers: header_map, query };
     let request = StartRequest {
-        team,
+        team: team.clone(),
         flow_id: deployment.flow_id,
         snapshot: Some(deployment.snapshot),
         deployment_id: Some(deployment.id),
@@ -203,7 +206,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
         answer_on_response: true,
     };
     let started = crate::jobs::start_deployed(&state, deployment.runs_on, request).await?;
-    Ok(answer_started(started, (!asynchronous).then_some(state.sync_wait), Some(if asynchronous { StatusCode::ACCEPTED } else { StatusCode::PAYMENT_REQUIRED }), Answer::Hook).await)
+    Ok(answer_started(started, &team, (!asynchronous).then_some(state.sync_wait), Answer::Hook).await)
 }
 
 #[derive(Deserialize, Default)]

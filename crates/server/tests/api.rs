@@ -88,6 +88,8 @@ async fn async_calls_get_202_and_slow_sync_calls_get_408_while_the_run_goes_on()
     assert_eq!((status, accepted["status"].clone()), (StatusCode::ACCEPTED, json!("running")), "{accepted}");
     let (status, timed_out) = server.post("/hooks/acme/slow", &owner, json!({"n": 2})).await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{timed_out}");
+    let where_to_read = format!("/v1/teams/acme/runs/{}", timed_out["run_id"].as_str().unwrap());
+    assert!(timed_out["message"].as_str().unwrap().ends_with(&where_to_read), "the answer says where the result will be: {timed_out}");
     let run = server.finished_run("acme", &owner, timed_out["run_id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "succeeded", "the run finished after its caller stopped waiting: {run}");
     let run = server.finished_run("acme", &owner, accepted["run_id"].as_str().unwrap()).await;
@@ -781,6 +783,16 @@ async fn a_paused_hook_run_resumes_with_the_request_that_made_it() {
     assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
     let paused: Value = response.json().await.unwrap();
     let run_id = paused["run_id"].as_str().unwrap().to_owned();
+    // Started from the API, a run that cannot start answers as a hook does: 402 to a caller
+    // that waits for the result, 202 to one that does not; both are paused with their id.
+    let (_, flows) = server.get("/v1/teams/echo/flows", &owner).await;
+    let work = flows["items"].as_array().unwrap().iter().find(|flow| flow["name"] == "work").unwrap()["id"].as_str().unwrap().to_owned();
+    for (wait, expected) in [(true, StatusCode::PAYMENT_REQUIRED), (false, StatusCode::ACCEPTED)] {
+        let (status, answer) = server.post("/v1/teams/echo/runs", &owner, json!({"flow_id": work, "wait": wait})).await;
+        assert_eq!((status, answer["status"].clone()), (expected, json!("paused")), "wait {wait}: {answer}");
+        let (status, cancelled) = server.post(&format!("/v1/teams/echo/runs/{}/cancel", answer["run_id"].as_str().unwrap()), &owner, json!(null)).await;
+        assert!(status.is_success(), "{cancelled}");
+    }
 
     // A purchase is Enterprise only; the plan moves up instead, which gives credits back.
     let (status, body) = server.call(Method::PUT, "/v1/teams/echo/plan", &server.operator, Some(json!({"plan": "team"}))).await;
