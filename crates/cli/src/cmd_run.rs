@@ -81,9 +81,14 @@ pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let context = RunContext::manual(CloudRun::from(args.cloud_run));
     let request = RunRequest { run: run_id, context, input, config, http: None, on_response: None };
     let engine = Engine::new(Providers::default(), resolver);
-    let meter = meter(&args, rules)?;
-    let report = block_on(engine.run(&flow, request, &*meter))?;
-    print_report(&args, &flow, &report);
+    let metered = meter(&args, rules, &flow)?;
+    let report = block_on(engine.run(&flow, request, metered.meter()))?;
+    // Metered by a server, the run is known there by the id the server gave it.
+    let shown_run = match &metered {
+        Metered::Server(meter) => meter.server_run_id(&report.run),
+        Metered::Here(_) => None,
+    };
+    print_report(&args, &flow, &report, shown_run.as_deref());
     Ok(match report.outcome {
         RunOutcome::Completed => ExitCode::SUCCESS,
         RunOutcome::Failed { .. } => ExitCode::FAILURE,
@@ -91,16 +96,31 @@ pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What meters a run: the team's ledger on a server, or a ledger on this machine.
+enum Metered {
+    Server(ServerMeter),
+    Here(Box<dyn Meter>),
+}
+
+impl Metered {
+    fn meter(&self) -> &dyn Meter {
+        match self {
+            Metered::Server(meter) => meter,
+            Metered::Here(meter) => &**meter,
+        }
+    }
+}
+
 /// The team's ledger on a server with `--server`, the durable ledger with `--db`; otherwise a
 /// ledger that lives for this one run.
-fn meter(args: &RunArgs, rules: Rules) -> anyhow::Result<Box<dyn Meter>> {
+fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
     if let (Some(server), Some(key)) = (&args.server, &args.key) {
         anyhow::ensure!(args.plan.is_none(), "--plan is for runs without --server; the team's plan is on the server");
-        return Ok(Box::new(ServerMeter::new(server, &args.team, key, &args.flow.display().to_string())));
+        return Ok(Metered::Server(ServerMeter::new(server, &args.team, key, &flow.name)));
     }
     let Some(db) = &args.db else {
         let plan: PlanId = args.plan.as_deref().unwrap_or("team").parse().context("--plan")?;
-        return Ok(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan)))));
+        return Ok(Metered::Here(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan))))));
     };
     if args.plan.is_some() {
         anyhow::bail!("--plan is for runs without --db; the team's plan is in the ledger (change it there)");
@@ -111,7 +131,7 @@ fn meter(args: &RunArgs, rules: Rules) -> anyhow::Result<Box<dyn Meter>> {
         StoreError::UnknownTeam { .. } => anyhow::anyhow!("team `{}` is not in the ledger {}; create it first: flowcredits teams create {} --plan free|solo|team|enterprise --db {}", args.team, db.display(), args.team, db.display()),
         other => anyhow::Error::new(other).context(format!("cannot read team `{}` from {}", args.team, db.display())),
     })?;
-    Ok(Box::new(StoreMeter::new(store, team, rules)))
+    Ok(Metered::Here(Box::new(StoreMeter::new(store, team, rules))))
 }
 
 /// Runs a future to completion on a small runtime (the engine needs tokio's timers and its
@@ -139,9 +159,20 @@ fn parse_config(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     Ok(config)
 }
 
-fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport) {
+/// An execution's id as the ledger that metered it knows it: under `run` (the server's id for
+/// the run) instead of this process's.
+fn execution_label(report: &RunReport, run: &str, execution: &flowcredits_engine::Execution) -> String {
+    match execution.id.as_str().strip_prefix(report.run.as_str()) {
+        Some(rest) => format!("{run}{rest}"),
+        None => execution.id.as_str().to_owned(),
+    }
+}
+
+/// `shown_run` is the run's id where it was metered, when that is not this process's id.
+fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport, shown_run: Option<&str>) {
+    let run = shown_run.unwrap_or(report.run.as_str());
     if args.json {
-        println!("{}", report_json(&args.team, flow, report));
+        println!("{}", report_json(&args.team, flow, report, run));
         return;
     }
     let outcome = match &report.outcome {
@@ -149,7 +180,7 @@ fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport) {
         RunOutcome::Paused => "paused: the team has no credits left; turn on pay-as-you-go, buy credits or wait for the next period".to_owned(),
         RunOutcome::Failed { error } => format!("failed: {error}"),
     };
-    println!("run {} of flow `{}` for team {}: {outcome}", report.run, flow.name, args.team);
+    println!("run {run} of flow `{}` for team {}: {outcome}", flow.name, args.team);
     for (title, lines) in [("outputs", &report.outputs), ("log", &report.logs)] {
         if !lines.is_empty() {
             println!("\n{title}:");
@@ -162,15 +193,16 @@ fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport) {
         println!("\nresponse {}: {}", response.status, response.body);
     }
     println!("\nreceipt:");
-    let width = report.executions.iter().map(|execution| execution.id.as_str().len()).max().unwrap_or(0);
-    for execution in &report.executions {
+    let labels: Vec<String> = report.executions.iter().map(|execution| execution_label(report, run, execution)).collect();
+    let width = labels.iter().map(String::len).max().unwrap_or(0);
+    for (execution, label) in report.executions.iter().zip(&labels) {
         let failed = if execution.ok { "" } else { "  (failed)" };
-        println!("  {:width$}  {:<22} {:>6}{failed}", execution.id.as_str(), execution.kind.as_str(), execution.credits.0);
+        println!("  {label:width$}  {:<22} {:>6}{failed}", execution.kind.as_str(), execution.credits.0);
     }
     println!("  {:width$}  {:<22} {:>6} credits", "total", "", report.total.0);
 }
 
-fn report_json(team: &str, flow: &Flow, report: &RunReport) -> Value {
+fn report_json(team: &str, flow: &Flow, report: &RunReport, run: &str) -> Value {
     let (outcome, error) = match &report.outcome {
         RunOutcome::Completed => ("completed", None),
         RunOutcome::Paused => ("paused", None),
@@ -178,7 +210,7 @@ fn report_json(team: &str, flow: &Flow, report: &RunReport) -> Value {
     };
     let outputs = |lines: &[flowcredits_engine::Output]| lines.iter().map(|output| json!({"at": output.at, "label": output.label, "value": output.value})).collect::<Vec<_>>();
     json!({
-        "run": report.run.as_str(),
+        "run": run,
         "team": team,
         "flow": flow.name,
         "outcome": outcome,
@@ -186,7 +218,7 @@ fn report_json(team: &str, flow: &Flow, report: &RunReport) -> Value {
         "outputs": outputs(&report.outputs),
         "logs": outputs(&report.logs),
         "response": report.response.as_ref().map(|response| json!({"status": response.status, "body": response.body})),
-        "executions": report.executions.iter().map(|execution| json!({"id": execution.id.as_str(), "block": execution.block(), "kind": execution.kind.as_str(), "credits": execution.credits.0, "ok": execution.ok})).collect::<Vec<_>>(),
+        "executions": report.executions.iter().map(|execution| json!({"id": execution_label(report, run, execution), "block": execution.block(), "kind": execution.kind.as_str(), "credits": execution.credits.0, "ok": execution.ok})).collect::<Vec<_>>(),
         "total": report.total.0,
     })
 }

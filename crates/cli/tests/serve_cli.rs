@@ -110,6 +110,13 @@ async fn a_local_run_is_metered_against_the_servers_ledger() {
     assert_eq!(usage["used"], 7, "the demo's 6 credits and the cloud run's 1: {usage}");
     let runs = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs?trigger=manual"), &owner, Value::Null).await;
     assert_eq!(runs["items"].as_array().unwrap().len(), 2, "{runs}");
+    // The receipt names the run as the server knows it, and the server records it under the
+    // flow's name, not the file's path.
+    let run_id = cloud["run"].as_str().unwrap();
+    assert!(run_id.starts_with("run_"), "{cloud}");
+    assert_eq!(cloud["executions"][1]["id"], format!("{run_id}/twice"), "{cloud}");
+    let recorded = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs/{run_id}"), &owner, Value::Null).await;
+    assert_eq!((recorded["credits"].clone(), recorded["flow_id"].clone()), (json!(1), json!("double")), "{recorded}");
     // A wrong key is refused before anything runs.
     let refused = Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("run").arg(&flow).args(["--team", "demo", "--server", &base, "--key", "fck_wrong"]).output().unwrap();
     assert!(!refused.status.success());

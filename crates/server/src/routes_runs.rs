@@ -289,7 +289,14 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
     state
         .catalog
         .call(move |connection| {
-            let run = history::NewRun { id: &id, team: &team_name, flow_id: &body.flow, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: run_state, input: &Value::Null, at_ms: catalog::now_ms() };
+            // A run of a flow the team has saved is shown under that flow (usage by flow, history
+            // filters); any other local flow under the name it was given.
+            let flow_id = match catalog::flow_by_name(connection, &team_name, &body.flow) {
+                Ok(flow) => flow.id,
+                Err(ApiError::NotFound(_)) => body.flow.clone(),
+                Err(err) => return Err(err),
+            };
+            let run = history::NewRun { id: &id, team: &team_name, flow_id: &flow_id, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: run_state, input: &Value::Null, at_ms: catalog::now_ms() };
             history::insert_run(connection, &run, None)
         })
         .await?;
