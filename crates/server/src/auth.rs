@@ -98,7 +98,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             Action::Read => "read this team",
             Action::Build => "change flows, deployments or runs (owner, admin or editor)",

@@ -45,7 +45,9 @@ pub async fn reject_get() -> Response {
 }
 
 pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query): Query<McpQuery>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    caller.authorize(&state, &query.team, Action::Read).await?;
+    // Any member may list the tools; calling one starts a run, which takes the role that
+    // starts runs everywhere else (owner, admin, editor).
+    let role = caller.authorize(&state, &query.team, Action::Read).await?;
     let request: RpcRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => return Ok(Json(rpc_error(Value::Null, -32700, format!("parse error: {err}"))).into_response()),
@@ -63,6 +65,7 @@ pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query):
         }}),
         "ping" => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
         "tools/list" => json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools(&state, &query.team).await?}}),
+        "tools/call" if !role.allows(Action::Build) => rpc_error(id, -32001, format!("your role in team {} is {role}; it cannot {}", query.team, Action::Build.describe())),
         "tools/call" => call_tool(&state, &query.team, id, &request.params).await?,
         other => rpc_error(id, -32601, format!("method `{other}` is not supported (initialize, ping, tools/list, tools/call)")),
     };

@@ -183,8 +183,8 @@ const ROUTES: &[Route] = &[
     Route { method: "get", path: "/v1/teams/{team}/purchases", summary: "Credits bought, oldest first, with what remains of each and when it expires", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: PAGE, success: "200" },
     Route { method: "get", path: "/v1/teams/{team}/alerts", summary: "Usage alerts and their deliveries", access: "member", body: None, query: PAGE, success: "200" },
-    Route { method: "post", path: "/hooks/{team}/{path}", summary: "Call a deployed flow (sync: 30 s then 408; `?async=true`: 202)", access: "member", body: Some(|| json!({})), query: &[("async", "boolean")], success: "200" },
-    Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member; `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200" },
+    Route { method: "post", path: "/hooks/{team}/{path}", summary: "Call a deployed flow (sync: 30 s then 408; `?async=true`: 202)", access: "owner, admin, editor", body: Some(|| json!({})), query: &[("async", "boolean")], success: "200" },
+    Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member (calling a tool: owner, admin, editor); `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200" },
 ];
 
 /// The routes that start a run, and so answer as a run's start does (`routes_runs::answer_started`).

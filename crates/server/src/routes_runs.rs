@@ -179,7 +179,8 @@ async fn hook_target(state: &AppState, team: &str, path: &str) -> Result<HookTar
 /// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
 /// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
 pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, query: Query<Map<String, Value>>, body: Body) -> Result<Response, ApiError> {
-    caller.authorize(&state, &team, Action::Read).await?;
+    // A call starts a run, which spends credits: the roles that start runs from the API.
+    caller.authorize(&state, &team, Action::Build).await?;
     let plan = state.ledger.team(&team).await?.plan;
     let limit = state.rules.plans.get(plan).request_body_bytes_max;
     // The body was read by `read_request_body`; the plan's limit is checked here.

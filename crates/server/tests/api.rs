@@ -131,6 +131,14 @@ async fn mcp_lists_deployed_tools_and_calling_one_runs_the_flow() {
     assert_eq!(runs["items"].as_array().unwrap().len(), 1, "the call ran the flow with trigger mcp");
     let (_, unknown) = server.post("/mcp?team=acme", &owner, rpc(4, "tools/call", json!({"name": "nope"}))).await;
     assert_eq!(unknown["error"]["code"], -32602);
+    // A viewer sees the tools but may not run one.
+    let viewer = server.member("acme", &owner, "viewer").await;
+    let (_, listed) = server.post("/mcp?team=acme", &viewer, rpc(5, "tools/list", json!({}))).await;
+    assert_eq!(listed["result"]["tools"].as_array().map(Vec::len), Some(1), "{listed}");
+    let (_, refused) = server.post("/mcp?team=acme", &viewer, rpc(6, "tools/call", json!({"name": "tools_greet", "arguments": {"name": "Ada"}}))).await;
+    assert!(refused["error"]["message"].as_str().is_some_and(|message| message.contains("viewer")), "{refused}");
+    let (_, runs) = server.get("/v1/teams/acme/runs?trigger=mcp", &owner).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1, "the refused call ran nothing");
     // Only flows with an mcp trigger can be deployed as tools.
     let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": server.deploy("acme", &owner, "plain", support::flow_costing_25()).await, "path": "x", "trigger": "mcp"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");

@@ -110,6 +110,9 @@ async fn roles_limit_what_members_do_and_free_plans_make_everyone_admin() {
         (&editor, Method::POST, "/v1/teams/acme/purchases", Some(json!({"credits": 5})), StatusCode::FORBIDDEN),
         (&editor, Method::PUT, "/v1/teams/acme/members/nobody", Some(json!({"role": "viewer"})), StatusCode::FORBIDDEN),
         (&viewer, Method::GET, "/v1/teams/acme/usage", None, StatusCode::OK),
+        // A hook call starts a run and spends credits: not for viewers or billing members.
+        (&viewer, Method::POST, "/hooks/acme/work", Some(json!({})), StatusCode::FORBIDDEN),
+        (&billing, Method::POST, "/hooks/acme/work", Some(json!({})), StatusCode::FORBIDDEN),
         (&editor, Method::POST, "/v1/teams/acme/flows", Some(definition.clone()), StatusCode::CREATED),
         (&billing, Method::PATCH, "/v1/teams/acme/billing", Some(json!({"payg_cap_usd": "5.000"})), StatusCode::OK),
         // Team cannot buy credits: the plan refuses, whoever asks.
