@@ -210,15 +210,29 @@ where
     async fn from_request(request: axum::extract::Request, _state: &S) -> Result<JsonBody<T>, ApiError> {
         // `read_request_body` already bounded the body.
         let bytes = axum::body::to_bytes(request.into_body(), usize::MAX).await.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize(&mut deserializer) {
-            Ok(value) => Ok(JsonBody(value)),
-            Err(err) => {
-                let path = err.path().to_string();
-                let field = if path == "." { "body".to_owned() } else { path };
-                Err(ApiError::invalid(field, err.into_inner().to_string()))
-            }
+        // Serde would read an array into a struct's fields by position; every body here is an
+        // object of named fields.
+        if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::invalid("body", "must be a JSON object, not an array"));
         }
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut deserializer).map(JsonBody).map_err(|err| {
+            let path = err.path().to_string();
+            let message = err.into_inner().to_string();
+            ApiError::invalid(field_of(&path, &message, "body"), message)
+        })
+    }
+}
+
+/// The field a deserialization error is about: its path, completed by the name of a missing
+/// field (serde reports those at the enclosing object), or `whole` for the input as a whole.
+fn field_of(path: &str, message: &str, whole: &str) -> String {
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split_once('`')).map(|(name, _)| name);
+    match (path, missing) {
+        (".", Some(name)) => name.to_owned(),
+        (".", None) => whole.to_owned(),
+        (path, Some(name)) => format!("{path}.{name}"),
+        (path, None) => path.to_owned(),
     }
 }
 
@@ -235,7 +249,11 @@ where
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Query<T>, ApiError> {
         let query = parts.uri.query().unwrap_or("");
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
-        serde_path_to_error::deserialize(deserializer).map(Query).map_err(|err| ApiError::invalid(format!("query {}", err.path()), err.into_inner().to_string()))
+        serde_path_to_error::deserialize(deserializer).map(Query).map_err(|err| {
+            let path = err.path().to_string();
+            let message = err.into_inner().to_string();
+            ApiError::invalid(field_of(&path, &message, "query"), message)
+        })
     }
 }
 

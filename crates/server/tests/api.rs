@@ -836,3 +836,22 @@ async fn a_flow_naming_an_unknown_model_is_refused_when_saved() {
     let (status, refused) = server.call(Method::PUT, &format!("/v1/teams/models/flows/{flow_id}"), &owner, Some(json!({"definition": agent("gpt-99")}))).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("definition")), "an edit is checked too: {refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_and_queries_name_the_field() {
+    let server = support::start().await;
+    let owner = server.team("fields", "team").await;
+    let cases: [(Method, &str, Option<Value>, &str, &str); 6] = [
+        (Method::POST, "/v1/teams/fields/flows", Some(json!({"definition": {}})), "name", "missing field"),
+        (Method::POST, "/v1/teams/fields/flows", Some(json!({"name": 5, "definition": {}})), "name", "invalid type"),
+        (Method::POST, "/v1/users", Some(json!(["Arr"])), "body", "not an array"),
+        (Method::GET, "/v1/teams/fields/runs?limit=-1", None, "limit", "invalid digit"),
+        (Method::GET, "/v1/teams/fields/runs?limit=0", None, "limit", ""),
+        (Method::POST, "/mcp", Some(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})), "team", "missing field"),
+    ];
+    for (method, path, body, field, problem) in cases {
+        let (status, refused) = server.call(method.clone(), path, &owner, body).await;
+        assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!(field)), "{method} {path}: {refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().contains(problem), "{method} {path}: {refused}");
+    }
+}
