@@ -27,6 +27,11 @@ pub struct ServeArgs {
     /// ledger keeps every charge regardless.
     #[arg(long, default_value_t = 90, env = "FLOWCREDITS_HISTORY_DAYS", value_parser = clap::value_parser!(u32).range(0..=36_500))]
     history_days: u32,
+    /// Let flows' HTTP requests and alert webhooks reach loopback, private and link-local
+    /// addresses (a server on a trusted network). By default they reach public hosts only, so
+    /// that no team's flow can call this server, its neighbours or a cloud metadata service.
+    #[arg(long, env = "FLOWCREDITS_ALLOW_PRIVATE_HOSTS")]
+    allow_private_hosts: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -42,7 +47,7 @@ pub fn run(rules: &RulesArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         subscriber.init();
     }
     let history_retention = (args.history_days > 0).then(|| Duration::from_secs(u64::from(args.history_days) * 24 * 3600));
-    let config = ServeConfig { db: args.db, listen: args.listen, rules: rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention };
+    let config = ServeConfig { db: args.db, listen: args.listen, rules: rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention, allow_private_hosts: args.allow_private_hosts };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(config)).map_err(|err| anyhow::anyhow!("{err}"))?;
     Ok(ExitCode::SUCCESS)

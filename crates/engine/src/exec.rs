@@ -139,7 +139,7 @@ impl Default for Limits {
 
 /// Runs flows. Cheap to share; one engine serves many runs.
 pub struct Engine {
-    http: reqwest::Client,
+    http: crate::http::HttpClient,
     limits: Limits,
     /// Keep each block execution's inputs, outputs and timing (for run history). Off by
     /// default: it copies every value that flows.
@@ -156,7 +156,12 @@ impl Default for Engine {
 
 impl Engine {
     pub fn new(providers: Providers, resolver: Arc<dyn FlowResolver>) -> Engine {
-        Engine { http: crate::http::client(), limits: Limits::default(), traces: false, providers, resolver }
+        Engine { http: crate::http::HttpClient::new(crate::http::Destinations::Any), limits: Limits::default(), traces: false, providers, resolver }
+    }
+
+    /// Keeps `http_request` blocks to `destinations` (a server: public hosts only).
+    pub fn with_destinations(self, destinations: crate::http::Destinations) -> Engine {
+        Engine { http: crate::http::HttpClient::new(destinations), ..self }
     }
 
     pub fn with_limits(self, limits: Limits) -> Engine {

@@ -63,9 +63,12 @@ impl HttpSpec {
     /// `status`, `headers`, `body` and `success` (2xx) or `failure`; a request that got no
     /// response fills `failure` with the reason. `Err` is a block failure (a template that
     /// cannot be filled).
-    pub async fn send(&self, client: &reqwest::Client, scope: &Scope<'_>, body_input: Option<Value>) -> Result<Vec<(&'static str, Value)>, String> {
+    pub async fn send(&self, http: &HttpClient, scope: &Scope<'_>, body_input: Option<Value>) -> Result<Vec<(&'static str, Value)>, String> {
         let url = self.url.render(scope)?;
-        let mut request = client.request(self.method.clone(), &url).timeout(Duration::from_millis(self.timeout_ms));
+        if let Some(reason) = http.refusal(&url) {
+            return Ok(vec![("failure", json!({"error": format!("request refused: {reason}"), "url": url}))]);
+        }
+        let mut request = http.client.request(self.method.clone(), &url).timeout(Duration::from_millis(self.timeout_ms));
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.render(scope)?);
         }
@@ -101,16 +104,109 @@ impl HttpSpec {
     }
 }
 
-/// The client every `http_request` of an engine shares (connection reuse).
+/// Where requests may go. A server runs many teams' flows on its own network: there, a flow
+/// must not reach the server itself, its neighbours or a cloud's metadata service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Destinations {
+    /// Any address: the local canvas, a private runner, or an operator who allows it.
+    #[default]
+    Any,
+    /// Public addresses only: no loopback, private, link-local, shared, multicast or reserved
+    /// ones, whether written in the URL, resolved from a name or reached by a redirect.
+    PublicOnly,
+}
+
+/// A client with the policy it enforces.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    pub client: reqwest::Client,
+    pub destinations: Destinations,
+}
+
+impl HttpClient {
+    pub fn new(destinations: Destinations) -> HttpClient {
+        HttpClient { client: client_for(destinations), destinations }
+    }
+
+    /// Why `url` may not be requested, if it may not (an address written in the URL; names are
+    /// checked when they are resolved).
+    pub fn refusal(&self, url: &str) -> Option<String> {
+        match self.destinations {
+            Destinations::Any => None,
+            Destinations::PublicOnly => reqwest::Url::parse(url).ok().and_then(|url| refused_address(&url)),
+        }
+    }
+}
+
+/// The client every `http_request` of an engine shares (connection reuse), to any address.
 pub fn client() -> reqwest::Client {
+    client_for(Destinations::Any)
+}
+
+/// A client that keeps to `destinations`.
+pub fn client_for(destinations: Destinations) -> reqwest::Client {
     // reqwest is built without a default crypto provider (the aws-lc one compiles a large C
     // library); ring is installed here, once per process. A second install is a no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(HTTP_REDIRECTS_MAX))
-        .user_agent(concat!("flowcredits/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("an HTTP client with a crypto provider installed builds")
+    let builder = reqwest::Client::builder().user_agent(concat!("flowcredits/", env!("CARGO_PKG_VERSION")));
+    let builder = match destinations {
+        Destinations::Any => builder.redirect(reqwest::redirect::Policy::limited(HTTP_REDIRECTS_MAX)),
+        Destinations::PublicOnly => builder.dns_resolver(std::sync::Arc::new(PublicResolver)).redirect(reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= HTTP_REDIRECTS_MAX {
+                return attempt.error(format!("more than {HTTP_REDIRECTS_MAX} redirects"));
+            }
+            match refused_address(attempt.url()) {
+                Some(reason) => attempt.error(format!("redirected to {reason}")),
+                None => attempt.follow(),
+            }
+        })),
+    };
+    builder.build().expect("an HTTP client with a crypto provider installed builds")
+}
+
+/// Whether `ip` is an address on the public internet.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            let shared = a == 100 && (64..128).contains(&b);
+            let reserved = a == 0 || a >= 240 || (a == 192 && b == 0 && v4.octets()[2] == 0) || (a == 198 && (b == 18 || b == 19));
+            !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast() || v4.is_documentation() || v4.is_multicast() || shared || reserved)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || v6.is_unique_local() || v6.is_unicast_link_local()),
+        },
+    }
+}
+
+/// The reason a URL whose host is a written address is refused, when it is not public.
+fn refused_address(url: &reqwest::Url) -> Option<String> {
+    let ip: std::net::IpAddr = match url.host()? {
+        url::Host::Ipv4(v4) => v4.into(),
+        url::Host::Ipv6(v6) => v6.into(),
+        url::Host::Domain(_) => return None,
+    };
+    (!is_public(ip)).then(|| format!("{ip}, which is not a public address; flows run by the server reach public hosts only"))
+}
+
+/// Resolves names as the system does and keeps only public addresses.
+struct PublicResolver;
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> = found.iter().copied().filter(|address| is_public(address.ip())).collect();
+            if public.is_empty() {
+                let listed = found.iter().map(|address| address.ip().to_string()).collect::<Vec<_>>().join(", ");
+                return Err(format!("{host} resolves to no public address ({listed}); flows run by the server reach public hosts only").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {

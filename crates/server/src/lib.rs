@@ -79,8 +79,8 @@ pub struct AppParts {
     pub ledger: ledger::Ledger,
     pub runner: runner::Runner,
     pub metrics: Arc<metrics::Metrics>,
-    /// Outgoing HTTP (alert webhooks).
-    pub http: reqwest::Client,
+    /// Outgoing HTTP (alert webhooks), kept to the same destinations as flows' requests.
+    pub http: flowcredits_engine::http::HttpClient,
     /// How long a synchronous call waits for a run's answer before 408 (30 s; shorter in tests).
     pub sync_wait: std::time::Duration,
     /// A run still going after this long is stopped and recorded as timed out (60 minutes).

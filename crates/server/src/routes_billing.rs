@@ -100,6 +100,9 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
     {
         return Err(ApiError::invalid("alert_webhook_url", format!("must be an http(s) URL of at most {WEBHOOK_URL_BYTES_MAX} bytes")));
     }
+    if let Some(reason) = body.alert_webhook_url.as_ref().and_then(|url| url.as_deref()).and_then(|url| state.http.refusal(url)) {
+        return Err(ApiError::invalid("alert_webhook_url", format!("points at {reason}")));
+    }
     // Everything is checked before anything is written; then each change is applied in order.
     for change in changes {
         state.ledger.change_billing(&team, &caller.user.id, change).await?;

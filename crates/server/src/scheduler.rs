@@ -217,11 +217,14 @@ async fn deliver(state: AppState, team: String, id: String, payload: Value) {
     let Ok(Some(url)) = state.catalog.call(move |connection| catalog::alert_webhook(connection, &name)).await else { return };
     for wait in std::iter::once(Duration::ZERO).chain(ALERT_RETRY_WAITS) {
         tokio::time::sleep(wait).await;
-        let outcome = state.http.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).json(&payload).send().await;
+        let outcome = match state.http.refusal(&url) {
+            Some(reason) => Err(format!("the webhook was not called: {reason}")),
+            None => state.http.client.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).json(&payload).send().await.map_err(|err| format!("the webhook could not be reached: {err}")),
+        };
         let error = match outcome {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some(format!("the webhook answered {}", response.status())),
-            Err(err) => Some(format!("the webhook could not be reached: {err}")),
+            Err(reason) => Some(reason),
         };
         let (alert_id, error_text) = (id.clone(), error.clone());
         if let Err(err) = state.catalog.call(move |connection| catalog::record_alert_attempt(connection, &alert_id, error_text.as_deref())).await {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use flowcredits_core::{AnchorDay, PlanId, Rules};
 use flowcredits_engine::Engine;
+use flowcredits_engine::http::{Destinations, HttpClient};
 use flowcredits_store::{LedgerStore, SqliteStore};
 use serde_json::json;
 use tokio::sync::watch;
@@ -29,6 +30,9 @@ pub struct ServeConfig {
     pub drain: Duration,
     /// How long finished runs stay in run history (`None`: forever).
     pub history_retention: Option<Duration>,
+    /// Let flows' requests and alert webhooks reach private and loopback addresses (a server
+    /// on a trusted network; by default they reach public hosts only).
+    pub allow_private_hosts: bool,
 }
 
 /// Where the catalog (users, keys, flows, deployments, run history) lives for the ledger at
@@ -44,21 +48,27 @@ pub fn catalog_path(db: &std::path::Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-/// Opens the databases and builds the state every handler shares.
+/// Opens the databases and builds the state every handler shares. Flows' requests and alert
+/// webhooks reach public hosts only ([`open_state_with`] chooses).
 pub fn open_state(db: &std::path::Path, rules: Rules) -> Result<AppState, ApiError> {
+    open_state_with(db, rules, Destinations::PublicOnly)
+}
+
+/// [`open_state`], with flows' requests and alert webhooks kept to `destinations`.
+pub fn open_state_with(db: &std::path::Path, rules: Rules, destinations: Destinations) -> Result<AppState, ApiError> {
     let store = SqliteStore::open(db, rules.clone()).map_err(|err| ApiError::internal(format!("cannot open the ledger at {}: {err}", db.display())))?;
     let catalog_file = catalog_path(db);
     let catalog = Catalog::open(&catalog_file)?;
     let history = crate::history_log::HistoryLog::open(&catalog_file)?;
     // The engine's client: it installs the TLS provider and carries the project's timeouts.
-    let http = flowcredits_engine::http::client();
+    let http = HttpClient::new(destinations);
     Ok(AppState::new(crate::AppParts {
         rules: Arc::new(rules),
         catalog,
         history,
         ledger: Ledger::new(Arc::new(store) as Arc<dyn LedgerStore>),
         // History shows each block's inputs, outputs and timing.
-        runner: Runner::new(Engine::default().with_block_traces()),
+        runner: Runner::new(Engine::default().with_block_traces().with_destinations(destinations)),
         metrics: Arc::new(Metrics::default()),
         http,
         sync_wait: crate::routes_runs::SYNC_WAIT_DEFAULT,
@@ -167,7 +177,8 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
 
 /// Serves until SIGINT or SIGTERM, then stops taking requests and waits for running flows.
 pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
-    let mut state = open_state(&config.db, config.rules)?;
+    let destinations = if config.allow_private_hosts { Destinations::Any } else { Destinations::PublicOnly };
+    let mut state = open_state_with(&config.db, config.rules, destinations)?;
     state.history_retention = config.history_retention;
     if let Some(token) = bootstrap_operator(&state).await? {
         eprintln!("Created the operator account. Its API key is shown once; store it now:\n  {token}");

@@ -855,3 +855,29 @@ async fn bad_bodies_and_queries_name_the_field() {
         assert!(refused["error"]["message"].as_str().unwrap().contains(problem), "{method} {path}: {refused}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_flows_and_webhooks_reach_public_hosts_only() {
+    let server = support::start_public_only().await;
+    let owner = server.team("guarded", "team").await;
+    // The server itself, by address and by name, and a cloud metadata address.
+    let targets = [format!("{}/metrics", server.base), format!("{}/metrics", server.base.replace("127.0.0.1", "localhost")), "http://169.254.169.254/latest/meta-data/".to_owned(), "http://[::1]:9/".to_owned(), "http://10.0.0.1/".to_owned()];
+    for (index, url) in targets.iter().enumerate() {
+        let flow = json!({"name": format!("probe{index}"), "blocks": [
+            {"id": "start", "kind": "start"},
+            {"id": "fetch", "kind": "http_request", "config": {"url": url, "timeout_ms": 2000}},
+            {"id": "show", "kind": "display"}
+        ], "edges": [{"from": "start.input", "to": "fetch.input"}, {"from": "fetch.failure", "to": "show.value"}]});
+        let (status, saved) = server.post("/v1/teams/guarded/flows", &owner, json!({"name": format!("probe{index}"), "definition": flow})).await;
+        assert_eq!(status, StatusCode::CREATED, "{saved}");
+        let (status, run) = server.post("/v1/teams/guarded/runs", &owner, json!({"flow_id": saved["id"], "wait": true})).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {run}");
+        let shown = run["output"].to_string();
+        assert!(shown.contains("public"), "{url} was not refused: {run}");
+        assert!(!shown.contains("flowcredits_runs"), "{url} reached the server's metrics: {run}");
+    }
+    for url in ["http://127.0.0.1:9/hook", "http://[fd00::1]/hook", "http://192.168.1.10/hook"] {
+        let (status, refused) = server.call(Method::PATCH, "/v1/teams/guarded/billing", &owner, Some(json!({"alert_webhook_url": url}))).await;
+        assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("alert_webhook_url")), "{url}: {refused}");
+    }
+}

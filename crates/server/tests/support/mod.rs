@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use flowcredits_core::Rules;
-use flowcredits_server::serve::{bootstrap_operator, open_state};
+use flowcredits_server::serve::{bootstrap_operator, open_state_with};
 use flowcredits_server::{AppState, app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -25,8 +25,17 @@ pub async fn start() -> Server {
 /// A server with other rules, and its state changed by `tune` before it serves.
 pub async fn start_with(rules: Rules, tune: impl FnOnce(&mut AppState)) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut state = open_state(&dir.path().join("flowcredits.db"), rules).unwrap();
+    // The tests' webhooks and HTTP services listen on loopback.
+    let mut state = open_state_with(&dir.path().join("flowcredits.db"), rules, flowcredits_engine::http::Destinations::Any).unwrap();
     tune(&mut state);
+    let operator = bootstrap_operator(&state).await.unwrap().expect("a fresh database has no users");
+    listen(state, operator, dir).await
+}
+
+/// A server as `serve` starts one by default: flows and webhooks reach public hosts only.
+pub async fn start_public_only() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let state = flowcredits_server::serve::open_state(&dir.path().join("flowcredits.db"), Rules::shipped()).unwrap();
     let operator = bootstrap_operator(&state).await.unwrap().expect("a fresh database has no users");
     listen(state, operator, dir).await
 }
