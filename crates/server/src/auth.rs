@@ -120,7 +120,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let token = header.and_then(|value| value.strip_prefix("Bearer ")).map(str::trim).filter(|token| token.starts_with(KEY_PREFIX)).ok_or(ApiError::Unauthenticated)?;
+        let token = bearer_token(header).filter(|token| token.starts_with(KEY_PREFIX)).ok_or(ApiError::Unauthenticated)?;
         let digest = key_digest(token);
         if let Some(user) = state.keys.get(&digest) {
             return Ok(Caller { user });
@@ -130,6 +130,13 @@ impl FromRequestParts<AppState> for Caller {
         state.keys.insert(digest, user.clone());
         Ok(Caller { user })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme's case does not matter
+/// (RFC 9110).
+pub fn bearer_token(header: Option<&str>) -> Option<&str> {
+    let (scheme, token) = header?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl Caller {

@@ -24,6 +24,8 @@ pub enum ApiError {
     LimitReached(String),
     #[error("the request body is larger than {limit} bytes, the most this endpoint accepts (a team's plan sets it for hooks)")]
     PayloadTooLarge { limit: u64 },
+    #[error("this route does not take that method (see /openapi.json)")]
+    MethodNotAllowed,
     #[error("internal error; the server log has the details")]
     Internal(String),
 }
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::LimitReached(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_reached"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -141,7 +141,7 @@ pub fn app(state: AppState) -> Router {
         .route("/teams/{team}/invoices", get(routes_billing::invoices))
         .route("/teams/{team}/alerts", get(routes_billing::alerts));
     Router::new()
-        .nest("/v1", v1)
+        .nest("/v1", v1.method_not_allowed_fallback(method_not_allowed))
         .route("/hooks/{team}/{*path}", any(routes_runs::call_hook))
         .route("/mcp", post(mcp::handle).get(mcp::reject_get))
         .route("/dashboard", get(dashboard::page))
@@ -149,6 +149,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/healthz", get(health))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(read_request_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_requests))
         .with_state(state)
@@ -161,6 +162,10 @@ async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> 
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("route (see /openapi.json)".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// Largest request body read at all, in bytes: the largest any plan accepts for a hook.
@@ -212,10 +217,14 @@ where
         let bytes = axum::body::to_bytes(request.into_body(), usize::MAX).await.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
         // Serde would read an array into a struct's fields by position; every body here is an
         // object of named fields.
-        if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(ApiError::invalid("body", "must be a JSON object, not an array"));
-        }
-        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        let bytes: &[u8] = match bytes.iter().find(|byte| !byte.is_ascii_whitespace()) {
+            Some(b'[') => return Err(ApiError::invalid("body", "must be a JSON object, not an array")),
+            // No body is an object of no fields: right where every field is optional, and
+            // otherwise refused by name like any missing field.
+            None => b"{}",
+            Some(_) => &bytes,
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         serde_path_to_error::deserialize(&mut deserializer).map(JsonBody).map_err(|err| {
             let path = err.path().to_string();
             let message = err.into_inner().to_string();

@@ -115,7 +115,7 @@ async fn answer_started(started: Started, team: &str, wait: Option<Duration>, an
         let body = json!({
             "run_id": run_id,
             "status": "paused",
-            "error": {"code": "out_of_credits", "message": "the team has used its credits; the run is paused and will run when credits return (turn on pay-as-you-go, buy credits, or wait for the next billing period)"},
+            "error": {"code": "out_of_credits", "message": "the team has used its credits; the run is paused and will run when credits return (turn on pay-as-you-go or raise its spending cap, buy credits, or wait for the next billing period)"},
         });
         return (paused_status, Json(body)).into_response();
     }
@@ -189,10 +189,14 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let Query(mut query) = query;
-    let asynchronous = query.remove("async").is_some_and(|value| value == "true" || value == "1")
-        || headers.get("prefer").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("respond-async"));
+    let asynchronous = match query.remove("async") {
+        None => false,
+        Some(Value::String(text)) if text == "true" || text == "1" => true,
+        Some(Value::String(text)) if text == "false" || text == "0" => false,
+        Some(other) => return Err(ApiError::invalid("async", format!("{other} is not true, false, 1 or 0"))),
+    } || headers.get("prefer").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("respond-async"));
     let HookTarget { deployment, flow } = hook_target(&state, &team, &path).await?;
-    let input = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
+    let input = hook_input(&headers, &bytes)?;
     let header_map: Map<String, Value> = headers.iter().filter(|(name, _)| *name != axum::http::header::AUTHORIZATION).filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_owned())))).collect();
     let http = HttpTrigger { method: method.to_string(), path: format!("/{path}"), headers: header_map, query };
     let request = StartRequest {
@@ -208,6 +212,20 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
     };
     let started = crate::jobs::start_deployed(&state, deployment.runs_on, request).await?;
     Ok(answer_started(started, &team, (!asynchronous).then_some(state.sync_wait), Answer::Hook).await)
+}
+
+/// What a hook's flow gets as `request.body`: JSON when the body parses as JSON (it must, when
+/// the caller says it is JSON), otherwise the body as text; nothing is null.
+fn hook_input(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    let says_json = headers.get(axum::http::header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).is_some_and(|value| value.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json") || media.trim().ends_with("+json")));
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(err) if says_json => Err(ApiError::invalid("body", format!("the content type is JSON but the body is not: {err}"))),
+        Err(_) => Ok(Value::String(String::from_utf8_lossy(bytes).into_owned())),
+    }
 }
 
 #[derive(Deserialize, Default)]

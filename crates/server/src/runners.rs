@@ -122,7 +122,7 @@ impl FromRequestParts<AppState> for Bearer {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Bearer, ApiError> {
         let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let token = header.and_then(|value| value.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+        let token = crate::auth::bearer_token(header).unwrap_or("");
         if token.starts_with(RUNNER_TOKEN_PREFIX) {
             return Ok(Bearer::Runner(auth::key_digest(token)));
         }

@@ -881,3 +881,33 @@ async fn by_default_flows_and_webhooks_reach_public_hosts_only() {
         assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("alert_webhook_url")), "{url}: {refused}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_read_as_http_says_and_refused_clearly_when_malformed() {
+    let server = support::start().await;
+    let owner = server.team("strict", "team").await;
+    server.deploy("strict", &owner, "echo", slow_flow(0)).await;
+    let client = reqwest::Client::new();
+    let hook = format!("{}/hooks/strict/echo", server.base);
+    // The scheme of `Authorization` is case-insensitive.
+    let me = client.get(format!("{}/v1/me", server.base)).header("authorization", format!("bearer {owner}")).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    // A body that says it is JSON must be JSON; one that does not is passed on as text.
+    let refused = client.post(&hook).bearer_auth(&owner).header("content-type", "application/json").body("not json").send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["field"], "body", "{refused}");
+    let text = client.post(&hook).bearer_auth(&owner).header("content-type", "text/plain").body("not json").send().await.unwrap();
+    assert_eq!((text.status(), text.json::<Value>().await.unwrap()), (StatusCode::CREATED, json!("not json")));
+    // A flag that is neither true nor false is refused, not read as false.
+    let (status, refused) = server.post("/hooks/strict/echo?async=maybe", &owner, json!({})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("async")), "{refused}");
+    // A method a route does not take gets the JSON error shape too.
+    let (status, refused) = server.call(Method::DELETE, "/v1/teams", &owner, None).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (StatusCode::METHOD_NOT_ALLOWED, json!("method_not_allowed")), "{refused}");
+    // No body where every field is optional is an empty object.
+    let (_, deployments) = server.get("/v1/teams/strict/deployments", &owner).await;
+    let deployment = deployments["items"][0]["id"].as_str().unwrap().to_owned();
+    let started = client.post(format!("{}/v1/teams/strict/deployments/{deployment}/runs", server.base)).bearer_auth(&owner).send().await.unwrap();
+    assert_eq!(started.status(), StatusCode::ACCEPTED, "{}", started.text().await.unwrap());
+}
