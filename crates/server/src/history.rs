@@ -374,6 +374,12 @@ pub fn paused_runs(connection: &Connection, team: &str) -> Result<Vec<String>, A
     Ok(statement.query_map([team], |row| row.get(0))?.collect::<Result<_, _>>()?)
 }
 
+/// The paused runs a deployment made, oldest first.
+pub fn paused_runs_of_deployment(connection: &Connection, deployment_id: &str) -> Result<Vec<String>, ApiError> {
+    let mut statement = connection.prepare("SELECT id FROM run_history WHERE deployment_id = ?1 AND status = 'paused' ORDER BY id")?;
+    Ok(statement.query_map([deployment_id], |row| row.get(0))?.collect::<Result<_, _>>()?)
+}
+
 /// Whether a deployment already has a paused run waiting (schedules do not pile them up).
 pub fn deployment_has_paused_run(connection: &Connection, deployment_id: &str) -> Result<bool, ApiError> {
     Ok(connection.query_row("SELECT EXISTS (SELECT 1 FROM run_history WHERE deployment_id = ?1 AND status = 'paused')", [deployment_id], |row| row.get(0))?)

@@ -113,7 +113,7 @@ impl Metrics {
         counter(&mut out, "flowcredits_runs_admitted_total", "Runs admitted and started.", self.runs_admitted.load(Ordering::Relaxed));
         counter(&mut out, "flowcredits_runs_paused_total", "Runs paused at admission for lack of credits.", self.runs_paused.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP flowcredits_runs_finished_total Runs that ended, by status.\n# TYPE flowcredits_runs_finished_total counter");
-        for (state, value) in RunState::ALL.iter().zip(&self.runs_finished) {
+        for (state, value) in RunState::ALL.iter().zip(&self.runs_finished).filter(|(state, _)| state.is_finished()) {
             let _ = writeln!(out, "flowcredits_runs_finished_total{{status=\"{}\"}} {}", state.as_str(), value.load(Ordering::Relaxed));
         }
         counter(&mut out, "flowcredits_credits_charged_total", "Credits charged for block executions.", self.credits_charged.load(Ordering::Relaxed));

@@ -229,9 +229,15 @@ pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team,
 
 pub async fn delete_deployment(State(state): State<AppState>, caller: Caller, Path((team, deployment)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
-    let team_name = team.clone();
-    state.catalog.call(move |connection| catalog::delete_deployment(connection, &team_name, &deployment)).await?;
+    let (team_name, id) = (team.clone(), deployment.clone());
+    state.catalog.call(move |connection| catalog::delete_deployment(connection, &team_name, &id)).await?;
     // The deleted path stops answering on this node now, on others within the cache's life.
     state.hooks.remove_where(|(hook_team, _)| *hook_team == team);
+    // Its paused runs were waiting to run a deployment that is gone: they are cancelled rather
+    // than left to run when credits return.
+    let paused = state.history.read(&state.catalog, move |connection| crate::history::paused_runs_of_deployment(connection, &deployment)).await?;
+    for run in paused {
+        state.runner.cancel(&state, &team, &run).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -261,8 +261,12 @@ pub async fn get_run(State(state): State<AppState>, caller: Caller, Path((team, 
 
 pub async fn cancel_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
-    state.runner.cancel(&state, &team, &run).await?;
-    Ok(Json(json!({"run_id": run, "status": "cancelling"})))
+    // A paused run is cancelled at once; a running one stops at its next step.
+    let status = match state.runner.cancel(&state, &team, &run).await? {
+        RunState::Cancelled => "cancelled",
+        _ => "cancelling",
+    };
+    Ok(Json(json!({"run_id": run, "status": status})))
 }
 
 // ---------------------------------------------------------------- local runs metered here

@@ -212,7 +212,10 @@ impl Runner {
     /// Stops a running run or cancels a paused one. A running run stops where it is: blocks
     /// already charged stay charged; blocks in flight, and executions whose charges the engine
     /// had not yet sent, are not charged (never billed twice, at worst billed less).
-    pub async fn cancel(&self, state: &AppState, team: &str, run_id: &str) -> Result<(), ApiError> {
+    ///
+    /// Returns `Cancelled` when the run is cancelled now (a paused run), `Running` when a
+    /// running run was told to stop and records its cancellation when it does.
+    pub async fn cancel(&self, state: &AppState, team: &str, run_id: &str) -> Result<RunState, ApiError> {
         let (team_name, id) = (team.to_owned(), run_id.to_owned());
         let run = state.history.read(&state.catalog, move |connection| history::run(connection, &team_name, &id)).await?;
         if run.status.is_finished() {
@@ -221,13 +224,17 @@ impl Runner {
         let sender = self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(run_id);
         match sender {
             // The executing task records the cancellation when it stops.
-            Some(sender) => drop(sender.send(())),
+            Some(sender) => {
+                let _ = sender.send(());
+                Ok(RunState::Running)
+            }
             None => {
                 state.ledger.cancel_run(team, run_id).await?;
                 state.history.finished(FinishedRun { id: run_id.to_owned(), state: RunState::Cancelled, credits: 0, output: Value::Null, error: Some("cancelled".into()) });
+                state.metrics.run_finished(RunState::Cancelled);
+                Ok(RunState::Cancelled)
             }
         }
-        Ok(())
     }
 
     fn spawn(&self, state: AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>, reply: Option<oneshot::Sender<RunReply>>) {

@@ -375,12 +375,27 @@ async fn running_and_paused_runs_can_be_cancelled_and_finished_ones_cannot() {
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
     let paused = paused["run_id"].as_str().unwrap().to_owned();
 
-    for run in [&running, &paused] {
+    // A running run is told to stop; a paused one is cancelled there and then.
+    for (run, answered) in [(&running, "cancelling"), (&paused, "cancelled")] {
         let (status, answer) = server.post(&format!("/v1/teams/acme/runs/{run}/cancel"), &owner, json!(null)).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!((status, answer["status"].clone()), (StatusCode::OK, json!(answered)), "{answer}");
         let finished = server.finished_run("acme", &owner, run).await;
         assert_eq!(finished["status"], "cancelled", "{finished}");
     }
+    let metrics = server.client.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("flowcredits_runs_finished_total{status=\"cancelled\"} 2"), "both cancellations are counted:\n{metrics}");
+    assert!(!metrics.contains("flowcredits_runs_finished_total{status=\"paused\"}"), "paused is not an end:\n{metrics}");
+
+    // Deleting a deployment cancels the runs it left paused.
+    let (status, paused_again) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let left = paused_again["run_id"].as_str().unwrap().to_owned();
+    let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
+    let work = deployments["items"].as_array().unwrap().iter().find(|deployment| deployment["path"] == "work").unwrap()["id"].as_str().unwrap().to_owned();
+    let (status, _) = server.call(Method::DELETE, &format!("/v1/teams/acme/deployments/{work}"), &owner, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, run) = server.get(&format!("/v1/teams/acme/runs/{left}"), &owner).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
     let (status, refused) = server.post(&format!("/v1/teams/acme/runs/{paused}/cancel"), &owner, json!(null)).await;
     assert_eq!((status, refused["error"]["code"].clone()), (StatusCode::CONFLICT, json!("conflict")), "{refused}");
     // The cancelled paused run never ran and was never charged.
