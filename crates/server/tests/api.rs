@@ -706,17 +706,22 @@ async fn a_flow_is_deleted_only_when_nothing_deploys_or_runs_it() {
     let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
     let deployment = deployments["items"][0]["id"].as_str().unwrap();
     assert_eq!(server.call(Method::DELETE, &format!("/v1/teams/acme/deployments/{deployment}"), &owner, None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(server.finished_run("acme", &owner, &paused).await["status"], "cancelled", "the deployment's paused run went with it");
+    // A paused run started from the API would resume from one of the flow's snapshots.
+    let (status, manual) = server.post("/v1/teams/acme/runs", &owner, json!({"flow_id": flow_id})).await;
+    assert_eq!((status, manual["status"].clone()), (StatusCode::ACCEPTED, json!("paused")), "{manual}");
+    let manual = manual["run_id"].as_str().unwrap().to_owned();
     let (status, refused) = server.call(Method::DELETE, &flow_path, &owner, None).await;
     assert_eq!(status, StatusCode::CONFLICT, "the paused run would resume from a snapshot: {refused}");
     assert!(refused["error"]["message"].as_str().unwrap().contains("running or paused"), "{refused}");
 
-    assert_eq!(server.post(&format!("/v1/teams/acme/runs/{paused}/cancel"), &owner, json!(null)).await.0, StatusCode::OK);
-    server.finished_run("acme", &owner, &paused).await;
+    assert_eq!(server.post(&format!("/v1/teams/acme/runs/{manual}/cancel"), &owner, json!(null)).await.0, StatusCode::OK);
+    server.finished_run("acme", &owner, &manual).await;
     assert_eq!(server.call(Method::DELETE, &flow_path, &owner, None).await.0, StatusCode::NO_CONTENT);
     assert_eq!(server.get(&flow_path, &owner).await.0, StatusCode::NOT_FOUND);
     assert_eq!(server.call(Method::DELETE, &flow_path, &owner, None).await.0, StatusCode::NOT_FOUND);
     let (_, runs) = server.get("/v1/teams/acme/runs", &owner).await;
-    assert_eq!(runs["items"].as_array().unwrap().len(), 2, "its runs stay in history: {runs}");
+    assert_eq!(runs["items"].as_array().unwrap().len(), 3, "its runs stay in history: {runs}");
     let (_, usage) = server.get("/v1/teams/acme/usage/flows", &owner).await;
     assert_eq!((usage["flows"][0]["flow_id"].as_str(), usage["flows"][0]["name"].clone(), usage["flows"][0]["credits"].clone()), (Some(flow_id.as_str()), Value::Null, json!(25)), "{usage}");
 }
