@@ -123,10 +123,17 @@ pub struct NewDeployment {
     runs_on: Option<String>,
 }
 
+/// A deployment's path: segments that every HTTP client sends as written. An empty segment
+/// (`a//b`, a trailing `/`) or a `.`/`..` segment is normalized away by clients, so such a hook
+/// could never be called.
 fn check_path(path: &str) -> Result<(), ApiError> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '/' | '.');
-    if path.is_empty() || path.len() > DEPLOYMENT_PATH_BYTES_MAX || !path.chars().all(allowed) || path.starts_with('/') || path.contains("..") {
-        return Err(ApiError::invalid("path", format!("must be 1 to {DEPLOYMENT_PATH_BYTES_MAX} characters of letters, digits, '-', '_', '.', '/', not starting with '/'")));
+    if path.is_empty() || path.len() > DEPLOYMENT_PATH_BYTES_MAX || !path.chars().all(allowed) {
+        return Err(ApiError::invalid("path", format!("must be 1 to {DEPLOYMENT_PATH_BYTES_MAX} characters of letters, digits, '-', '_', '.', '/'")));
+    }
+    if let Some(segment) = path.split('/').find(|segment| segment.is_empty() || *segment == "." || *segment == "..") {
+        let what = if segment.is_empty() { "an empty segment (a leading, trailing or doubled '/')".to_owned() } else { format!("a `{segment}` segment") };
+        return Err(ApiError::invalid("path", format!("`{path}` has {what}, which HTTP clients remove before sending")));
     }
     Ok(())
 }

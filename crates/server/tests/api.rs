@@ -874,6 +874,15 @@ async fn bad_bodies_and_queries_name_the_field() {
         assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!(field)), "{method} {path}: {refused}");
         assert!(refused["error"]["message"].as_str().unwrap().contains(problem), "{method} {path}: {refused}");
     }
+    // A hook path HTTP clients would rewrite before sending could never be called.
+    let flow_id = server.deploy("fields", &owner, "ok/path.v2", slow_flow(0)).await;
+    for (path, problem) in [("a/", "empty segment"), ("/a", "empty segment"), ("a//b", "empty segment"), ("a/./b", "`.` segment"), ("../a", "`..` segment"), ("a b", "characters")] {
+        let (status, refused) = server.post("/v1/teams/fields/deployments", &owner, json!({"flow_id": flow_id, "path": path})).await;
+        assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("path")), "{path}: {refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().contains(problem), "{path}: {refused}");
+    }
+    let (status, refused) = server.post("/v1/teams", &server.operator, json!({"name": "..", "plan": "team"})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("name")), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,10 @@ impl TeamName {
         if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
             return Err(StoreError::invalid("team", format!("character {bad:?} is not allowed (letters, digits, '-', '_', '.')")));
         }
+        // Team names are URL path segments, where clients remove these two.
+        if name == "." || name == ".." {
+            return Err(StoreError::invalid("team", format!("`{name}` cannot name a team: it is not a path segment clients send")));
+        }
         Ok(TeamName(name))
     }
 

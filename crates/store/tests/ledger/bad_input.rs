@@ -67,7 +67,7 @@ fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
 
 #[test]
 fn malformed_names_and_periods_are_refused() {
-    for (name, expected) in [("", "team: is empty"), ("a b", "character ' ' is not allowed"), (&"x".repeat(65)[..], "65 bytes long")] {
+    for (name, expected) in [("", "team: is empty"), ("a b", "character ' ' is not allowed"), (&"x".repeat(65)[..], "65 bytes long"), (".", "cannot name a team"), ("..", "cannot name a team")] {
         let err = TeamName::new(name).unwrap_err().to_string();
         assert!(err.contains(expected), "{err}");
     }
