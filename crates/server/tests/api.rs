@@ -681,8 +681,10 @@ async fn usage_by_flow_shows_where_the_periods_credits_went() {
     // The same credits the ledger counted for the period.
     let (_, ledger) = server.get("/v1/teams/acme/usage", &owner).await;
     assert_eq!((ledger["used"].clone(), usage["period"]["label"].clone()), (json!(51), ledger["period"]["label"].clone()), "{ledger}");
-    let (_, past) = server.get("/v1/teams/acme/usage/flows?period=2026-01", &owner).await;
-    assert_eq!(past["flows"], json!([]), "{past}");
+    // A month before the team existed has nothing to show, and says so.
+    let (status, past) = server.get("/v1/teams/acme/usage/flows?period=2026-01", &owner).await;
+    assert_eq!((status, past["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("period")), "{past}");
+    assert!(past["error"]["message"].as_str().unwrap().contains("before the team was created"), "{past}");
     let (status, refused) = server.get("/v1/teams/acme/usage/flows?period=soon", &owner).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("period")), "{refused}");
 }

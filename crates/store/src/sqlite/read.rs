@@ -108,7 +108,12 @@ fn chosen_period(team: &TeamRow, month: Option<&str>) -> Result<Period> {
     let date = Date::new(year, month_number, anchor.get() as i8).map_err(|_| bad())?;
     let start = Offset::UTC.to_timestamp(date.to_datetime(jiff::civil::Time::midnight())).map_err(|_| bad())?;
     flowcredits_core::check_supported(start).map_err(|_| StoreError::BadPeriod { period: month.to_owned(), problem: "is after 9998-12, the last month flowcredits handles" })?;
-    Ok(Period::containing(anchor, start))
+    let period = Period::containing(anchor, start);
+    // A period that ended before the team existed has no usage and no allowance to show.
+    if period.end.as_millisecond() <= team.created_ms {
+        return Err(StoreError::BadPeriod { period: month.to_owned(), problem: "ended before the team was created" });
+    }
+    Ok(period)
 }
 
 /// `rules` give the plan's allowance for a period the ledger has not opened yet.

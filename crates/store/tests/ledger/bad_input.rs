@@ -86,4 +86,7 @@ fn malformed_names_and_periods_are_refused() {
         assert!(err.contains(period) && err.contains("after 9998-12"), "{err}");
     }
     assert!(store.usage(&team("t"), Some("9998-12")).is_ok());
+    // Nor is there anything to show for a month that ended before the team existed.
+    let err = store.usage(&team("t"), Some("2000-01")).unwrap_err().to_string();
+    assert!(err.contains("2000-01") && err.contains("before the team was created"), "{err}");
 }
