@@ -402,5 +402,5 @@ pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((
     let id = run.clone();
     let end = history::RunEnd { state: RunState::Succeeded, at_ms: catalog::now_ms(), credits: credits.0, output: &Value::Null, error: None };
     state.catalog.call(move |connection| history::finish_run(connection, &id, &end)).await?;
-    Ok(Json(json!({"run_id": run, "status": "completed", "credits": credits.0})))
+    Ok(Json(json!({"run_id": run, "status": RunState::Succeeded.as_str(), "credits": credits.0})))
 }

@@ -167,7 +167,7 @@ async fn local_runs_are_metered_here_once_per_execution_id() {
     let (status, refused) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, bad).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("charges[0].type")), "{refused}");
     let (_, ended) = server.post(&format!("/v1/teams/acme/local-runs/{run}/end"), &owner, json!(null)).await;
-    assert_eq!(ended["credits"], 2);
+    assert_eq!((ended["credits"].clone(), ended["status"].clone()), (json!(2), json!("succeeded")), "the status is the one history shows: {ended}");
     let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
     assert_eq!(usage["used"], 2, "{usage}");
     let (status, _) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, json!({"charges": [{"execution_id": "late", "type": "integration"}]})).await;
