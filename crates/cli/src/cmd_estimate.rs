@@ -16,7 +16,7 @@ pub struct EstimateArgs {
     /// The flow file (YAML or JSON).
     pub flow: PathBuf,
     /// How the run is started: manual, api or mcp (schedules and webhooks count as api).
-    #[arg(long, default_value = "manual", value_name = "TRIGGER")]
+    #[arg(long, default_value = "manual", value_name = "TRIGGER", value_parser = ["manual", "api", "mcp"])]
     pub trigger: String,
     /// A manual run with Cloud Run on (api and mcp runs are always in the cloud).
     #[arg(long)]

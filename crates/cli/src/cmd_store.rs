@@ -60,6 +60,7 @@ pub struct TeamsArgs {
 enum TeamsCommand {
     /// Create a team (again with the same settings is fine).
     Create {
+        /// The team's name: letters, digits, '-', '_', '.' (at most 64 bytes).
         name: String,
         /// free, solo, team or enterprise.
         #[arg(long)]
@@ -77,9 +78,11 @@ enum TeamsCommand {
         #[arg(long, default_value = "cli")]
         actor: String,
     },
+    /// Every team: plan, anchor day and pay-as-you-go settings.
     List(JsonFlag),
     /// Settings and audit log of one team.
     Show {
+        /// The team's name.
         name: String,
         #[command(flatten)]
         json: JsonFlag,
@@ -88,6 +91,7 @@ enum TeamsCommand {
 
 #[derive(clap::Args)]
 pub struct UsageArgs {
+    /// The team whose usage to show.
     #[arg(long)]
     team: String,
     /// The period starting in this month (YYYY-MM); default: the team's current period.
@@ -101,6 +105,7 @@ pub struct UsageArgs {
 
 #[derive(clap::Args)]
 pub struct InvoicesArgs {
+    /// The team whose invoices to list.
     #[arg(long)]
     team: String,
     #[command(flatten)]
@@ -186,7 +191,7 @@ fn team_json(team: &TeamInfo) -> Value {
         "name": team.name.as_str(),
         "plan": settings.plan.as_str(),
         "anchor_day": settings.anchor_day.get(),
-        "payg": settings.payg_enabled,
+        "payg_enabled": settings.payg_enabled,
         "payg_cap_usd": settings.payg_cap.map(|cap| cap.to_string()),
         "created_at": team.created_at.to_string(),
     })

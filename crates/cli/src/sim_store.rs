@@ -20,6 +20,11 @@ impl StoreBackend {
     /// Uses the team `team`, creating it with `settings` when it does not exist yet.
     pub fn new(store: SqliteStore, team: TeamName, settings: TeamSettings, at: Timestamp) -> anyhow::Result<StoreBackend> {
         let actor = Actor::new("simulate").expect("a fixed, short actor name");
+        // A scenario's steps start from a new team; replayed onto one with history, its runs
+        // and purchases would collide with those already recorded.
+        if store.team(&team).is_ok() {
+            anyhow::bail!("team `{team}` already exists in this ledger and a scenario replays into a new team: pass another --team NAME, or another --db");
+        }
         store.create_team(NewTeam { name: team.clone(), settings, actor: actor.clone(), at })?;
         Ok(StoreBackend { store, team, actor, failure: RefCell::new(None) })
     }

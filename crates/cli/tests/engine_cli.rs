@@ -83,8 +83,10 @@ fn bad_arguments_say_what_to_do() {
     let output = flowcredits(&["estimate", &path, "--trigger", "api", "--cloud-run"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("drop --cloud-run"));
+    // A value outside the list is a usage error, as clap reports them (status 2).
     let output = flowcredits(&["estimate", &path, "--trigger", "cron"]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("expected manual, api or mcp"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: manual, api, mcp"), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]

@@ -66,6 +66,14 @@ fn teams_usage_invoices_and_verify() {
     let scenario = dir.file("payg.json");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios/payg_billing.json"), &scenario).unwrap();
     ok(&["simulate", "--db", &db, "--team", "solo-team", &scenario]);
+    // Replayed again into the same team it would collide with its own runs: refused, saying what to do.
+    let again = flowcredits(&["simulate", "--db", &db, "--team", "solo-team", &scenario]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("pass another --team"), "{}", String::from_utf8_lossy(&again.stderr));
+    // A refusal is said once, not once per error layer.
+    let refused = flowcredits(&["teams", "create", "tiny", "--plan", "free", "--payg", "--db", &db]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(message.matches("has no pay-as-you-go").count(), 1, "{message}");
 
     let teams: serde_json::Value = serde_json::from_str(&ok(&["teams", "list", "--json", "--db", &db])).unwrap();
     let names: Vec<&str> = teams.as_array().unwrap().iter().map(|team| team["name"].as_str().unwrap()).collect();
