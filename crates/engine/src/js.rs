@@ -133,7 +133,10 @@ impl Script {
         source.push_str(&self.body);
         source.push_str("\n})(JSON.parse(__flowcredits_input), require);\n");
         source.push_str("if (__result instanceof Promise) throw new Error(\"the script returned a Promise; scripts run synchronously, so return the value itself\");\n");
-        source.push_str("return JSON.stringify(__result === undefined ? null : __result);\n})()");
+        // JSON.stringify gives undefined for a function or a symbol: say what was returned.
+        source.push_str("var __json = JSON.stringify(__result === undefined ? null : __result);\n");
+        source.push_str("if (__json === undefined) throw new Error(\"the script returned a \" + typeof __result + \", which is not a JSON value; return an object, array, string, number, boolean or null\");\n");
+        source.push_str("return __json;\n})()");
         source
     }
 }

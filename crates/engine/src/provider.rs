@@ -139,12 +139,12 @@ impl Providers {
     pub(crate) fn ai(&self, spec: &AiSpec) -> Result<&Arc<dyn AiProvider>, String> {
         let name = spec.provider.as_ref().or(self.default_ai.as_ref());
         match name {
-            None => Err(format!("no AI provider is configured, so {} cannot call model `{}`; AI providers arrive with their own issue", spec.kind, spec.model)),
+            None => Err(format!("no AI provider is configured, so {} cannot call model `{}` (this build of flowcredits has no AI providers yet)", spec.kind, spec.model)),
             Some(name) => self.ai.get(name).ok_or_else(|| format!("no AI provider named `{name}` is configured")),
         }
     }
 
     pub(crate) fn connector(&self, spec: &ConnectorSpec) -> Result<&Arc<dyn Connector>, String> {
-        self.connectors.get(&spec.connector).ok_or_else(|| format!("no connector named `{}` is configured; connectors arrive with their own issue", spec.connector))
+        self.connectors.get(&spec.connector).ok_or_else(|| format!("no connector named `{}` is configured (this build of flowcredits has no connectors yet)", spec.connector))
     }
 }
