@@ -169,8 +169,7 @@ pub(crate) fn json_column(text: Option<String>) -> Value {
 #[derive(Serialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
-    /// Pass as `after` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Pass as `after` to get the next page; null on the last page.
     pub next: Option<String>,
 }
 
@@ -564,11 +563,12 @@ fn deployment_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Deployment> {
 
 const DEPLOYMENT_COLUMNS: &str = "id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on, schedule_cron";
 
-pub fn create_deployment(connection: &Connection, deployment: &Deployment) -> Result<(), ApiError> {
+/// Records `deployment`, made at `created_ms` (what its `created_at` says).
+pub fn create_deployment(connection: &Connection, deployment: &Deployment, created_ms: i64) -> Result<(), ApiError> {
     let inserted = connection.execute(
         "INSERT INTO deployments (id, team, path, flow_id, snapshot, trigger, schedule_every_s, created_ms, runs_on, schedule_cron) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (team, path) DO NOTHING",
-        params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, now_ms(), deployment.runs_on.as_str(), deployment.schedule_cron],
+        params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, created_ms, deployment.runs_on.as_str(), deployment.schedule_cron],
     )?;
     if inserted == 0 {
         return Err(ApiError::Conflict(format!("team {} already deploys something at path {:?}", deployment.team, deployment.path)));

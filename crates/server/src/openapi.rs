@@ -231,6 +231,15 @@ pub fn build() -> Value {
         let entry = paths.entry(route.path).or_insert_with(|| json!({}));
         entry[route.method] = operation(route);
     }
+    // A hook answers every method (its flow reads `request.method`); the others are
+    // documented as POST is, a body being optional.
+    if let Some(hook) = paths.get_mut("/hooks/{team}/{path}") {
+        let mut post = hook["post"].clone();
+        post["requestBody"]["required"] = json!(false);
+        for method in ["get", "put", "patch", "delete"] {
+            hook[method] = post.clone();
+        }
+    }
     json!({
         "openapi": "3.0.3",
         "info": {"title": "flowcredits", "version": env!("CARGO_PKG_VERSION"), "description": "Runs flows for teams and meters, limits and bills the credits they consume."},

@@ -177,6 +177,8 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
             if trigger == "mcp" {
                 runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("trigger", "an mcp deployment needs a flow with an `mcp` trigger block"))?;
             }
+            // Stored and answered alike, to the millisecond, as every time the API shows.
+            let created_ms = catalog::now_ms();
             let deployment = Deployment {
                 id: catalog::new_id("dep"),
                 team,
@@ -187,9 +189,9 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
                 schedule_every_s,
                 schedule_cron,
                 runs_on,
-                created_at: jiff::Timestamp::now().to_string(),
+                created_at: catalog::ms_to_text(created_ms),
             };
-            catalog::create_deployment(connection, &deployment)?;
+            catalog::create_deployment(connection, &deployment, created_ms)?;
             Ok(deployment)
         })
         .await?;

@@ -288,7 +288,7 @@ mod tests {
                 let flow = catalog::create_flow(connection, "acme", "tick", &flow_costing_25())?;
                 let snapshot = catalog::create_snapshot(connection, "acme", &flow.id, None)?;
                 let deployment = Deployment { id: catalog::new_id("dep"), team: "acme".into(), path: "tick".into(), flow_id: flow.id, snapshot: snapshot.number, trigger: "api".into(), schedule_every_s, schedule_cron, runs_on, created_at: String::new() };
-                catalog::create_deployment(connection, &deployment)?;
+                catalog::create_deployment(connection, &deployment, catalog::now_ms())?;
                 Ok(deployment)
             })
             .await

@@ -151,7 +151,7 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
                 runs_on: catalog::RunsOn::Cloud,
                 created_at: String::new(),
             };
-            catalog::create_deployment(connection, &deployment)?;
+            catalog::create_deployment(connection, &deployment, catalog::now_ms())?;
             Ok(deployment)
         })
         .await?;

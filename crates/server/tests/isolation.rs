@@ -30,7 +30,7 @@ fn valid_body(method: &str, path: &str, flow_id: &str) -> Option<Value> {
         ("patch", "/v1/teams/{team}/billing") => json!({"payg_enabled": true}),
         ("post", "/v1/teams/{team}/purchases") => json!({"credits": 100}),
         ("put", "/v1/teams/{team}/plan") => json!({"plan": "enterprise"}),
-        ("post", "/hooks/{team}/{path}") => json!({"x": 1}),
+        ("post" | "put" | "patch", "/hooks/{team}/{path}") => json!({"x": 1}),
         ("post", "/mcp") => json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
         (_, _) if method == "get" || method == "delete" => return None,
         _ => panic!("no test body for {method} {path}: add one so the route is covered"),
