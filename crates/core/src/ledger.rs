@@ -511,11 +511,10 @@ impl TeamLedger {
         self.runs.get_mut(&run).expect("checked running above").credits += credits;
         let usage_now = self.periods.get_mut(&self.current.expect("advance_to opened a period").start).expect("current period is stored");
         let payg_before = usage_now.payg_amount();
-        let included_used_before = usage_now.included_used;
         usage_now.record(&split);
         let period_start = usage_now.period.start;
         events.push(LedgerEvent::BlockCharged(Charge { run, execution, at, kind: usage.kind, period_start, split }));
-        self.fire_alerts(at, included_used_before, payg_before, events);
+        self.fire_alerts(at, payg_before, events);
         Ok(())
     }
 
@@ -545,18 +544,9 @@ impl TeamLedger {
         ChargeSplit { included, purchased, payg, unbilled: left }
     }
 
-    fn fire_alerts(&mut self, at: Timestamp, included_used_before: Credits, payg_before: MicroUsd, events: &mut Vec<LedgerEvent>) {
+    fn fire_alerts(&mut self, at: Timestamp, payg_before: MicroUsd, events: &mut Vec<LedgerEvent>) {
         let usage = self.periods.get_mut(&self.current.expect("a charge has a period").start).expect("current period is stored");
-        let mut crossed = Vec::new();
-        if !usage.included.is_zero() {
-            for percent in INCLUDED_ALERT_PERCENTS {
-                // used * 100 >= included * percent, in integers.
-                let reached = |used: Credits| u128::from(used.0) * 100 >= u128::from(usage.included.0) * u128::from(percent);
-                if !reached(included_used_before) && reached(usage.included_used) {
-                    crossed.push(Alert::IncludedPercent(percent));
-                }
-            }
-        }
+        let mut crossed = included_alerts_reached(usage);
         let payg_now = usage.payg_amount();
         crossed.extend(self.settings.payg_alerts.iter().filter(|amount| payg_before < **amount && **amount <= payg_now).map(|amount| Alert::PaygAmount(*amount)));
         for alert in crossed {
@@ -600,12 +590,19 @@ impl TeamLedger {
     fn change_plan(&mut self, rules: &Rules, at: Timestamp, plan: PlanId, events: &mut Vec<LedgerEvent>) {
         let from = std::mem::replace(&mut self.settings.plan, plan);
         let new_plan = rules.plans.get(plan);
+        let mut crossed = Vec::new();
         if let Some(usage) = self.current.and_then(|period| self.periods.get_mut(&period.start)) {
             // The new plan's allowance applies to the rest of this period; credits already
-            // used stay used.
+            // used stay used, and may already be 75% or all of a smaller allowance.
             usage.included = new_plan.included_credits;
+            for alert in included_alerts_reached(usage) {
+                if usage.alerts_fired.insert(alert) {
+                    crossed.push(LedgerEvent::AlertCrossed { alert, period_start: usage.period.start, at });
+                }
+            }
         }
         events.push(LedgerEvent::PlanChanged { from, to: plan, at });
+        events.extend(crossed);
         if self.settings.payg_enabled && !new_plan.has_payg() {
             self.settings.payg_enabled = false;
             events.push(LedgerEvent::PaygChanged { enabled: false, at });
@@ -632,6 +629,16 @@ impl TeamLedger {
         }
         Ok(record)
     }
+}
+
+/// The included-credit alerts a period's usage has reached (fired or not): its percentage of
+/// the allowance, compared in integers (used * 100 >= included * percent).
+fn included_alerts_reached(usage: &PeriodUsage) -> Vec<Alert> {
+    if usage.included.is_zero() {
+        return Vec::new();
+    }
+    let used = u128::from(usage.included_used.0) * 100;
+    INCLUDED_ALERT_PERCENTS.into_iter().filter(|percent| used >= u128::from(usage.included.0) * u128::from(*percent)).map(Alert::IncludedPercent).collect()
 }
 
 #[cfg(test)]

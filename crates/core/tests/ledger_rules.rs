@@ -182,6 +182,23 @@ fn alerts_fire_once_per_period_at_75_and_100_percent_and_at_payg_amounts() {
 }
 
 #[test]
+fn a_smaller_allowance_already_used_fires_its_alerts_at_the_plan_change() {
+    let mut team = Team::new(PlanId::Team);
+    team.start("2026-03-01T00:00:00Z", "r1");
+    team.charge("2026-03-01T00:00:00Z", "r1", 10);
+    let alerts = |events: &[LedgerEvent]| events.iter().filter_map(|event| if let LedgerEvent::AlertCrossed { alert, .. } = event { Some(*alert) } else { None }).collect::<Vec<_>>();
+    // 20 of Team's 100 credits: no alert. On Free, the same 20 are 80% of 25.
+    let events = team.step("2026-03-02T00:00:00Z", Command::ChangePlan { plan: PlanId::Free }).unwrap();
+    assert_eq!(alerts(&events), [Alert::IncludedPercent(75)]);
+    let events = team.charge("2026-03-02T00:00:00Z", "r1", 3);
+    assert_eq!(alerts(&events), [Alert::IncludedPercent(100)], "26 of 25: the running run finishes and the 100% alert fires");
+    // Back up and down again within the period: each alert fired once already.
+    team.step("2026-03-03T00:00:00Z", Command::ChangePlan { plan: PlanId::Team }).unwrap();
+    let events = team.step("2026-03-04T00:00:00Z", Command::ChangePlan { plan: PlanId::Free }).unwrap();
+    assert_eq!(alerts(&events), []);
+}
+
+#[test]
 fn changing_plan_changes_the_allowance_and_payg() {
     let mut team = Team::new(PlanId::Solo);
     team.step("2026-03-01T00:00:00Z", Command::SetPayg { enabled: true }).unwrap();
