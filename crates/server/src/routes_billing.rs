@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use flowcredits_core::ledger::{PAYG_ALERTS_MAX, PAYG_CAP_MICRO_USD_MAX};
 use flowcredits_core::{Credits, MicroUsd};
 use flowcredits_store::BillingChange;
 use serde::Deserialize;
@@ -85,11 +86,29 @@ fn usd(field: &str, text: &str) -> Result<MicroUsd, ApiError> {
 pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<BillingUpdate>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Bill).await?;
     let mut changes = Vec::new();
+    // The ledger checks these bounds too; here they are said in the API's own terms (its
+    // field names, dollars).
+    let largest = MicroUsd(PAYG_CAP_MICRO_USD_MAX);
     if let Some(cap) = &body.payg_cap_usd {
-        changes.push(BillingChange::SetPaygCap { cap: cap.as_deref().map(|text| usd("payg_cap_usd", text)).transpose()? });
+        let cap = cap.as_deref().map(|text| usd("payg_cap_usd", text)).transpose()?;
+        if let Some(cap) = cap.filter(|cap| *cap > largest) {
+            return Err(ApiError::invalid("payg_cap_usd", format!("${cap} is more than the largest cap, ${largest}")));
+        }
+        changes.push(BillingChange::SetPaygCap { cap });
     }
     if let Some(alerts) = &body.payg_alerts_usd {
-        let amounts = alerts.iter().enumerate().map(|(index, text)| usd(&format!("payg_alerts_usd[{index}]"), text)).collect::<Result<_, _>>()?;
+        if alerts.len() > PAYG_ALERTS_MAX {
+            return Err(ApiError::invalid("payg_alerts_usd", format!("{} amounts are more than the {PAYG_ALERTS_MAX} a team may set", alerts.len())));
+        }
+        let mut amounts = Vec::with_capacity(alerts.len());
+        for (index, text) in alerts.iter().enumerate() {
+            let field = format!("payg_alerts_usd[{index}]");
+            let amount = usd(&field, text)?;
+            if amount.0 == 0 || amount > largest {
+                return Err(ApiError::invalid(field, format!("${amount} must be above $0.000 and at most ${largest}")));
+            }
+            amounts.push(amount);
+        }
         changes.push(BillingChange::SetPaygAlerts { amounts });
     }
     if let Some(enabled) = body.payg_enabled {

@@ -863,7 +863,12 @@ async fn a_flow_naming_an_unknown_model_is_refused_when_saved() {
 async fn bad_bodies_and_queries_name_the_field() {
     let server = support::start().await;
     let owner = server.team("fields", "team").await;
-    let cases: [(Method, &str, Option<Value>, &str, &str); 6] = [
+    let many: Vec<String> = (1..=17).map(|amount| format!("{amount}")).collect();
+    let cases: [(Method, &str, Option<Value>, &str, &str); 10] = [
+        (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_cap_usd": "20000000"})), "payg_cap_usd", "$20000000.000 is more than the largest cap, $10000000.000"),
+        (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_alerts_usd": many})), "payg_alerts_usd", "17 amounts"),
+        (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_alerts_usd": ["5", "0"]})), "payg_alerts_usd[1]", "above $0.000"),
+        (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_alerts_usd": ["5", "five"]})), "payg_alerts_usd[1]", "not a dollar amount"),
         (Method::POST, "/v1/teams/fields/flows", Some(json!({"definition": {}})), "name", "missing field"),
         (Method::POST, "/v1/teams/fields/flows", Some(json!({"name": 5, "definition": {}})), "name", "invalid type"),
         (Method::POST, "/v1/users", Some(json!(["Arr"])), "body", "not an array"),
