@@ -78,9 +78,13 @@ pub async fn create_snapshot(State(state): State<AppState>, caller: Caller, Path
 
 pub async fn list_snapshots(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::Snapshot>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let mut page = page.request()?;
+    // Numbers sort as text once padded; `after` may be a snapshot's number as people write it.
+    if let Some(after) = &page.after {
+        let number: u32 = after.parse().map_err(|_| ApiError::invalid("after", format!("`{after}` is not a snapshot number")))?;
+        page.after = Some(format!("{number:010}"));
+    }
     let snapshots = state.catalog.call(move |connection| catalog::snapshots(connection, &team, &flow)).await?;
-    // Numbers sort as text once padded.
     Ok(Json(catalog::Page::of_sorted(snapshots, &page, |snapshot| format!("{:010}", snapshot.number))))
 }
 

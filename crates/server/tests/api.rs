@@ -37,6 +37,11 @@ async fn free_teams_keep_ten_snapshots_per_flow_and_lose_none() {
         }
     }
     assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+    // `after` may be a number as written; anything else is refused rather than read as "past the end".
+    let (_, page) = server.get(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots?after=8"), &owner).await;
+    assert_eq!(page["items"].as_array().unwrap().iter().map(|snapshot| snapshot["number"].as_u64().unwrap()).collect::<Vec<_>>(), [9, 10], "{page}");
+    let (status, refused) = server.get(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots?after=latest"), &owner).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("after")), "{refused}");
     // Paid plans keep more.
     let paid = server.team("paid", "solo").await;
     let (_, flow) = server.post("/v1/teams/paid/flows", &paid, json!({"name": "f", "definition": support::flow_costing_25()})).await;
