@@ -72,6 +72,9 @@ const SCHEMA: &[&str] = &[
     // 4: a paused hook run keeps the HTTP request that made it (method, path, headers, query),
     // which its flow reads again when it resumes.
     "ALTER TABLE run_history ADD COLUMN http TEXT;",
+    // 5: a run on the user's machine (`flowcredits run --server`) declares at admission the
+    // blocks it may execute, which decide whether it needs credits; its charges must be among them.
+    "ALTER TABLE run_history ADD COLUMN declared TEXT;",
 ];
 
 #[derive(Clone)]

@@ -355,6 +355,19 @@ pub fn running_runs(connection: &Connection) -> Result<Vec<(String, String)>, Ap
 }
 
 /// Paused runs of a team, oldest first (to dispatch when the ledger resumes them).
+/// Keeps the blocks a run on the user's machine declared when it was admitted.
+pub fn keep_declared(connection: &Connection, run: &str, declared: &Value) -> Result<(), ApiError> {
+    connection.prepare_cached("UPDATE run_history SET declared = ?1 WHERE id = ?2")?.execute(params![declared.to_string(), run])?;
+    Ok(())
+}
+
+/// The blocks a run on the user's machine declared (`None`: not such a run).
+pub fn declared(connection: &Connection, team: &str, run: &str) -> Result<Option<Value>, ApiError> {
+    let text: Option<Option<String>> = connection.query_row("SELECT declared FROM run_history WHERE id = ?1 AND team = ?2", [run, team], |row| row.get(0)).optional()?;
+    let text = text.ok_or_else(|| ApiError::NotFound(format!("run {run}")))?;
+    text.map(|text| serde_json::from_str(&text).map_err(|err| ApiError::internal(format!("run {run}'s declared blocks are not readable: {err}")))).transpose()
+}
+
 /// Keeps the hook request of a paused run for when it resumes.
 pub fn keep_paused_http(connection: &Connection, run: &str, http: &Value) -> Result<(), ApiError> {
     connection.prepare_cached("UPDATE run_history SET http = ?1 WHERE id = ?2")?.execute(params![http.to_string(), run])?;

@@ -298,6 +298,9 @@ fn block_kind(field: &str, text: &str) -> Result<BlockKind, ApiError> {
 /// Admits a run that executes on the caller's machine (the local canvas): the server only meters it.
 pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<LocalRun>) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
+    if body.blocks.len() > LOCAL_RUN_BLOCKS_MAX {
+        return Err(ApiError::invalid("blocks", format!("{} blocks is more than the limit of {LOCAL_RUN_BLOCKS_MAX}", body.blocks.len())));
+    }
     let mut planned = Vec::with_capacity(body.blocks.len());
     for (index, block) in body.blocks.iter().enumerate() {
         let kind = block_kind(&format!("blocks[{index}].type"), &block.kind)?;
@@ -307,8 +310,16 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
     let needs_credits = state.rules.run_needs_credits(jiff::Timestamp::now(), context, &planned).map_err(|err| ApiError::invalid("blocks", err.to_string()))?;
     let run_id = catalog::new_id("run");
     let status = crate::runner::admit(&state, &team, &run_id, context, needs_credits).await?;
-    let run_state = if status == RunStatus::Running { RunState::Running } else { RunState::Paused };
+    // The run executes on the caller's machine, which stops when it is paused: the server could
+    // never resume it, so it is not kept waiting (where it would resume with nothing to run it).
+    let not_kept = status == RunStatus::Paused;
+    if not_kept {
+        state.ledger.cancel_run(&team, &run_id).await?;
+    }
     let (id, team_name) = (run_id.clone(), team.clone());
+    // Each kind (and model) once: what the charges are checked against.
+    let kinds: std::collections::BTreeSet<(&str, Option<&str>)> = body.blocks.iter().map(|block| (block.kind.as_str(), block.model.as_deref())).collect();
+    let declared = Value::Array(kinds.into_iter().map(|(kind, model)| json!({"type": kind, "model": model})).collect());
     state
         .catalog
         .call(move |connection| {
@@ -319,11 +330,42 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
                 Err(ApiError::NotFound(_)) => body.flow.clone(),
                 Err(err) => return Err(err),
             };
-            let run = history::NewRun { id: &id, team: &team_name, flow_id: &flow_id, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: run_state, input: &Value::Null, at_ms: catalog::now_ms() };
-            history::insert_run(connection, &run, None)
+            let at_ms = catalog::now_ms();
+            let run = history::NewRun { id: &id, team: &team_name, flow_id: &flow_id, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: RunState::Running, input: &Value::Null, at_ms };
+            let ended = not_kept.then(|| history::RunEnd { state: RunState::Cancelled, at_ms, credits: 0, output: &Value::Null, error: Some(LOCAL_RUN_NOT_KEPT) });
+            history::insert_run(connection, &run, ended.as_ref())?;
+            history::keep_declared(connection, &id, &declared)
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({"run_id": run_id, "status": status.as_str(), "needs_credits": needs_credits}))))
+    let mut answer = json!({"run_id": run_id, "status": status.as_str(), "needs_credits": needs_credits});
+    if not_kept {
+        answer["message"] = json!(LOCAL_RUN_NOT_KEPT);
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Most blocks a local run may declare (a flow's and those of the flows it nests, together).
+pub const LOCAL_RUN_BLOCKS_MAX: usize = flowcredits_engine::FLOW_BLOCKS_MAX;
+
+const LOCAL_RUN_NOT_KEPT: &str = "the team has no credits left, so the run did not start; a run on your machine is not kept waiting for credits: run it again when they return";
+
+/// Refuses charges of a local run for blocks it did not declare at admission: what it declared
+/// decided whether it needed credits, so an undeclared block could spend credits the team may
+/// not have had.
+async fn check_declared(state: &AppState, team: &str, run: &str, charges: &[LocalCharge]) -> Result<(), ApiError> {
+    let (team_name, id) = (team.to_owned(), run.to_owned());
+    let Some(declared) = state.catalog.call(move |connection| history::declared(connection, &team_name, &id)).await? else {
+        return Err(ApiError::NotFound(format!("local run {run}")));
+    };
+    let declared = declared.as_array().map(Vec::as_slice).unwrap_or_default();
+    for (index, charge) in charges.iter().enumerate() {
+        let listed = declared.iter().any(|block| block["type"] == charge.kind.as_str() && (block["model"].is_null() || block["model"].as_str() == charge.model.as_deref()));
+        if !listed {
+            let what = charge.model.as_deref().map_or_else(|| format!("`{}`", charge.kind), |model| format!("`{}` with model `{model}`", charge.kind));
+            return Err(ApiError::invalid(format!("charges[{index}].type"), format!("run {run} declared no {what} block when it was admitted; declare every block a run may execute in `blocks`")));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -392,6 +434,7 @@ pub(crate) async fn charge_reported(state: &AppState, team: &str, run: &str, bod
 /// Charges block executions of a local run, each with its idempotent execution id.
 pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(body): JsonBody<LocalCharges>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
+    check_declared(&state, &team, &run, &body.charges).await?;
     charge_reported(&state, &team, &run, body).await
 }
 

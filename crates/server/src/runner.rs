@@ -189,24 +189,39 @@ impl Runner {
             if state.ledger.run_status(team, &run_id).await? != Some(RunStatus::Running) {
                 continue;
             }
-            let (id, team_name) = (run_id.clone(), team.to_owned());
-            let run = state.catalog.call(move |connection| history::run(connection, &team_name, &id)).await?;
-            let (team_name, flow_id, snapshot) = (team.to_owned(), run.flow_id.clone(), run.snapshot);
-            let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
-            let context = state.ledger.run_context(team, &run_id).await?;
-            // A private runner's run goes back in its team's job queue instead.
-            if context.location() == flowcredits_core::Location::Private {
-                crate::jobs::enqueue_resumed(state, team, &run_id).await?;
-                dispatched += 1;
-                continue;
+            // One run that cannot be resumed (its flow is gone, say) must not hold up the others,
+            // nor stay running in the ledger with nothing executing it: it is ended as failed.
+            match self.dispatch_one(state, team, &run_id).await {
+                Ok(()) => dispatched += 1,
+                Err(err) => {
+                    tracing::warn!(team, run = %run_id, error = %err, "a resumed run could not be started; it is recorded as failed");
+                    if let Err(err) = state.ledger.end_run(team, &run_id).await {
+                        tracing::warn!(run = %run_id, error = %err, "ending a run that could not be resumed failed");
+                    }
+                    let error = format!("resumed when credits returned, but could not be started: {err}");
+                    state.history.finished(FinishedRun { id: run_id, state: RunState::Failed, credits: 0, output: Value::Null, error: Some(error) });
+                }
             }
-            let id = run_id.clone();
-            let http = state.catalog.call(move |connection| history::paused_http(connection, &id)).await?;
-            let job = Job { run_id, team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http, answer_on_response: false, resumed: true };
-            self.spawn(state.clone(), job, None, None);
-            dispatched += 1;
         }
         Ok(dispatched)
+    }
+
+    /// Starts one run the ledger resumed: here, or in its team's private-runner queue.
+    async fn dispatch_one(&self, state: &AppState, team: &str, run_id: &str) -> Result<(), ApiError> {
+        let (id, team_name) = (run_id.to_owned(), team.to_owned());
+        let run = state.catalog.call(move |connection| history::run(connection, &team_name, &id)).await?;
+        let (team_name, flow_id, snapshot) = (team.to_owned(), run.flow_id.clone(), run.snapshot);
+        let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow_id, snapshot)).await?;
+        let context = state.ledger.run_context(team, run_id).await?;
+        // A private runner's run goes back in its team's job queue instead.
+        if context.location() == flowcredits_core::Location::Private {
+            return crate::jobs::enqueue_resumed(state, team, run_id).await;
+        }
+        let id = run_id.to_owned();
+        let http = state.catalog.call(move |connection| history::paused_http(connection, &id)).await?;
+        let job = Job { run_id: run_id.to_owned(), team: team.to_owned(), flow_id: run.flow_id, snapshot, deployment_id: run.deployment_id, flow: Arc::new(load_flow(&definition)?), input: run.input, context, http, answer_on_response: false, resumed: true };
+        self.spawn(state.clone(), job, None, None);
+        Ok(())
     }
 
     /// Stops a running run or cancels a paused one. A running run stops where it is: blocks
