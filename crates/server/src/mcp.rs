@@ -27,13 +27,35 @@ pub struct McpQuery {
     team: String,
 }
 
-#[derive(Deserialize)]
+/// A JSON-RPC request, or why it is not one: the codes of JSON-RPC 2.0 (-32700 for text that
+/// is not JSON, -32600 for JSON that is not a request, with the request's id when it has a
+/// usable one). A request without an id is a notification.
 struct RpcRequest {
-    jsonrpc: String,
     id: Option<Value>,
     method: String,
-    #[serde(default)]
     params: Value,
+}
+
+fn parse_request(body: &[u8]) -> Result<RpcRequest, Value> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| rpc_error(Value::Null, -32700, format!("parse error: {err}")))?;
+    let Value::Object(mut request) = value else {
+        let what = if value.is_array() { "a batch; this server answers one request at a time" } else { "not a request object" };
+        return Err(rpc_error(Value::Null, -32600, format!("invalid request: {what}")));
+    };
+    // MCP ids are strings or integers; `null` is no id at all.
+    let id = match request.remove("id") {
+        None => None,
+        Some(id @ Value::String(_)) => Some(id),
+        Some(Value::Number(number)) if number.is_i64() || number.is_u64() => Some(Value::Number(number)),
+        Some(other) => return Err(rpc_error(Value::Null, -32600, format!("invalid request: id {other} is not a string or an integer"))),
+    };
+    let invalid = |problem: &str| rpc_error(id.clone().unwrap_or(Value::Null), -32600, format!("invalid request: {problem}"));
+    if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(invalid("jsonrpc must be \"2.0\""));
+    }
+    let Some(Value::String(method)) = request.remove("method") else { return Err(invalid("method must be a string")) };
+    let params = request.remove("params").unwrap_or(Value::Null);
+    Ok(RpcRequest { id, method, params })
 }
 
 fn rpc_error(id: Value, code: i64, message: impl Into<String>) -> Value {
@@ -48,13 +70,10 @@ pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query):
     // Any member may list the tools; calling one starts a run, which takes the role that
     // starts runs everywhere else (owner, admin, editor).
     let role = caller.authorize(&state, &query.team, Action::Read).await?;
-    let request: RpcRequest = match serde_json::from_slice(&body) {
+    let request = match parse_request(&body) {
         Ok(request) => request,
-        Err(err) => return Ok(Json(rpc_error(Value::Null, -32700, format!("parse error: {err}"))).into_response()),
+        Err(refusal) => return Ok(Json(refusal).into_response()),
     };
-    if request.jsonrpc != "2.0" {
-        return Ok(Json(rpc_error(request.id.unwrap_or(Value::Null), -32600, "jsonrpc must be \"2.0\"")).into_response());
-    }
     // A notification (no id) gets no answer.
     let Some(id) = request.id else { return Ok(StatusCode::ACCEPTED.into_response()) };
     let answer = match request.method.as_str() {

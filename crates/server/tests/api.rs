@@ -144,6 +144,21 @@ async fn mcp_lists_deployed_tools_and_calling_one_runs_the_flow() {
     assert!(refused["error"]["message"].as_str().is_some_and(|message| message.contains("viewer")), "{refused}");
     let (_, runs) = server.get("/v1/teams/acme/runs?trigger=mcp", &owner).await;
     assert_eq!(runs["items"].as_array().unwrap().len(), 1, "the refused call ran nothing");
+    // Requests that are not JSON-RPC requests get the protocol's codes, with their id when usable.
+    let client = reqwest::Client::new();
+    for (body, code, id) in [
+        ("{oops", -32700, Value::Null),
+        (r#"{"jsonrpc": "2.0", "id": 7}"#, -32600, json!(7)),
+        (r#"{"id": "a", "method": "ping"}"#, -32600, json!("a")),
+        (r#"[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]"#, -32600, Value::Null),
+        (r#"{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}"#, -32600, Value::Null),
+        (r#"{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}"#, -32600, Value::Null),
+    ] {
+        let answer: Value = client.post(format!("{}/mcp?team=acme", server.base)).bearer_auth(&owner).body(body).send().await.unwrap().json().await.unwrap();
+        assert_eq!((answer["error"]["code"].clone(), answer["id"].clone()), (json!(code), id), "{body}: {answer}");
+    }
+    let (_, pong) = server.post("/mcp?team=acme", &owner, rpc(8, "ping", Value::Null)).await;
+    assert_eq!(pong, json!({"jsonrpc": "2.0", "id": 8, "result": {}}));
     // Only flows with an mcp trigger can be deployed as tools.
     let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": server.deploy("acme", &owner, "plain", support::flow_costing_25()).await, "path": "x", "trigger": "mcp"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
