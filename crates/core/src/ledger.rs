@@ -459,7 +459,17 @@ impl TeamLedger {
                 amounts.sort_unstable();
                 amounts.dedup();
                 self.settings.payg_alerts = amounts.clone();
-                events.push(LedgerEvent::PaygAlertsChanged { amounts, at });
+                events.push(LedgerEvent::PaygAlertsChanged { amounts: amounts.clone(), at });
+                // An amount this period's spending has already passed was crossed: it fires now
+                // (once, as every alert), not never.
+                if let Some(usage) = self.current.and_then(|period| self.periods.get_mut(&period.start)) {
+                    let spent = usage.payg_amount();
+                    for alert in amounts.into_iter().filter(|amount| *amount <= spent).map(Alert::PaygAmount) {
+                        if usage.alerts_fired.insert(alert) {
+                            events.push(LedgerEvent::AlertCrossed { alert, period_start: usage.period.start, at });
+                        }
+                    }
+                }
             }
             Command::Purchase { credits, expires_at } => self.purchase(rules, at, credits, expires_at, &mut events)?,
             Command::ChangePlan { plan } => self.change_plan(rules, at, plan, &mut events),

@@ -177,6 +177,12 @@ fn alerts_fire_once_per_period_at_75_and_100_percent_and_at_payg_amounts() {
     assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 1)), [Alert::PaygAmount(MicroUsd(2_000))]); // $0.002
     assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 3)), [Alert::PaygAmount(MicroUsd(4_000))]); // $0.008
     assert_eq!(alerts(team.charge("2026-03-03T00:00:00Z", "r1", 10)), []);
+    // Spending is $0.028 now: amounts already passed fire when they are set (once), a higher one
+    // when it is reached.
+    let set = |amounts: Vec<u64>| Command::SetPaygAlerts { amounts: amounts.into_iter().map(MicroUsd).collect() };
+    assert_eq!(alerts(team.step("2026-03-03T00:00:00Z", set(vec![10_000, 4_000, 28_000, 30_000])).unwrap()), [Alert::PaygAmount(MicroUsd(10_000)), Alert::PaygAmount(MicroUsd(28_000))]);
+    assert_eq!(alerts(team.step("2026-03-03T00:00:00Z", set(vec![10_000, 28_000, 30_000])).unwrap()), []);
+    assert_eq!(alerts(team.charge("2026-03-03T00:00:00Z", "r1", 1)), [Alert::PaygAmount(MicroUsd(30_000))]);
     // A new period fires again.
     assert_eq!(alerts(team.charge("2026-04-02T00:00:00Z", "r1", 38)), [Alert::IncludedPercent(75)]);
 }

@@ -131,6 +131,8 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
         state.catalog.call(move |connection| catalog::set_alert_webhook(connection, &team_name, url.as_deref())).await?;
     }
     state.runner.dispatch_resumed(&state, &team).await?;
+    // An alert amount set below what the period has spent fires now.
+    crate::scheduler::check_alerts(&state, &team).await;
     billing_view(&state, &team).await.map(Json)
 }
 
