@@ -65,8 +65,23 @@ async fn the_dashboard_shows_usage_runs_and_the_limit_banner() {
         let (status, _) = server.call_hook("demo", "hello", &key, json!({"name": "x"})).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url)).await.unwrap();
+    let dom = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || rendered_dom(&url)
+    })
+    .await
+    .unwrap();
     assert_eq!(text_of(&dom, "remaining"), "0");
     assert!(dom.contains("class=\"banner bad\""), "the out-of-credits banner shows");
     assert!(text_of(&dom, "banner").contains("turn on pay-as-you-go"), "{}", text_of(&dom, "banner"));
+
+    // Pay-as-you-go on with a cap one call's worth ($0.002) and an alert at $0.001: after one
+    // more call the cap is reached, so new runs pause again, and the alert shows.
+    let (status, billing) = server.call(reqwest::Method::PATCH, "/v1/teams/demo/billing", &key, Some(json!({"payg_enabled": true, "payg_cap_usd": "0.002", "payg_alerts_usd": ["0.001"]}))).await;
+    assert_eq!(status, StatusCode::OK, "{billing}");
+    assert_eq!(server.call_hook("demo", "hello", &key, json!({"name": "x"})).await.0, StatusCode::OK);
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url)).await.unwrap();
+    let banner = text_of(&dom, "banner");
+    assert!(banner.contains("reached this month's pay-as-you-go cap of $0.002") && banner.contains("raise the cap"), "{banner}");
+    assert!(banner.contains("past your alert at $0.001"), "{banner}");
 }
