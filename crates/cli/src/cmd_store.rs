@@ -94,7 +94,7 @@ pub struct UsageArgs {
     /// The team whose usage to show.
     #[arg(long)]
     team: String,
-    /// The period starting in this month (YYYY-MM); default: the team's current period.
+    /// The period starting in this month (YYYY-MM); default: the period today is in.
     #[arg(long, value_name = "YYYY-MM")]
     period: Option<String>,
     #[command(flatten)]
@@ -198,7 +198,14 @@ fn team_json(team: &TeamInfo) -> Value {
 }
 
 fn usage(store: SqliteStore, args: &UsageArgs) -> anyhow::Result<ExitCode> {
-    let report = store.usage(&TeamName::new(args.team.as_str())?, args.period.as_deref())?;
+    let team = TeamName::new(args.team.as_str())?;
+    // Without --period, the period today is in: the team's ledger may not have moved since an
+    // earlier one (nothing advances it between commands here, unlike a server's scheduler).
+    let current = match &args.period {
+        Some(_) => None,
+        None => Some(flowcredits_core::Period::containing(store.team(&team)?.settings.anchor_day, Timestamp::now()).label()),
+    };
+    let report = store.usage(&team, args.period.as_deref().or(current.as_deref()))?;
     print(&args.json, usage_json(&report), || usage_text(&report));
     Ok(ExitCode::SUCCESS)
 }

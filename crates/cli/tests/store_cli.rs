@@ -86,6 +86,10 @@ fn teams_usage_invoices_and_verify() {
     let lines = usage["breakdown"].as_array().unwrap();
     assert_eq!(lines.iter().map(|line| line["credits"].as_u64().unwrap()).sum::<u64>(), 1078, "the breakdown adds up to the usage");
     assert!(lines.iter().all(|line| line["trigger"] == "api"));
+    // Without --period: the period today is in, where this team (last active in March 2026) used nothing.
+    let today: serde_json::Value = serde_json::from_str(&ok(&["usage", "--team", "solo-team", "--json", "--db", &db])).unwrap();
+    let label = flowcredits_core::Period::containing(flowcredits_core::AnchorDay::FIRST, flowcredits_core::Timestamp::now()).label();
+    assert_eq!((today["period"]["label"].as_str(), today["used"].as_u64()), (Some(label.as_str()), Some(0)), "{today}");
     let text = ok(&["usage", "--team", "solo-team", "--period", "2026-03", "--db", &db]);
     assert!(text.contains("used 1078 of 50 included credits"), "{text}");
 
