@@ -99,9 +99,12 @@ impl Walk<'_> {
                 let inner_at = format!("{at}{}/", block.id);
                 match unknown_loop {
                     None => self.flow(&child, &inner_at, count, runs_surely)?,
-                    Some(_) => {
+                    Some(l) => {
+                        // Each iteration runs the whole child at most once over.
                         self.exact = false;
-                        self.estimate.notes.push(format!("{at}{}: runs flow `{name}` once per iteration of a loop of unknown length", block.id));
+                        let bound = self.upper_bound(&child, &inner_at)?;
+                        self.per_iteration(format!("{at}{}", flow.blocks[l].id), Credits(bound.0.saturating_mul(count)));
+                        self.estimate.notes.push(format!("{at}{}: runs flow `{name}` (at most {} credits) once per iteration of a loop of unknown length", block.id, bound.0));
                     }
                 }
                 continue;
@@ -109,12 +112,7 @@ impl Walk<'_> {
             match unknown_loop {
                 Some(l) => {
                     self.exact = false;
-                    let loop_at = format!("{at}{}", flow.blocks[l].id);
-                    let cost = Credits(price.0.saturating_mul(count));
-                    match self.estimate.per_iteration.iter_mut().find(|line| line.at == loop_at) {
-                        Some(line) => line.credits += cost,
-                        None => self.estimate.per_iteration.push(LoopCost { at: loop_at, credits: cost }),
-                    }
+                    self.per_iteration(format!("{at}{}", flow.blocks[l].id), Credits(price.0.saturating_mul(count)));
                 }
                 None if runs_surely => self.estimate.minimum += Credits(price.0.saturating_mul(count)),
                 None => {
@@ -124,6 +122,43 @@ impl Walk<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Adds `cost` to what one iteration of the loop at `loop_at` costs.
+    fn per_iteration(&mut self, loop_at: String, cost: Credits) {
+        match self.estimate.per_iteration.iter_mut().find(|line| line.at == loop_at) {
+            Some(line) => line.credits += cost,
+            None => self.estimate.per_iteration.push(LoopCost { at: loop_at, credits: cost }),
+        }
+    }
+
+    /// The most one run of `flow` costs when every branch is taken: each priced block times its
+    /// loops of known length. A loop of unknown length inside it has no bound: it is noted.
+    fn upper_bound(&mut self, flow: &Flow, at: &str) -> Result<Credits, EngineError> {
+        let mut total = Credits::ZERO;
+        for (b, block) in flow.blocks.iter().enumerate() {
+            let (known, unknown_loop) = multiplicity(flow, b);
+            if let Some(l) = unknown_loop {
+                let usage = match &block.op {
+                    Op::Ai(spec) => spec.planned_usage(),
+                    _ => flowcredits_core::BlockUsage::of_kind(block.kind),
+                };
+                if matches!(block.op, Op::Flow { .. }) || !self.rules.block_price(self.at, self.context, &usage)?.is_zero() {
+                    self.estimate.notes.push(format!("{at}{}: inside loop `{at}{}` of unknown length, so it has no upper bound", block.id, flow.blocks[l].id));
+                }
+                continue;
+            }
+            let once = match &block.op {
+                Op::Flow { name } => {
+                    let child = Arc::clone(&self.flows[name]);
+                    self.upper_bound(&child, &format!("{at}{}/", block.id))?
+                }
+                Op::Ai(spec) => self.rules.block_price(self.at, self.context, &spec.planned_usage())?,
+                _ => self.rules.block_price(self.at, self.context, &flowcredits_core::BlockUsage::of_kind(block.kind))?,
+            };
+            total += Credits(once.0.saturating_mul(known));
+        }
+        Ok(total)
     }
 }
 

@@ -204,6 +204,10 @@ edges:
     assert_eq!(open.exact, None);
     assert_eq!(open.minimum, Credits(2), "evaluate and if always run");
     assert_eq!(open.per_iteration, vec![flowcredits_engine::estimate::LoopCost { at: "each".into(), credits: Credits(2) }]);
+    // A nested flow in a loop of unknown length costs, per iteration, at most all of its blocks.
+    let nested = estimate("name: nl\nblocks:\n  - { id: start, kind: start }\n  - { id: each, kind: for }\n  - { id: sub, kind: flow, config: { flow: double } }\nedges:\n  - { from: start.input, to: each.list }\n  - { from: each.item, to: sub.input }\n", cloud());
+    assert_eq!((nested.exact, nested.minimum), (None, Credits(0)));
+    assert_eq!(nested.per_iteration, vec![flowcredits_engine::estimate::LoopCost { at: "each".into(), credits: Credits(1) }], "{:?}", nested.notes);
 }
 
 #[test]
