@@ -10,15 +10,13 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{call, free_port, start, wait_for_exit};
+use support::{call, start, wait_for_exit};
 
 #[tokio::test]
 async fn a_private_runner_answers_a_hook_call_and_the_server_meters_it() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (mut server, keys) = start(&dir.path().join("flowcredits.db"), port, true);
+    let (mut server, base, keys) = start(&dir.path().join("flowcredits.db"), true);
     let (operator, owner) = (keys[0].clone(), keys[1].clone());
-    let base = format!("http://127.0.0.1:{port}");
     let client = flowcredits_engine::http::client();
     // Private runners are an Enterprise feature; the demo team starts on Team.
     call(&client, Method::PUT, format!("{base}/v1/teams/demo/plan"), &operator, json!({"plan": "enterprise"})).await;

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{call, free_port, start, wait_for_exit};
+use support::{call, start, wait_for_exit};
 
 /// Deploys a flow at `slow` that waits `delay_ms` before answering.
 async fn deploy_slow(client: &reqwest::Client, base: &str, owner: &str, delay_ms: u64) {
@@ -26,10 +26,8 @@ async fn deploy_slow(client: &reqwest::Client, base: &str, owner: &str, delay_ms
 async fn a_run_cut_off_by_a_crash_is_recorded_as_interrupted_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("flowcredits.db");
-    let port = free_port();
-    let (mut server, keys) = start(&db, port, true);
+    let (mut server, base, keys) = start(&db, true);
     let owner = keys[1].clone();
-    let base = format!("http://127.0.0.1:{port}");
     let client = flowcredits_engine::http::client();
     deploy_slow(&client, &base, &owner, 60_000).await;
     let started = call(&client, reqwest::Method::POST, format!("{base}/hooks/demo/slow?async=true"), &owner, json!({})).await;
@@ -37,7 +35,7 @@ async fn a_run_cut_off_by_a_crash_is_recorded_as_interrupted_on_restart() {
     server.kill().unwrap();
     server.wait().unwrap();
 
-    let (mut again, _) = start(&db, port, false);
+    let (mut again, base, _) = start(&db, false);
     let client = flowcredits_engine::http::client();
     let run = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs/{run_id}"), &owner, Value::Null).await;
     assert_eq!(run["status"], "failed", "{run}");
@@ -50,11 +48,9 @@ async fn a_run_cut_off_by_a_crash_is_recorded_as_interrupted_on_restart() {
 async fn sigterm_lets_running_flows_finish() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("flowcredits.db");
-    let port = free_port();
-    let (mut server, keys) = start(&db, port, true);
+    let (mut server, base, keys) = start(&db, true);
     assert_eq!(keys.len(), 2, "an operator key and the demo owner's key are printed once");
     let owner = &keys[1];
-    let base = format!("http://127.0.0.1:{port}");
     let client = flowcredits_engine::http::client();
     deploy_slow(&client, &base, owner, 1_500).await;
     let started = call(&client, reqwest::Method::POST, format!("{base}/hooks/demo/slow?async=true"), owner, json!({"n": 1})).await;
@@ -66,7 +62,7 @@ async fn sigterm_lets_running_flows_finish() {
     assert!(status.success(), "the server exits cleanly after draining: {status}");
 
     // Started again on the same database: the run completed before the first server exited.
-    let (mut again, keys) = start(&db, port, false);
+    let (mut again, base, keys) = start(&db, false);
     assert!(keys.is_empty(), "no new operator key once one exists");
     // A new client: the old one's pooled connections went with the old process.
     let client = flowcredits_engine::http::client();
@@ -80,10 +76,8 @@ async fn sigterm_lets_running_flows_finish() {
 #[tokio::test]
 async fn a_local_run_is_metered_against_the_servers_ledger() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (mut server, keys) = start(&dir.path().join("flowcredits.db"), port, true);
+    let (mut server, base, keys) = start(&dir.path().join("flowcredits.db"), true);
     let owner = keys[1].clone();
-    let base = format!("http://127.0.0.1:{port}");
     let flow = dir.path().join("double.yaml");
     std::fs::write(
         &flow,

@@ -189,13 +189,16 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     }
     if config.demo {
         match create_demo(&state).await {
-            Ok(token) => eprintln!("Created the demo team `demo` (plan team). Its owner's API key:\n  {token}\nDashboard: http://{}/dashboard?team=demo", config.listen),
+            Ok(token) => eprintln!("Created the demo team `demo` (plan team). Its owner's API key:\n  {token}"),
             Err(ApiError::Conflict(message)) => eprintln!("{message}"),
             Err(err) => return Err(err),
         }
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|err| ApiError::internal(format!("cannot listen on {}: {err} (is another server running there?)", config.listen)))?;
     let address = listener.local_addr().map_err(ApiError::internal)?;
+    if config.demo {
+        eprintln!("Demo dashboard: http://{address}/dashboard?team=demo");
+    }
     tracing::info!(address = %address, db = %config.db.display(), "flowcredits is serving");
     eprintln!("Listening on http://{address} (API under /v1, OpenAPI at /openapi.json, dashboard at /dashboard)");
     let (stop_tx, stop_rx) = watch::channel(false);

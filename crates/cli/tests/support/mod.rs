@@ -8,32 +8,33 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts the server and returns it with the keys it printed (operator, then demo owner).
-pub fn start(db: &std::path::Path, port: u16, demo: bool) -> (Child, Vec<String>) {
+/// Starts the server on a port the system picks (a port picked here and passed on could be
+/// taken by a parallel test in between) and returns it with its base URL and the keys it
+/// printed (operator, then demo owner).
+pub fn start(db: &std::path::Path, demo: bool) -> (Child, String, Vec<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flowcredits"));
-    command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]).arg("--db").arg(db).env("FLOWCREDITS_LOG", "warn");
+    command.args(["serve", "--listen", "127.0.0.1:0"]).arg("--db").arg(db).env("FLOWCREDITS_LOG", "warn");
     if demo {
         command.arg("--demo");
     }
     let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    let mut keys = Vec::new();
+    let (mut keys, mut base) = (Vec::new(), None);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(key) = line.trim().strip_prefix("fck_") {
             keys.push(format!("fck_{key}"));
         }
-        if line.starts_with("Listening on") {
+        // "Listening on http://127.0.0.1:PORT (API under /v1, …)"
+        if let Some(rest) = line.strip_prefix("Listening on ") {
+            base = rest.split_whitespace().next().map(str::to_owned);
             break;
         }
     }
+    let base = base.expect("the server printed where it listens");
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, keys)
+    (child, base, keys)
 }
 
 pub async fn call(client: &reqwest::Client, method: reqwest::Method, url: String, key: &str, body: Value) -> Value {
