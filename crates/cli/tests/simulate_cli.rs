@@ -44,6 +44,7 @@ fn malformed_scenarios_exit_2_with_one_line_naming_step_and_field() {
         (plain(&[r#"{"at":"2026-03-02T10:00:00Z","op":"teleport"}"#.into()]), "step 0: field `op`: unknown op `teleport`"),
         (plain(&[start(r#"[{"type":"warp_drive"}]"#)]), "step 0: field `blocks[0].type`: unknown block kind `warp_drive`"),
         (plain(&[start(r#"[{"type":"ai_agent","model":"gpt-9"}]"#)]), "step 0: field `blocks[0].model`: unknown model `gpt-9` for ai_agent"),
+        (plain(&[start("[]"), r#"{"at":"2026-03-02T10:00:01Z","op":"block","run":"r1","type":"ai_agent","model":"gpt-5","external_mcp_tools":["search",""]}"#.into()]), "step 1: field `external_mcp_tools[1]`: is empty; a tool is named"),
         (plain(&[start("[]"), r#"{"at":"2026-03-02T10:00:01Z","op":"block","run":"r1","type":"ai_media"}"#.into()]), "step 1: field `model`: ai_media needs a model"),
         (plain(&[r#"{"at":"2026-03-02T10:00:00Z","op":"set_payg"}"#.into()]), "step 0: field `enabled`: is missing"),
         (plain(&[r#"{"at":"2026-03-02T10:00:00Z","op":"purchase","credits":"ten"}"#.into()]), "step 0: field `credits`: must be a whole number above 0"),
