@@ -77,8 +77,14 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: 
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A dollar amount as the API takes them: at most three decimals, since a credit is $0.001 and
+/// every amount is shown with three.
 fn usd(field: &str, text: &str) -> Result<MicroUsd, ApiError> {
-    MicroUsd::parse_usd(text).ok_or_else(|| ApiError::invalid(field, format!("`{text}` is not a dollar amount such as \"25.000\"")))
+    let amount = MicroUsd::parse_usd(text).ok_or_else(|| ApiError::invalid(field, format!("`{text}` is not a dollar amount such as \"25.000\"")))?;
+    if amount.0 % flowcredits_core::MICRO_USD_PER_CREDIT != 0 {
+        return Err(ApiError::invalid(field, format!("`{text}` is finer than $0.001, the price of one credit; use at most three decimals")));
+    }
+    Ok(amount)
 }
 
 /// Changes billing settings (owner, admin or billing). Every change is in the ledger's audit
