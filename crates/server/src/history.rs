@@ -361,7 +361,8 @@ pub fn keep_declared(connection: &Connection, run: &str, declared: &Value) -> Re
     Ok(())
 }
 
-/// The blocks a run on the user's machine declared (`None`: not such a run).
+/// The blocks a run on the user's machine declared (`None`: a run made otherwise; not found:
+/// no such run in the team).
 pub fn declared(connection: &Connection, team: &str, run: &str) -> Result<Option<Value>, ApiError> {
     let text: Option<Option<String>> = connection.query_row("SELECT declared FROM run_history WHERE id = ?1 AND team = ?2", [run, team], |row| row.get(0)).optional()?;
     let text = text.ok_or_else(|| ApiError::NotFound(format!("run {run}")))?;

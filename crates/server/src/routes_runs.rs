@@ -215,7 +215,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
 }
 
 /// What a hook's flow gets as `request.body`: JSON when the body parses as JSON (it must, when
-/// the caller says it is JSON), otherwise the body as text; nothing is null.
+/// the caller says it is JSON), otherwise the body as text; no body is null.
 fn hook_input(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.is_empty() {
         return Ok(Value::Null);

@@ -200,6 +200,7 @@ impl Runner {
                     }
                     let error = format!("resumed when credits returned, but could not be started: {err}");
                     state.history.finished(FinishedRun { id: run_id, state: RunState::Failed, credits: 0, output: Value::Null, error: Some(error) });
+                    state.metrics.run_finished(RunState::Failed);
                 }
             }
         }
