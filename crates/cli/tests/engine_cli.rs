@@ -80,6 +80,13 @@ fn bad_arguments_say_what_to_do() {
     let output = flowcredits(&["run", &path, "--team", "acme", "--input", "{oops"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--input is not JSON"));
+    // An unknown model is a problem of the flow file, named by block and field, said once.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent.yaml");
+    std::fs::write(&agent, "name: m\nblocks:\n  - { id: start, kind: start }\n  - { id: think, kind: ai_agent, config: { model: gpt-99 } }\nedges:\n  - { from: start.input, to: think.prompt }\n").unwrap();
+    let output = flowcredits(&["estimate", agent.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("block `think`, config.model: unknown model `gpt-99`") && stderr.matches("gpt-99").count() == 1, "{stderr}");
     let output = flowcredits(&["estimate", &path, "--trigger", "api", "--cloud-run"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("drop --cloud-run"));

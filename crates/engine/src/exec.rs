@@ -239,7 +239,7 @@ pub fn check_models(rules: &flowcredits_core::Rules, at: Timestamp, flow: &Flow)
 }
 
 /// An unknown model is a problem in the flow file: say which block has it.
-fn name_model_problem(err: EngineError, flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> EngineError {
+pub(crate) fn name_model_problem(err: EngineError, flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> EngineError {
     let EngineError::Meter(flowcredits_core::CoreError::UnknownModel { model, .. }) = &err else { return err };
     for flow in std::iter::once(flow).chain(flows.values().map(|child| &**child)) {
         for block in &flow.blocks {
