@@ -443,7 +443,9 @@ impl<'a> Stripper<'a> {
                     self.cut(i, end);
                     end
                 }
-                "!" if i > 0 && self.ends_expression(i - 1) && self.tokens[i].start == self.tokens[i - 1].end && matches!(self.text(i + 1), "." | ")" | "]" | ";" | "," | "[" | "?." | "") => {
+                // A `!` right after an expression is never JavaScript (`!=` and `!==` are
+                // tokens of their own): it is the non-null assertion, whatever follows it.
+                "!" if i > 0 && self.ends_expression(i - 1) && self.tokens[i].start == self.tokens[i - 1].end => {
                     self.cut(i, i + 1);
                     i + 1
                 }
@@ -606,6 +608,18 @@ mod tests {
         check("const n = (input.x as number) + (y as unknown as string).length;", "const n = (input.x ) + (y ).length;");
         check("const k = [1, 2] as const;", "const k = [1, 2] ;");
         check("const m = a!.b + c!;", "const m = a.b + c;");
+        // The non-null `!` before any operator, at a line's end, before a closing brace.
+        for (ts, js) in [
+            ("const x = input.a! + 1;", "const x = input.a + 1;"),
+            ("const x = input.a! * 2 - b! - 1;", "const x = input.a * 2 - b - 1;"),
+            ("const x = input.a! ?? 0;", "const x = input.a ?? 0;"),
+            ("const x = f()! + g[0]!;", "const x = f() + g[0];"),
+            ("const x = input.a!\nreturn x", "const x = input.a\nreturn x"),
+            ("const f = () => { return input.a! }", "const f = () => { return input.a }"),
+            ("const y = a!==b || a!=b || !c || a! === b;", "const y = a!==b || a!=b || !c || a === b;"),
+        ] {
+            check(ts, js);
+        }
         check("const q = a != b ? { x: 1 } : c;", "const q = a != b ? { x: 1 } : c;");
         check("const map = new Map<string, number[]>();", "const map = new Map();");
         check("try { f() } catch (e: unknown) { g(e) }", "try { f() } catch (e) { g(e) }");
