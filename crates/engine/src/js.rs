@@ -113,6 +113,12 @@ impl Script {
             Ok(json) => serde_json::from_str(&json).map_err(|err| format!("the result is not JSON: {err}")),
             Err(_) if Instant::now() >= deadline => Err(format!("the script ran longer than its limit of {} ms and was stopped", self.timeout_ms)),
             Err(message) if message.contains("out of memory") => Err(format!("the script used more than the memory limit of {EVALUATE_MEMORY_BYTES_MAX} bytes and was stopped")),
+            // The engine reports some failed allocations (in string and object operations) with
+            // no error value, as `throw null` does; by then the heap is freed, so which it was
+            // cannot be told.
+            Err(message) if message == THREW_NOTHING => {
+                Err(format!("the script stopped with no error value: it threw null or undefined, or ran out of memory (the limit is {EVALUATE_MEMORY_BYTES_MAX} bytes)"))
+            }
             Err(message) => Err(format!("the script threw: {message}")),
         }
     }
@@ -141,7 +147,13 @@ impl Script {
     }
 }
 
+/// What a script that threw no value (`null` or `undefined`) is reported as having thrown.
+const THREW_NOTHING: &str = "null";
+
 fn exception_message(value: &rquickjs::Value<'_>) -> String {
+    if value.is_null() || value.is_undefined() {
+        return THREW_NOTHING.to_owned();
+    }
     if let Some(exception) = value.as_exception() {
         let message = exception.message().unwrap_or_default();
         return if message.is_empty() { "an error without a message".to_owned() } else { message };

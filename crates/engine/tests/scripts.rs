@@ -53,9 +53,17 @@ async fn a_runaway_script_is_stopped_at_its_time_limit_and_still_charged() {
 
 #[tokio::test]
 async fn a_script_that_allocates_without_bound_hits_the_memory_limit() {
-    let report = script("evaluate", r#"{ code: "const a = []; while (true) { a.push('x'.repeat(1 << 16)); }", timeout_ms: 10000 }"#, json!(null)).await;
-    let error = error(&report);
-    assert!(error.contains("memory"), "{error}");
+    // Large strings, many small ones, a growing map: however the heap fills, the message is the
+    // memory limit's (a failed allocation in a string operation throws no error value).
+    for code in ["const a = []; while (true) { a.push('x'.repeat(1 << 16)); }", "let a = []; while (true) { a.push('y' + a.length); }", "const m = new Map(); let i = 0; while (true) { m.set('k' + i, i++); }"] {
+        let report = script("evaluate", &format!("{{ code: \"{code}\", timeout_ms: 10000 }}"), json!(null)).await;
+        let error = error(&report);
+        let limit = flowcredits_engine::js::EVALUATE_MEMORY_BYTES_MAX.to_string();
+        assert!(error.contains("memory") && error.contains(&limit), "{code}: {error}");
+    }
+    // Some failed allocations throw no error value, as `throw null` does: the message says both.
+    let error = error(&script("evaluate", r#"{ code: "throw null" }"#, json!(null)).await);
+    assert!(error.contains("no error value") && error.contains("memory"), "{error}");
 }
 
 #[tokio::test]
