@@ -75,6 +75,9 @@ const SCHEMA: &[&str] = &[
     // 5: a run on the user's machine (`flowcredits run --server`) declares at admission the
     // blocks it may execute, which decide whether it needs credits; its charges must be among them.
     "ALTER TABLE run_history ADD COLUMN declared TEXT;",
+    // 6: history keeps at most `history::BLOCKS_PER_RUN_MAX` block executions per run and counts
+    // the rest (the ledger keeps every charge).
+    "ALTER TABLE run_history ADD COLUMN blocks_omitted INTEGER NOT NULL DEFAULT 0;",
 ];
 
 #[derive(Clone)]

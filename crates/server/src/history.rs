@@ -65,7 +65,14 @@ pub struct RunView {
     /// Present on a single run's page, not in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocks: Option<Vec<BlockView>>,
+    /// Block executions past [`BLOCKS_PER_RUN_MAX`], charged but not listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks_omitted: Option<u64>,
 }
+
+/// Most block executions run history lists for one run (a loop may run millions); the ledger
+/// keeps every charge, and the run counts those left out.
+pub const BLOCKS_PER_RUN_MAX: usize = 10_000;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BlockView {
@@ -250,6 +257,7 @@ fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
         input: json_column(row.get(13)?),
         output: json_column(row.get(14)?),
         blocks: None,
+        blocks_omitted: None,
     })
 }
 
@@ -285,7 +293,21 @@ pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, Api
         .optional()?
         .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     run.blocks = Some(blocks(connection, id)?);
+    let omitted: i64 = connection.query_row("SELECT blocks_omitted FROM run_history WHERE id = ?1", [id], |row| row.get(0))?;
+    run.blocks_omitted = (omitted > 0).then_some(omitted as u64);
     Ok(run)
+}
+
+/// How many block executions of `run` history holds.
+pub fn stored_block_count(connection: &Connection, run: &str) -> Result<usize, ApiError> {
+    let count: i64 = connection.prepare_cached("SELECT COALESCE(SUM(json_array_length(blocks)), 0) FROM run_history_batches WHERE run_id = ?1")?.query_row([run], |row| row.get(0))?;
+    Ok(count as usize)
+}
+
+/// Counts block executions of `run` that history leaves out.
+pub fn add_omitted_blocks(connection: &Connection, run: &str, omitted: usize) -> Result<(), ApiError> {
+    connection.prepare_cached("UPDATE run_history SET blocks_omitted = blocks_omitted + ?1 WHERE id = ?2")?.execute(params![omitted as i64, run])?;
+    Ok(())
 }
 
 /// One flow's runs in a period and the credits history shows for them.

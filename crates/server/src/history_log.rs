@@ -141,6 +141,7 @@ impl HistoryLog {
 }
 
 fn write_loop(mut connection: Connection, queue: Receiver<Entry>, flush_waiting: &AtomicBool, queued: &AtomicUsize) {
+    let mut kept = KeptBlocks::default();
     while let Ok(first) = queue.recv() {
         let began = std::time::Instant::now();
         flush_waiting.store(false, Ordering::Release);
@@ -153,7 +154,7 @@ fn write_loop(mut connection: Connection, queue: Receiver<Entry>, flush_waiting:
         }
         let taken = batch.len();
         let full = taken == BATCH_ENTRIES_MAX;
-        let flushes = write_batch(&mut connection, batch);
+        let flushes = write_batch(&mut connection, batch, &mut kept);
         queued.fetch_sub(taken, Ordering::Relaxed);
         for flushed in flushes {
             let _ = flushed.send(());
@@ -203,7 +204,37 @@ impl BatchRuns {
 /// Writes a batch in one transaction; returns the flushes to answer once it is committed.
 /// Entries are gathered per run first: a short run admitted, executed and finished within one
 /// batch is written as one row and its blocks, instead of a row that is then updated.
-fn write_batch(connection: &mut Connection, batch: Vec<Entry>) -> Vec<oneshot::Sender<()>> {
+/// How many block executions history holds for each run still going, so that a run's list stops
+/// at [`history::BLOCKS_PER_RUN_MAX`]. A run is counted from the database when first seen here
+/// (after a restart, or a run charged from another machine) and forgotten when it finishes.
+#[derive(Default)]
+struct KeptBlocks(std::collections::HashMap<String, usize>);
+
+impl KeptBlocks {
+    /// Keeps what room is left of `blocks` and counts the rest as omitted in the run's row.
+    fn admit(&mut self, connection: &Connection, run: &str, run_is_new: bool, blocks: &mut Vec<BlockRecord>) -> Result<(), ApiError> {
+        let kept = match self.0.get_mut(run) {
+            Some(kept) => kept,
+            None => {
+                let stored = if run_is_new { 0 } else { history::stored_block_count(connection, run)? };
+                self.0.entry(run.to_owned()).or_insert(stored)
+            }
+        };
+        let room = history::BLOCKS_PER_RUN_MAX.saturating_sub(*kept);
+        if blocks.len() > room {
+            history::add_omitted_blocks(connection, run, blocks.len() - room)?;
+            blocks.truncate(room);
+        }
+        *kept += blocks.len();
+        Ok(())
+    }
+
+    fn forget(&mut self, run: &str) {
+        self.0.remove(run);
+    }
+}
+
+fn write_batch(connection: &mut Connection, batch: Vec<Entry>, kept: &mut KeptBlocks) -> Vec<oneshot::Sender<()>> {
     let mut flushes = Vec::new();
     let mut runs = BatchRuns::default();
     for entry in batch {
@@ -232,7 +263,7 @@ fn write_batch(connection: &mut Connection, batch: Vec<Entry>) -> Vec<oneshot::S
     for (run, entries) in runs.order {
         // No savepoint per run: a failure (there is none but a bug or a full disk) leaves at worst
         // part of one run's history, and savepoints cost a statement journal per run.
-        if let Err(err) = write_run(&transaction, &run, entries) {
+        if let Err(err) = write_run(&transaction, &run, entries, kept) {
             tracing::error!(run = %run, error = %err, "recording run history failed");
         }
     }
@@ -242,8 +273,9 @@ fn write_batch(connection: &mut Connection, batch: Vec<Entry>) -> Vec<oneshot::S
     flushes
 }
 
-fn write_run(connection: &Connection, run: &str, entries: RunEntries) -> Result<(), ApiError> {
-    let RunEntries { admitted, blocks, mut finished } = entries;
+fn write_run(connection: &Connection, run: &str, entries: RunEntries, kept: &mut KeptBlocks) -> Result<(), ApiError> {
+    let RunEntries { admitted, mut blocks, mut finished } = entries;
+    let finishes = finished.is_some();
     let mut new_row = false;
     if let Some((admitted, at_ms)) = admitted {
         // A resumed run already has its row: it starts if the ledger admitted it, and otherwise
@@ -262,10 +294,16 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries) -> Result<
         }
     }
     if !blocks.is_empty() {
+        kept.admit(connection, run, new_row, &mut blocks)?;
+    }
+    if !blocks.is_empty() {
         history::insert_blocks(connection, run, &blocks, new_row)?;
     }
     if let Some(finished) = &finished {
         history::finish_run(connection, run, &end(finished))?;
+    }
+    if finishes {
+        kept.forget(run);
     }
     Ok(())
 }

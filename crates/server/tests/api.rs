@@ -1030,3 +1030,26 @@ async fn requests_are_read_as_http_says_and_refused_clearly_when_malformed() {
     let started = client.post(format!("{}/v1/teams/strict/deployments/{deployment}/runs", server.base)).bearer_auth(&owner).send().await.unwrap();
     assert_eq!(started.status(), StatusCode::ACCEPTED, "{}", started.text().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_a_bounded_number_of_a_runs_block_executions_and_counts_the_rest() {
+    let server = support::start().await;
+    let owner = server.team("loopy", "team").await;
+    let limit = flowcredits_server::history::BLOCKS_PER_RUN_MAX as u64;
+    // A loop of free blocks: `times` iterations of one priced-nothing `select`, plus the loop's own.
+    let times = limit + 50;
+    let flow = json!({"name": "loopy", "blocks": [
+        {"id": "again", "kind": "repeat", "config": {"times": times}},
+        {"id": "pick", "kind": "select", "config": {"path": "$"}}
+    ], "edges": [{"from": "again.index", "to": "pick.value"}]});
+    let (status, saved) = server.post("/v1/teams/loopy/flows", &owner, json!({"name": "loopy", "definition": flow})).await;
+    assert_eq!(status, StatusCode::CREATED, "{saved}");
+    let (status, run) = server.post("/v1/teams/loopy/runs", &owner, json!({"flow_id": saved["id"], "wait": true})).await;
+    assert_eq!((status, run["status"].clone()), (StatusCode::OK, json!("succeeded")), "{}", run["error"]);
+    let run = server.finished_run("loopy", &owner, run["run_id"].as_str().unwrap()).await;
+    let listed = run["blocks"].as_array().unwrap().len() as u64;
+    let omitted = run["blocks_omitted"].as_u64().unwrap_or(0);
+    assert_eq!(listed, limit, "history stops at its limit");
+    assert!(omitted > 0, "{}", run["blocks_omitted"]);
+    assert_eq!(listed + omitted, times + 1, "every execution is listed or counted (the loop, each select)");
+}
