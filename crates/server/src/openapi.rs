@@ -213,6 +213,9 @@ fn operation(route: &Route) -> Value {
         responses["202"] = json!({"description": "Accepted without waiting: `{run_id, status}`, running or paused", "content": {"application/json": {}}});
         responses["402"] = json!({"description": "The team is out of credits: the run is paused (`run_id`) and runs when credits return", "content": {"application/json": {}}});
         responses["408"] = json!({"description": "Still running after 30 s: `run_id` and where to read the result", "content": {"application/json": {}}});
+        if route.path.starts_with("/hooks/") {
+            responses["502"] = json!({"description": "The flow failed before its `response` block answered: the run, with its error", "content": {"application/json": {}}});
+        }
     }
     if route.access.starts_with("runner token") {
         operation["security"] = json!([{"runnerToken": []}]);

@@ -139,9 +139,11 @@ fn reply_response(reply: RunReply, answer: Answer) -> Response {
         response.headers_mut().insert("x-flowcredits-run", reply.run_id.parse().expect("run ids are header-safe"));
         return response;
     }
-    let status = match reply.state {
-        RunState::Succeeded => StatusCode::OK,
-        _ => StatusCode::BAD_GATEWAY,
+    // The API describes the run, whatever its end, so the request itself succeeded; a hook
+    // stands for the flow, and a flow that failed before answering is a failed upstream.
+    let status = match (answer, reply.state) {
+        (Answer::Run, _) | (Answer::Hook, RunState::Succeeded) => StatusCode::OK,
+        (Answer::Hook, _) => StatusCode::BAD_GATEWAY,
     };
     let response = reply.response.map(|(status, body)| json!({"status": status, "body": body}));
     (status, Json(json!({"run_id": reply.run_id, "status": reply.state, "credits": reply.credits.0, "output": reply.output, "response": response, "error": reply.error}))).into_response()

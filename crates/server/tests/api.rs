@@ -363,6 +363,10 @@ async fn a_failing_block_is_shown_failed_with_its_error_and_still_charged() {
     let explode = run["blocks"].as_array().unwrap().iter().find(|block| block["block_id"] == "explode").unwrap().clone();
     assert_eq!((explode["status"].clone(), explode["input"].clone(), explode["credits"].clone()), (json!("failed"), json!({"input": {"x": 1}}), json!(1)), "{explode}");
     assert!(explode["error"].as_str().unwrap().contains("boom"), "{explode}");
+    // Started from the API and waited for, the same failure is a run described: 200, status failed.
+    let (_, flows) = server.get("/v1/teams/acme/flows", &owner).await;
+    let (status, described) = server.post("/v1/teams/acme/runs", &owner, json!({"flow_id": flows["items"][0]["id"], "wait": true})).await;
+    assert_eq!((status, described["status"].clone()), (StatusCode::OK, json!("failed")), "{described}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
