@@ -152,6 +152,14 @@ pub fn first_id_at(prefix: &str, ms: i64) -> String {
     format!("{prefix}_{:011x}", ms.max(0))
 }
 
+/// Refuses a page cursor that is not an id made by [`new_id`] with `prefix`: compared as text,
+/// any other string would silently start the page somewhere arbitrary.
+pub fn check_id_cursor(prefix: &str, after: Option<&str>) -> Result<(), ApiError> {
+    let Some(after) = after else { return Ok(()) };
+    let well_formed = after.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('_')).is_some_and(|hex| hex.len() == 21 && hex.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte)));
+    if well_formed { Ok(()) } else { Err(ApiError::invalid("after", format!("`{after}` is not a cursor this list gave (a `{prefix}_…` id)"))) }
+}
+
 pub fn new_id(prefix: &str) -> String {
     // Ids name things, they grant nothing (every route checks the caller's team), so a fast
     // per-thread generator seeded from the OS serves: no system call per id on the hook path.
