@@ -55,7 +55,7 @@ pub async fn start_run(State(state): State<AppState>, caller: Caller, Path(team)
         answer_on_response: false,
     };
     let started = state.runner.start(&state, request).await?;
-    Ok(answer_started(started, &team, body.wait.then_some(state.sync_wait), Answer::Run).await)
+    Ok(answer_started(&state, started, &team, body.wait.then_some(state.sync_wait), Answer::Run).await)
 }
 
 #[derive(Deserialize)]
@@ -93,7 +93,7 @@ pub async fn run_deployment(State(state): State<AppState>, caller: Caller, Path(
         answer_on_response: false,
     };
     let started = crate::jobs::start_deployed(&state, deployment.runs_on, request).await?;
-    Ok(answer_started(started, &team, body.wait.then_some(state.sync_wait), Answer::Run).await)
+    Ok(answer_started(&state, started, &team, body.wait.then_some(state.sync_wait), Answer::Run).await)
 }
 
 /// The answer to whoever started a run: paused (with the run id and what to do), accepted, the
@@ -108,14 +108,18 @@ enum Answer {
 
 /// A paused run answers 402 to a caller that waits for the result (it will not come until credits
 /// return) and 202, like any run accepted for later, to one that does not.
-async fn answer_started(started: Started, team: &str, wait: Option<Duration>, answer: Answer) -> Response {
+async fn answer_started(state: &AppState, started: Started, team: &str, wait: Option<Duration>, answer: Answer) -> Response {
     let run_id = started.run_id.clone();
     if started.status == RunStatus::Paused {
         let paused_status = if wait.is_some() { StatusCode::PAYMENT_REQUIRED } else { StatusCode::ACCEPTED };
+        let advice = match state.ledger.team(team).await {
+            Ok(info) => out_of_credits_advice(state.rules.plans.get(info.plan), &info),
+            Err(_) => "wait for the next billing period".to_owned(),
+        };
         let body = json!({
             "run_id": run_id,
             "status": "paused",
-            "error": {"code": "out_of_credits", "message": "the team has used its credits; the run is paused and will run when credits return (turn on pay-as-you-go or raise its spending cap, buy credits, or wait for the next billing period)"},
+            "error": {"code": "out_of_credits", "message": format!("the team has used its credits; the run is paused and will run when credits return ({advice})")},
         });
         return (paused_status, Json(body)).into_response();
     }
@@ -127,6 +131,23 @@ async fn answer_started(started: Started, team: &str, wait: Option<Duration>, an
         Ok(Err(_)) => ApiError::internal(format!("run {run_id} stopped without a result")).into_response(),
         Err(_) => (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": format!("the run is still going; read its result from /v1/teams/{team}/runs/{run_id}")}))).into_response(),
     }
+}
+
+/// What brings credits back for this team, as its plan and settings allow.
+fn out_of_credits_advice(plan: &flowcredits_core::Plan, team: &crate::ledger::TeamView) -> String {
+    let mut ways = Vec::new();
+    if plan.has_payg() && !team.payg_enabled {
+        ways.push("turn on pay-as-you-go".to_owned());
+    }
+    if team.payg_enabled && team.payg_cap.is_some() {
+        ways.push("raise the pay-as-you-go spending cap".to_owned());
+    }
+    if plan.can_purchase_credits {
+        ways.push("buy credits".to_owned());
+    }
+    ways.push("wait for the next billing period".to_owned());
+    let last = ways.pop().expect("one way always");
+    if ways.is_empty() { last } else { format!("{}, or {last}", ways.join(", ")) }
 }
 
 /// A finished run as an HTTP answer: for a hook, the `response` block's status and body when
@@ -213,7 +234,7 @@ pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team
         answer_on_response: true,
     };
     let started = crate::jobs::start_deployed(&state, deployment.runs_on, request).await?;
-    Ok(answer_started(started, &team, (!asynchronous).then_some(state.sync_wait), Answer::Hook).await)
+    Ok(answer_started(&state, started, &team, (!asynchronous).then_some(state.sync_wait), Answer::Hook).await)
 }
 
 /// What a hook's flow gets as `request.body`: JSON when the body parses as JSON (it must, when

@@ -225,6 +225,7 @@ async fn a_local_run_that_cannot_start_is_not_kept_waiting() {
     // A hook run waits, and pay-as-you-go resumes it alone.
     let (status, paused) = server.call_hook("solo", "work", &owner, json!({})).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert!(paused["error"]["message"].as_str().unwrap().ends_with("(turn on pay-as-you-go, or wait for the next billing period)"), "{paused}");
     let (status, billing) = server.call(Method::PATCH, "/v1/teams/solo/billing", &owner, Some(json!({"payg_enabled": true}))).await;
     assert_eq!(status, StatusCode::OK, "{billing}");
     let resumed = server.finished_run("solo", &owner, paused["run_id"].as_str().unwrap()).await;
@@ -459,6 +460,8 @@ async fn running_and_paused_runs_can_be_cancelled_and_finished_ones_cannot() {
     assert_eq!(status, StatusCode::OK);
     let (status, paused) = server.call_hook("acme", "work", &owner, json!({})).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    // Free has no pay-as-you-go and buys no credits: the answer says the one way left.
+    assert!(paused["error"]["message"].as_str().unwrap().ends_with("(wait for the next billing period)"), "{paused}");
     let paused = paused["run_id"].as_str().unwrap().to_owned();
 
     // A running run is told to stop; a paused one is cancelled there and then.
