@@ -119,6 +119,8 @@ impl Script {
             Err(message) if message == THREW_NOTHING => {
                 Err(format!("the script stopped with no error value: it threw null or undefined, or ran out of memory (the limit is {EVALUATE_MEMORY_BYTES_MAX} bytes)"))
             }
+            // The wrapper's own checks of what the script returned are not the script's throws.
+            Err(message) if message.starts_with(RESULT_REFUSED) => Err(message[RESULT_REFUSED.len()..].to_owned()),
             Err(message) => Err(format!("the script threw: {message}")),
         }
     }
@@ -138,14 +140,17 @@ impl Script {
         source.push_str("var __result = (function(input, require) {\n");
         source.push_str(&self.body);
         source.push_str("\n})(JSON.parse(__flowcredits_input), require);\n");
-        source.push_str("if (__result instanceof Promise) throw new Error(\"the script returned a Promise; scripts run synchronously, so return the value itself\");\n");
+        source.push_str("if (__result instanceof Promise) throw new Error(\"__flowcredits: the script returned a Promise; scripts run synchronously, so return the value itself\");\n");
         // JSON.stringify gives undefined for a function or a symbol: say what was returned.
         source.push_str("var __json = JSON.stringify(__result === undefined ? null : __result);\n");
-        source.push_str("if (__json === undefined) throw new Error(\"the script returned a \" + typeof __result + \", which is not a JSON value; return an object, array, string, number, boolean or null\");\n");
+        source.push_str("if (__json === undefined) throw new Error(\"__flowcredits: the script returned a \" + typeof __result + \", which is not a JSON value; return an object, array, string, number, boolean or null\");\n");
         source.push_str("return __json;\n})()");
         source
     }
 }
+
+/// How the wrapper's errors about a script's result begin (see `source`).
+const RESULT_REFUSED: &str = "__flowcredits: ";
 
 /// What a script that threw no value (`null` or `undefined`) is reported as having thrown.
 const THREW_NOTHING: &str = "null";
