@@ -417,8 +417,29 @@ pub fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {
         RunOutcome::Failed { error } => (RunState::Failed, Some(error)),
         _ => (RunState::Succeeded, None),
     };
-    let output: Map<String, Value> = report.outputs.into_iter().map(|output| (output.label.unwrap_or(output.at), output.value)).collect();
-    RunReply { run_id: run_id.to_owned(), state, credits: report.total, response: report.response.map(|response| (response.status, response.body)), output: Value::Object(output), error }
+    RunReply { run_id: run_id.to_owned(), state, credits: report.total, response: report.response.map(|response| (response.status, response.body)), output: shown_by_label(report.outputs), error }
+}
+
+/// What `display` blocks showed, by label (or block): a label shown once maps to its value, one
+/// shown more than once (a display in a loop, two displays with one label) to the list of its
+/// values in the order shown, so nothing shown is lost.
+fn shown_by_label(outputs: Vec<flowcredits_engine::Output>) -> Value {
+    let mut shown: Map<String, Value> = Map::new();
+    let mut repeated = std::collections::HashSet::new();
+    for output in outputs {
+        let label = output.label.unwrap_or(output.at);
+        match shown.get_mut(&label) {
+            None => {
+                shown.insert(label, output.value);
+            }
+            Some(Value::Array(values)) if repeated.contains(&label) => values.push(output.value),
+            Some(first) => {
+                *first = Value::Array(vec![first.take(), output.value]);
+                repeated.insert(label);
+            }
+        }
+    }
+    Value::Object(shown)
 }
 
 fn engine_error(err: &EngineError) -> ApiError {
@@ -625,6 +646,22 @@ pub fn mcp_tool_schema(definition: &Value) -> Option<(Value, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_shown_is_kept_under_its_label() {
+        let shown = |at: &str, label: Option<&str>, value: Value| flowcredits_engine::Output { at: at.into(), label: label.map(str::to_owned), value };
+        let outputs = vec![
+            shown("each#0/show", Some("each"), json!(0)),
+            shown("total", None, json!(3)),
+            shown("each#1/show", Some("each"), json!(1)),
+            shown("each#2/show", Some("each"), json!(2)),
+            shown("a", Some("same"), json!("first")),
+            shown("b", Some("same"), json!("second")),
+        ];
+        assert_eq!(shown_by_label(outputs), json!({"each": [0, 1, 2], "total": 3, "same": ["first", "second"]}));
+        // A label shown once keeps its value as it is, even a list.
+        assert_eq!(shown_by_label(vec![shown("x", Some("list"), json!([1, 2]))]), json!({"list": [1, 2]}));
+    }
 
     /// A run the ledger holds and history lacks is restored, unless it is older than the
     /// history's retention: then its row was pruned on purpose.
