@@ -250,12 +250,14 @@ impl Builder {
                     self.problems.push(Problem::block(&block.id, format!("inputs.{}", spec.name), "required input has no edge"));
                 }
             }
+            // A config value given but refused is reported already: it is not also "missing".
+            let reported = |problems: &[Problem], field: &str| problems.iter().any(|problem| problem.block.as_deref() == Some(block.id.as_str()) && problem.field.starts_with(field));
             let test_missing = matches!(block.op, Op::If { test: None }) && flow.sources[ix][block.input("condition").expect("if has a condition port")].is_empty();
-            if test_missing {
+            if test_missing && !reported(&self.problems, "config.test") {
                 self.problems.push(Problem::block(&block.id, "config.test", "missing; give a test like {\"path\": \"ok\", \"op\": \"truthy\"} or connect the `condition` input"));
             }
             let times_missing = matches!(block.op, Op::Repeat { times: None }) && flow.sources[ix][block.input("times").expect("repeat has a times port")].is_empty();
-            if times_missing {
+            if times_missing && !reported(&self.problems, "config.times") {
                 self.problems.push(Problem::block(&block.id, "config.times", "missing; give the number of iterations or connect the `times` input"));
             }
             if matches!(block.op, Op::Repeat { times: Some(_) }) && !flow.sources[ix][block.input("times").expect("repeat has a times port")].is_empty() {

@@ -74,6 +74,19 @@ edges:
   - { from: start.input, to: loop.stop }
   - { from: loop.index, to: log.value }
 "#, &["block `loop`, inputs.stop: the edge from `start` comes from outside this loop's body"]);
+    // A config value given but refused is one problem, not also "missing".
+    check(r#"
+name: refused-not-missing
+blocks:
+  - { id: start, kind: start }
+  - { id: many, kind: repeat, config: { times: 2000000 } }
+  - { id: odd, kind: if, config: { test: { path: x, op: regex } } }
+edges:
+  - { from: start.input, to: odd.value }
+"#, &[
+        "block `many`, config.times: must be a whole number of iterations from 0 to 1000000, not 2000000",
+        "block `odd`, config.test: unknown op `regex`",
+    ]);
 }
 
 #[test]
