@@ -355,7 +355,15 @@ pub(crate) fn compile_schema(cfg: &mut Cfg<'_>, key: &'static str, schema: &Valu
     match jsonschema::validator_for(schema) {
         Ok(validator) => Some(Arc::new(validator)),
         Err(err) => {
-            cfg.problem(key, format!("not a valid JSON Schema: {err}"));
+            // The library's wording for a reference it would have to fetch names its own build
+            // options; ours never fetch.
+            let message = err.to_string();
+            let problem = if message.contains("resolve-http") || message.contains("resolve-file") {
+                "not a valid JSON Schema here: it refers to another document (`$ref` to a URL or file), and schemas are never fetched; put the definitions in the schema itself".to_owned()
+            } else {
+                format!("not a valid JSON Schema: {message}")
+            };
+            cfg.problem(key, problem);
             None
         }
     }

@@ -136,7 +136,7 @@ blocks:
 "#, Syntax::Yaml);
     let found: Vec<&String> = found.iter().filter(|problem| problem.contains("config.schema")).collect();
     assert_eq!(found.len(), 2, "{found:#?}");
-    assert!(found[0].starts_with("block `remote`, config.schema: not a valid JSON Schema"), "{found:#?}");
+    assert!(found[0].starts_with("block `remote`, config.schema: not a valid JSON Schema") && found[0].contains("never fetched"), "{found:#?}");
     assert!(found[1].starts_with("block `wrong`, config.schema: not a valid JSON Schema"), "{found:#?}");
 }
 
