@@ -295,7 +295,29 @@ impl Builder {
             }
         }
         if order.len() < count {
-            let stuck: Vec<&str> = (0..count).filter(|&ix| indegree[ix] > 0).map(|ix| flow.blocks[ix].id.as_str()).collect();
+            // What sorting left holds the cycles and what they feed; blocks that feed nothing
+            // left are peeled off from the end, so the message names the cycle's blocks.
+            let mut on_cycle: Vec<bool> = indegree.iter().map(|&left| left > 0).collect();
+            let mut previous: Vec<Vec<BlockIx>> = vec![Vec::new(); count];
+            for (from, targets) in next.iter().enumerate() {
+                for &to in targets {
+                    previous[to].push(from);
+                }
+            }
+            let mut outdegree: Vec<usize> = next.iter().map(|targets| targets.iter().filter(|&&to| on_cycle[to]).count()).collect();
+            let mut sinks: Vec<BlockIx> = (0..count).filter(|&ix| on_cycle[ix] && outdegree[ix] == 0).collect();
+            while let Some(ix) = sinks.pop() {
+                on_cycle[ix] = false;
+                for &from in &previous[ix] {
+                    if on_cycle[from] {
+                        outdegree[from] -= 1;
+                        if outdegree[from] == 0 {
+                            sinks.push(from);
+                        }
+                    }
+                }
+            }
+            let stuck: Vec<&str> = (0..count).filter(|&ix| on_cycle[ix]).map(|ix| flow.blocks[ix].id.as_str()).collect();
             let message = format!("is part of a cycle among {}; only an edge into a loop's `stop` port may point back", stuck.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", "));
             self.problems.push(Problem::block(stuck[0], "edges", message));
         }

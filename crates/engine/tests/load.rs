@@ -64,6 +64,18 @@ edges:
   - { from: a.value, to: b.value }
   - { from: b.value, to: a.value }
 "#, &["block `a`, edges: is part of a cycle among `a`, `b`"]);
+    // A block the cycle feeds is not named as part of it.
+    check(r#"
+name: fed
+blocks:
+  - { id: a, kind: template, config: { template: "x" } }
+  - { id: b, kind: select, config: { path: x } }
+  - { id: c, kind: display }
+edges:
+  - { from: a.text, to: b.value }
+  - { from: b.value, to: a.input }
+  - { from: a.text, to: c.value }
+"#, &["block `a`, edges: is part of a cycle among `a`, `b`; only"]);
     check(r#"
 name: stop-from-outside
 blocks:
