@@ -59,6 +59,8 @@ pub enum EngineError {
     FlowNotFound { name: String, message: String },
     #[error("flow `{name}` includes itself through `flow` blocks ({chain}); a flow may not run itself")]
     FlowRecursion { name: String, chain: String },
+    #[error("flow `{name}` would nest more than {max} flows deep ({chain}); flatten some of them")]
+    FlowTooDeep { name: String, max: usize, chain: String },
     #[error("the meter refused: {0}")]
     Meter(#[from] CoreError),
     #[error("execution {execution} was already charged with a different usage")]

@@ -38,7 +38,9 @@ impl FlowResolver for DirResolver {
                 return Flow::load(&text, Syntax::of_path(&path)).map(Arc::new);
             }
         }
-        Err(EngineError::FlowNotFound { name: name.to_owned(), message: format!("no {name}.yaml, {name}.yml or {name}.json in {}", self.dir.display()) })
+        // A flow file given by bare name lives in the current directory, whose path is empty.
+        let dir = if self.dir.as_os_str().is_empty() { std::path::Path::new(".") } else { &self.dir };
+        Err(EngineError::FlowNotFound { name: name.to_owned(), message: format!("no {name}.yaml, {name}.yml or {name}.json in {}", dir.display()) })
     }
 }
 
@@ -67,7 +69,7 @@ fn visit(flow: &Flow, resolver: &dyn FlowResolver, chain: &mut Vec<String>, foun
             return Err(EngineError::FlowRecursion { name: name.to_owned(), chain: chain.join(" -> ") });
         }
         if chain.len() >= FLOW_NESTING_MAX {
-            return Err(EngineError::FlowNotFound { name: name.to_owned(), message: format!("flows nest more than {FLOW_NESTING_MAX} deep ({})", chain.join(" -> ")) });
+            return Err(EngineError::FlowTooDeep { name: name.to_owned(), max: FLOW_NESTING_MAX, chain: chain.join(" -> ") });
         }
         let child = match found.get(name) {
             Some(child) => Arc::clone(child),

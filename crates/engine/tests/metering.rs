@@ -219,3 +219,19 @@ fn the_run_future_can_move_between_threads() {
     let future = engine.run(&flow, request("r1", local(), Value::Null), &meter);
     assert_send(&future);
 }
+
+#[test]
+fn nested_flows_are_refused_past_their_depth_and_a_flow_may_not_run_itself() {
+    let chain = |name: String, child: Option<String>| match child {
+        Some(child) => format!("name: {name}\nblocks:\n  - {{ id: sub, kind: flow, config: {{ flow: {child} }} }}\n"),
+        None => format!("name: {name}\nblocks:\n  - {{ id: s, kind: start }}\n"),
+    };
+    let depth = flowcredits_engine::FLOW_NESTING_MAX + 1;
+    let files: Vec<String> = (0..=depth).map(|level| chain(format!("l{level}"), (level < depth).then(|| format!("l{}", level + 1)))).collect();
+    let resolver = resolver_with(&files.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = flowcredits_engine::resolve_all(&flow(&files[0]), &resolver).unwrap_err().to_string();
+    assert!(err.contains(&format!("more than {} flows deep", flowcredits_engine::FLOW_NESTING_MAX)) && !err.contains("cannot be found"), "{err}");
+    let looped = resolver_with(&["name: a\nblocks:\n  - { id: sub, kind: flow, config: { flow: b } }\n", "name: b\nblocks:\n  - { id: sub, kind: flow, config: { flow: a } }\n"]);
+    let err = flowcredits_engine::resolve_all(&flow("name: a\nblocks:\n  - { id: sub, kind: flow, config: { flow: b } }\n"), &looped).unwrap_err().to_string();
+    assert!(err.contains("includes itself"), "{err}");
+}

@@ -444,7 +444,7 @@ fn shown_by_label(outputs: Vec<flowcredits_engine::Output>) -> Value {
 
 fn engine_error(err: &EngineError) -> ApiError {
     match err {
-        EngineError::Invalid { .. } | EngineError::FlowNotFound { .. } | EngineError::FlowRecursion { .. } => ApiError::invalid("definition", err.to_string()),
+        EngineError::Invalid { .. } | EngineError::FlowNotFound { .. } | EngineError::FlowRecursion { .. } | EngineError::FlowTooDeep { .. } => ApiError::invalid("definition", err.to_string()),
         EngineError::Meter(core) => ApiError::invalid("definition", core.to_string()),
         _ => ApiError::internal(err),
     }
