@@ -40,8 +40,32 @@ impl FlowResolver for DirResolver {
         }
         // A flow file given by bare name lives in the current directory, whose path is empty.
         let dir = if self.dir.as_os_str().is_empty() { std::path::Path::new(".") } else { &self.dir };
-        Err(EngineError::FlowNotFound { name: name.to_owned(), message: format!("no {name}.yaml, {name}.yml or {name}.json in {}", dir.display()) })
+        // The server finds flows by the name inside them; so does this, when no file is named so.
+        if let Some(flow) = find_by_inner_name(dir, name) {
+            return Ok(flow);
+        }
+        Err(EngineError::FlowNotFound { name: name.to_owned(), message: format!("no {name}.yaml, {name}.yml or {name}.json in {}, nor a flow file there whose name is `{name}`", dir.display()) })
     }
+}
+
+/// Most flow files looked into when a flow is sought by the name inside it.
+const DIR_FLOW_FILES_MAX: usize = 1_000;
+
+/// The flow file in `dir` whose `name` is `name`, if one loads. Files that do not load are
+/// passed over (they are not the flow asked for).
+fn find_by_inner_name(dir: &std::path::Path, name: &str) -> Option<Arc<Flow>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().and_then(|extension| extension.to_str()).is_some_and(|extension| matches!(extension, "yaml" | "yml" | "json")))
+        .take(DIR_FLOW_FILES_MAX)
+        .filter(|path| std::fs::metadata(path).is_ok_and(|meta| meta.len() <= crate::FLOW_FILE_BYTES_MAX as u64))
+        .find_map(|path| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let flow = Flow::load(&text, Syntax::of_path(&path)).ok()?;
+            (flow.name == name).then(|| Arc::new(flow))
+        })
 }
 
 /// Flows held in memory, by name.

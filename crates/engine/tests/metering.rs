@@ -235,3 +235,18 @@ fn nested_flows_are_refused_past_their_depth_and_a_flow_may_not_run_itself() {
     let err = flowcredits_engine::resolve_all(&flow("name: a\nblocks:\n  - { id: sub, kind: flow, config: { flow: b } }\n"), &looped).unwrap_err().to_string();
     assert!(err.contains("includes itself"), "{err}");
 }
+
+#[test]
+fn a_flow_directory_finds_a_nested_flow_by_its_file_or_by_the_name_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("renamed.yaml"), "name: realname\nblocks:\n  - { id: s, kind: start }\n").unwrap();
+    std::fs::write(dir.path().join("broken.yaml"), "name: [").unwrap();
+    let resolver = flowcredits_engine::DirResolver::new(dir.path());
+    // As the server finds flows (by name), and as files are named.
+    for parent in ["name: p\nblocks:\n  - { id: sub, kind: flow, config: { flow: realname } }\n", "name: p\nblocks:\n  - { id: sub, kind: flow, config: { flow: renamed } }\n"] {
+        let flows = flowcredits_engine::resolve_all(&flow(parent), &resolver).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(flows.values().map(|child| child.name.as_str()).collect::<Vec<_>>(), ["realname"]);
+    }
+    let err = flowcredits_engine::resolve_all(&flow("name: p\nblocks:\n  - { id: sub, kind: flow, config: { flow: ghost } }\n"), &resolver).unwrap_err().to_string();
+    assert!(err.contains("ghost") && err.contains("nor a flow file there whose name is `ghost`"), "{err}");
+}
