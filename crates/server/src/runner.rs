@@ -608,10 +608,17 @@ impl flowcredits_engine::FlowResolver for TeamFlows {
         let definition = self
             .catalog
             .call_here(|connection| {
-                let flow = catalog::flow_by_name(connection, &self.team, name)?;
-                Ok(catalog::snapshot(connection, &self.team, &flow.id, None)?.definition)
+                let flow = match catalog::flow_by_name(connection, &self.team, name) {
+                    Err(ApiError::NotFound(_)) => return Ok(Err("the team has no flow by that name; create it and take a snapshot")),
+                    other => other?,
+                };
+                match catalog::snapshot(connection, &self.team, &flow.id, None) {
+                    Err(ApiError::NotFound(_)) => Ok(Err("the team's flow by that name has no snapshot yet; take one")),
+                    other => Ok(Ok(other?.definition)),
+                }
             })
-            .map_err(|err| not_found(format!("the team has no snapshot of a flow by that name ({err}); create the flow and snapshot it")))?;
+            .map_err(|err| not_found(err.to_string()))?
+            .map_err(|problem| not_found(problem.to_owned()))?;
         load_flow(&definition).map(Arc::new).map_err(|err| not_found(err.to_string()))
     }
 }

@@ -544,6 +544,12 @@ async fn a_flow_block_runs_the_latest_snapshot_of_the_teams_own_flow() {
     let (status, failed) = server.post("/hooks/other/outer", &other, json!(21)).await;
     assert!(status.is_client_error() || status.is_server_error(), "{status} {failed}");
     assert!(failed.to_string().contains("double"), "the error names the missing flow: {failed}");
+    assert!(failed.to_string().contains("no flow by that name"), "{failed}");
+    // A flow of that name with no snapshot yet is said so.
+    let (status, saved) = server.post("/v1/teams/other/flows", &other, json!({"name": "double", "definition": double})).await;
+    assert_eq!(status, StatusCode::CREATED, "{saved}");
+    let (_, failed) = server.post("/hooks/other/outer", &other, json!(21)).await;
+    assert!(failed.to_string().contains("has no snapshot yet"), "{failed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
