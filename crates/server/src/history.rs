@@ -304,6 +304,13 @@ pub fn stored_block_count(connection: &Connection, run: &str) -> Result<usize, A
     Ok(count as usize)
 }
 
+/// Adds credits charged to a run still going to what its row shows (a finished run's row has
+/// the ledger's total already).
+pub fn add_running_credits(connection: &Connection, run: &str, credits: u64) -> Result<(), ApiError> {
+    connection.prepare_cached("UPDATE run_history SET credits = credits + ?1 WHERE id = ?2 AND status = 'running'")?.execute(params![credits as i64, run])?;
+    Ok(())
+}
+
 /// Counts block executions of `run` that history leaves out.
 pub fn add_omitted_blocks(connection: &Connection, run: &str, omitted: usize) -> Result<(), ApiError> {
     connection.prepare_cached("UPDATE run_history SET blocks_omitted = blocks_omitted + ?1 WHERE id = ?2")?.execute(params![omitted as i64, run])?;

@@ -293,6 +293,11 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries, kept: &mut
             new_row = true;
         }
     }
+    // A run still going shows what it has been charged so far; its end sets the ledger's total.
+    let charged: u64 = blocks.iter().map(|block| block.credits).sum();
+    if charged > 0 && !finishes {
+        history::add_running_credits(connection, run, charged)?;
+    }
     if !blocks.is_empty() {
         kept.admit(connection, run, new_row, &mut blocks)?;
     }

@@ -153,11 +153,13 @@ impl Ledger {
     }
 
     /// Charges executions of a running run in one all-or-nothing batch; returns each one's credits.
-    pub async fn charge(&self, team: &str, run: &str, charges: &[BlockCharge]) -> Result<Vec<Credits>, ApiError> {
+    /// Each charge's credits, and whether it was a retry of one already recorded (acknowledged
+    /// with its first answer, counted once).
+    pub async fn charge(&self, team: &str, run: &str, charges: &[BlockCharge]) -> Result<Vec<(Credits, bool)>, ApiError> {
         let (name, run) = (team_name(team)?, run_id(run)?);
         let events = usage_events(&run, charges);
         let outcomes = Self::written(|done| self.store.submit_charge(&name, events, done)).await?;
-        Ok(outcomes.into_iter().map(|outcome| outcome.credits).collect())
+        Ok(outcomes.into_iter().map(|outcome| (outcome.credits, outcome.replayed)).collect())
     }
 
     pub async fn end_run(&self, team: &str, run: &str) -> Result<(), ApiError> {

@@ -452,10 +452,9 @@ pub(crate) async fn charge_reported(state: &AppState, team: &str, run: &str, bod
         let usage = BlockUsage { kind, model: charge.model, external_mcp_tools: charge.external_mcp_tools, internal_mcp_tools: charge.internal_mcp_tools };
         charges.push(BlockCharge { trace, ..BlockCharge::new(execution, usage) });
     }
+    // History adds the new charges to the run's row as it records them.
     let credits = crate::runner::charge_run(state, team, run, &mut charges).await?;
     let run_total = state.ledger.run_credits(team, run).await?;
-    let run_id = run.to_owned();
-    state.catalog.call(move |connection| Ok(connection.execute("UPDATE run_history SET credits = ?2 WHERE id = ?1", rusqlite::params![run_id, run_total.0 as i64])?)).await?;
     crate::scheduler::check_alerts(state, team).await;
     Ok(Json(json!({"credits": credits.iter().map(|credits| credits.0).collect::<Vec<_>>(), "run_credits": run_total.0})))
 }

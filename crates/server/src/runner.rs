@@ -532,9 +532,17 @@ impl Meter for StoreMeter<'_> {
 /// (whose executions are reported over HTTP). An execution reported again (a retry, a job
 /// handed out again) is acknowledged by the ledger with its first credits and listed once.
 pub(crate) async fn charge_run(state: &AppState, team: &str, run_id: &str, charges: &mut [BlockCharge]) -> Result<Vec<Credits>, ApiError> {
-    let credits = state.ledger.charge(team, run_id, charges).await?;
-    record_charged(state, run_id, charges, &credits);
-    Ok(credits)
+    let outcomes = state.ledger.charge(team, run_id, charges).await?;
+    // A retried execution was recorded when first charged: history gets only the new ones.
+    let (mut fresh, mut fresh_credits) = (Vec::new(), Vec::new());
+    for (charge, (credits, replayed)) in charges.iter_mut().zip(&outcomes) {
+        if !replayed {
+            fresh.push(BlockCharge { trace: charge.trace.take(), ..BlockCharge::new(charge.execution.clone(), charge.usage.clone()) });
+            fresh_credits.push(*credits);
+        }
+    }
+    record_charged(state, run_id, &mut fresh, &fresh_credits);
+    Ok(outcomes.into_iter().map(|(credits, _)| credits).collect())
 }
 
 /// Counts charged credits and queues the blocks' history rows.

@@ -1067,3 +1067,33 @@ async fn history_lists_a_bounded_number_of_a_runs_block_executions_and_counts_th
     assert!(omitted > 0, "{}", run["blocks_omitted"]);
     assert_eq!(listed + omitted, times + 1, "every execution is listed or counted (the loop, each select)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_run_shows_what_it_has_been_charged_so_far() {
+    let server = support::start().await;
+    let owner = server.team("live", "team").await;
+    let slow = json!({"name": "slow", "blocks": [
+        {"id": "request", "kind": "request"},
+        {"id": "first", "kind": "evaluate", "config": {"code": "return 1;"}},
+        {"id": "wait", "kind": "delay", "config": {"ms": 3000}},
+        {"id": "second", "kind": "evaluate", "config": {"code": "return 2;"}}
+    ], "edges": [{"from": "request.body", "to": "first.input"}, {"from": "first.result", "to": "wait.value"}, {"from": "wait.value", "to": "second.input"}]});
+    server.deploy("live", &owner, "slow", slow).await;
+    let (_, started) = server.post("/hooks/live/slow?async=true", &owner, json!({})).await;
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    // While it waits, the first charge shows on the run (read through history, which waits for
+    // what is queued).
+    let mut seen = None;
+    for _ in 0..100 {
+        let (_, run) = server.get(&format!("/v1/teams/live/runs/{run_id}"), &owner).await;
+        if run["credits"] == 1 {
+            seen = Some(run);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = seen.expect("the first charge shows while the run goes on");
+    assert_eq!(seen["status"], "running", "{seen}");
+    let run = server.finished_run("live", &owner, &run_id).await;
+    assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("succeeded"), json!(2)), "counted once: {run}");
+}
