@@ -250,7 +250,7 @@ pub async fn delete_deployment(State(state): State<AppState>, caller: Caller, Pa
     // than left to run when credits return.
     let paused = state.history.read(&state.catalog, move |connection| crate::history::paused_runs_of_deployment(connection, &deployment)).await?;
     for run in paused {
-        state.runner.cancel(&state, &team, &run).await?;
+        state.runner.cancel(&state, &team, &run, "cancelled: its deployment was deleted before credits returned").await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

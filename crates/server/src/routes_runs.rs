@@ -286,7 +286,7 @@ pub async fn get_run(State(state): State<AppState>, caller: Caller, Path((team, 
 pub async fn cancel_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     // A paused run is cancelled at once; a running one stops at its next step.
-    let status = match state.runner.cancel(&state, &team, &run).await? {
+    let status = match state.runner.cancel(&state, &team, &run, "cancelled").await? {
         RunState::Cancelled => "cancelled",
         _ => "cancelling",
     };

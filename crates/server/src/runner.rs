@@ -231,7 +231,7 @@ impl Runner {
     ///
     /// Returns `Cancelled` when the run is cancelled now (a paused run), `Running` when a
     /// running run was told to stop and records its cancellation when it does.
-    pub async fn cancel(&self, state: &AppState, team: &str, run_id: &str) -> Result<RunState, ApiError> {
+    pub async fn cancel(&self, state: &AppState, team: &str, run_id: &str, reason: &str) -> Result<RunState, ApiError> {
         let (team_name, id) = (team.to_owned(), run_id.to_owned());
         let run = state.history.read(&state.catalog, move |connection| history::run(connection, &team_name, &id)).await?;
         if run.status.is_finished() {
@@ -244,9 +244,12 @@ impl Runner {
                 let _ = sender.send(());
                 Ok(RunState::Running)
             }
+            // Paused, or running elsewhere (a private runner, which learns it at its next call):
+            // it ends now, keeping what it was charged.
             None => {
                 state.ledger.cancel_run(team, run_id).await?;
-                state.history.finished(FinishedRun { id: run_id.to_owned(), state: RunState::Cancelled, credits: 0, output: Value::Null, error: Some("cancelled".into()) });
+                let credits = state.ledger.run_credits(team, run_id).await?.0;
+                state.history.finished(FinishedRun { id: run_id.to_owned(), state: RunState::Cancelled, credits, output: Value::Null, error: Some(reason.to_owned()) });
                 state.metrics.run_finished(RunState::Cancelled);
                 Ok(RunState::Cancelled)
             }

@@ -352,3 +352,28 @@ async fn an_mcp_tool_deployed_to_a_private_runner_is_answered_by_the_runner() {
     let run = server.finished_run("acme", &owner, runs["items"][0]["id"].as_str().unwrap()).await;
     assert_eq!((run["location"].clone(), run["credits"].clone()), (json!("private"), json!(2)), "the validate block at its private price: {run}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_while_its_runner_has_it_keeps_what_it_was_charged() {
+    let server = support::start_with(private_rules(500), |_| {}).await;
+    let owner = server.team("acme", "enterprise").await;
+    let (runner_id, token) = register(&server, "acme", &owner, "rack-1").await;
+    let (status, deployment) = deploy_private(&server, "acme", &owner, "work", support::flow_costing_25()).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployment}");
+    let (_, started) = server.post("/hooks/acme/work?async=true", &owner, json!({})).await;
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    // The runner takes the job and reports one execution, then the run is cancelled.
+    let (status, claimed) = server.post(&format!("/v1/teams/acme/runners/{runner_id}/jobs/claim?wait_s=5"), &token, json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    let charge = json!({"charges": [{"execution_id": "check", "type": "validate"}]});
+    let (status, charged) = server.post(&format!("/v1/teams/acme/runners/{runner_id}/jobs/{run_id}/charges"), &token, charge).await;
+    assert_eq!(status, StatusCode::OK, "{charged}");
+    let (status, answer) = server.post(&format!("/v1/teams/acme/runs/{run_id}/cancel"), &owner, json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let run = server.finished_run("acme", &owner, &run_id).await;
+    let charged = charged["run_credits"].as_u64().unwrap();
+    assert!(charged > 0);
+    assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("cancelled"), json!(charged)), "{run}");
+    let (_, by_flow) = server.get("/v1/teams/acme/usage/flows", &owner).await;
+    assert_eq!(by_flow["flows"][0]["credits"], json!(charged), "{by_flow}");
+}
