@@ -49,6 +49,6 @@ pub fn run(rules: &RulesArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let history_retention = (args.history_days > 0).then(|| Duration::from_secs(u64::from(args.history_days) * 24 * 3600));
     let config = ServeConfig { db: args.db, listen: args.listen, rules: rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention, allow_private_hosts: args.allow_private_hosts };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config)).map_err(|err| anyhow::anyhow!("{err}"))?;
+    runtime.block_on(serve(config)).map_err(|err| anyhow::anyhow!("{}", err.detail()))?;
     Ok(ExitCode::SUCCESS)
 }

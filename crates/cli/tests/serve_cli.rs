@@ -118,3 +118,22 @@ async fn a_local_run_is_metered_against_the_servers_ledger() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test]
+async fn a_server_that_cannot_start_says_why_before_making_any_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, base, _) = start(&dir.path().join("flowcredits.db"), false);
+    let address = base.trim_start_matches("http://").to_owned();
+    // The address is taken: nothing is created, no key is printed.
+    let other = dir.path().join("other.db");
+    let taken = Command::new(env!("CARGO_BIN_EXE_flowcredits")).args(["serve", "--demo", "--listen", &address]).arg("--db").arg(&other).output().unwrap();
+    let stderr = String::from_utf8_lossy(&taken.stderr);
+    assert!(!taken.status.success() && stderr.contains(&format!("cannot listen on {address}")) && !stderr.contains("fck_"), "{stderr}");
+    assert!(!other.exists(), "no database was made");
+    // The database is served already: said plainly, not "internal error".
+    let locked = Command::new(env!("CARGO_BIN_EXE_flowcredits")).args(["serve", "--listen", "127.0.0.1:0"]).arg("--db").arg(dir.path().join("flowcredits.db")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&locked.stderr);
+    assert!(!locked.status.success() && stderr.contains("locked") && !stderr.contains("internal error"), "{stderr}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

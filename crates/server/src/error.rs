@@ -40,6 +40,15 @@ impl ApiError {
         ApiError::Internal(err.to_string())
     }
 
+    /// The whole message, an internal error's detail included: for the operator at the
+    /// terminal (`serve` failing to start), never for an HTTP answer.
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::Internal(detail) => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),

@@ -177,6 +177,9 @@ pub async fn create_demo(state: &AppState) -> Result<String, ApiError> {
 
 /// Serves until SIGINT or SIGTERM, then stops taking requests and waits for running flows.
 pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
+    // The address first: a server that cannot listen must fail before it makes accounts and
+    // prints their one-time keys.
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|err| ApiError::internal(format!("cannot listen on {}: {err} (is another server running there? choose another with --listen)", config.listen)))?;
     let destinations = if config.allow_private_hosts { Destinations::Any } else { Destinations::PublicOnly };
     let mut state = open_state_with(&config.db, config.rules, destinations)?;
     state.history_retention = config.history_retention;
@@ -194,7 +197,6 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
             Err(err) => return Err(err),
         }
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|err| ApiError::internal(format!("cannot listen on {}: {err} (is another server running there?)", config.listen)))?;
     let address = listener.local_addr().map_err(ApiError::internal)?;
     if config.demo {
         eprintln!("Demo dashboard: http://{address}/dashboard?team=demo");
