@@ -15,7 +15,7 @@ use crate::rules::RulesArgs;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct DbArgs {
-    /// The ledger database (SQLite); created with its schema on first use.
+    /// The ledger database (SQLite); `migrate`, `teams create` and `simulate --db` create it.
     #[arg(long, global = true, value_name = "PATH", default_value = "flowcredits.db", env = "FLOWCREDITS_DB")]
     pub db: PathBuf,
 }
@@ -23,6 +23,18 @@ pub struct DbArgs {
 impl DbArgs {
     pub fn open(&self, rules: Rules) -> anyhow::Result<SqliteStore> {
         SqliteStore::open(&self.db, rules).with_context(|| format!("cannot open the ledger {}", self.db.display()))
+    }
+
+    /// The ledger, which must exist: a command that only reads it does not make an empty one
+    /// at a mistyped path.
+    pub fn open_existing(&self, rules: Rules) -> anyhow::Result<SqliteStore> {
+        anyhow::ensure!(
+            self.db.exists(),
+            "no ledger at {}; check --db, or create one with `flowcredits migrate --db {}` (or `teams create`)",
+            self.db.display(),
+            self.db.display()
+        );
+        self.open(rules)
     }
 }
 
@@ -128,15 +140,21 @@ enum LedgerCommand {
 
 pub fn run(rules: &RulesArgs, command: StoreCommand) -> anyhow::Result<ExitCode> {
     match command {
-        StoreCommand::Teams(args) => teams(args.db.open(rules.load()?)?, args.command),
-        StoreCommand::Usage(args) => usage(args.db.open(rules.load()?)?, &args),
-        StoreCommand::Invoices(args) => invoices(args.db.open(rules.load()?)?, &args),
+        StoreCommand::Teams(args) => {
+            let store = match args.command {
+                TeamsCommand::Create { .. } => args.db.open(rules.load()?)?,
+                _ => args.db.open_existing(rules.load()?)?,
+            };
+            teams(store, args.command)
+        }
+        StoreCommand::Usage(args) => usage(args.db.open_existing(rules.load()?)?, &args),
+        StoreCommand::Invoices(args) => invoices(args.db.open_existing(rules.load()?)?, &args),
         StoreCommand::Migrate(db) => {
             let applied = flowcredits_store::migrate(&db.db).with_context(|| format!("cannot migrate {}", db.db.display()))?;
             println!("{}: schema version {} ({applied} migrations applied)", db.db.display(), flowcredits_store::SCHEMA_VERSION);
             Ok(ExitCode::SUCCESS)
         }
-        StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify(db) }) => verify(db.open(rules.load()?)?),
+        StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify(db) }) => verify(db.open_existing(rules.load()?)?),
     }
 }
 

@@ -99,6 +99,13 @@ fn teams_usage_invoices_and_verify() {
     assert_eq!(invoices[0]["period"]["start"], "2026-03-01T00:00:00Z");
     assert!(ok(&["ledger", "verify", "--db", &db]).contains(" 0 mismatches"));
 
+    // A command that only reads does not make a ledger at a mistyped path.
+    let typo = dir.file("typo.db");
+    for args in [vec!["teams", "list", "--db", &typo], vec!["usage", "--team", "acme", "--db", &typo], vec!["ledger", "verify", "--db", &typo]] {
+        let refused = flowcredits(&args);
+        assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("no ledger at"), "{args:?}");
+    }
+    assert!(!Path::new(&typo).exists());
     let unknown = flowcredits(&["usage", "--team", "nobody", "--db", &db]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("team `nobody` is not known"));
