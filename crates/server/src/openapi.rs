@@ -195,7 +195,11 @@ fn operation(route: &Route) -> Value {
         .path
         .split('/')
         .filter_map(|segment| segment.strip_prefix('{').and_then(|segment| segment.strip_suffix('}')))
-        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}}))
+        // A hook's path may have segments of its own (`orders/new`).
+        .map(|name| {
+            let pattern = if name == "path" { "^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$" } else { "^[A-Za-z0-9_.-]+$" };
+            json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}})
+        })
         .collect();
     parameters.extend(route.query.iter().map(|(name, kind)| json!({"name": name, "in": "query", "required": false, "schema": {"type": kind}})));
     let mut operation = json!({
@@ -216,6 +220,9 @@ fn operation(route: &Route) -> Value {
         if route.path.starts_with("/hooks/") {
             responses["502"] = json!({"description": "The flow failed before its `response` block answered: the run, with its error", "content": {"application/json": {}}});
         }
+    }
+    if route.path.ends_with("/jobs/claim") {
+        operation["responses"]["204"] = json!({"description": "No job waited within `wait_s`"});
     }
     if route.access.starts_with("runner token") {
         operation["security"] = json!([{"runnerToken": []}]);
