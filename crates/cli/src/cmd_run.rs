@@ -177,7 +177,7 @@ fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport, shown_run: Opti
     }
     let outcome = match &report.outcome {
         RunOutcome::Completed => "completed".to_owned(),
-        RunOutcome::Paused => "paused: the team has no credits left; turn on pay-as-you-go, buy credits or wait for the next period".to_owned(),
+        RunOutcome::Paused => "paused: the team has no credits left; they return with the next billing period, or sooner where its plan allows (pay-as-you-go, or buying credits on Enterprise)".to_owned(),
         RunOutcome::Failed { error } => format!("failed: {error}"),
     };
     println!("run {run} of flow `{}` for team {}: {outcome}", flow.name, args.team);
