@@ -536,6 +536,11 @@ impl Meter for StoreMeter<'_> {
 /// handed out again) is acknowledged by the ledger with its first credits and listed once.
 pub(crate) async fn charge_run(state: &AppState, team: &str, run_id: &str, charges: &mut [BlockCharge]) -> Result<Vec<Credits>, ApiError> {
     let outcomes = state.ledger.charge(team, run_id, charges).await?;
+    let credits: Vec<Credits> = outcomes.iter().map(|(credits, _)| *credits).collect();
+    if outcomes.iter().all(|(_, replayed)| !replayed) {
+        record_charged(state, run_id, charges, &credits);
+        return Ok(credits);
+    }
     // A retried execution was recorded when first charged: history gets only the new ones.
     let (mut fresh, mut fresh_credits) = (Vec::new(), Vec::new());
     for (charge, (credits, replayed)) in charges.iter_mut().zip(&outcomes) {
@@ -545,7 +550,7 @@ pub(crate) async fn charge_run(state: &AppState, team: &str, run_id: &str, charg
         }
     }
     record_charged(state, run_id, &mut fresh, &fresh_credits);
-    Ok(outcomes.into_iter().map(|(credits, _)| credits).collect())
+    Ok(credits)
 }
 
 /// Counts charged credits and queues the blocks' history rows.
