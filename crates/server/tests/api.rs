@@ -179,6 +179,8 @@ async fn local_runs_are_metered_here_once_per_execution_id() {
     // A retry of the same executions is acknowledged without a second charge.
     let (_, retried) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, charge).await;
     assert_eq!(retried["run_credits"], 2);
+    let (_, shown) = server.get(&format!("/v1/teams/acme/runs/{run}"), &owner).await;
+    assert_eq!((shown["status"].clone(), shown["credits"].clone()), (json!("running"), json!(2)), "history counts the retry once too: {shown}");
     // The same execution id with other content is refused and writes nothing.
     let conflicting = json!({"charges": [{"execution_id": "run/new", "type": "integration"}, {"execution_id": "run/connector", "type": "evaluate"}]});
     let (status, refused) = server.post(&format!("/v1/teams/acme/local-runs/{run}/charges"), &owner, conflicting).await;
