@@ -12,6 +12,8 @@ use flowcredits_store::{LedgerStore, SqliteStore, StoreError, TeamName};
 use serde_json::{Map, Value, json};
 
 use flowcredits_server::client::ServerMeter;
+
+use crate::BadArgument;
 use crate::meter_store::StoreMeter;
 use crate::rules::RulesArgs;
 
@@ -20,8 +22,8 @@ pub const EXIT_PAUSED: u8 = 3;
 
 /// Runs a flow on this machine, as a manual run, and prints its outputs and credit receipt.
 ///
-/// Exit status: 0 when the run completed, 1 when a block failed or the flow is invalid, 3 when
-/// the run was paused because the team has no credits left.
+/// Exit status: 0 when the run completed, 1 when a block failed or the flow is invalid, 2 for a
+/// bad argument, 3 when the run was paused because the team has no credits left.
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// The flow file (YAML or JSON; `.json` is read as JSON).
@@ -77,7 +79,7 @@ pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;
     let input = parse_input(args.input.as_deref())?;
     let config = parse_config(&args.config)?;
-    let run_id = RunId::new(args.run_id.clone().unwrap_or_else(|| format!("local-{}", flowcredits_core::Timestamp::now().as_millisecond()))).context("--run-id")?;
+    let run_id = RunId::new(args.run_id.clone().unwrap_or_else(|| format!("local-{}", flowcredits_core::Timestamp::now().as_millisecond()))).context(BadArgument("--run-id".into()))?;
     let context = RunContext::manual(CloudRun::from(args.cloud_run));
     let request = RunRequest { run: run_id, context, input, config, http: None, on_response: None };
     let engine = Engine::new(Providers::default(), resolver);
@@ -119,14 +121,14 @@ fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
         return Ok(Metered::Server(ServerMeter::new(server, &args.team, key, &flow.name)));
     }
     let Some(db) = &args.db else {
-        let plan: PlanId = args.plan.as_deref().unwrap_or("team").parse().context("--plan")?;
+        let plan: PlanId = args.plan.as_deref().unwrap_or("team").parse().context(BadArgument("--plan".into()))?;
         return Ok(Metered::Here(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan))))));
     };
     if args.plan.is_some() {
         anyhow::bail!("--plan is for runs without --db; the team's plan is in the ledger (change it there)");
     }
     let store = SqliteStore::open(db, rules.clone()).with_context(|| format!("cannot open the ledger {}", db.display()))?;
-    let team = TeamName::new(args.team.clone()).context("--team")?;
+    let team = TeamName::new(args.team.clone()).context(BadArgument("--team".into()))?;
     store.team(&team).map_err(|err| match err {
         StoreError::UnknownTeam { .. } => anyhow::anyhow!("team `{}` is not in the ledger {}; create it first: flowcredits teams create {} --plan free|solo|team|enterprise --db {}", args.team, db.display(), args.team, db.display()),
         other => anyhow::Error::new(other).context(format!("cannot read team `{}` from {}", args.team, db.display())),
@@ -146,13 +148,13 @@ fn parse_input(input: Option<&str>) -> anyhow::Result<Value> {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read --input file {path}"))?,
         None => input.to_owned(),
     };
-    serde_json::from_str(&text).context("--input is not JSON (quote text as \"...\", or pass @FILE)")
+    serde_json::from_str(&text).context(BadArgument("--input is not JSON (quote text as \"...\", or pass @FILE)".into()))
 }
 
 fn parse_config(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
     let mut config = Map::new();
     for pair in pairs {
-        let (key, value) = pair.split_once('=').with_context(|| format!("--config `{pair}` is not KEY=VALUE"))?;
+        let (key, value) = pair.split_once('=').with_context(|| BadArgument(format!("--config `{pair}` is not KEY=VALUE")))?;
         let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
         config.insert(key.to_owned(), value);
     }

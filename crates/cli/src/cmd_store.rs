@@ -1,16 +1,18 @@
 //! The credit office on the durable ledger: `teams`, `usage`, `invoices`, `migrate` and
-//! `ledger verify`. Each opens the database named by `--db` (created on first use).
+//! `ledger verify`. Each opens the database named by `--db`; only `migrate` and `teams create`
+//! make it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use flowcredits_core::{AnchorDay, MicroUsd, PlanId, Rules, TeamSettings, Timestamp};
-use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, TeamInfo, TeamName, UsageReport};
+use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, StoreError, TeamInfo, TeamName, UsageReport};
 use serde_json::{Value, json};
 
 use flowcredits_server::ledger::{invoice_json, usage_json};
 
+use crate::BadArgument;
 use crate::rules::RulesArgs;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -169,8 +171,10 @@ fn print(json: &JsonFlag, value: Value, text: impl FnOnce() -> String) {
 fn teams(store: SqliteStore, command: TeamsCommand) -> anyhow::Result<ExitCode> {
     match command {
         TeamsCommand::Create { name, plan, anchor_day, payg, payg_cap_usd, actor } => {
-            let payg_cap = payg_cap_usd.map(|usd| MicroUsd::parse_usd(&usd).with_context(|| format!("--payg-cap-usd: `{usd}` is not a dollar amount like 25 or 12.5"))).transpose()?;
-            let settings = TeamSettings { anchor_day: AnchorDay::new(anchor_day)?, payg_enabled: payg, payg_cap, ..TeamSettings::new(plan.parse::<PlanId>()?) };
+            let payg_cap = payg_cap_usd.map(|usd| MicroUsd::parse_usd(&usd).with_context(|| BadArgument(format!("--payg-cap-usd: `{usd}` is not a dollar amount like 25 or 12.5")))).transpose()?;
+            let anchor_day = AnchorDay::new(anchor_day).map_err(|err| BadArgument(format!("--anchor-day: {err}")))?;
+            let plan = plan.parse::<PlanId>().map_err(|err| BadArgument(format!("--plan: {err}")))?;
+            let settings = TeamSettings { anchor_day, payg_enabled: payg, payg_cap, ..TeamSettings::new(plan) };
             let team = store.create_team(NewTeam { name: TeamName::new(name)?, settings, actor: Actor::new(actor)?, at: Timestamp::now() })?;
             println!("team {} ({})", team.name, describe(&team.settings));
         }
@@ -223,7 +227,10 @@ fn usage(store: SqliteStore, args: &UsageArgs) -> anyhow::Result<ExitCode> {
         Some(_) => None,
         None => Some(flowcredits_core::Period::containing(store.team(&team)?.settings.anchor_day, Timestamp::now()).label()),
     };
-    let report = store.usage(&team, args.period.as_deref().or(current.as_deref()))?;
+    let report = store.usage(&team, args.period.as_deref().or(current.as_deref())).map_err(|err| match err {
+        StoreError::BadPeriod { .. } => anyhow::Error::new(BadArgument(format!("--period: {err}"))),
+        other => other.into(),
+    })?;
     print(&args.json, usage_json(&report), || usage_text(&report));
     Ok(ExitCode::SUCCESS)
 }

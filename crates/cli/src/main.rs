@@ -63,10 +63,24 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
-            ExitCode::FAILURE
+            // A bad argument value is a usage error wherever it is found, as clap's own are.
+            if err.downcast_ref::<BadArgument>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }
+
+/// An argument value refused after parsing (clap cannot check it): the command exits 2, as for
+/// any usage error. Attach it as context: `.context(BadArgument("--input is not JSON".into()))`.
+#[derive(Debug)]
+pub struct BadArgument(pub String);
+
+impl std::fmt::Display for BadArgument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgument {}
 
 /// The error and its causes on one line, each said once: several error types already include
 /// their cause in their own message.

@@ -77,9 +77,17 @@ fn an_invalid_flow_lists_every_problem_and_fails() {
 #[test]
 fn bad_arguments_say_what_to_do() {
     let path = example("health-check");
+    // A bad value is a usage error (status 2) whether clap or the command finds it.
     let output = flowcredits(&["run", &path, "--team", "acme", "--input", "{oops"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--input is not JSON"));
+    let scratch = tempfile::tempdir().unwrap();
+    let ledger = scratch.path().join("l.db");
+    let ledger = ledger.to_str().unwrap();
+    for args in [vec!["run", path.as_str(), "--team", "acme", "--config", "x"], vec!["run", path.as_str(), "--team", "acme", "--plan", "gold"], vec!["teams", "create", "acme", "--plan", "gold", "--db", ledger]] {
+        let output = flowcredits(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
     // An unknown model is a problem of the flow file, named by block and field, said once.
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("agent.yaml");
