@@ -489,7 +489,7 @@ pub fn create_snapshot(connection: &mut Connection, team: &str, flow_id: &str, s
 /// Snapshot `number` of a flow of `team`, or its newest with `None`.
 pub fn snapshot(connection: &Connection, team: &str, flow_id: &str, number: Option<u32>) -> Result<Snapshot, ApiError> {
     let current = flow(connection, team, flow_id)?;
-    let latest = current.latest_snapshot.ok_or_else(|| ApiError::NotFound(format!("snapshot of flow {flow_id} (it has none yet)")))?;
+    let latest = current.latest_snapshot.ok_or_else(|| ApiError::NotFound(format!("snapshot of flow {flow_id} (it has none yet: take one with POST /v1/teams/{team}/flows/{flow_id}/snapshots)")))?;
     let number = number.unwrap_or(latest);
     connection
         .query_row("SELECT definition, created_ms FROM snapshots WHERE flow_id = ?1 AND number = ?2", params![flow_id, number], |row| {
