@@ -1,7 +1,8 @@
 //! Cron expressions for schedules (a `schedule` block's `cron`, a deployment's `schedule_cron`): five fields (minute, hour, day of month, month,
 //! day of week), read in UTC, so a schedule fires at most once a minute. Each field is `*`, a
 //! number, a range `a-b`, any of those with a step (`*/15`, `8-18/2`, `5/10` meaning `5-max/10`),
-//! or a comma-separated list of them. Day of week runs 0–7, both 0 and 7 being Sunday. As in
+//! or a comma-separated list of them. Day of week runs 0–7, both 0 and 7 being Sunday; months
+//! and days of week may also be named by their first three letters (`JAN`, `MON-FRI`). As in
 //! every common cron, when both day fields are restricted a day matches either of them.
 
 use jiff::Timestamp;
@@ -31,14 +32,16 @@ struct Field {
     name: &'static str,
     min: u32,
     max: u32,
+    /// Names of the values from `min` on, for the fields that have them.
+    names: &'static [&'static str],
 }
 
 const FIELDS: [Field; 5] = [
-    Field { name: "minute", min: 0, max: 59 },
-    Field { name: "hour", min: 0, max: 23 },
-    Field { name: "day of month", min: 1, max: 31 },
-    Field { name: "month", min: 1, max: 12 },
-    Field { name: "day of week", min: 0, max: 7 },
+    Field { name: "minute", min: 0, max: 59, names: &[] },
+    Field { name: "hour", min: 0, max: 23, names: &[] },
+    Field { name: "day of month", min: 1, max: 31, names: &[] },
+    Field { name: "month", min: 1, max: 12, names: &["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"] },
+    Field { name: "day of week", min: 0, max: 7, names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"] },
 ];
 
 impl Cron {
@@ -111,10 +114,10 @@ fn parse_field(text: &str, field: &Field) -> Result<u64, String> {
         let (low, high) = match range {
             "*" => (field.min, field.max),
             _ => match range.split_once('-') {
-                Some((low, high)) => (number(low, "range start")?, number(high, "range end")?),
+                Some((low, high)) => (value(low, "range start", field)?, value(high, "range end", field)?),
                 // `5/10` steps from 5 to the field's end.
                 None => {
-                    let value = number(range, "value")?;
+                    let value = value(range, "value", field)?;
                     (value, if step.is_some() { field.max } else { value })
                 }
             },
@@ -134,6 +137,17 @@ fn parse_field(text: &str, field: &Field) -> Result<u64, String> {
         }
     }
     Ok(mask)
+}
+
+/// A field's value: a number, or its name where the field has names (any case).
+fn value(text: &str, what: &str, field: &Field) -> Result<u32, String> {
+    match field.names.iter().position(|name| name.eq_ignore_ascii_case(text)) {
+        Some(index) => Ok(field.min + index as u32),
+        None if !field.names.is_empty() && text.bytes().any(|byte| byte.is_ascii_alphabetic()) => {
+            Err(format!("the {what} `{text}` is not a number or one of {}", field.names.join(", ")))
+        }
+        None => number(text, what),
+    }
 }
 
 fn number(text: &str, what: &str) -> Result<u32, String> {
@@ -177,6 +191,10 @@ mod tests {
             // The last minute of a year rolls into the next.
             ("0 0 * * *", "2026-12-31T23:59:00Z", "2027-01-01T00:00:00Z"),
             ("0 0 29 2 *", "2026-03-02T00:00:00Z", "2028-02-29T00:00:00Z"),
+            // Names for months and days of week, any case, in ranges and lists too.
+            ("0 9 * * MON-FRI", "2026-03-06T10:00:00Z", "2026-03-09T09:00:00Z"),
+            ("0 0 * * sun", "2026-03-02T00:00:00Z", "2026-03-08T00:00:00Z"),
+            ("0 12 1 jan,Jul *", "2026-03-02T00:00:00Z", "2026-07-01T12:00:00Z"),
         ];
         for (expression, after, next) in cases {
             let cron = Cron::parse(expression).unwrap_or_else(|err| panic!("{expression}: {err}"));
@@ -202,7 +220,9 @@ mod tests {
             ("*/0 * * * *", "minute field `*/0`: a step must be at least 1"),
             ("5-1 * * * *", "minute field `5-1`: the range 5-1 runs backwards"),
             ("a * * * *", "minute field `a`: the value `a` is not a number"),
-            ("* * * JAN *", "month field `JAN`: the value `JAN` is not a number"),
+            ("* * * JANUARY *", "month field `JANUARY`: the value `JANUARY` is not a number or one of JAN, FEB"),
+            ("* * * * MON-XYZ", "day of week field `MON-XYZ`: the range end `XYZ` is not a number or one of SUN, MON"),
+            ("* * MON * *", "day of month field `MON`: the value `MON` is not a number"),
             ("1,,2 * * * *", "minute field `1,,2`: the value `` is not a number"),
         ];
         for (expression, expected) in cases {
