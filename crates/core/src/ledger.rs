@@ -204,6 +204,13 @@ impl PeriodUsage {
         self.alerts_fired.iter()
     }
 
+    /// Fires the `alerts` this period has not fired yet: the one place an alert is announced,
+    /// so each fires at most once per period whatever crossed it.
+    fn fire(&mut self, alerts: impl IntoIterator<Item = Alert>, at: Timestamp) -> Vec<LedgerEvent> {
+        let period_start = self.period.start;
+        alerts.into_iter().filter(|alert| self.alerts_fired.insert(*alert)).map(|alert| LedgerEvent::AlertCrossed { alert, period_start, at }).collect()
+    }
+
     /// A period's totals as a store saved them, with the alerts it had already fired.
     pub fn restored(period: Period, included: Credits, alerts_fired: impl IntoIterator<Item = Alert>) -> PeriodUsage {
         PeriodUsage { alerts_fired: alerts_fired.into_iter().collect(), ..PeriodUsage::new(period, included) }
@@ -464,11 +471,7 @@ impl TeamLedger {
                 // (once, as every alert), not never.
                 if let Some(usage) = self.current.and_then(|period| self.periods.get_mut(&period.start)) {
                     let spent = usage.payg_amount();
-                    for alert in amounts.into_iter().filter(|amount| *amount <= spent).map(Alert::PaygAmount) {
-                        if usage.alerts_fired.insert(alert) {
-                            events.push(LedgerEvent::AlertCrossed { alert, period_start: usage.period.start, at });
-                        }
-                    }
+                    events.extend(usage.fire(amounts.into_iter().filter(|amount| *amount <= spent).map(Alert::PaygAmount), at));
                 }
             }
             Command::Purchase { credits, expires_at } => self.purchase(rules, at, credits, expires_at, &mut events)?,
@@ -559,11 +562,7 @@ impl TeamLedger {
         let mut crossed = included_alerts_reached(usage);
         let payg_now = usage.payg_amount();
         crossed.extend(self.settings.payg_alerts.iter().filter(|amount| payg_before < **amount && **amount <= payg_now).map(|amount| Alert::PaygAmount(*amount)));
-        for alert in crossed {
-            if usage.alerts_fired.insert(alert) {
-                events.push(LedgerEvent::AlertCrossed { alert, period_start: usage.period.start, at });
-            }
-        }
+        events.extend(usage.fire(crossed, at));
     }
 
     fn cancel_run(&mut self, at: Timestamp, run: RunId, events: &mut Vec<LedgerEvent>) -> Result<(), CoreError> {
@@ -605,11 +604,7 @@ impl TeamLedger {
             // The new plan's allowance applies to the rest of this period; credits already
             // used stay used, and may already be 75% or all of a smaller allowance.
             usage.included = new_plan.included_credits;
-            for alert in included_alerts_reached(usage) {
-                if usage.alerts_fired.insert(alert) {
-                    crossed.push(LedgerEvent::AlertCrossed { alert, period_start: usage.period.start, at });
-                }
-            }
+            crossed = usage.fire(included_alerts_reached(usage), at);
         }
         events.push(LedgerEvent::PlanChanged { from, to: plan, at });
         events.extend(crossed);
