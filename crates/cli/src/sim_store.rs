@@ -36,7 +36,7 @@ impl StoreBackend {
 
     fn send(&self, at: Timestamp, command: Command) -> Result<(), StoreError> {
         let (store, team) = (&self.store, &self.team);
-        let billing = |change| store.change_billing(team, &self.actor, at, change);
+        let billing = |change| store.change_billing(team, &self.actor, at, change).map(drop);
         match command {
             Command::StartRun { run, context, needs_credits } => store.start_run(team, StartRun { run, context, needs_credits, at }).map(drop),
             Command::ChargeBlock { run, execution, usage } => store.charge(team, vec![UsageEvent { execution, run, usage, at }]).map(drop),

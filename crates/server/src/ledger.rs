@@ -215,7 +215,8 @@ impl Ledger {
         Ok(self.run_info(team, run).await?.map_or(Credits::ZERO, |info| info.credits))
     }
 
-    pub async fn change_billing(&self, team: &str, user_id: &str, change: BillingChange) -> Result<(), ApiError> {
+    /// Applies one billing change; a purchase returns the grant it made.
+    pub async fn change_billing(&self, team: &str, user_id: &str, change: BillingChange) -> Result<Option<flowcredits_core::Grant>, ApiError> {
         let (name, actor) = (team_name(team)?, actor(user_id)?);
         let changed = self.blocking(move |store| store.change_billing(&name, &actor, Timestamp::now(), change)).await;
         self.teams.remove(&team.to_owned());
@@ -253,19 +254,19 @@ impl Ledger {
         let name = team_name(team)?;
         let grants = self.blocking(move |store| store.grants(&name)).await?;
         let now = Timestamp::now();
-        Ok(grants
-            .iter()
-            .map(|grant| {
-                let expired = grant.expires_at <= now;
-                json!({"id": grant.id, "credits": grant.credits.0, "remaining": grant.remaining.0, "bought_at": grant.granted_at.to_string(), "expires_at": grant.expires_at.to_string(), "expired": expired})
-            })
-            .collect())
+        Ok(grants.iter().map(|grant| purchase_json(grant, now)).collect())
     }
 
     pub async fn invoices(&self, team: &str) -> Result<Vec<Value>, ApiError> {
         let name = team_name(team)?;
         Ok(self.blocking(move |store| store.invoices(&name)).await?.iter().map(invoice_json).collect())
     }
+}
+
+/// A purchase (a grant of credits) as the API shows it at `now`.
+pub(crate) fn purchase_json(grant: &flowcredits_core::Grant, now: Timestamp) -> Value {
+    let expired = grant.expires_at <= now;
+    json!({"id": grant.id, "credits": grant.credits.0, "remaining": grant.remaining.0, "bought_at": grant.granted_at.to_string(), "expires_at": grant.expires_at.to_string(), "expired": expired})
 }
 
 pub(crate) fn period_json(period: flowcredits_core::Period) -> Value {

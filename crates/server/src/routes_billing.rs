@@ -155,9 +155,13 @@ pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team):
     if let Some(at) = expires_at {
         flowcredits_core::check_supported(at).map_err(|err| ApiError::invalid("expires_at", err.to_string()))?;
     }
-    state.ledger.change_billing(&team, &caller.user.id, BillingChange::Purchase { credits: Credits(body.credits), expires_at }).await?;
+    let grant = state.ledger.change_billing(&team, &caller.user.id, BillingChange::Purchase { credits: Credits(body.credits), expires_at }).await?;
+    let grant = grant.ok_or_else(|| ApiError::internal("the ledger recorded a purchase without a grant"))?;
     let resumed = state.runner.dispatch_resumed(&state, &team).await?;
-    Ok((StatusCode::CREATED, Json(json!({"credits": body.credits, "runs_resumed": resumed}))))
+    // The purchase as `GET …/purchases` lists it, and how many paused runs it resumed.
+    let mut answer = crate::ledger::purchase_json(&grant, flowcredits_core::Timestamp::now());
+    answer["runs_resumed"] = json!(resumed);
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 pub async fn purchases(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Value>>, ApiError> {

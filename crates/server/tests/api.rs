@@ -835,6 +835,8 @@ async fn purchases_are_listed_with_what_remains() {
     assert_eq!(server.post("/v1/teams/big/purchases", &owner, json!({"credits": 1000})).await.0, StatusCode::CREATED);
     let (status, bought) = server.post("/v1/teams/big/purchases", &owner, json!({"credits": 500, "expires_at": "2099-01-01T00:00:00Z"})).await;
     assert_eq!(status, StatusCode::CREATED, "{bought}");
+    // The answer is the purchase as the list shows it: its id and expiry, nothing used yet.
+    assert_eq!((bought["id"].clone(), bought["credits"].clone(), bought["remaining"].clone(), bought["expires_at"].clone(), bought["runs_resumed"].clone()), (json!(2), json!(500), json!(500), json!("2099-01-01T00:00:00Z"), json!(0)), "{bought}");
     let viewer = server.member("big", &owner, "viewer").await;
     let (status, listed) = server.get("/v1/teams/big/purchases", &viewer).await;
     assert_eq!(status, StatusCode::OK, "members read them: {listed}");

@@ -70,7 +70,8 @@ pub trait LedgerStore: Send + Sync {
     fn submit_charge_and_end(&self, team: &TeamName, run: &RunId, events: Vec<UsageEvent>, at: Timestamp, done: Done<ChargedAndEnded>);
     fn cancel_run(&self, team: &TeamName, run: &RunId, at: Timestamp) -> Result<()>;
     /// Pay-as-you-go, its cap and alerts, purchases and plan changes; recorded in the audit log.
-    fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<()>;
+    /// A purchase returns the grant it made (its id and expiry); other changes return `None`.
+    fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<Option<flowcredits_core::Grant>>;
     /// Moves every team's clock to `at`: periods that ended are invoiced and paused runs resume
     /// with the new period's credits. Returns how many invoices were issued.
     fn close_periods(&self, at: Timestamp) -> Result<usize>;

@@ -234,6 +234,7 @@ fn unexpected(reply: Reply) -> StoreError {
         Reply::Charges(_) => "charges",
         Reply::ChargedAndEnded(..) => "charged and ended",
         Reply::Done => "done",
+        Reply::BillingChanged(_) => "billing changed",
         Reply::Invoiced(_) => "invoiced",
     };
     StoreError::Corrupt(format!("the writer answered `{name}` to another request"))
@@ -301,12 +302,15 @@ impl LedgerStore for SqliteStore {
         self.finish(team, run, at, RunEnd::Cancel)
     }
 
-    fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<()> {
+    fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<Option<flowcredits_core::Grant>> {
         check_instant("at", at)?;
         if let BillingChange::Purchase { expires_at: Some(expires_at), .. } = &change {
             check_instant("expires_at", *expires_at)?;
         }
-        expect_done(self.call(Op::Billing(team.clone(), actor.clone(), at, change))?).map_err(unexpected)
+        match self.call(Op::Billing(team.clone(), actor.clone(), at, change))? {
+            Reply::BillingChanged(grant) => Ok(grant),
+            other => Err(unexpected(other)),
+        }
     }
 
     fn close_periods(&self, at: Timestamp) -> Result<usize> {

@@ -49,6 +49,8 @@ pub(crate) enum Reply {
     /// Boxed: two results would make every reply as large as two errors.
     ChargedAndEnded(Box<crate::ChargedAndEnded>),
     Done,
+    /// A billing change, with the grant it made when it was a purchase.
+    BillingChanged(Option<flowcredits_core::Grant>),
     Invoiced(usize),
 }
 
@@ -219,7 +221,7 @@ impl Writer {
                     ended => Ok(Reply::ChargedAndEnded(Box::new((charged, ended)))),
                 }
             }),
-            Op::Billing(team, actor, at, change) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, change)).map(|()| Reply::Done),
+            Op::Billing(team, actor, at, change) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, change)).map(Reply::BillingChanged),
             Op::CloseAll(at) => self.close_all(at).map(Reply::Invoiced),
         }
     }
@@ -378,7 +380,7 @@ impl Writer {
         Ok(())
     }
 
-    fn change_billing(&mut self, team: &TeamName, state: &mut TeamState, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<()> {
+    fn change_billing(&mut self, team: &TeamName, state: &mut TeamState, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<Option<flowcredits_core::Grant>> {
         let command = match change {
             BillingChange::SetPayg { enabled } => Command::SetPayg { enabled },
             BillingChange::SetPaygCap { cap } => Command::SetPaygCap { cap },
@@ -386,8 +388,13 @@ impl Writer {
             BillingChange::Purchase { credits, expires_at } => Command::Purchase { credits, expires_at },
             BillingChange::ChangePlan { plan } => Command::ChangePlan { plan },
         };
-        let (at, events) = self.step(team, state, at, command)?;
-        self.write(team, state, events.into_effects(at), Some(actor))
+        let (at, stepped) = self.step(team, state, at, command)?;
+        let grant = stepped.events.iter().find_map(|event| match event {
+            LedgerEvent::CreditsPurchased { grant } => Some(grant.clone()),
+            _ => None,
+        });
+        self.write(team, state, stepped.into_effects(at), Some(actor))?;
+        Ok(grant)
     }
 
     /// Moves every team's clock to `at`, closing the periods that ended; returns how many

@@ -16,7 +16,7 @@ fn charge(store: &SqliteStore, events: Vec<UsageEvent>) -> Result<(), flowcredit
 }
 
 fn billing(store: &SqliteStore, change: BillingChange) -> Result<(), flowcredits_store::StoreError> {
-    store.change_billing(&team("t"), &actor(), ts("2026-03-02T10:00:05Z"), change)
+    store.change_billing(&team("t"), &actor(), ts("2026-03-02T10:00:05Z"), change).map(drop)
 }
 
 #[test]
@@ -44,9 +44,9 @@ fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
         case("events: the batch is empty", |s| charge(s, Vec::new())),
         case("at: 1970-01-01T00:00:00Z is outside", |s| charge(s, vec![integration("e9", "r1", "1970-01-01T00:00:00Z")])),
         case("at: 3000-01-01T00:00:00Z is outside", |s| s.start_run(&team("t"), start("r9", "3000-01-01T00:00:00Z")).map(drop)),
-        case("credits is 0, outside 1 to 1000000000", |s| s.change_billing(&team("big"), &actor(), ts("2026-03-02T10:00:05Z"), BillingChange::Purchase { credits: Credits(0), expires_at: None })),
-        case("purchased credits must expire after they are bought", |s| s.change_billing(&team("big"), &actor(), ts("2026-03-02T10:00:05Z"), BillingChange::Purchase { credits: Credits(5), expires_at: Some(ts("2026-03-01T00:00:00Z")) })),
-        case("plan team cannot buy credits", |s| billing(s, BillingChange::Purchase { credits: Credits(10), expires_at: None })),
+        case("credits is 0, outside 1 to 1000000000", |s| s.change_billing(&team("big"), &actor(), ts("2026-03-02T10:00:05Z"), BillingChange::Purchase { credits: Credits(0), expires_at: None }).map(drop)),
+        case("purchased credits must expire after they are bought", |s| s.change_billing(&team("big"), &actor(), ts("2026-03-02T10:00:05Z"), BillingChange::Purchase { credits: Credits(5), expires_at: Some(ts("2026-03-01T00:00:00Z")) }).map(drop)),
+        case("plan team cannot buy credits", |s| billing(s, BillingChange::Purchase { credits: Credits(10), expires_at: None }).map(drop)),
         case("payg_cap (micro-dollars) is 18446744073709551615", |s| billing(s, BillingChange::SetPaygCap { cap: Some(MicroUsd(u64::MAX)) })),
         case("payg alert (micro-dollars) is 0", |s| billing(s, BillingChange::SetPaygAlerts { amounts: vec![MicroUsd(0)] })),
         case("run r1 was already started with a different", |s| s.start_run(&team("t"), StartRun { needs_credits: false, ..start("r1", "2026-03-02T10:00:05Z") }).map(drop)),

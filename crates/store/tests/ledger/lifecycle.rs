@@ -81,8 +81,8 @@ fn send(store: &flowcredits_store::SqliteStore, at: flowcredits_core::Timestamp,
         Command::ChargeBlock { run, execution, usage } => store.charge(&t, vec![flowcredits_store::UsageEvent { execution, run, usage, at }]).map(drop),
         Command::EndRun { run } => store.end_run(&t, &run, at),
         Command::CancelRun { run } => store.cancel_run(&t, &run, at),
-        Command::SetPayg { enabled } => store.change_billing(&t, &actor(), at, BillingChange::SetPayg { enabled }),
-        Command::SetPaygCap { cap } => store.change_billing(&t, &actor(), at, BillingChange::SetPaygCap { cap }),
+        Command::SetPayg { enabled } => store.change_billing(&t, &actor(), at, BillingChange::SetPayg { enabled }).map(drop),
+        Command::SetPaygCap { cap } => store.change_billing(&t, &actor(), at, BillingChange::SetPaygCap { cap }).map(drop),
         other => panic!("not used here: {other:?}"),
     }
 }
@@ -118,8 +118,9 @@ fn the_audit_log_records_billing_changes_and_cannot_be_rewritten() {
     let store = open(&dir.db());
     create(&store, "big", PlanId::Enterprise);
     let big = team("big");
-    store.change_billing(&big, &actor(), ts("2026-03-02T00:00:00Z"), BillingChange::SetPayg { enabled: true }).unwrap();
-    store.change_billing(&big, &actor(), ts("2026-03-02T00:00:01Z"), BillingChange::Purchase { credits: Credits(1_000), expires_at: None }).unwrap();
+    assert_eq!(store.change_billing(&big, &actor(), ts("2026-03-02T00:00:00Z"), BillingChange::SetPayg { enabled: true }).unwrap(), None, "only a purchase makes a grant");
+    let grant = store.change_billing(&big, &actor(), ts("2026-03-02T00:00:01Z"), BillingChange::Purchase { credits: Credits(1_000), expires_at: None }).unwrap().expect("a purchase returns its grant");
+    assert_eq!((grant.id, grant.credits, grant.remaining, grant.granted_at), (1, Credits(1_000), Credits(1_000), ts("2026-03-02T00:00:01Z")));
     store.change_billing(&big, &actor(), ts("2026-03-02T00:00:02Z"), BillingChange::ChangePlan { plan: PlanId::Free }).unwrap();
     let log = store.audit_log(&big).unwrap();
     let actions: Vec<&str> = log.iter().map(|entry| entry.action.as_str()).collect();
