@@ -121,7 +121,7 @@ impl ServerMeter {
         match &self.target {
             Target::LocalRun { .. } => {
                 let server_run = self.server_run(run)?;
-                self.post(&format!("/local-runs/{server_run}/end"), Value::Null).await.map(drop)
+                self.post(&format!("/local-runs/{server_run}/end"), json!({})).await.map(drop)
             }
             // A job's end is reported with its result (`RunnerClient::run`).
             Target::Job { .. } => Ok(()),
@@ -308,7 +308,7 @@ impl RunnerClient {
     /// Takes the team's oldest waiting job, waiting up to `wait_s` seconds for one.
     pub async fn claim(&self, wait_s: u64) -> Result<Option<Job>, Refusal> {
         let url = self.job_url(&format!("/claim?wait_s={wait_s}"));
-        let answer = self.post(&url, Value::Null, Duration::from_secs(wait_s) + CLAIM_TIMEOUT_MARGIN).await.map_err(|refusal| match refusal {
+        let answer = self.post(&url, json!({}), Duration::from_secs(wait_s) + CLAIM_TIMEOUT_MARGIN).await.map_err(|refusal| match refusal {
             Refusal::Answered(StatusCode::UNAUTHORIZED, _) => {
                 Refusal::Answered(StatusCode::UNAUTHORIZED, format!("the server refused the runner token (was the runner deregistered?); register a runner with POST /v1/teams/{}/runners", self.team))
             }
@@ -373,7 +373,7 @@ impl RunnerClient {
         let url = self.job_url(&format!("/{run_id}/heartbeat"));
         loop {
             tokio::time::sleep(self.lease / 3).await;
-            match self.post(&url, Value::Null, self.lease / 3).await {
+            match self.post(&url, json!({}), self.lease / 3).await {
                 Ok(_) | Err(Refusal::Unreachable(_)) => {}
                 Err(Refusal::Answered(status, message)) if status.is_client_error() => return EngineError::Store(format!("job {run_id} was taken from this runner: {message}")),
                 Err(Refusal::Answered(..)) => {}

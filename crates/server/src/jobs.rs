@@ -31,7 +31,7 @@ use crate::history::{self, NewRun, RunState};
 use crate::routes_runs::{LocalCharges, charge_reported};
 use crate::runner::{self, RunReply, StartRequest, Started, TeamFlows};
 use crate::runners::{self, Bearer};
-use crate::{ApiError, AppState, JsonBody, Query};
+use crate::{ApiError, AppState, JsonBody, NoFields, Query};
 
 /// How long a claimed job stays with its runner without a charge or heartbeat.
 pub const LEASE_DEFAULT: Duration = Duration::from_secs(60);
@@ -282,7 +282,7 @@ pub struct ClaimQuery {
 
 /// `POST …/runners/{runner}/jobs/claim`: the team's oldest waiting job, leased to this runner,
 /// or 204 when none came within the wait.
-pub async fn claim(State(state): State<AppState>, bearer: Bearer, Path((team, runner)): Path<(String, String)>, Query(query): Query<ClaimQuery>) -> Result<Response, ApiError> {
+pub async fn claim(State(state): State<AppState>, bearer: Bearer, Path((team, runner)): Path<(String, String)>, Query(query): Query<ClaimQuery>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<Response, ApiError> {
     let runner = bearer.runner(&state, &team, Some(&runner)).await?;
     let wait = Duration::from_secs(query.wait_s.unwrap_or(CLAIM_WAIT_S_MAX).min(CLAIM_WAIT_S_MAX));
     let deadline = tokio::time::Instant::now() + wait;
@@ -433,7 +433,7 @@ pub async fn charge(State(state): State<AppState>, bearer: Bearer, Path((team, r
 }
 
 /// `POST …/jobs/{run}/heartbeat`: the runner is still on it; renews the lease.
-pub async fn heartbeat(State(state): State<AppState>, bearer: Bearer, Path((team, runner, run)): Path<(String, String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn heartbeat(State(state): State<AppState>, bearer: Bearer, Path((team, runner, run)): Path<(String, String, String)>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<Json<Value>, ApiError> {
     let runner = bearer.runner(&state, &team, Some(&runner)).await?;
     let until = renew_lease(&state, &team, &run, &runner.id).await?;
     Ok(Json(json!({"run_id": run, "lease_expires_at": ms_to_text(until)})))

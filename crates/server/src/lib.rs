@@ -220,8 +220,10 @@ where
         let bytes: &[u8] = match bytes.iter().find(|byte| !byte.is_ascii_whitespace()) {
             Some(b'[') => return Err(ApiError::invalid("body", "must be a JSON object, not an array")),
             // No body is an object of no fields: right where every field is optional, and
-            // otherwise refused by name like any missing field.
+            // otherwise refused by name like any missing field. A JSON `null` says the same
+            // (clients that post "nothing" as JSON send it).
             None => b"{}",
+            Some(_) if bytes.trim_ascii() == b"null" => b"{}",
             Some(_) => &bytes,
         };
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
@@ -232,6 +234,13 @@ where
         })
     }
 }
+
+/// The body of an action that takes no fields (take a snapshot, cancel a run, …): none, `{}` or
+/// `null`. A field is refused by name rather than ignored, so a client that expected it to
+/// mean something learns that it does not.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoFields {}
 
 /// The field a deserialization error is about: its path, completed by the name of a missing
 /// field (serde reports those at the enclosing object), or `whole` for the input as a whole.

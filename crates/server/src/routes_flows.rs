@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::auth::{Action, Caller};
 use crate::catalog::{self, Deployment, RunsOn};
-use crate::{ApiError, AppState, JsonBody, PageQuery, Query, runner};
+use crate::{ApiError, AppState, JsonBody, NoFields, PageQuery, Query, runner};
 
 /// Longest flow name, in bytes.
 pub const FLOW_NAME_BYTES_MAX: usize = 200;
@@ -68,7 +68,7 @@ pub async fn delete_flow(State(state): State<AppState>, caller: Caller, Path((te
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn create_snapshot(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>) -> Result<(StatusCode, Json<catalog::Snapshot>), ApiError> {
+pub async fn create_snapshot(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<(StatusCode, Json<catalog::Snapshot>), ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     let plan = state.ledger.team(&team).await?.plan;
     let snapshots_max = state.rules.plans.get(plan).snapshots_per_flow;

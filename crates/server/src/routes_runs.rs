@@ -17,7 +17,7 @@ use crate::auth::{Action, Caller};
 use crate::catalog;
 use crate::history::{self, RunFilter, RunState};
 use crate::runner::{RunReply, StartRequest, Started};
-use crate::{ApiError, AppState, JsonBody, Query};
+use crate::{ApiError, AppState, JsonBody, NoFields, Query};
 
 /// How long a synchronous call waits for the run's answer before it gets 408 (the run goes on).
 pub const SYNC_WAIT_DEFAULT: Duration = Duration::from_secs(30);
@@ -283,7 +283,7 @@ pub async fn get_run(State(state): State<AppState>, caller: Caller, Path((team, 
     Ok(Json(state.history.read(&state.catalog, move |connection| history::run(connection, &team, &run)).await?))
 }
 
-pub async fn cancel_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     // A paused run is cancelled at once; a running one stops at its next step.
     let status = match state.runner.cancel(&state, &team, &run, "cancelled").await? {
@@ -466,7 +466,7 @@ pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Pat
     charge_reported(&state, &team, &run, body).await
 }
 
-pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     state.ledger.end_run(&team, &run).await?;
     let credits = state.ledger.run_credits(&team, &run).await?;

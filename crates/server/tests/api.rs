@@ -14,6 +14,9 @@ async fn free_teams_keep_ten_snapshots_per_flow_and_lose_none() {
     let owner = server.team("tiny", "free").await;
     let (_, flow) = server.post("/v1/teams/tiny/flows", &owner, json!({"name": "f", "definition": support::flow_costing_25()})).await;
     let flow_id = flow["id"].as_str().unwrap();
+    // Taking a snapshot has no fields: one sent is refused by name, not ignored, and takes none.
+    let (status, refused) = server.post(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner, json!({"label": "v1"})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("label")), "{refused}");
     for number in 1..=10 {
         let (status, snapshot) = server.post(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
         assert_eq!((status, snapshot["number"].clone(), snapshot["latest"].clone()), (StatusCode::CREATED, json!(number), json!(true)));
