@@ -57,9 +57,17 @@ pub enum StoreCommand {
     /// A team's invoices (periods that ended by now are closed and invoiced first).
     Invoices(InvoicesArgs),
     /// Create the database or bring its schema up to date.
-    Migrate(DbArgs),
+    Migrate(MigrateArgs),
     /// Ledger maintenance.
     Ledger(LedgerArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    json: JsonFlag,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +99,8 @@ enum TeamsCommand {
         /// Who is creating the team, for the audit log.
         #[arg(long, default_value = "cli")]
         actor: String,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Every team: plan, anchor day and pay-as-you-go settings.
     List(JsonFlag),
@@ -136,8 +146,14 @@ pub struct LedgerArgs {
 
 #[derive(clap::Subcommand)]
 enum LedgerCommand {
-    /// Check that every stored balance and rollup equals its rebuild from the ledger entries.
-    Verify(DbArgs),
+    /// Check that every stored balance and rollup equals its rebuild from the ledger entries
+    /// (exit 1 when one does not).
+    Verify {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 pub fn run(rules: &RulesArgs, command: StoreCommand) -> anyhow::Result<ExitCode> {
@@ -151,12 +167,13 @@ pub fn run(rules: &RulesArgs, command: StoreCommand) -> anyhow::Result<ExitCode>
         }
         StoreCommand::Usage(args) => usage(args.db.open_existing(rules.load()?)?, &args),
         StoreCommand::Invoices(args) => invoices(args.db.open_existing(rules.load()?)?, &args),
-        StoreCommand::Migrate(db) => {
+        StoreCommand::Migrate(MigrateArgs { db, json }) => {
             let applied = flowcredits_store::migrate(&db.db).with_context(|| format!("cannot migrate {}", db.db.display()))?;
-            println!("{}: schema version {} ({applied} migrations applied)", db.db.display(), flowcredits_store::SCHEMA_VERSION);
+            let value = json!({"db": db.db.display().to_string(), "schema_version": flowcredits_store::SCHEMA_VERSION, "migrations_applied": applied});
+            print(&json, value, || format!("{}: schema version {} ({applied} migrations applied)\n", db.db.display(), flowcredits_store::SCHEMA_VERSION));
             Ok(ExitCode::SUCCESS)
         }
-        StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify(db) }) => verify(db.open_existing(rules.load()?)?),
+        StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify { db, json } }) => verify(db.open_existing(rules.load()?)?, &json),
     }
 }
 
@@ -170,13 +187,13 @@ fn print(json: &JsonFlag, value: Value, text: impl FnOnce() -> String) {
 
 fn teams(store: SqliteStore, command: TeamsCommand) -> anyhow::Result<ExitCode> {
     match command {
-        TeamsCommand::Create { name, plan, anchor_day, payg, payg_cap_usd, actor } => {
+        TeamsCommand::Create { name, plan, anchor_day, payg, payg_cap_usd, actor, json } => {
             let payg_cap = payg_cap_usd.map(|usd| MicroUsd::parse_usd(&usd).with_context(|| BadArgument(format!("--payg-cap-usd: `{usd}` is not a dollar amount like 25 or 12.5")))).transpose()?;
             let anchor_day = AnchorDay::new(anchor_day).map_err(|err| BadArgument(format!("--anchor-day: {err}")))?;
             let plan = plan.parse::<PlanId>().map_err(|err| BadArgument(format!("--plan: {err}")))?;
             let settings = TeamSettings { anchor_day, payg_enabled: payg, payg_cap, ..TeamSettings::new(plan) };
             let team = store.create_team(NewTeam { name: TeamName::new(name)?, settings, actor: Actor::new(actor)?, at: Timestamp::now() })?;
-            println!("team {} ({})", team.name, describe(&team.settings));
+            print(&json, team_json(&team), || format!("team {} ({})\n", team.name, describe(&team.settings)));
         }
         TeamsCommand::List(json) => {
             let teams = store.teams()?;
@@ -271,11 +288,12 @@ fn invoices(store: SqliteStore, args: &InvoicesArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(store: SqliteStore) -> anyhow::Result<ExitCode> {
+fn verify(store: SqliteStore, json: &JsonFlag) -> anyhow::Result<ExitCode> {
     let report = store.verify()?;
-    for mismatch in &report.mismatches {
-        println!("MISMATCH {mismatch}");
-    }
-    println!("{} ledger entries, {} balances checked, {} mismatches", report.entries, report.balances_checked, report.mismatches.len());
+    let value = json!({"ok": report.is_ok(), "entries": report.entries, "balances_checked": report.balances_checked, "mismatches": report.mismatches});
+    print(json, value, || {
+        let mismatches: String = report.mismatches.iter().map(|mismatch| format!("MISMATCH {mismatch}\n")).collect();
+        format!("{mismatches}{} ledger entries, {} balances checked, {} mismatches\n", report.entries, report.balances_checked, report.mismatches.len())
+    });
     Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

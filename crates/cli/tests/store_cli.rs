@@ -98,6 +98,14 @@ fn teams_usage_invoices_and_verify() {
     assert_eq!(invoices[0]["amount_due_usd"], "1.001");
     assert_eq!(invoices[0]["period"]["start"], "2026-03-01T00:00:00Z");
     assert!(ok(&["ledger", "verify", "--db", &db]).contains(" 0 mismatches"));
+    // Scripts get JSON from the commands that write, and from verify.
+    let verified: serde_json::Value = serde_json::from_str(&ok(&["ledger", "verify", "--json", "--db", &db])).unwrap();
+    assert_eq!((verified["ok"].as_bool(), verified["mismatches"].as_array().map(Vec::len)), (Some(true), Some(0)), "{verified}");
+    assert!(verified["entries"].as_u64().unwrap() > 0, "{verified}");
+    let created: serde_json::Value = serde_json::from_str(&ok(&["teams", "create", "beta", "--plan", "solo", "--anchor-day", "9", "--json", "--db", &db])).unwrap();
+    assert_eq!((created["name"].as_str(), created["plan"].as_str(), created["anchor_day"].as_u64()), (Some("beta"), Some("solo"), Some(9)), "{created}");
+    let migrated: serde_json::Value = serde_json::from_str(&ok(&["migrate", "--json", "--db", &db])).unwrap();
+    assert_eq!((migrated["schema_version"].as_u64(), migrated["migrations_applied"].as_u64()), (Some(1), Some(0)), "{migrated}");
 
     // A command that only reads does not make a ledger at a mistyped path.
     let typo = dir.file("typo.db");
