@@ -27,10 +27,12 @@ pub struct EstimateArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub rules: RulesArgs,
 }
 
-pub fn run(rules: &RulesArgs, args: EstimateArgs) -> anyhow::Result<ExitCode> {
-    let rules = rules.load()?;
+pub fn run(args: EstimateArgs) -> anyhow::Result<ExitCode> {
+    let rules = args.rules.load()?;
     let trigger: Trigger = args.trigger.parse().context("--trigger")?;
     if args.cloud_run && trigger != Trigger::Manual {
         anyhow::bail!("--cloud-run applies to manual runs only; {trigger} runs always execute in the cloud, so drop --cloud-run");

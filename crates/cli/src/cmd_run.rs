@@ -64,6 +64,8 @@ pub struct RunArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub rules: RulesArgs,
 }
 
 /// Reads and checks a flow file, and the resolver for the flows it runs.
@@ -74,8 +76,8 @@ pub fn load_flow(path: &Path, flows: Option<&Path>) -> anyhow::Result<(Flow, Arc
     Ok((flow, Arc::new(DirResolver::new(dir))))
 }
 
-pub fn run(rules: &RulesArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let rules = rules.load()?;
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let rules = args.rules.load()?;
     let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;
     let input = parse_input(args.input.as_deref())?;
     let config = parse_config(&args.config)?;

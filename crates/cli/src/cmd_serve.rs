@@ -35,9 +35,11 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    #[command(flatten)]
+    rules: RulesArgs,
 }
 
-pub fn run(rules: &RulesArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWCREDITS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
@@ -47,7 +49,7 @@ pub fn run(rules: &RulesArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
         subscriber.init();
     }
     let history_retention = (args.history_days > 0).then(|| Duration::from_secs(u64::from(args.history_days) * 24 * 3600));
-    let config = ServeConfig { db: args.db, listen: args.listen, rules: rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention, allow_private_hosts: args.allow_private_hosts };
+    let config = ServeConfig { db: args.db, listen: args.listen, rules: args.rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention, allow_private_hosts: args.allow_private_hosts };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(config)).map_err(|err| anyhow::anyhow!("{}", err.detail()))?;
     Ok(ExitCode::SUCCESS)

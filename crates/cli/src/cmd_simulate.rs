@@ -26,6 +26,8 @@ pub struct SimulateArgs {
     /// default `simulation`).
     #[arg(long, requires = "db")]
     pub team: Option<String>,
+    #[command(flatten)]
+    pub rules: RulesArgs,
 }
 
 const SCENARIO_FORMAT: &str = r#"SCENARIO FORMAT
@@ -65,8 +67,8 @@ EXIT STATUS
   0 the scenario was replayed; 2 the scenario is malformed (the message names the step index
   and the field); 1 any other failure (e.g. the file cannot be read)."#;
 
-pub fn run(rules: &RulesArgs, args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let rules = rules.load()?;
+pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let rules = args.rules.load()?;
     let text = read_scenario(&args.scenario)?;
     let scenario = match parse_scenario(&text, &rules) {
         Ok(scenario) => scenario,

@@ -76,6 +76,8 @@ pub struct TeamsArgs {
     command: TeamsCommand,
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    rules: RulesArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -125,6 +127,8 @@ pub struct UsageArgs {
     json: JsonFlag,
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    rules: RulesArgs,
 }
 
 #[derive(clap::Args)]
@@ -136,12 +140,16 @@ pub struct InvoicesArgs {
     json: JsonFlag,
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    rules: RulesArgs,
 }
 
 #[derive(clap::Args)]
 pub struct LedgerArgs {
     #[command(subcommand)]
     command: LedgerCommand,
+    #[command(flatten)]
+    rules: RulesArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -156,24 +164,24 @@ enum LedgerCommand {
     },
 }
 
-pub fn run(rules: &RulesArgs, command: StoreCommand) -> anyhow::Result<ExitCode> {
+pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
     match command {
         StoreCommand::Teams(args) => {
             let store = match args.command {
-                TeamsCommand::Create { .. } => args.db.open(rules.load()?)?,
-                _ => args.db.open_existing(rules.load()?)?,
+                TeamsCommand::Create { .. } => args.db.open(args.rules.load()?)?,
+                _ => args.db.open_existing(args.rules.load()?)?,
             };
             teams(store, args.command)
         }
-        StoreCommand::Usage(args) => usage(args.db.open_existing(rules.load()?)?, &args),
-        StoreCommand::Invoices(args) => invoices(args.db.open_existing(rules.load()?)?, &args),
+        StoreCommand::Usage(args) => usage(args.db.open_existing(args.rules.load()?)?, &args),
+        StoreCommand::Invoices(args) => invoices(args.db.open_existing(args.rules.load()?)?, &args),
         StoreCommand::Migrate(MigrateArgs { db, json }) => {
             let applied = flowcredits_store::migrate(&db.db).with_context(|| format!("cannot migrate {}", db.db.display()))?;
             let value = json!({"db": db.db.display().to_string(), "schema_version": flowcredits_store::SCHEMA_VERSION, "migrations_applied": applied});
             print(&json, value, || format!("{}: schema version {} ({applied} migrations applied)\n", db.db.display(), flowcredits_store::SCHEMA_VERSION));
             Ok(ExitCode::SUCCESS)
         }
-        StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify { db, json } }) => verify(db.open_existing(rules.load()?)?, &json),
+        StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify { db, json }, rules }) => verify(db.open_existing(rules.load()?)?, &json),
     }
 }
 

@@ -29,8 +29,6 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "flowcredits", version, about, propagate_version = true)]
 struct Cli {
-    #[command(flatten)]
-    rules: rules::RulesArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,13 +49,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Simulate(args) => cmd_simulate::run(&cli.rules, args),
-        Command::Run(args) => cmd_run::run(&cli.rules, args),
-        Command::Estimate(args) => cmd_estimate::run(&cli.rules, args),
-        Command::Serve(args) => cmd_serve::run(&cli.rules, args),
+        Command::Simulate(args) => cmd_simulate::run(args),
+        Command::Run(args) => cmd_run::run(args),
+        Command::Estimate(args) => cmd_estimate::run(args),
+        Command::Serve(args) => cmd_serve::run(args),
         Command::Runner(args) => cmd_runner::run(args),
         Command::Bench(args) => cmd_bench::run(args),
-        Command::Store(command) => cmd_store::run(&cli.rules, command),
+        Command::Store(command) => cmd_store::run(command),
     };
     match result {
         Ok(code) => code,

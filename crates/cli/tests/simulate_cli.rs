@@ -85,3 +85,22 @@ fn help_documents_the_format() {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
 }
+
+/// `--plans` and `--price-book` are offered by the commands that price, and only by them: a
+/// private runner and the benchmarks take the server's or the shipped prices.
+#[test]
+fn only_commands_that_price_take_other_plans_or_prices() {
+    for command in [vec!["simulate"], vec!["run"], vec!["estimate"], vec!["serve"], vec!["teams", "list"], vec!["usage"], vec!["invoices"], vec!["ledger", "verify"]] {
+        let help = flowcredits(&[command.as_slice(), &["--help"]].concat(), None);
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(help.contains("--plans <PATH>") && help.contains("--price-book <PATH>"), "{command:?} --help: {help}");
+    }
+    for command in [vec!["runner"], vec!["bench", "server"], vec!["migrate"]] {
+        let refused = flowcredits(&[command.as_slice(), &["--plans", "plans.toml"]].concat(), None);
+        assert_eq!(refused.status.code(), Some(2), "{command:?}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("unexpected argument '--plans'"), "{command:?}: {}", String::from_utf8_lossy(&refused.stderr));
+    }
+    // Where it is offered, it is used.
+    let missing = flowcredits(&["simulate", "--plans", "/nonexistent/plans.toml", "-"], Some("{}"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read plans file /nonexistent/plans.toml"), "{}", String::from_utf8_lossy(&missing.stderr));
+}
