@@ -46,9 +46,10 @@ pub fn run(args: EstimateArgs) -> anyhow::Result<ExitCode> {
     }
     println!("flow `{}`, {} run ({}):", flow.name, trigger, context.location().as_str());
     println!("  needs credits: {}", if estimate.needs_credits { "yes" } else { "no" });
-    match estimate.exact {
-        Some(credits) => println!("  cost: exactly {}", plural(credits.0)),
-        None => println!("  cost: at least {}", plural(estimate.minimum.0)),
+    match (estimate.exact, estimate.maximum) {
+        (Some(credits), _) => println!("  cost: exactly {}", plural(credits.0)),
+        (None, Some(maximum)) => println!("  cost: {} to {}, depending on the branches taken", estimate.minimum.0, plural(maximum.0)),
+        (None, None) => println!("  cost: at least {}", plural(estimate.minimum.0)),
     }
     for line in &estimate.per_iteration {
         println!("  plus up to {} per iteration of loop `{}`", plural(line.credits.0), line.at);

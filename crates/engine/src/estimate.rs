@@ -22,6 +22,9 @@ pub struct Estimate {
     pub exact: Option<Credits>,
     /// The least the run can cost.
     pub minimum: Credits,
+    /// The most it can cost, when that is bounded: every branch taken, and no loop of unknown
+    /// length or agent's MCP tools adding to it. Equal to `exact` when that is known.
+    pub maximum: Option<Credits>,
     /// Loops whose iteration count is known only at run time, and what one iteration of each
     /// costs at most (its paid blocks, taken branches or not).
     pub per_iteration: Vec<LoopCost>,
@@ -40,6 +43,7 @@ impl Estimate {
             "needs_credits": self.needs_credits,
             "exact": self.exact.map(|credits| credits.0),
             "minimum": self.minimum.0,
+            "maximum": self.maximum.map(|credits| credits.0),
             "per_iteration": loops,
             "notes": self.notes,
         })
@@ -57,10 +61,19 @@ pub struct LoopCost {
 pub fn estimate(rules: &Rules, at: Timestamp, context: RunContext, flow: &Flow, resolver: &dyn FlowResolver) -> Result<Estimate, EngineError> {
     let flows = resolve_all(flow, resolver)?;
     let needs_credits = rules.run_needs_credits(at, context, &planned_usage(flow, &flows)).map_err(|err| crate::exec::name_model_problem(EngineError::Meter(err), flow, &flows))?;
-    let mut walk = Walk { rules, at, context, flows: &flows, estimate: Estimate { needs_credits, exact: None, minimum: Credits::ZERO, per_iteration: Vec::new(), notes: Vec::new() }, exact: true };
+    let mut walk = Walk { rules, at, context, flows: &flows, estimate: Estimate { needs_credits, exact: None, minimum: Credits::ZERO, maximum: None, per_iteration: Vec::new(), notes: Vec::new() }, exact: true, bounded: true };
     walk.flow(flow, "", 1, true)?;
+    let maximum = if walk.exact {
+        Some(walk.estimate.minimum)
+    } else if walk.bounded && walk.estimate.per_iteration.is_empty() {
+        // Only branches are left open: the most is every branch taken.
+        Some(walk.upper_bound(flow, "")?)
+    } else {
+        None
+    };
     let mut estimate = walk.estimate;
     estimate.exact = walk.exact.then_some(estimate.minimum);
+    estimate.maximum = maximum;
     Ok(estimate)
 }
 
@@ -71,6 +84,8 @@ struct Walk<'a> {
     flows: &'a BTreeMap<String, Arc<Flow>>,
     estimate: Estimate,
     exact: bool,
+    /// No agent adds tool charges (their number is known only at run time).
+    bounded: bool,
 }
 
 impl Walk<'_> {
@@ -86,6 +101,7 @@ impl Walk<'_> {
             if block.kind == BlockKind::AiAgent {
                 self.estimate.notes.push(format!("{at}{}: plus 2 credits per unique external MCP tool the agent uses", block.id));
                 self.exact = false;
+                self.bounded = false;
             }
             let is_flow = matches!(block.op, Op::Flow { .. });
             if price.is_zero() && !is_flow {

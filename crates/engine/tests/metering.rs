@@ -173,7 +173,7 @@ fn estimates_are_exact_when_the_graph_fixes_the_cost() {
     let api = RunContext::automated(Trigger::Api).unwrap();
     let fixed = estimate(THIRTY_IFS, api);
     assert!(fixed.needs_credits);
-    assert_eq!(fixed.exact, Some(Credits(30)));
+    assert_eq!((fixed.exact, fixed.maximum), (Some(Credits(30)), Some(Credits(30))));
     let local_run = estimate(THIRTY_IFS, local());
     assert!(!local_run.needs_credits);
     assert_eq!(local_run.exact, Some(Credits(0)));
@@ -204,10 +204,34 @@ edges:
     assert_eq!(open.exact, None);
     assert_eq!(open.minimum, Credits(2), "evaluate and if always run");
     assert_eq!(open.per_iteration, vec![flowcredits_engine::estimate::LoopCost { at: "each".into(), credits: Credits(2) }]);
+    assert_eq!(open.maximum, None, "a loop of unknown length has no most");
     // A nested flow in a loop of unknown length costs, per iteration, at most all of its blocks.
     let nested = estimate("name: nl\nblocks:\n  - { id: start, kind: start }\n  - { id: each, kind: for }\n  - { id: sub, kind: flow, config: { flow: double } }\nedges:\n  - { from: start.input, to: each.list }\n  - { from: each.item, to: sub.input }\n", cloud());
     assert_eq!((nested.exact, nested.minimum), (None, Credits(0)));
     assert_eq!(nested.per_iteration, vec![flowcredits_engine::estimate::LoopCost { at: "each".into(), credits: Credits(1) }], "{:?}", nested.notes);
+}
+
+#[test]
+fn estimates_bound_a_cost_that_only_branches_leave_open() {
+    let branches = estimate(r#"
+name: branches
+blocks:
+  - { id: start, kind: start }
+  - { id: route, kind: if, config: { test: { path: n, op: gt, value: 1 } } }
+  - { id: big, kind: validate, config: { schema: { type: object } } }
+  - { id: small, kind: evaluate, config: { code: "return input" } }
+  - { id: tail, kind: if, config: { test: { path: n } } }
+edges:
+  - { from: start.input, to: route.value }
+  - { from: route.then, to: big.value }
+  - { from: route.else, to: small.input }
+  - { from: big.pass, to: tail.value }
+"#, cloud());
+    // `route` always runs; one of `big` and `small` runs, and `tail` only after `big`.
+    assert_eq!((branches.exact, branches.minimum, branches.maximum), (None, Credits(1), Some(Credits(4))), "{:?}", branches.notes);
+    // An agent's tool charges are known only when it runs: no most.
+    let agent = estimate(AGENT, cloud());
+    assert_eq!((agent.exact, agent.maximum), (None, None), "{:?}", agent.notes);
 }
 
 #[test]
