@@ -47,19 +47,15 @@ pub fn run(args: EstimateArgs) -> anyhow::Result<ExitCode> {
     println!("flow `{}`, {} run ({}):", flow.name, trigger, context.location().as_str());
     println!("  needs credits: {}", if estimate.needs_credits { "yes" } else { "no" });
     match (estimate.exact, estimate.maximum) {
-        (Some(credits), _) => println!("  cost: exactly {}", plural(credits.0)),
-        (None, Some(maximum)) => println!("  cost: {} to {}, depending on the branches taken", estimate.minimum.0, plural(maximum.0)),
-        (None, None) => println!("  cost: at least {}", plural(estimate.minimum.0)),
+        (Some(credits), _) => println!("  cost: exactly {}", credits.with_unit()),
+        (None, Some(maximum)) => println!("  cost: {} to {}, depending on the branches taken", estimate.minimum.0, maximum.with_unit()),
+        (None, None) => println!("  cost: at least {}", estimate.minimum.with_unit()),
     }
     for line in &estimate.per_iteration {
-        println!("  plus up to {} per iteration of loop `{}`", plural(line.credits.0), line.at);
+        println!("  plus up to {} per iteration of loop `{}`", line.credits.with_unit(), line.at);
     }
     for note in &estimate.notes {
         println!("  note: {note}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn plural(credits: u64) -> String {
-    if credits == 1 { "1 credit".to_owned() } else { format!("{credits} credits") }
 }

@@ -19,6 +19,11 @@ impl Credits {
         self.0 == 0
     }
 
+    /// The amount with its unit, for people: "1 credit", "25 credits".
+    pub fn with_unit(self) -> String {
+        if self.0 == 1 { "1 credit".to_owned() } else { format!("{} credits", self.0) }
+    }
+
     /// Money owed for these credits at the pay-as-you-go rate.
     pub fn payg_price(self) -> MicroUsd {
         MicroUsd(self.0.checked_mul(MICRO_USD_PER_CREDIT).expect("credit amounts are bounded far below overflow"))

@@ -120,7 +120,7 @@ impl Walk<'_> {
                         self.exact = false;
                         let bound = self.upper_bound(&child, &inner_at)?;
                         self.per_iteration(format!("{at}{}", flow.blocks[l].id), Credits(bound.0.saturating_mul(count)));
-                        self.estimate.notes.push(format!("{at}{}: runs flow `{name}` (at most {} credits) once per iteration of a loop of unknown length", block.id, bound.0));
+                        self.estimate.notes.push(format!("{at}{}: runs flow `{name}` (at most {}) once per iteration of a loop of unknown length", block.id, bound.with_unit()));
                     }
                 }
                 continue;
@@ -133,7 +133,7 @@ impl Walk<'_> {
                 None if runs_surely => self.estimate.minimum += Credits(price.0.saturating_mul(count)),
                 None => {
                     self.exact = false;
-                    self.estimate.notes.push(format!("{at}{}: {} credits per execution, when its branch is taken", block.id, price.0));
+                    self.estimate.notes.push(format!("{at}{}: {} per execution, when its branch is taken", block.id, price.with_unit()));
                 }
             }
         }
