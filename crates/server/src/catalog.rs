@@ -615,8 +615,10 @@ pub fn scheduled_deployments(connection: &Connection) -> Result<Vec<Deployment>,
 }
 
 /// Points a deployment of `team` at another snapshot of its flow.
-pub fn set_deployment_snapshot(connection: &Connection, team: &str, id: &str, snapshot: u32) -> Result<(), ApiError> {
-    match connection.execute("UPDATE deployments SET snapshot = ?3 WHERE team = ?1 AND id = ?2", params![team, id, snapshot])? {
+/// Stores a deployment's snapshot and schedule (its path, flow and trigger never change).
+pub fn update_deployment(connection: &Connection, deployment: &Deployment) -> Result<(), ApiError> {
+    let Deployment { team, id, snapshot, schedule_every_s, schedule_cron, .. } = deployment;
+    match connection.execute("UPDATE deployments SET snapshot = ?3, schedule_every_s = ?4, schedule_cron = ?5 WHERE team = ?1 AND id = ?2", params![team, id, snapshot, schedule_every_s, schedule_cron])? {
         0 => Err(ApiError::NotFound(format!("deployment {id}"))),
         _ => Ok(()),
     }

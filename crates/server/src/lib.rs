@@ -242,6 +242,12 @@ where
 #[serde(deny_unknown_fields)]
 pub struct NoFields {}
 
+/// For an `Option<Option<T>>` field with `#[serde(default)]`: tells "absent" (`None`) from
+/// "null" (`Some(None)`), so that a change can clear a setting as well as leave it alone.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
 /// The field a deserialization error is about: its path, completed by the name of a missing
 /// field (serde reports those at the enclosing object), or `whole` for the input as a whole.
 fn field_of(path: &str, message: &str, whole: &str) -> String {

@@ -96,9 +96,9 @@ const ROUTES: &[Route] = &[
     Route {
         method: "patch",
         path: "/v1/teams/{team}/deployments/{deployment}",
-        summary: "Serve another snapshot (the latest when none is named) at the same path, id and schedule",
+        summary: "Serve another snapshot (the latest when none is named), or change the schedule (a change of schedule alone keeps the snapshot; null clears), at the same path and id",
         access: "owner, admin, editor",
-        body: Some(|| object(&[], json!({"snapshot": {"type": "integer", "minimum": 1}}))),
+        body: Some(|| object(&[], json!({"snapshot": {"type": "integer", "minimum": 1}, "schedule_every_s": {"type": ["integer", "null"], "minimum": 60}, "schedule_cron": {"type": ["string", "null"]}}))),
         query: &[],
         success: "200",
     },

@@ -64,17 +64,12 @@ async fn billing_view(state: &AppState, team: &str) -> Result<Value, ApiError> {
 pub struct BillingUpdate {
     payg_enabled: Option<bool>,
     /// Dollars as a decimal string; `null` removes the cap.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::present")]
     payg_cap_usd: Option<Option<String>>,
     payg_alerts_usd: Option<Vec<String>>,
     /// Where alerts are delivered; `null` stops delivery.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::present")]
     alert_webhook_url: Option<Option<String>>,
-}
-
-/// Tells "absent" (`None`) from "null" (`Some(None)`).
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A dollar amount as the API takes them: at most three decimals, since a credit is $0.001 and

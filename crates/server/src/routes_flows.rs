@@ -142,18 +142,14 @@ fn check_path(path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<NewDeployment>) -> Result<(StatusCode, Json<Deployment>), ApiError> {
-    caller.authorize(&state, &team, Action::Build).await?;
-    check_path(&body.path)?;
-    let trigger = body.trigger.unwrap_or_else(|| "api".into());
-    if trigger != "api" && trigger != "mcp" {
-        return Err(ApiError::invalid("trigger", "must be `api` or `mcp`"));
-    }
-    if let Some(every) = body.schedule_every_s.filter(|every| !(SCHEDULE_EVERY_S_MIN..=SCHEDULE_EVERY_S_MAX).contains(every)) {
+/// A deployment's schedule: an interval of at least a minute, or a cron expression that names
+/// a coming day; not both.
+fn check_schedule(every_s: Option<u32>, cron: Option<&str>) -> Result<(), ApiError> {
+    if let Some(every) = every_s.filter(|every| !(SCHEDULE_EVERY_S_MIN..=SCHEDULE_EVERY_S_MAX).contains(every)) {
         return Err(ApiError::invalid("schedule_every_s", format!("{every} is outside {SCHEDULE_EVERY_S_MIN} (every minute) to {SCHEDULE_EVERY_S_MAX} (yearly)")));
     }
-    if let Some(cron) = &body.schedule_cron {
-        if body.schedule_every_s.is_some() {
+    if let Some(cron) = cron {
+        if every_s.is_some() {
             return Err(ApiError::invalid("schedule_cron", "give schedule_every_s or schedule_cron, not both"));
         }
         let parsed = flowcredits_engine::cron::Cron::parse(cron).map_err(|problem| ApiError::invalid("schedule_cron", format!("`{cron}` {problem}")))?;
@@ -161,6 +157,17 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
             return Err(ApiError::invalid("schedule_cron", format!("`{cron}` names no day in the next eight years")));
         }
     }
+    Ok(())
+}
+
+pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<NewDeployment>) -> Result<(StatusCode, Json<Deployment>), ApiError> {
+    caller.authorize(&state, &team, Action::Build).await?;
+    check_path(&body.path)?;
+    let trigger = body.trigger.unwrap_or_else(|| "api".into());
+    if trigger != "api" && trigger != "mcp" {
+        return Err(ApiError::invalid("trigger", "must be `api` or `mcp`"));
+    }
+    check_schedule(body.schedule_every_s, body.schedule_cron.as_deref())?;
     let runs_on = match body.runs_on.as_deref() {
         None => RunsOn::Cloud,
         Some(text) => RunsOn::parse(text).ok_or_else(|| ApiError::invalid("runs_on", format!("`{text}` is not `cloud` or `private`")))?,
@@ -211,28 +218,48 @@ pub async fn list_deployments(State(state): State<AppState>, caller: Caller, Pat
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Redeploy {
-    /// The snapshot to serve from now on; the flow's latest when absent.
+    /// The snapshot to serve from now on; the flow's latest when absent, unless the change is
+    /// only to the schedule.
     snapshot: Option<u32>,
+    /// A new schedule replaces the old one whole: giving one of these clears the other, and
+    /// `null` for both leaves the deployment unscheduled.
+    #[serde(default, deserialize_with = "crate::present")]
+    schedule_every_s: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "crate::present")]
+    schedule_cron: Option<Option<String>>,
 }
 
-/// Serves another snapshot of the deployment's flow at the same path, schedule and trigger: how
-/// a new snapshot goes live without the deployment's URL or id changing.
+/// Serves another snapshot of the deployment's flow, or runs it on another schedule, at the same
+/// path, id and trigger: how a new snapshot goes live without the deployment's URL changing.
 pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team, id)): Path<(String, String)>, JsonBody(body): JsonBody<Redeploy>) -> Result<Json<Deployment>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
+    let reschedule = (body.schedule_every_s.is_some() || body.schedule_cron.is_some()).then(|| (body.schedule_every_s.flatten(), body.schedule_cron.flatten()));
+    if let Some((every_s, cron)) = &reschedule {
+        check_schedule(*every_s, cron.as_deref())?;
+    }
+    // A change of schedule alone keeps the snapshot served; otherwise the one named, or the latest.
+    let resnapshot = body.snapshot.is_some() || reschedule.is_none();
     let team_name = team.clone();
     let deployment = state
         .catalog
         .call(move |connection| {
-            let deployment = catalog::deployment(connection, &team_name, &id)?;
-            let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, body.snapshot).map_err(|err| match err {
-                ApiError::NotFound(what) => ApiError::invalid("snapshot", format!("the flow has no {what}")),
-                other => other,
-            })?;
-            if deployment.trigger == "mcp" {
-                runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("snapshot", "an mcp deployment needs a snapshot with an `mcp` trigger block"))?;
+            let mut deployment = catalog::deployment(connection, &team_name, &id)?;
+            if resnapshot {
+                let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, body.snapshot).map_err(|err| match err {
+                    ApiError::NotFound(what) => ApiError::invalid("snapshot", format!("the flow has no {what}")),
+                    other => other,
+                })?;
+                if deployment.trigger == "mcp" {
+                    runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("snapshot", "an mcp deployment needs a snapshot with an `mcp` trigger block"))?;
+                }
+                deployment.snapshot = snapshot.number;
             }
-            catalog::set_deployment_snapshot(connection, &team_name, &deployment.id, snapshot.number)?;
-            Ok(Deployment { snapshot: snapshot.number, ..deployment })
+            if let Some((every_s, cron)) = reschedule {
+                (deployment.schedule_every_s, deployment.schedule_cron) = (every_s, cron);
+            }
+            // One statement: a refused snapshot changes no schedule, and the other way round.
+            catalog::update_deployment(connection, &deployment)?;
+            Ok(deployment)
         })
         .await?;
     // The path serves the new snapshot on this node now, on others within the cache's life.

@@ -70,18 +70,26 @@ fn next_run(deployment: &catalog::Deployment, now: Timestamp) -> Option<Timestam
     }
 }
 
+/// What the scheduler knows a deployment's next run by: its id and schedule, so that a deployment
+/// given a new schedule (`PATCH`) is first seen again and follows the new one at once.
+fn schedule_key(deployment: &catalog::Deployment) -> String {
+    format!("{} {:?} {:?}", deployment.id, deployment.schedule_every_s, deployment.schedule_cron)
+}
+
 /// Starts the scheduled deployments due at `now`. A deployment first seen is due at its next
 /// run after `now`; one that ran is due at its next run after it. Runs missed while the server
 /// was down are not made up.
 async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, Timestamp>, now: Timestamp) -> Result<(), crate::ApiError> {
     let deployments = state.catalog.call(|connection| catalog::scheduled_deployments(connection)).await?;
-    next_due.retain(|id, _| deployments.iter().any(|deployment| &deployment.id == id));
+    let keys: std::collections::HashSet<String> = deployments.iter().map(schedule_key).collect();
+    next_due.retain(|key, _| keys.contains(key));
     for deployment in deployments {
-        let due = match next_due.get(&deployment.id) {
+        let key = schedule_key(&deployment);
+        let due = match next_due.get(&key) {
             Some(due) => *due,
             None => {
                 if let Some(due) = next_run(&deployment, now) {
-                    next_due.insert(deployment.id.clone(), due);
+                    next_due.insert(key, due);
                 }
                 continue;
             }
@@ -90,8 +98,8 @@ async fn run_due_schedules(state: &AppState, next_due: &mut HashMap<String, Time
             continue;
         }
         match next_run(&deployment, now) {
-            Some(next) => next_due.insert(deployment.id.clone(), next),
-            None => next_due.remove(&deployment.id),
+            Some(next) => next_due.insert(key, next),
+            None => next_due.remove(&key),
         };
         // A team out of credits keeps at most one paused run per schedule.
         let id = deployment.id.clone();
@@ -300,7 +308,7 @@ mod tests {
     async fn a_due_schedule_of_a_private_deployment_queues_a_job_instead_of_running_here() {
         let (_dir, state, deployment) = deployed_on_schedule(flowcredits_core::PlanId::Enterprise, catalog::RunsOn::Private, Some(60), None).await;
         let now = Timestamp::now();
-        let mut next_due = HashMap::from([(deployment.id.clone(), now)]);
+        let mut next_due = HashMap::from([(schedule_key(&deployment), now)]);
         run_due_schedules(&state, &mut next_due, now).await.unwrap();
         let page = catalog::PageRequest { after: None, limit: 10 };
         let runs = state.catalog.call(move |connection| history::runs(connection, "acme", &history::RunFilter::default(), &page)).await.unwrap();
@@ -319,11 +327,11 @@ mod tests {
         let now = Timestamp::now();
         run_due_schedules(&state, &mut next_due, now).await.unwrap();
         assert!(runs_by_state(&state).await.is_empty());
-        assert_eq!(next_due[&deployment.id], now.checked_add(jiff::SignedDuration::from_secs(60)).unwrap());
+        assert_eq!(next_due[&schedule_key(&deployment)], now.checked_add(jiff::SignedDuration::from_secs(60)).unwrap());
 
         // Four due ticks use the 100 included credits.
         for _ in 0..4 {
-            next_due.insert(deployment.id.clone(), now);
+            next_due.insert(schedule_key(&deployment), now);
             run_due_schedules(&state, &mut next_due, now).await.unwrap();
             wait_until_finished(&state).await;
         }
@@ -334,7 +342,7 @@ mod tests {
 
         // Out of credits: the next tick pauses a run; later ticks add no more paused runs.
         for _ in 0..3 {
-            next_due.insert(deployment.id.clone(), now);
+            next_due.insert(schedule_key(&deployment), now);
             run_due_schedules(&state, &mut next_due, now).await.unwrap();
         }
         let states = runs_by_state(&state).await;
@@ -349,16 +357,40 @@ mod tests {
         let mut next_due = HashMap::new();
         // Friday 2026-03-06, 08:30 UTC: first sight, due at 09:00.
         run_due_schedules(&state, &mut next_due, at("2026-03-06T08:30:00Z")).await.unwrap();
-        assert_eq!(next_due[&deployment.id], at("2026-03-06T09:00:00Z"));
+        assert_eq!(next_due[&schedule_key(&deployment)], at("2026-03-06T09:00:00Z"));
         run_due_schedules(&state, &mut next_due, at("2026-03-06T08:59:59Z")).await.unwrap();
         assert!(runs_by_state(&state).await.is_empty(), "not due yet");
         run_due_schedules(&state, &mut next_due, at("2026-03-06T09:00:00Z")).await.unwrap();
         wait_until_finished(&state).await;
         assert_eq!(runs_by_state(&state).await, vec![RunState::Succeeded]);
         // Next: Monday, past the weekend.
-        assert_eq!(next_due[&deployment.id], at("2026-03-09T09:00:00Z"));
+        assert_eq!(next_due[&schedule_key(&deployment)], at("2026-03-09T09:00:00Z"));
         run_due_schedules(&state, &mut next_due, at("2026-03-07T09:00:00Z")).await.unwrap();
         assert_eq!(runs_by_state(&state).await.len(), 1, "Saturday runs nothing");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_schedule_is_followed_from_the_next_tick() {
+        let (_dir, state, mut deployment) = deployed_on_schedule(flowcredits_core::PlanId::Team, catalog::RunsOn::Cloud, None, Some("0 9 * * 1-5")).await;
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        let mut next_due = HashMap::new();
+        run_due_schedules(&state, &mut next_due, at("2026-03-06T08:30:00Z")).await.unwrap();
+        assert_eq!(next_due.values().copied().collect::<Vec<_>>(), [at("2026-03-06T09:00:00Z")]);
+        // Every two minutes instead (as `PATCH` stores it): due two minutes after the change is seen.
+        (deployment.schedule_every_s, deployment.schedule_cron) = (Some(120), None);
+        let changed = deployment.clone();
+        state.catalog.call(move |connection| catalog::update_deployment(connection, &changed)).await.unwrap();
+        run_due_schedules(&state, &mut next_due, at("2026-03-06T08:31:00Z")).await.unwrap();
+        assert_eq!(next_due.values().copied().collect::<Vec<_>>(), [at("2026-03-06T08:33:00Z")], "the old schedule is forgotten");
+        run_due_schedules(&state, &mut next_due, at("2026-03-06T08:33:00Z")).await.unwrap();
+        wait_until_finished(&state).await;
+        assert_eq!(runs_by_state(&state).await, vec![RunState::Succeeded]);
+        // Unscheduled: nothing is due any more.
+        (deployment.schedule_every_s, deployment.schedule_cron) = (None, None);
+        state.catalog.call(move |connection| catalog::update_deployment(connection, &deployment)).await.unwrap();
+        run_due_schedules(&state, &mut next_due, at("2026-03-06T09:00:00Z")).await.unwrap();
+        assert!(next_due.is_empty(), "{next_due:?}");
+        assert_eq!(runs_by_state(&state).await.len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +400,7 @@ mod tests {
         let mut next_due = HashMap::new();
         // Four runs use the 100 included credits; the fifth pauses.
         for _ in 0..5 {
-            next_due.insert(deployment.id.clone(), now);
+            next_due.insert(schedule_key(&deployment), now);
             run_due_schedules(&state, &mut next_due, now).await.unwrap();
             wait_until_finished(&state).await;
         }

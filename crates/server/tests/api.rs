@@ -405,6 +405,19 @@ async fn a_flow_with_a_schedule_block_is_scheduled_when_deployed() {
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_cron")), "{refused}");
     let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
     assert_eq!(deployments["items"].as_array().unwrap().len(), 2, "refused deployments were not created: {deployments}");
+    // The schedule changes in place: same id and path, same snapshot, the new schedule whole.
+    let id = deployed["id"].as_str().unwrap();
+    let (status, changed) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{id}"), &owner, Some(json!({"schedule_every_s": 3600}))).await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!((changed["id"].clone(), changed["snapshot"].clone(), changed["schedule_every_s"].clone(), changed["schedule_cron"].clone()), (json!(id), deployed["snapshot"].clone(), json!(3600), Value::Null), "{changed}");
+    // A bad schedule is refused by name and changes nothing.
+    let (status, refused) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{id}"), &owner, Some(json!({"schedule_cron": "61 * * * *"}))).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_cron")), "{refused}");
+    let (status, unscheduled) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{id}"), &owner, Some(json!({"schedule_every_s": null}))).await;
+    assert_eq!((status, unscheduled["schedule_every_s"].clone(), unscheduled["schedule_cron"].clone()), (StatusCode::OK, Value::Null, Value::Null), "{unscheduled}");
+    let (_, listed) = server.get("/v1/teams/acme/deployments", &owner).await;
+    let stored = listed["items"].as_array().unwrap().iter().find(|deployment| deployment["id"] == id).unwrap().clone();
+    assert_eq!(stored, unscheduled, "{listed}");
     // A schedule block may carry the cron expression itself; a bad one is refused with the flow.
     let nightly = json!({
         "name": "nightly",
