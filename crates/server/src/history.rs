@@ -68,6 +68,22 @@ pub struct RunView {
     /// Block executions past [`BLOCKS_PER_RUN_MAX`], charged but not listed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocks_omitted: Option<u64>,
+    /// A private run's job as the team's runners hold it (absent for other runs and once the
+    /// job is done).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner: Option<RunnerHold>,
+}
+
+/// Who has a private run's job. A run is `running` from its admission (it holds credits from
+/// then); this says whether a runner is working on it or it waits for one.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunnerHold {
+    /// The runner whose lease is current; `None` while the job waits for a runner (never
+    /// claimed, or its runner's lease ran out).
+    pub id: Option<String>,
+    pub waiting_for_runner: bool,
+    /// Times a runner took it.
+    pub claims: u32,
 }
 
 /// Most block executions run history lists for one run (a loop may run millions); the ledger
@@ -234,11 +250,22 @@ fn blocks(connection: &Connection, run: &str) -> Result<Vec<BlockView>, ApiError
     Ok(views)
 }
 
-const RUN_COLUMNS: &str = "id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, ended_ms, credits, error, input, output";
+const RUN_COLUMNS: &str = "h.id, h.team, h.flow_id, h.snapshot, h.deployment_id, h.trigger, h.location, h.status, h.created_ms, h.started_ms, h.ended_ms, h.credits, h.error, h.input, h.output,
+    j.run_id IS NOT NULL, j.runner_id, j.lease_until_ms, j.claims";
+/// Runs with their private-runner job, when they have one.
+const RUN_TABLES: &str = "run_history h LEFT JOIN runner_jobs j ON j.run_id = h.id";
 
 fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
     let started: Option<i64> = row.get(9)?;
     let ended: Option<i64> = row.get(10)?;
+    let runner = if row.get(15)? {
+        let lease_until_ms: Option<i64> = row.get(17)?;
+        let held = lease_until_ms.is_some_and(|until| until >= crate::catalog::now_ms());
+        let id = row.get::<_, Option<String>>(16)?.filter(|_| held);
+        Some(RunnerHold { waiting_for_runner: id.is_none(), id, claims: row.get(18)? })
+    } else {
+        None
+    };
     Ok(RunView {
         id: row.get(0)?,
         team: row.get(1)?,
@@ -258,6 +285,7 @@ fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
         output: json_column(row.get(14)?),
         blocks: None,
         blocks_omitted: None,
+        runner,
     })
 }
 
@@ -274,8 +302,8 @@ pub struct RunFilter {
 pub fn runs(connection: &Connection, team: &str, filter: &RunFilter, page: &PageRequest) -> Result<Page<RunView>, ApiError> {
     // Newest first: the cursor is the last id of the previous page, and ids sort by time.
     let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM run_history WHERE team = ?1 AND (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR flow_id = ?3) AND (?4 IS NULL OR status = ?4)
-         AND (?5 IS NULL OR trigger = ?5) AND (?6 IS NULL OR created_ms >= ?6) AND (?7 IS NULL OR created_ms < ?7) ORDER BY id DESC LIMIT ?8"
+        "SELECT {RUN_COLUMNS} FROM {RUN_TABLES} WHERE h.team = ?1 AND (?2 IS NULL OR h.id < ?2) AND (?3 IS NULL OR h.flow_id = ?3) AND (?4 IS NULL OR h.status = ?4)
+         AND (?5 IS NULL OR h.trigger = ?5) AND (?6 IS NULL OR h.created_ms >= ?6) AND (?7 IS NULL OR h.created_ms < ?7) ORDER BY h.id DESC LIMIT ?8"
     );
     let mut statement = connection.prepare(&sql)?;
     let rows = statement
@@ -289,7 +317,7 @@ pub fn runs(connection: &Connection, team: &str, filter: &RunFilter, page: &Page
 
 pub fn run(connection: &Connection, team: &str, id: &str) -> Result<RunView, ApiError> {
     let mut run = connection
-        .query_row(&format!("SELECT {RUN_COLUMNS} FROM run_history WHERE team = ?1 AND id = ?2"), params![team, id], run_row)
+        .query_row(&format!("SELECT {RUN_COLUMNS} FROM {RUN_TABLES} WHERE h.team = ?1 AND h.id = ?2"), params![team, id], run_row)
         .optional()?
         .ok_or_else(|| ApiError::NotFound(format!("run {id}")))?;
     run.blocks = Some(blocks(connection, id)?);

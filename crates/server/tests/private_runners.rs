@@ -158,6 +158,9 @@ async fn runner_tokens_reach_only_their_own_runners_jobs_and_bad_reports_change_
 
     // A restart keeps queued jobs: they are rows of the catalog, not runs of this process.
     assert_eq!(server.state.runner.recover_interrupted(&server.state).await.unwrap(), 0);
+    // The run holds its credits from admission (`running`) and says that it waits for a runner.
+    let (_, queued) = server.get(&format!("/v1/teams/acme/runs/{run_id}"), &owner).await;
+    assert_eq!((queued["status"].clone(), queued["runner"].clone()), (json!("running"), json!({"id": null, "waiting_for_runner": true, "claims": 0})), "{queued}");
 
     // Another team's runner token reaches nothing of acme's.
     for path in [format!("/v1/teams/acme/runners/{runner_id}/jobs/claim?wait_s=0"), format!("/v1/teams/acme/runners/{outsider_runner}/jobs/claim?wait_s=0"), format!("/v1/teams/acme/runners/{runner_id}/jobs/{run_id}/heartbeat")] {
@@ -186,6 +189,8 @@ async fn runner_tokens_reach_only_their_own_runners_jobs_and_bad_reports_change_
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!((job["run_id"].clone(), job["input"].clone(), job["attempt"].clone(), job["flow"]["name"].clone()), (json!(run_id), json!({"ping": 1}), json!(1), json!("work")), "{job}");
     assert_eq!((job["context"].clone(), job["http"]["method"].clone()), (json!({"trigger": "api", "location": "private"}), json!("POST")), "{job}");
+    let (_, runs) = server.get("/v1/teams/acme/runs", &owner).await;
+    assert_eq!(runs["items"][0]["runner"], json!({"id": runner_id, "waiting_for_runner": false, "claims": 1}), "lists say who holds it too: {runs}");
 
     // Bad reports are refused naming the field, and write nothing.
     let bad = [
