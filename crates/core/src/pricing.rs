@@ -160,6 +160,14 @@ impl BlockUsage {
     pub fn with_model(kind: BlockKind, model: impl Into<String>) -> BlockUsage {
         BlockUsage { model: Some(model.into()), ..BlockUsage::of_kind(kind) }
     }
+
+    /// The first MCP tool named by blank text, as its field and index. A tool is counted, and
+    /// so priced, by its name: every caller that takes usage from outside refuses one without.
+    pub fn blank_tool(&self) -> Option<(&'static str, usize)> {
+        [("external_mcp_tools", &self.external_mcp_tools), ("internal_mcp_tools", &self.internal_mcp_tools)]
+            .into_iter()
+            .find_map(|(field, tools)| tools.iter().position(|tool| tool.trim().is_empty()).map(|index| (field, index)))
+    }
 }
 
 /// Credits for one block execution under the price version in force.

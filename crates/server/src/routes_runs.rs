@@ -444,12 +444,10 @@ pub(crate) async fn charge_reported(state: &AppState, team: &str, run: &str, bod
                 Ok::<_, ApiError>(Box::new(BlockTrace { input: trace.input, output: trace.output, error: trace.error, started_at, duration_us: trace.duration_us }))
             })
             .transpose()?;
-        for (field, tools) in [("external_mcp_tools", &charge.external_mcp_tools), ("internal_mcp_tools", &charge.internal_mcp_tools)] {
-            if let Some(position) = tools.iter().position(|tool| tool.trim().is_empty()) {
-                return Err(ApiError::invalid(format!("charges[{index}].{field}[{position}]"), "is empty; a tool is named"));
-            }
-        }
         let usage = BlockUsage { kind, model: charge.model, external_mcp_tools: charge.external_mcp_tools, internal_mcp_tools: charge.internal_mcp_tools };
+        if let Some((field, position)) = usage.blank_tool() {
+            return Err(ApiError::invalid(format!("charges[{index}].{field}[{position}]"), "is empty; a tool is named"));
+        }
         charges.push(BlockCharge { trace, ..BlockCharge::new(execution, usage) });
     }
     // History adds the new charges to the run's row as it records them.

@@ -180,13 +180,11 @@ fn block_usage(fields: &Fields<'_>) -> Result<BlockUsage, ScenarioError> {
     let model = fields.value("model").map(|_| fields.string("model").map(str::to_owned)).transpose()?;
     let external_mcp_tools = fields.optional_string_list("external_mcp_tools")?;
     let internal_mcp_tools = fields.optional_string_list("internal_mcp_tools")?;
-    // A tool is counted by its name (each unique external one costs 2 credits): it has one.
-    for (field, tools) in [("external_mcp_tools", &external_mcp_tools), ("internal_mcp_tools", &internal_mcp_tools)] {
-        if let Some(index) = tools.iter().position(|tool| tool.trim().is_empty()) {
-            return Err(fields.error(&format!("{field}[{index}]"), "is empty; a tool is named"));
-        }
+    let usage = BlockUsage { kind, model, external_mcp_tools, internal_mcp_tools };
+    if let Some((field, index)) = usage.blank_tool() {
+        return Err(fields.error(&format!("{field}[{index}]"), "is empty; a tool is named"));
     }
-    Ok(BlockUsage { kind, model, external_mcp_tools, internal_mcp_tools })
+    Ok(usage)
 }
 
 /// The field a pricing error is about.

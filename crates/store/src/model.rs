@@ -126,6 +126,9 @@ impl UsageEvent {
         if let Some(model) = &self.usage.model {
             check_len("model", model, MODEL_BYTES_MAX)?;
         }
+        if let Some((field, index)) = self.usage.blank_tool() {
+            return Err(StoreError::invalid(field, format!("tool {index} has no name; a tool is counted by its name")));
+        }
         for tool in self.usage.external_mcp_tools.iter().chain(&self.usage.internal_mcp_tools) {
             check_len("mcp tool name", tool, TOOL_NAME_BYTES_MAX)?;
         }

@@ -40,6 +40,7 @@ fn bad_input_is_refused_with_a_clear_error_and_writes_nothing() {
         case("ai_agent needs a model", move |s| charge(s, vec![UsageEvent { usage: BlockUsage::of_kind(BlockKind::AiAgent), ..agent("x") }])),
         case("model: is 300 bytes long", move |s| charge(s, vec![agent(&"m".repeat(300))])),
         case("2000 MCP tools in one block execution", move |s| charge(s, vec![UsageEvent { usage: BlockUsage { external_mcp_tools: (0..2000).map(|n| n.to_string()).collect(), ..BlockUsage::with_model(BlockKind::AiAgent, "gpt-5") }, ..agent("gpt-5") }])),
+        case("internal_mcp_tools: tool 1 has no name", move |s| charge(s, vec![UsageEvent { usage: BlockUsage { internal_mcp_tools: vec!["kb".into(), "  ".into()], ..BlockUsage::with_model(BlockKind::AiAgent, "gpt-5") }, ..agent("gpt-5") }])),
         case("events: 10001 events in one batch", |s| charge(s, (0..=limits::BATCH_EVENTS_MAX).map(|n| integration(&format!("b{n}"), "r1", "2026-03-02T10:00:05Z")).collect())),
         case("events: the batch is empty", |s| charge(s, Vec::new())),
         case("at: 1970-01-01T00:00:00Z is outside", |s| charge(s, vec![integration("e9", "r1", "1970-01-01T00:00:00Z")])),
