@@ -78,7 +78,14 @@ const SCHEMA: &[&str] = &[
     // 6: history keeps at most `history::BLOCKS_PER_RUN_MAX` block executions per run and counts
     // the rest (the ledger keeps every charge).
     "ALTER TABLE run_history ADD COLUMN blocks_omitted INTEGER NOT NULL DEFAULT 0;",
+    // 7: when each API key was last used (to about a minute), so that after a leak a user can
+    // tell which keys were in use.
+    "ALTER TABLE api_keys ADD COLUMN last_used_ms INTEGER;",
 ];
+
+/// A key's `last_used_ms` is written at most once per this many milliseconds: keys are checked
+/// from a cache, and a busy key costs no write per request.
+const KEY_LAST_USED_PRECISION_MS: i64 = 60_000;
 
 #[derive(Clone)]
 pub struct Catalog {
@@ -256,13 +263,22 @@ pub struct ApiKeyInfo {
     pub created_at: String,
     /// When it stopped working; `null` while it works.
     pub revoked_at: Option<String>,
+    /// When a request last came with it, to within about a minute; `null` if never.
+    pub last_used_at: Option<String>,
 }
 
 fn key_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyInfo> {
-    Ok(ApiKeyInfo { id: row.get(0)?, user_id: row.get(1)?, label: row.get(2)?, created_at: ms_to_text(row.get(3)?), revoked_at: row.get::<_, Option<i64>>(4)?.map(ms_to_text) })
+    Ok(ApiKeyInfo {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        label: row.get(2)?,
+        created_at: ms_to_text(row.get(3)?),
+        revoked_at: row.get::<_, Option<i64>>(4)?.map(ms_to_text),
+        last_used_at: row.get::<_, Option<i64>>(5)?.map(ms_to_text),
+    })
 }
 
-const KEY_COLUMNS: &str = "id, user_id, label, created_ms, revoked_ms";
+const KEY_COLUMNS: &str = "id, user_id, label, created_ms, revoked_ms, last_used_ms";
 
 pub fn create_key(connection: &Connection, user_id: &str, label: &str, token_sha256: &[u8]) -> Result<ApiKeyInfo, ApiError> {
     let id = new_id("key");
@@ -271,7 +287,7 @@ pub fn create_key(connection: &Connection, user_id: &str, label: &str, token_sha
         "INSERT INTO api_keys (id, user_id, token_sha256, label, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![id, user_id, token_sha256, label, created],
     )?;
-    Ok(ApiKeyInfo { id, user_id: user_id.to_owned(), label: label.to_owned(), created_at: ms_to_text(created), revoked_at: None })
+    Ok(ApiKeyInfo { id, user_id: user_id.to_owned(), label: label.to_owned(), created_at: ms_to_text(created), revoked_at: None, last_used_at: None })
 }
 
 /// A user's keys, revoked ones included, oldest first.
@@ -286,16 +302,23 @@ pub fn keys(connection: &Connection, user_id: &str, page: &PageRequest) -> Resul
 pub fn revoke_key(connection: &Connection, user_id: &str, key_id: &str) -> Result<(ApiKeyInfo, Vec<u8>), ApiError> {
     connection.execute("UPDATE api_keys SET revoked_ms = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_ms IS NULL", params![key_id, user_id, now_ms()])?;
     let found = connection
-        .query_row(&format!("SELECT {KEY_COLUMNS}, token_sha256 FROM api_keys WHERE id = ?1 AND user_id = ?2"), params![key_id, user_id], |row| Ok((key_row(row)?, row.get::<_, Vec<u8>>(5)?)))
+        .query_row(&format!("SELECT {KEY_COLUMNS}, token_sha256 FROM api_keys WHERE id = ?1 AND user_id = ?2"), params![key_id, user_id], |row| Ok((key_row(row)?, row.get::<_, Vec<u8>>(6)?)))
         .optional()?;
     found.ok_or_else(|| ApiError::NotFound(format!("key {key_id} of user {user_id}")))
 }
 
 /// The user a live key acts for.
+/// The user a working key acts for; notes that the key was used (see `last_used_at`).
 pub fn user_by_key(connection: &Connection, token_sha256: &[u8]) -> Result<Option<User>, ApiError> {
     let user_id: Option<String> = connection
         .query_row("SELECT user_id FROM api_keys WHERE token_sha256 = ?1 AND revoked_ms IS NULL", [token_sha256], |row| row.get(0))
         .optional()?;
+    if user_id.is_some() {
+        let now = now_ms();
+        connection
+            .prepare_cached("UPDATE api_keys SET last_used_ms = ?2 WHERE token_sha256 = ?1 AND (last_used_ms IS NULL OR last_used_ms <= ?2 - ?3)")?
+            .execute(params![token_sha256, now, KEY_LAST_USED_PRECISION_MS])?;
+    }
     user_id.map(|id| user(connection, &id)).transpose()
 }
 

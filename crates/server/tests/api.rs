@@ -703,6 +703,12 @@ async fn a_user_lists_and_revokes_their_keys_and_a_revoked_key_stops_at_once() {
     assert!(items.iter().all(|key| key.get("token").is_none() && key["revoked_at"].is_null()), "{keys}");
     let (_, page) = server.get(&format!("/v1/users/{user}/keys?limit=1"), &first).await;
     assert_eq!((page["items"].as_array().unwrap().len(), page["next"].is_string()), (1, true), "{page}");
+    // Each key says when it was last used: after a leak, the keys in use are the ones to look at.
+    let (_, unused) = server.post(&format!("/v1/users/{user}/keys"), &first, json!({"label": "spare"})).await;
+    let (_, keys) = server.get(&format!("/v1/users/{user}/keys"), &first).await;
+    let used: Vec<(String, bool)> = keys["items"].as_array().unwrap().iter().map(|key| (key["label"].as_str().unwrap().to_owned(), key["last_used_at"].is_string())).collect();
+    assert!(used.contains(&("ci".to_owned(), true)) && used.contains(&("spare".to_owned(), false)), "{keys}");
+    assert_eq!(unused["key"]["last_used_at"], Value::Null, "{unused}");
 
     let (mallory, other) = server.user("mallory").await;
     assert_eq!(server.get(&format!("/v1/users/{user}/keys"), &other).await.0, StatusCode::FORBIDDEN);
