@@ -297,4 +297,11 @@ impl PageQuery {
         }
         Ok(catalog::PageRequest { after: self.after.clone(), limit })
     }
+
+    /// A page of a list ordered by ids that start with `prefix`: a cursor that is no such id
+    /// (not one this list gave) is refused rather than read as an empty page.
+    pub fn request_by_id(&self, prefix: &str) -> Result<catalog::PageRequest, ApiError> {
+        catalog::check_id_cursor(prefix, self.after.as_deref())?;
+        self.request()
+    }
 }

@@ -176,6 +176,6 @@ pub async fn invoices(State(state): State<AppState>, caller: Caller, Path(team):
 
 pub async fn alerts(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::AlertRecord>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let page = page.request_by_id("alr")?;
     Ok(Json(state.catalog.call(move |connection| catalog::alerts(connection, &team, &page)).await?))
 }

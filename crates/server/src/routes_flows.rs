@@ -51,7 +51,7 @@ pub async fn update_flow(State(state): State<AppState>, caller: Caller, Path((te
 
 pub async fn list_flows(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::Flow>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let page = page.request_by_id("flw")?;
     Ok(Json(state.catalog.call(move |connection| catalog::flows(connection, &team, &page)).await?))
 }
 
@@ -211,7 +211,7 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
 
 pub async fn list_deployments(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Deployment>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let page = page.request_by_id("dep")?;
     Ok(Json(state.catalog.call(move |connection| catalog::deployments(connection, &team, &page)).await?))
 }
 

@@ -273,8 +273,7 @@ pub async fn list_runs(State(state): State<AppState>, caller: Caller, Path(team)
         trigger.parse::<Trigger>().map_err(|err| ApiError::invalid("trigger", err.to_string()))?;
     }
     let filter = RunFilter { flow_id: query.flow_id.clone(), status, trigger: query.trigger.clone(), since_ms: instant("since", &query.since)?, until_ms: instant("until", &query.until)? };
-    catalog::check_id_cursor("run", query.after.as_deref())?;
-    let page = crate::PageQuery { after: query.after, limit: query.limit }.request()?;
+    let page = crate::PageQuery { after: query.after, limit: query.limit }.request_by_id("run")?;
     Ok(Json(state.history.read(&state.catalog, move |connection| history::runs(connection, &team, &filter, &page)).await?))
 }
 

@@ -48,7 +48,7 @@ pub async fn create_user(State(state): State<AppState>, caller: Caller, JsonBody
 /// Every user of the platform, for operators (a member sees their teammates in `members`).
 pub async fn list_users(State(state): State<AppState>, caller: Caller, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::User>>, ApiError> {
     caller.require_operator()?;
-    let page = page.request()?;
+    let page = page.request_by_id("usr")?;
     Ok(Json(state.catalog.call(move |connection| catalog::users(connection, &page)).await?))
 }
 
@@ -81,7 +81,7 @@ fn check_own_keys(caller: &Caller, user_id: &str) -> Result<(), ApiError> {
 
 pub async fn list_keys(State(state): State<AppState>, caller: Caller, Path(user_id): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::ApiKeyInfo>>, ApiError> {
     check_own_keys(&caller, &user_id)?;
-    let page = page.request()?;
+    let page = page.request_by_id("key")?;
     Ok(Json(
         state
             .catalog
@@ -170,7 +170,7 @@ pub async fn change_plan(State(state): State<AppState>, caller: Caller, Path(tea
 
 pub async fn list_members(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<catalog::Member>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let page = page.request_by_id("usr")?;
     let members = state.catalog.call(move |connection| catalog::members(connection, &team)).await?;
     Ok(Json(catalog::Page::of_sorted(members, &page, |member| member.user_id.clone())))
 }

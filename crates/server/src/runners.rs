@@ -176,7 +176,7 @@ pub async fn create(State(state): State<AppState>, caller: Caller, Path(team): P
 
 pub async fn list(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<Page<RunnerView>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let page = page.request_by_id("rnr")?;
     Ok(Json(state.catalog.call(move |connection| runners(connection, &team, &page)).await?))
 }
 

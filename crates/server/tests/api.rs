@@ -985,8 +985,13 @@ async fn bad_bodies_and_queries_name_the_field() {
     let server = support::start().await;
     let owner = server.team("fields", "team").await;
     let many: Vec<String> = (1..=17).map(|amount| format!("{amount}")).collect();
-    let cases: [(Method, &str, Option<Value>, &str, &str); 12] = [
+    let cases: [(Method, &str, Option<Value>, &str, &str); 16] = [
         (Method::GET, "/v1/teams/fields/runs?after=zzz", None, "after", "not a cursor"),
+        // Every list ordered by ids takes only an id of its own kind as a cursor.
+        (Method::GET, "/v1/teams/fields/flows?after=run_0", None, "after", "a `flw_…` id"),
+        (Method::GET, "/v1/teams/fields/deployments?after=zzz", None, "after", "a `dep_…` id"),
+        (Method::GET, "/v1/teams/fields/members?after=zzz", None, "after", "a `usr_…` id"),
+        (Method::GET, "/v1/teams/fields/alerts?after=zzz", None, "after", "a `alr_…` id"),
         (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_cap_usd": "0.0005"})), "payg_cap_usd", "finer than $0.001"),
         (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_cap_usd": "20000000"})), "payg_cap_usd", "$20000000.000 is more than the largest cap, $10000000.000"),
         (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_alerts_usd": many})), "payg_alerts_usd", "17 amounts"),
