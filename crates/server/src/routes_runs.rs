@@ -375,11 +375,21 @@ const LOCAL_RUN_NOT_KEPT: &str = "the team has no credits left, so the run did n
 /// Refuses charges of a local run for blocks it did not declare at admission: what it declared
 /// decided whether it needed credits, so an undeclared block could spend credits the team may
 /// not have had.
-async fn check_declared(state: &AppState, team: &str, run: &str, charges: &[LocalCharge]) -> Result<(), ApiError> {
+/// The blocks a local run declared when it was admitted. Only local runs declare blocks, so a
+/// run of the server's or a private runner's (which the server meters itself) is not found:
+/// the local-run routes can neither charge nor end it.
+async fn local_run_declared(state: &AppState, team: &str, run: &str) -> Result<Value, ApiError> {
     let (team_name, id) = (team.to_owned(), run.to_owned());
-    let Some(declared) = state.catalog.call(move |connection| history::declared(connection, &team_name, &id)).await? else {
-        return Err(ApiError::NotFound(format!("local run {run}")));
-    };
+    let not_local = || ApiError::NotFound(format!("local run {run}"));
+    match state.catalog.call(move |connection| history::declared(connection, &team_name, &id)).await {
+        Ok(Some(declared)) => Ok(declared),
+        Ok(None) | Err(ApiError::NotFound(_)) => Err(not_local()),
+        Err(other) => Err(other),
+    }
+}
+
+async fn check_declared(state: &AppState, team: &str, run: &str, charges: &[LocalCharge]) -> Result<(), ApiError> {
+    let declared = local_run_declared(state, team, run).await?;
     let declared = declared.as_array().map(Vec::as_slice).unwrap_or_default();
     for (index, charge) in charges.iter().enumerate() {
         let listed = declared.iter().any(|block| block["type"] == charge.kind.as_str() && (block["model"].is_null() || block["model"].as_str() == charge.model.as_deref()));
@@ -465,6 +475,7 @@ pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Pat
 
 pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
+    local_run_declared(&state, &team, &run).await?;
     state.ledger.end_run(&team, &run).await?;
     let credits = state.ledger.run_credits(&team, &run).await?;
     let id = run.clone();

@@ -210,6 +210,19 @@ async fn local_runs_are_metered_here_once_per_execution_id() {
     }
     let (_, usage) = server.get("/v1/teams/acme/usage", &owner).await;
     assert_eq!(usage["used"], 2, "nothing undeclared was charged: {usage}");
+
+    // The local-run routes reach local runs only: a run the server meters itself (a hook's)
+    // can be neither charged nor ended through them, so its blocks are never left unbilled.
+    server.deploy("acme", &owner, "slow", slow_flow(300)).await;
+    let (_, accepted) = server.post("/hooks/acme/slow?async=true", &owner, json!({"n": 1})).await;
+    let hook_run = accepted["run_id"].as_str().unwrap();
+    for (route, body) in [("end", json!(null)), ("charges", json!({"charges": [{"execution_id": "x", "type": "if"}]}))] {
+        let (status, refused) = server.post(&format!("/v1/teams/acme/local-runs/{hook_run}/{route}"), &owner, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{route}: {refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().contains("local run"), "{route}: {refused}");
+    }
+    let finished = server.finished_run("acme", &owner, hook_run).await;
+    assert_eq!(finished["status"], "succeeded", "the hook's run went on to its own end: {finished}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
