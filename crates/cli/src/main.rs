@@ -48,6 +48,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Runner(_) | Command::Bench(_)) {
+        stop_quietly_on_closed_output();
+    }
     let result = match cli.command {
         Command::Simulate(args) => cmd_simulate::run(args),
         Command::Run(args) => cmd_run::run(args),
@@ -64,6 +67,18 @@ fn main() -> ExitCode {
             // A bad argument value is a usage error wherever it is found, as clap's own are.
             if err.downcast_ref::<BadArgument>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
+    }
+}
+
+/// Lets a command whose reader went away (`flowcredits usage … | head`) end quietly, as Unix
+/// tools do, instead of panicking in `println!`: Rust ignores SIGPIPE, so a write to a closed
+/// pipe fails, and `println!` panics on a failed write. Not for the long-running commands
+/// (`serve`, `runner`, `bench`), which must outlive a closed terminal or client.
+fn stop_quietly_on_closed_output() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

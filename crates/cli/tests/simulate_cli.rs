@@ -104,3 +104,18 @@ fn only_commands_that_price_take_other_plans_or_prices() {
     let missing = flowcredits(&["simulate", "--plans", "/nonexistent/plans.toml", "-"], Some("{}"));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read plans file /nonexistent/plans.toml"), "{}", String::from_utf8_lossy(&missing.stderr));
 }
+
+/// `flowcredits … | head` closes the output early: the command ends quietly, as Unix tools do,
+/// instead of panicking with a backtrace.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_ends_the_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let scenario = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios/payg_billing.json");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("simulate").arg(&scenario).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.signal(), Some(13), "ended by SIGPIPE, as `yes | head` ends: {:?}", output.status);
+}
