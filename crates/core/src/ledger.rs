@@ -183,7 +183,8 @@ pub struct PeriodUsage {
 }
 
 impl PeriodUsage {
-    fn new(period: Period, included: Credits) -> PeriodUsage {
+    /// A period with `included` credits and nothing used.
+    pub fn new(period: Period, included: Credits) -> PeriodUsage {
         PeriodUsage { period, included, included_used: Credits::ZERO, purchased_used: Credits::ZERO, payg_credits: Credits::ZERO, unbilled_credits: Credits::ZERO, alerts_fired: BTreeSet::new() }
     }
 

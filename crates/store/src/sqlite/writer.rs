@@ -12,7 +12,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use flowcredits_core::{Charge, Command, CoreError, Credits, LedgerEvent, PeriodUsage, Refused, Rules, RunId, RunStatus, TeamLedger, TeamSettings, Timestamp};
+use flowcredits_core::{Charge, Command, CoreError, Credits, LedgerEvent, Period, PeriodUsage, Refused, Rules, RunId, RunStatus, TeamLedger, TeamSettings, Timestamp};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::stats::StatCounters;
@@ -446,6 +446,7 @@ impl Writer {
             upsert_period(&self.conn, state.id, closed)?;
             insert_invoice(&self.conn, state.id, closed, effects.at)?;
         }
+        self.bill_idle_periods(state, &effects)?;
         for event in &effects.events {
             self.write_event(state, event, effects.at, actor)?;
         }
@@ -454,6 +455,27 @@ impl Writer {
         let balances_changed = !effects.executions.is_empty() || effects.events.iter().any(|event| matches!(event, LedgerEvent::PeriodOpened { .. } | LedgerEvent::PlanChanged { .. }));
         let dirty = self.pending.teams.entry(team.clone()).or_insert(false);
         *dirty |= balances_changed;
+        Ok(())
+    }
+
+    /// Periods that passed between the one that closed and the one that opened, with no step
+    /// of the team's in them: each is invoiced too (nothing used, its included credits
+    /// expired), since every period gets an invoice. The core's ledger never opened them, so
+    /// they are made here, at the plan the team had throughout; like the core, the store lists
+    /// among its periods only those in which something happened.
+    fn bill_idle_periods(&self, state: &TeamState, effects: &Effects) -> Result<()> {
+        let Some(closed) = effects.closed.last() else { return Ok(()) };
+        let opened = effects.events.iter().find_map(|event| match event {
+            LedgerEvent::PeriodOpened { period, included } => Some((*period, *included)),
+            _ => None,
+        });
+        let Some((opened, included)) = opened else { return Ok(()) };
+        let mut start = closed.period.end;
+        while start < opened.start {
+            let idle = PeriodUsage::new(Period::containing(state.ledger.settings().anchor_day, start), included);
+            insert_invoice(&self.conn, state.id, &idle, effects.at)?;
+            start = idle.period.end;
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! Runs, charges, pausing and resuming, period close and invoices, the audit log, and state that
 //! survives reopening the file.
 
-use flowcredits_core::{BlockKind, CloudRun, Command, Credits, ExecutionId, MicroUsd, PlanId, RunContext, RunStatus, Rules, TeamLedger, TeamSettings, Trigger};
+use flowcredits_core::{BlockKind, CloudRun, Command, Credits, ExecutionId, MicroUsd, PlanId, RunContext, RunStatus, Rules, TeamLedger, TeamSettings, Timestamp, Trigger};
 use flowcredits_store::{BillingChange, LedgerStore, StoreError};
 
 use crate::support::*;
@@ -109,6 +109,15 @@ fn period_close_issues_an_invoice_and_resumes_paused_runs() {
     assert_eq!(invoice.amount_due.to_string(), "1.002");
     assert_eq!(store.run(&acme, &run("r2")).unwrap().unwrap().status, RunStatus::Running, "the new period's credits resume r2");
     assert_eq!(store.close_periods(ts("2026-04-02T00:00:00Z")).unwrap(), 0, "each period is invoiced once");
+    // A team idle for months still gets an invoice for each: nothing due, the allowance expired.
+    assert_eq!(store.close_periods(ts("2026-07-15T00:00:00Z")).unwrap(), 3, "April, May and June");
+    let invoices = store.invoices(&acme).unwrap();
+    let idle: Vec<(Timestamp, Credits, Credits, String)> = invoices[1..].iter().map(|invoice| (invoice.period.start, invoice.included_used, invoice.included_expired, invoice.amount_due.to_string())).collect();
+    let month = |start: &str| (ts(start), Credits(0), Credits(100), "0.000".to_owned());
+    assert_eq!(idle, [month("2026-04-01T00:00:00Z"), month("2026-05-01T00:00:00Z"), month("2026-06-01T00:00:00Z")]);
+    // Its periods are still those in which something happened.
+    let periods: Vec<Timestamp> = store.periods(&acme).unwrap().iter().map(|usage| usage.period.start).collect();
+    assert_eq!(periods, [ts("2026-03-01T00:00:00Z"), ts("2026-04-01T00:00:00Z"), ts("2026-07-01T00:00:00Z")]);
     assert_verified(&store);
 }
 
