@@ -35,7 +35,7 @@ pub fn run(args: EstimateArgs) -> anyhow::Result<ExitCode> {
     let rules = args.rules.load()?;
     let trigger: Trigger = args.trigger.parse().context("--trigger")?;
     if args.cloud_run && trigger != Trigger::Manual {
-        anyhow::bail!("--cloud-run applies to manual runs only; {trigger} runs always execute in the cloud, so drop --cloud-run");
+        return Err(crate::BadArgument(format!("--cloud-run applies to manual runs only; {trigger} runs always execute in the cloud, so drop --cloud-run")).into());
     }
     let context = RunContext::for_trigger(trigger, CloudRun::from(args.cloud_run));
     let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use flowcredits_core::{CloudRun, PlanId, RunContext, RunId, Rules, TeamLedger, TeamSettings};
 use flowcredits_engine::{DirResolver, Engine, Flow, LedgerMeter, Meter, Providers, RunOutcome, RunReport, RunRequest, Syntax};
-use flowcredits_store::{LedgerStore, SqliteStore, StoreError, TeamName};
+use flowcredits_store::{LedgerStore, StoreError, TeamName};
 use serde_json::{Map, Value, json};
 
 use flowcredits_server::client::ServerMeter;
@@ -31,8 +31,9 @@ pub struct RunArgs {
     /// The team the run is metered for.
     #[arg(long, value_name = "TEAM")]
     pub team: String,
-    /// What the flow's trigger block emits: JSON text, or `@FILE` to read it from a file.
-    #[arg(long, value_name = "JSON")]
+    /// What the flow's trigger block emits: JSON text (a negative number too: `--input -1`), or
+    /// `@FILE` to read it from a file.
+    #[arg(long, value_name = "JSON", allow_hyphen_values = true)]
     pub input: Option<String>,
     /// Run in the cloud (Cloud Run on): cloud prices apply.
     #[arg(long)]
@@ -119,7 +120,9 @@ impl Metered {
 /// ledger that lives for this one run.
 fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
     if let (Some(server), Some(key)) = (&args.server, &args.key) {
-        anyhow::ensure!(args.plan.is_none(), "--plan is for runs without --server; the team's plan is on the server");
+        if args.plan.is_some() {
+            return Err(BadArgument("--plan is for runs without --server; the team's plan is on the server".into()).into());
+        }
         return Ok(Metered::Server(ServerMeter::new(server, &args.team, key, &flow.name)));
     }
     let Some(db) = &args.db else {
@@ -127,9 +130,10 @@ fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
         return Ok(Metered::Here(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan))))));
     };
     if args.plan.is_some() {
-        anyhow::bail!("--plan is for runs without --db; the team's plan is in the ledger (change it there)");
+        return Err(BadArgument("--plan is for runs without --db; the team's plan is in the ledger (change it there)".into()).into());
     }
-    let store = SqliteStore::open(db, rules.clone()).with_context(|| format!("cannot open the ledger {}", db.display()))?;
+    // The team must be in it already, so a mistyped path makes no empty ledger.
+    let store = crate::cmd_store::DbArgs { db: db.clone() }.open_existing(rules.clone())?;
     let team = TeamName::new(args.team.clone()).context(BadArgument("--team".into()))?;
     store.team(&team).map_err(|err| match err {
         StoreError::UnknownTeam { .. } => anyhow::anyhow!("team `{}` is not in the ledger {}; create it first: flowcredits teams create {} --plan free|solo|team|enterprise --db {}", args.team, db.display(), args.team, db.display()),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use flowcredits_core::{AnchorDay, MicroUsd, PlanId, Rules, TeamSettings, Timestamp};
+use flowcredits_core::{AnchorDay, CoreError, MicroUsd, PlanId, Rules, TeamSettings, Timestamp};
 use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, StoreError, TeamInfo, TeamName, UsageReport};
 use serde_json::{Value, json};
 
@@ -200,7 +200,11 @@ fn teams(store: SqliteStore, command: TeamsCommand) -> anyhow::Result<ExitCode> 
             let anchor_day = AnchorDay::new(anchor_day).map_err(|err| BadArgument(format!("--anchor-day: {err}")))?;
             let plan = plan.parse::<PlanId>().map_err(|err| BadArgument(format!("--plan: {err}")))?;
             let settings = TeamSettings { anchor_day, payg_enabled: payg, payg_cap, ..TeamSettings::new(plan) };
-            let team = store.create_team(NewTeam { name: TeamName::new(name)?, settings, actor: Actor::new(actor)?, at: Timestamp::now() })?;
+            let team = store.create_team(NewTeam { name: TeamName::new(name)?, settings, actor: Actor::new(actor)?, at: Timestamp::now() }).map_err(|err| match err.root() {
+                // Settings the plan does not allow are a bad combination of arguments.
+                StoreError::Refused(CoreError::PlanHasNoPayg { .. }) => anyhow::Error::new(BadArgument(format!("--payg: {err}"))),
+                _ => anyhow::Error::new(err),
+            })?;
             print(&json, team_json(&team), || format!("team {} ({})\n", team.name, describe(&team.settings)));
         }
         TeamsCommand::List(json) => {

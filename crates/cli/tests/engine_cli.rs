@@ -78,13 +78,22 @@ fn an_invalid_flow_lists_every_problem_and_fails() {
 fn bad_arguments_say_what_to_do() {
     let path = example("health-check");
     // A bad value is a usage error (status 2) whether clap or the command finds it.
+    // JSON input may be a negative number, which looks like an option.
+    let negative = flowcredits(&["run", &path, "--team", "acme", "--input", "-1", "--json"]);
+    assert!(negative.status.success(), "{}", String::from_utf8_lossy(&negative.stderr));
     let output = flowcredits(&["run", &path, "--team", "acme", "--input", "{oops"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--input is not JSON"));
     let scratch = tempfile::tempdir().unwrap();
     let ledger = scratch.path().join("l.db");
     let ledger = ledger.to_str().unwrap();
-    for args in [vec!["run", path.as_str(), "--team", "acme", "--config", "x"], vec!["run", path.as_str(), "--team", "acme", "--plan", "gold"], vec!["teams", "create", "acme", "--plan", "gold", "--db", ledger]] {
+    for args in [
+        vec!["run", path.as_str(), "--team", "acme", "--config", "x"],
+        vec!["run", path.as_str(), "--team", "acme", "--plan", "gold"],
+        vec!["teams", "create", "acme", "--plan", "gold", "--db", ledger],
+        vec!["teams", "create", "acme", "--plan", "free", "--payg", "--db", ledger],
+        vec!["run", path.as_str(), "--team", "acme", "--plan", "team", "--db", ledger],
+    ] {
         let output = flowcredits(&args);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
@@ -96,7 +105,7 @@ fn bad_arguments_say_what_to_do() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("block `think`, config.model: unknown model `gpt-99`") && stderr.matches("gpt-99").count() == 1, "{stderr}");
     let output = flowcredits(&["estimate", &path, "--trigger", "api", "--cloud-run"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2), "a bad combination is a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("drop --cloud-run"));
     // A value outside the list is a usage error, as clap reports them (status 2).
     let output = flowcredits(&["estimate", &path, "--trigger", "cron"]);
@@ -126,9 +135,13 @@ fn run_with_db_meters_against_the_durable_ledger_and_pauses_at_the_limit() {
     let db = db.to_str().unwrap();
     let path = flow_file("db_countdown", COUNTDOWN);
     let path = path.to_str().unwrap();
+    // A mistyped ledger path makes no empty ledger; a team not in the ledger says how to add it.
     let missing = flowcredits(&["run", path, "--team", "acme", "--db", db]);
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("create it first: flowcredits teams create acme"), "{}", String::from_utf8_lossy(&missing.stderr));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no ledger at"), "{}", String::from_utf8_lossy(&missing.stderr));
+    assert!(!std::path::Path::new(db).exists());
     assert!(flowcredits(&["teams", "create", "acme", "--plan", "free", "--db", db]).status.success());
+    let stranger = flowcredits(&["run", path, "--team", "zeta", "--db", db]);
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("create it first: flowcredits teams create zeta"), "{}", String::from_utf8_lossy(&stranger.stderr));
     let first = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 30}"#, "--cloud-run", "--run-id", "d1", "--json"]);
     assert_eq!(stdout_json(&first)["total"], 30, "the first run finishes past Free's 25 credits");
     let second = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 1}"#, "--cloud-run", "--run-id", "d2", "--json"]);
