@@ -3,15 +3,16 @@
 //! numbers in script errors still match the source.
 //!
 //! Supported: annotations on `let`/`const`/`var` bindings (one per declaration keyword), on
-//! function, method, arrow and `catch` parameters (also optional `?:` and `public`/`private`/
-//! `protected`/`readonly` parameter modifiers), return types, class fields; `interface` and
+//! function, method, arrow and `catch` parameters (also optional `?:`), return types, class
+//! fields and their modifiers; `interface` and
 //! `type` declarations; `import type` / `export type`; `as T` and `as const`; the non-null `!`;
 //! generic parameters of `function` declarations and `new X<T>(...)`; `implements` clauses.
 //! Types themselves may be names, dotted names, generics, unions, intersections, literals,
 //! object and tuple types, arrays, function types, `typeof`, `keyof` and `readonly`.
 //!
 //! Refused with an error (no silent miscompile): `enum`, `namespace`, `module`, `declare`,
-//! `abstract`, decorators. Not recognised (left as is, so QuickJS reports a syntax error):
+//! `abstract`, decorators, parameter properties (`constructor(private x: T)`), which also
+//! assign a field. Not recognised (left as is, so QuickJS reports a syntax error):
 //! generic arguments on calls (`f<T>(x)`), generic arrow functions, conditional and mapped
 //! types, a ternary at the top level of a parameter's default value, types inside template
 //! literal placeholders.
@@ -536,9 +537,12 @@ impl<'a> Stripper<'a> {
         while j < close {
             let text = self.text(j);
             if param_start && matches!(text, "public" | "private" | "protected" | "readonly") && self.kind(j + 1) == Some(Kind::Ident) {
-                self.cut(j, j + 1);
-                j += 1;
-                continue;
+                // A modifier makes a constructor parameter a field as well (`this.x = x`), which
+                // removing types alone cannot do: refused rather than run without the field.
+                let name = self.text(j + 1).to_owned();
+                return Err(format!(
+                    "parameter properties (`{text} {name}` in a parameter list) are not supported; declare the field in the class and assign it in the constructor (`this.{name} = {name};`)"
+                ));
             }
             param_start = false;
             match text {
@@ -635,6 +639,11 @@ mod tests {
     fn refuses_what_it_cannot_strip() {
         for source in ["enum Color { Red }", "namespace N { }", "declare const x: number;", "@dec class A {}"] {
             assert!(strip_types(source).is_err(), "{source}");
+        }
+        // A parameter property also assigns a field: stripping its modifier would drop that.
+        for source in ["class A { constructor(private readonly balance: number) {} }", "class A { constructor(x: number, public k: string) {} }"] {
+            let err = strip_types(source).unwrap_err();
+            assert!(err.contains("parameter properties") && err.contains("this."), "{source}: {err}");
         }
         assert!(strip_types("const s = 'open").is_err());
     }
