@@ -88,6 +88,9 @@ impl Script {
         }
         script.packages.sort_unstable();
         script.packages.dedup();
+        if let Err(message) = check_syntax(&body) {
+            cfg.problem("code", message);
+        }
         script.body = body;
         script
     }
@@ -147,6 +150,52 @@ impl Script {
         source.push_str("return __json;\n})()");
         source
     }
+}
+
+thread_local! {
+    /// An engine kept per thread for syntax checks only: compiling a function runs none of it,
+    /// so no limits of a run are needed, and a flow of many scripts starts no engine per block.
+    static SYNTAX_CHECKER: std::cell::RefCell<Option<(rquickjs::Runtime, rquickjs::Context)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Compiles a script's body (as a run wraps it) without running it, so that a syntax error is
+/// a problem of the flow file, found before anything runs or is charged. The message gives the
+/// line in the block's code.
+fn check_syntax(body: &str) -> Result<(), String> {
+    // The body starts on the wrapper's second line.
+    let wrapped = format!("(function(input, require) {{\n{body}\n}})");
+    SYNTAX_CHECKER.with(|checker| {
+        let mut checker = checker.borrow_mut();
+        if checker.is_none() {
+            let runtime = rquickjs::Runtime::new().map_err(|err| format!("cannot start the script engine: {err}"))?;
+            runtime.set_memory_limit(EVALUATE_MEMORY_BYTES_MAX);
+            runtime.set_max_stack_size(EVALUATE_STACK_BYTES_MAX);
+            let context = rquickjs::Context::full(&runtime).map_err(|err| format!("cannot start the script engine: {err}"))?;
+            *checker = Some((runtime, context));
+        }
+        let (_, context) = checker.as_ref().expect("made above");
+        context.with(|ctx| match ctx.eval::<(), _>(wrapped.as_str()) {
+            Ok(()) => Ok(()),
+            Err(rquickjs::Error::Exception) => {
+                let thrown = ctx.catch();
+                let message = exception_message(&thrown);
+                let line = thrown.as_exception().and_then(|exception| exception.stack()).and_then(|stack| syntax_error_line(&stack));
+                Err(match line {
+                    Some(line) => format!("does not compile, line {line}: {message}"),
+                    None => format!("does not compile: {message}"),
+                })
+            }
+            Err(err) => Err(format!("does not compile: {err}")),
+        })
+    })
+}
+
+/// The line of the user's code a syntax error's stack names (`at eval_script:3:14`), counted
+/// from the body's first line.
+fn syntax_error_line(stack: &str) -> Option<usize> {
+    let (_, after) = stack.split_once("eval_script:")?;
+    let line: usize = after.split(':').next()?.trim().parse().ok()?;
+    line.checked_sub(1).filter(|line| *line > 0)
 }
 
 /// How the wrapper's errors about a script's result begin (see `source`).

@@ -104,6 +104,13 @@ fn imports_are_checked_when_the_flow_loads() {
     let unknown = load("evaluate_with_packages", "import x from 'left-pad'\nreturn 1");
     assert!(unknown.contains("left-pad") && unknown.contains("lodash, dayjs"), "{unknown}");
     assert_eq!(load("evaluate_with_packages", "import * as _ from 'lodash'\nreturn 1"), "");
+    // A script that does not compile is a problem of the file, with its line: nothing runs.
+    let broken = load("evaluate", "const s = input.status;\n\nreturn { ok: s == 'ok' ;");
+    assert!(broken.contains("block `js`, config.code: does not compile, line 3"), "{broken}");
+    let typed = format!("{{ code: {:?}, language: typescript }}", "const n: number = 1;\nreturn n +;");
+    let yaml = format!("name: s\nblocks:\n  - {{ id: js, kind: evaluate, config: {typed} }}\n");
+    let err = flowcredits_engine::Flow::load(&yaml, flowcredits_engine::Syntax::Yaml).err().map(|err| err.to_string()).unwrap_or_default();
+    assert!(err.contains("does not compile, line 2"), "TypeScript keeps its lines: {err}");
 }
 
 #[tokio::test]
