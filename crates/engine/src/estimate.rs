@@ -201,8 +201,25 @@ fn is_certain(flow: &Flow, b: BlockIx, memo: &mut HashMap<BlockIx, bool>) -> boo
         }
         if multi { any } else { all }
     };
+    // A loop starts only once every outside value its body reads has arrived: one from a
+    // branch that may not fire may keep it (and all after it) from running.
+    let certain = certain && body_reads_are_certain(flow, b, memo);
     memo.insert(b, certain);
     certain
+}
+
+/// Whether every outside value a loop's body reads surely arrives (true for other blocks).
+fn body_reads_are_certain(flow: &Flow, l: BlockIx, memo: &mut HashMap<BlockIx, bool>) -> bool {
+    if flow.body_of[l].is_none() {
+        return true;
+    }
+    let read: Vec<(BlockIx, usize)> = flow
+        .routes
+        .iter()
+        .enumerate()
+        .flat_map(|(from, ports)| ports.iter().enumerate().filter(|(_, route)| route.waiters.contains(&l)).map(move |(out, _)| (from, out)))
+        .collect();
+    read.into_iter().all(|(from, out)| !flow.blocks[from].outputs[out].routed && is_certain(flow, from, memo))
 }
 
 /// Whether every loop enclosing a block surely runs.

@@ -229,6 +229,25 @@ edges:
 "#, cloud());
     // `route` always runs; one of `big` and `small` runs, and `tail` only after `big`.
     assert_eq!((branches.exact, branches.minimum, branches.maximum), (None, Credits(1), Some(Credits(4))), "{:?}", branches.notes);
+    // A loop whose body reads a value from a branch waits for it: when the branch is not taken,
+    // neither the loop nor what follows it runs, so the cost is not fixed.
+    let waiting = estimate(r#"
+name: wait2
+blocks:
+  - { id: s, kind: start }
+  - { id: g, kind: if, config: { test: { op: truthy } } }
+  - { id: r, kind: repeat, config: { times: 2 } }
+  - { id: rec, kind: record, config: { inputs: [i, v] } }
+  - { id: after, kind: evaluate, config: { code: "return 'done ' + input" } }
+  - { id: show, kind: display }
+edges:
+  - { from: s.input, to: g.value }
+  - { from: r.index, to: rec.i }
+  - { from: g.then, to: rec.v }
+  - { from: r.done, to: after.input }
+  - { from: after.result, to: show.value }
+"#, cloud());
+    assert_eq!((waiting.exact, waiting.minimum, waiting.maximum), (None, Credits(1), Some(Credits(2))), "{:?}", waiting.notes);
     // An agent's tool charges are known only when it runs: no most.
     let agent = estimate(AGENT, cloud());
     assert_eq!((agent.exact, agent.maximum), (None, None), "{:?}", agent.notes);
