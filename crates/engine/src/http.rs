@@ -64,26 +64,27 @@ impl HttpSpec {
     /// response fills `failure` with the reason. `Err` is a block failure (a template that
     /// cannot be filled).
     pub async fn send(&self, http: &HttpClient, scope: &Scope<'_>, body_input: Option<Value>) -> Result<Vec<(&'static str, Value)>, String> {
-        let url = self.url.render(scope)?;
+        // A template that cannot be filled fails the block, naming the field it is in.
+        let url = self.url.render_url(scope).map_err(|message| format!("url: {message}"))?;
         if let Some(reason) = http.refusal(&url) {
             return Ok(vec![("failure", json!({"error": format!("request refused: {reason}"), "url": url}))]);
         }
         let mut request = http.client.request(self.method.clone(), &url).timeout(Duration::from_millis(self.timeout_ms));
         for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.render(scope)?);
+            request = request.header(name.as_str(), value.render(scope).map_err(|message| format!("headers.{name}: {message}"))?);
         }
         if !self.query.is_empty() {
-            let pairs = self.query.iter().map(|(name, value)| Ok((name.as_str(), value.render(scope)?))).collect::<Result<Vec<_>, String>>()?;
+            let pairs = self.query.iter().map(|(name, value)| Ok((name.as_str(), value.render(scope).map_err(|message| format!("query.{name}: {message}"))?))).collect::<Result<Vec<_>, String>>()?;
             request = request.query(&pairs);
         }
         request = match (body_input, &self.body) {
             (Some(value), _) => request.header("content-type", "application/json").body(value.to_string()),
             (None, Some(BodySpec::Json(value))) => request.header("content-type", "application/json").body(value.to_string()),
             (None, Some(BodySpec::Form(fields))) => {
-                let pairs = fields.iter().map(|(name, value)| Ok((name.as_str(), value.render(scope)?))).collect::<Result<Vec<_>, String>>()?;
+                let pairs = fields.iter().map(|(name, value)| Ok((name.as_str(), value.render(scope).map_err(|message| format!("body.form.{name}: {message}"))?))).collect::<Result<Vec<_>, String>>()?;
                 request.form(&pairs)
             }
-            (None, Some(BodySpec::Text(text))) => request.header("content-type", "text/plain; charset=utf-8").body(text.render(scope)?),
+            (None, Some(BodySpec::Text(text))) => request.header("content-type", "text/plain; charset=utf-8").body(text.render(scope).map_err(|message| format!("body.text: {message}"))?),
             (None, None) => request,
         };
         let response = match request.send().await {

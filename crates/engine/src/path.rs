@@ -102,7 +102,11 @@ impl Template {
             let after = &rest[open + 2..];
             let close = after.find("}}").ok_or_else(|| format!("`{{{{` at byte {} is never closed with `}}}}`", text.len() - rest.len() + open))?;
             let path = Path::parse(&after[..close])?;
-            let (root, inner) = path.split_first().ok_or_else(|| format!("`{{{{{}}}}}` must start with `input` or `config`", &after[..close]))?;
+            let (root, mut inner) = path.split_first().ok_or_else(|| format!("`{{{{{}}}}}` must start with `input` or `config`", &after[..close]))?;
+            // `input.$` is the value itself, as `$` is in a path of its own.
+            if matches!(&inner.0[..], [Segment::Key(key)] if key == "$") {
+                inner.0.clear();
+            }
             parts.push(match root {
                 "input" => Part::Input(inner),
                 "config" => Part::Config(inner),
@@ -119,6 +123,18 @@ impl Template {
     /// Fills the placeholders; strings go in as they are, other values as JSON. A placeholder
     /// that finds nothing is an error naming it.
     pub fn render(&self, scope: &Scope<'_>) -> Result<String, String> {
+        self.fill(scope, false)
+    }
+
+    /// Fills a URL's placeholders. Those in its path, query or fragment (after the `/` that
+    /// ends `scheme://host`) are percent-encoded, so a value is one piece of data: `a b/../c?x=1`
+    /// cannot change the path or add parameters. A placeholder before that (a base URL such as
+    /// `{{config.base}}/items`) goes in as it is.
+    pub fn render_url(&self, scope: &Scope<'_>) -> Result<String, String> {
+        self.fill(scope, true)
+    }
+
+    fn fill(&self, scope: &Scope<'_>, url: bool) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.0 {
             let (value, root, path) = match part {
@@ -129,13 +145,35 @@ impl Template {
                 Part::Input(path) => (path.get(scope.input), "input", path),
                 Part::Config(path) => (path.get(scope.config), "config", path),
             };
-            match value {
-                Some(Value::String(text)) => out.push_str(text),
-                Some(other) => out.push_str(&other.to_string()),
+            let text = match value {
+                Some(Value::String(text)) => std::borrow::Cow::Borrowed(text.as_str()),
+                Some(other) => std::borrow::Cow::Owned(other.to_string()),
                 None => return Err(format!("template placeholder `{root}{}` has no value", describe(path))),
+            };
+            if url && past_authority(&out) {
+                percent_encode(&text, &mut out);
+            } else {
+                out.push_str(&text);
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether a URL written so far has reached its path: a `/` after `scheme://host`.
+fn past_authority(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(_, rest)| rest.contains(['/', '?', '#']))
+}
+
+/// Appends `text` with every byte but the unreserved ones (RFC 3986: letters, digits, `-._~`)
+/// as `%XX`.
+fn percent_encode(text: &str, out: &mut String) {
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
     }
 }
 
@@ -280,6 +318,13 @@ mod tests {
         let scope = Scope { input: &input, config: &config };
         let template = Template::parse("{{config.base}}/items/{{input.id}}?n={{ input.name }}").unwrap();
         assert_eq!(template.render(&scope).unwrap(), "http://h/items/7?n=x");
+        assert_eq!(Template::parse("{{input.$}}").unwrap().render(&scope).unwrap(), input.to_string(), "`$` is the value itself");
+        // In a URL's path and query, a value is one piece of data; a base URL goes in as it is.
+        let steered = json!({"id": "a b/../c?x=1&y=é"});
+        let url = Template::parse("{{config.base}}/echo/{{input.id}}?q={{input.id}}").unwrap();
+        let scope_of_steered = Scope { input: &steered, config: &config };
+        assert_eq!(url.render_url(&scope_of_steered).unwrap(), "http://h/echo/a%20b%2F..%2Fc%3Fx%3D1%26y%3D%C3%A9?q=a%20b%2F..%2Fc%3Fx%3D1%26y%3D%C3%A9");
+        assert_eq!(Template::parse("{{config.base}}").unwrap().render_url(&scope).unwrap(), "http://h");
         let missing = Template::parse("{{input.nope}}").unwrap().render(&scope).unwrap_err();
         assert!(missing.contains("input.nope"), "{missing}");
         assert!(Template::parse("{{vars.x}}").unwrap_err().contains("vars"));
