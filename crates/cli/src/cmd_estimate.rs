@@ -39,7 +39,11 @@ pub fn run(args: EstimateArgs) -> anyhow::Result<ExitCode> {
     }
     let context = RunContext::for_trigger(trigger, CloudRun::from(args.cloud_run));
     let (flow, resolver) = load_flow(&args.flow, args.flows.as_deref())?;
-    let estimate = flowcredits_engine::estimate(&rules, Timestamp::now(), context, &flow, &*resolver)?;
+    let estimate = flowcredits_engine::estimate(&rules, Timestamp::now(), context, &flow, &*resolver).map_err(|err| match err {
+        // Problems of the file (models the price book lacks), said as load problems are.
+        invalid @ flowcredits_engine::EngineError::Invalid { .. } => anyhow::Error::new(invalid).context(format!("in {}; fix these and try again", args.flow.display())),
+        other => anyhow::Error::new(other),
+    })?;
     if args.json {
         println!("{}", estimate.to_json(&flow, context));
         return Ok(ExitCode::SUCCESS);

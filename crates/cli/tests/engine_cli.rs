@@ -104,6 +104,10 @@ fn bad_arguments_say_what_to_do() {
     let output = flowcredits(&["estimate", agent.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("block `think`, config.model: unknown model `gpt-99`") && stderr.matches("gpt-99").count() == 1, "{stderr}");
+    // Every block with an unknown model is named at once, as other problems of the file are.
+    std::fs::write(&agent, "name: m\nblocks:\n  - { id: start, kind: start }\n  - { id: think, kind: ai_agent, config: { model: gpt-99 } }\n  - { id: img, kind: ai_media, config: { model: gpt-image-9 } }\nedges:\n  - { from: start.input, to: think.prompt }\n  - { from: start.input, to: img.prompt }\n").unwrap();
+    let stderr = String::from_utf8_lossy(&flowcredits(&["estimate", agent.to_str().unwrap()]).stderr).into_owned();
+    assert!(stderr.contains("fix these and try again") && stderr.contains("`gpt-99`") && stderr.contains("block `img`, config.model: unknown model `gpt-image-9`"), "{stderr}");
     let output = flowcredits(&["estimate", &path, "--trigger", "api", "--cloud-run"]);
     assert_eq!(output.status.code(), Some(2), "a bad combination is a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("drop --cloud-run"));

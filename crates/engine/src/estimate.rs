@@ -60,6 +60,7 @@ pub struct LoopCost {
 /// Estimates a run of `flow` in `context`, priced at `at`.
 pub fn estimate(rules: &Rules, at: Timestamp, context: RunContext, flow: &Flow, resolver: &dyn FlowResolver) -> Result<Estimate, EngineError> {
     let flows = resolve_all(flow, resolver)?;
+    crate::exec::check_models_of(rules, at, flow, &flows)?;
     let needs_credits = rules.run_needs_credits(at, context, &planned_usage(flow, &flows)).map_err(|err| crate::exec::name_model_problem(EngineError::Meter(err), flow, &flows))?;
     let mut walk = Walk { rules, at, context, flows: &flows, estimate: Estimate { needs_credits, exact: None, minimum: Credits::ZERO, maximum: None, per_iteration: Vec::new(), notes: Vec::new() }, exact: true, bounded: true };
     walk.flow(flow, "", 1, true)?;

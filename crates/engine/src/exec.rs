@@ -233,9 +233,27 @@ pub fn planned_usage(flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> Vec<Bl
 /// naming the block: such a flow could never be admitted, so it is refused when it is saved
 /// rather than on every call.
 pub fn check_models(rules: &flowcredits_core::Rules, at: Timestamp, flow: &Flow) -> Result<(), EngineError> {
-    let no_children = BTreeMap::new();
+    check_models_of(rules, at, flow, &BTreeMap::new())
+}
+
+/// [`check_models`] over a flow and the flows it nests, reporting every block whose model the
+/// price book does not list (the first flow that has one is named).
+pub(crate) fn check_models_of(rules: &flowcredits_core::Rules, at: Timestamp, flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> Result<(), EngineError> {
     let context = RunContext::manual(flowcredits_core::CloudRun::On);
-    rules.run_needs_credits(at, context, &planned_usage(flow, &no_children)).map(drop).map_err(|err| name_model_problem(EngineError::Meter(err), flow, &no_children))
+    for flow in std::iter::once(flow).chain(flows.values().map(|child| &**child)) {
+        let mut problems = Vec::new();
+        for block in &flow.blocks {
+            if let Op::Ai(spec) = &block.op
+                && let Err(flowcredits_core::CoreError::UnknownModel { model, .. }) = rules.block_price(at, context, &spec.planned_usage())
+            {
+                problems.push(Problem::block(&block.id, "config.model", format!("unknown model `{model}` for {}", block.kind)));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(EngineError::Invalid { flow: flow.name.clone(), problems: Problems(problems) });
+        }
+    }
+    Ok(())
 }
 
 /// An unknown model is a problem in the flow file: say which block has it.
