@@ -194,7 +194,11 @@ fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport, shown_run: Opti
             println!("\n{title}:");
         }
         for output in lines {
-            println!("  {}: {}", output.label.as_deref().unwrap_or(&output.at), output.value);
+            // Where it was shown (`each#2/show`), after its label when it has one.
+            match output.label.as_deref() {
+                Some(label) => println!("  {label} ({}): {}", output.at, output.value),
+                None => println!("  {}: {}", output.at, output.value),
+            }
         }
     }
     if let Some(response) = &report.response {

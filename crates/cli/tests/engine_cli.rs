@@ -60,7 +60,7 @@ fn run_prints_a_readable_receipt() {
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("run r2 of flow `countdown` for team acme: completed"), "{text}");
-    assert!(text.contains("iterations: 2"), "{text}");
+    assert!(text.contains("iterations (ran): 2"), "a labelled value says where it was shown: {text}");
     assert!(text.lines().any(|line| line.contains("r2/loop#1/check") && line.contains("if") && line.trim_end().ends_with('0')), "{text}");
     assert!(text.lines().last().unwrap().contains("0 credits"), "{text}");
 }

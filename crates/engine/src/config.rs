@@ -23,7 +23,10 @@ impl<'a> Cfg<'a> {
 
     /// The raw value, if present.
     pub fn value(&mut self, key: &'static str) -> Option<&'a Value> {
-        self.known.push(key);
+        // A key may be read twice (present, then its range); it is listed once.
+        if !self.known.contains(&key) {
+            self.known.push(key);
+        }
         self.map.get(key)
     }
 

@@ -51,7 +51,8 @@ impl fmt::Display for Problems {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("flow `{flow}` is not valid: {problems}")]
+    /// `flow` is empty when the file could not be read far enough to find its name.
+    #[error("{} is not valid: {problems}", if flow.is_empty() { "the flow file".to_owned() } else { format!("flow `{flow}`") })]
     Invalid { flow: String, problems: Problems },
     #[error("block `{block}` ({kind}) failed: {message}")]
     Block { block: String, kind: &'static str, message: String },

@@ -737,7 +737,7 @@ impl<'a> Frame<'a> {
                 let value = inputs[0].as_ref().expect("select's value is required");
                 match path.get(value).or(default.as_ref()) {
                     Some(found) => Ok(vec![(0, found.clone())]),
-                    None => Err("the path finds nothing in the value and no `default` is configured".to_owned()),
+                    None => Err(format!("the path `{path}` finds nothing in the value and no `default` is configured")),
                 }
             }
             Op::Template(template) => {

@@ -93,7 +93,7 @@ pub struct Flow {
 impl Flow {
     /// Parses and checks a flow file. Every problem found is reported together.
     pub fn load(text: &str, syntax: Syntax) -> Result<Flow, EngineError> {
-        let file = FlowFile::parse(text, syntax).map_err(|problems| EngineError::Invalid { flow: "(unparsed)".into(), problems })?;
+        let file = FlowFile::parse(text, syntax).map_err(|problems| EngineError::Invalid { flow: String::new(), problems })?;
         Flow::from_file(file)
     }
 
@@ -182,15 +182,18 @@ impl Builder {
             } else if !seen.insert(block.id.as_str()) {
                 self.problems.push(Problem::block(&block.id, "id", format!("block id `{}` is used twice", block.id)));
             }
-            let kind = match block.kind.parse::<BlockKind>() {
-                Ok(kind) => kind,
+            let (kind, known) = match block.kind.parse::<BlockKind>() {
+                Ok(kind) => (kind, true),
                 Err(_) => {
                     self.problems.push(Problem::block(&block.id, "kind", format!("unknown block kind `{}`", block.kind)));
-                    BlockKind::Null
+                    (BlockKind::Null, false)
                 }
             };
             let (spec, problems) = BlockSpec::parse(&block.id, kind, &block.config);
-            self.problems.extend(problems);
+            // The config of an unknown kind cannot be judged: only the kind is reported.
+            if known {
+                self.problems.extend(problems);
+            }
             blocks.push(spec);
         }
         blocks

@@ -136,7 +136,8 @@ impl Script {
             source.push_str(&format!("__modules[{name:?}] = (function(){{ var module = {{ exports: {{}} }}; var exports = module.exports; (function(){{\n{code}\n}}).call(globalThis); return module.exports; }})();\n"));
         }
         if self.with_packages {
-            source.push_str("function require(name) { if (Object.prototype.hasOwnProperty.call(__modules, name)) return __modules[name]; throw new Error(\"package `\" + name + \"` is not available\"); }\n");
+            // Only packages the script names literally are bundled into it (see `rewrite_imports`).
+            source.push_str("function require(name) { if (Object.prototype.hasOwnProperty.call(__modules, name)) return __modules[name]; throw new Error(\"package `\" + name + \"` is not available: a script gets the vetted packages it names literally, with require(\\\"lodash\\\") or an import line\"); }\n");
         } else {
             source.push_str("var require = undefined;\n");
         }

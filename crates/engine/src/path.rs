@@ -177,6 +177,14 @@ fn percent_encode(text: &str, out: &mut String) {
     }
 }
 
+/// A path as a flow file writes it: `items[0].name`, or `$` for the value itself.
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = describe(self);
+        f.write_str(if text.is_empty() { "$" } else { text.trim_start_matches('.') })
+    }
+}
+
 fn describe(path: &Path) -> String {
     path.0.iter().map(|segment| match segment {
         Segment::Key(key) => format!(".{key}"),

@@ -86,6 +86,13 @@ pub fn resolve_all(root: &Flow, resolver: &dyn FlowResolver) -> Result<BTreeMap<
     Ok(found)
 }
 
+/// A nested flow that cannot be found is a problem of the block that names it.
+fn naming_the_block(flow: &Flow, name: &str, err: EngineError) -> EngineError {
+    let EngineError::FlowNotFound { .. } = &err else { return err };
+    let Some(block) = flow.blocks.iter().find(|block| matches!(&block.op, crate::op::Op::Flow { name: named } if named == name)) else { return err };
+    EngineError::Invalid { flow: flow.name.clone(), problems: crate::error::Problems(vec![crate::error::Problem::block(&block.id, "config.flow", err.to_string())]) }
+}
+
 fn visit(flow: &Flow, resolver: &dyn FlowResolver, chain: &mut Vec<String>, found: &mut BTreeMap<String, Arc<Flow>>) -> Result<(), EngineError> {
     for name in flow.subflows() {
         if chain.iter().any(|seen| seen == name) {
@@ -98,7 +105,7 @@ fn visit(flow: &Flow, resolver: &dyn FlowResolver, chain: &mut Vec<String>, foun
         let child = match found.get(name) {
             Some(child) => Arc::clone(child),
             None => {
-                let child = resolver.resolve(name)?;
+                let child = resolver.resolve(name).map_err(|err| naming_the_block(flow, name, err))?;
                 found.insert(name.to_owned(), Arc::clone(&child));
                 child
             }

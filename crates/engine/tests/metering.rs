@@ -291,5 +291,5 @@ fn a_flow_directory_finds_a_nested_flow_by_its_file_or_by_the_name_inside_it() {
         assert_eq!(flows.values().map(|child| child.name.as_str()).collect::<Vec<_>>(), ["realname"]);
     }
     let err = flowcredits_engine::resolve_all(&flow("name: p\nblocks:\n  - { id: sub, kind: flow, config: { flow: ghost } }\n"), &resolver).unwrap_err().to_string();
-    assert!(err.contains("ghost") && err.contains("nor a flow file there whose name is `ghost`"), "{err}");
+    assert!(err.contains("ghost") && err.contains("nor a flow file there whose name is `ghost`") && err.contains("block `sub`, config.flow"), "{err}");
 }
