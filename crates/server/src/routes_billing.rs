@@ -113,6 +113,12 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
         changes.push(BillingChange::SetPaygAlerts { amounts });
     }
     if let Some(enabled) = body.payg_enabled {
+        // The one change the ledger may refuse after others were made: refused here, before
+        // any, so that a refused request changes nothing.
+        let plan = state.ledger.team(&team).await?.plan;
+        if enabled && !state.rules.plans.get(plan).has_payg() {
+            return Err(ApiError::Forbidden(flowcredits_core::CoreError::PlanHasNoPayg { plan }.to_string()));
+        }
         changes.push(BillingChange::SetPayg { enabled });
     }
     if let Some(Some(url)) = &body.alert_webhook_url

@@ -1141,3 +1141,19 @@ async fn a_running_run_shows_what_it_has_been_charged_so_far() {
     let run = server.finished_run("live", &owner, &run_id).await;
     assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("succeeded"), json!(2)), "counted once: {run}");
 }
+
+/// A billing change is all or nothing: refused as a whole, it changes none of its fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_billing_change_changes_nothing() {
+    let server = support::start().await;
+    let owner = server.team("tiny", "free").await;
+    let (_, before) = server.get("/v1/teams/tiny/billing", &owner).await;
+    let change = json!({"payg_cap_usd": "50.000", "payg_alerts_usd": ["10.000"], "payg_enabled": true});
+    let (status, refused) = server.call(Method::PATCH, "/v1/teams/tiny/billing", &owner, Some(change)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("no pay-as-you-go"), "{refused}");
+    let (_, after) = server.get("/v1/teams/tiny/billing", &owner).await;
+    assert_eq!(after, before, "nothing of the refused change was kept");
+    let (_, team) = server.get("/v1/teams/tiny", &owner).await;
+    assert!(!team.to_string().contains("50.000"), "{team}");
+}
