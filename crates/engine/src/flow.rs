@@ -107,6 +107,20 @@ impl Flow {
     }
 
     /// Names of the flows this one runs through `flow` blocks.
+    /// Whether `arguments` satisfy the input schema of the flow's `mcp` trigger block (true
+    /// when it has none): what a tool call is checked against before it starts a run, with the
+    /// same words the block uses when the run checks them.
+    pub fn check_tool_arguments(&self, arguments: &Value) -> Result<(), String> {
+        let Some(schema) = self.blocks.iter().find_map(|block| match &block.op {
+            Op::Mcp { schema } => Some(schema),
+            _ => None,
+        }) else {
+            return Ok(());
+        };
+        let errors = crate::exec::schema_errors(schema, arguments);
+        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    }
+
     pub fn subflows(&self) -> impl Iterator<Item = &str> {
         self.blocks.iter().filter_map(|block| match &block.op {
             Op::Flow { name } => Some(name.as_str()),

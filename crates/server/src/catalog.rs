@@ -631,6 +631,20 @@ pub fn deployments(connection: &Connection, team: &str, page: &PageRequest) -> R
     Ok(Page::from_rows(rows, page.limit, |deployment| deployment.id.clone()))
 }
 
+/// A team's deployments with the `mcp` trigger (its MCP tools), after `page.after`, oldest first.
+pub fn mcp_deployments(connection: &Connection, team: &str, page: &PageRequest) -> Result<Page<Deployment>, ApiError> {
+    let mut statement = connection.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE team = ?1 AND trigger = 'mcp' AND id > ?2 ORDER BY id LIMIT ?3"))?;
+    let rows = statement.query_map(params![team, page.after.as_deref().unwrap_or(""), page.limit + 1], deployment_row)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(rows, page.limit, |deployment| deployment.id.clone()))
+}
+
+/// The team's `mcp` deployment whose tool name (its path with `/` as `_`) is `name`; the oldest
+/// if, from before names were kept unique, several have it.
+pub fn mcp_deployment_by_tool(connection: &Connection, team: &str, name: &str) -> Result<Option<Deployment>, ApiError> {
+    let mut statement = connection.prepare_cached(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE team = ?1 AND trigger = 'mcp' AND replace(path, '/', '_') = ?2 ORDER BY id LIMIT 1"))?;
+    Ok(statement.query_row(params![team, name], deployment_row).optional()?)
+}
+
 /// Every deployment that runs on a schedule, across teams (for the scheduler).
 pub fn scheduled_deployments(connection: &Connection) -> Result<Vec<Deployment>, ApiError> {
     let mut statement = connection.prepare(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE schedule_every_s IS NOT NULL OR schedule_cron IS NOT NULL ORDER BY id"))?;

@@ -75,9 +75,16 @@ impl IntoResponse for ApiError {
             body["error"]["field"] = json!(field);
         }
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::PayloadTooLarge { .. } = self {
+        match self {
             // The unread rest of the body makes the connection unusable for another request.
-            response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            ApiError::PayloadTooLarge { .. } => {
+                response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            }
+            // RFC 9110: a 401 says which scheme to authenticate with.
+            ApiError::Unauthenticated | ApiError::UnknownRunnerToken { .. } => {
+                response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }

@@ -18,9 +18,13 @@ use crate::catalog::{self, PageRequest};
 use crate::runner::StartRequest;
 use crate::{ApiError, AppState, Query};
 
-const PROTOCOL_VERSION: &str = "2025-06-18";
-/// Most tools listed for one team.
-const TOOLS_MAX: u32 = 200;
+/// Protocol versions this server speaks, newest first: `initialize` answers the client's
+/// when it is one of them, else the newest (the client then decides whether to go on).
+const PROTOCOL_VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
+/// Tools listed per `tools/list` page; `nextCursor` leads to the next.
+const TOOLS_PER_PAGE: u32 = 200;
+/// Longest tool name MCP clients accept (`^[A-Za-z0-9._-]{1,128}$`).
+pub const TOOL_NAME_BYTES_MAX: usize = 128;
 
 #[derive(Deserialize)]
 pub struct McpQuery {
@@ -36,12 +40,17 @@ struct RpcRequest {
     params: Value,
 }
 
-fn parse_request(body: &[u8]) -> Result<RpcRequest, Value> {
+/// `Ok(None)` for a JSON-RPC response the client sends (to a request of the server's; this
+/// server makes none): it is taken, as notifications are, with no answer.
+fn parse_request(body: &[u8]) -> Result<Option<RpcRequest>, Value> {
     let value: Value = serde_json::from_slice(body).map_err(|err| rpc_error(Value::Null, -32700, format!("parse error: {err}")))?;
     let Value::Object(mut request) = value else {
         let what = if value.is_array() { "a batch; this server answers one request at a time" } else { "not a request object" };
         return Err(rpc_error(Value::Null, -32600, format!("invalid request: {what}")));
     };
+    if !request.contains_key("method") && (request.contains_key("result") || request.contains_key("error")) {
+        return Ok(None);
+    }
     // MCP ids are strings or integers; `null` is no id at all.
     let id = match request.remove("id") {
         None => None,
@@ -55,7 +64,7 @@ fn parse_request(body: &[u8]) -> Result<RpcRequest, Value> {
     }
     let Some(Value::String(method)) = request.remove("method") else { return Err(invalid("method must be a string")) };
     let params = request.remove("params").unwrap_or(Value::Null);
-    Ok(RpcRequest { id, method, params })
+    Ok(Some(RpcRequest { id, method, params }))
 }
 
 fn rpc_error(id: Value, code: i64, message: impl Into<String>) -> Value {
@@ -63,80 +72,120 @@ fn rpc_error(id: Value, code: i64, message: impl Into<String>) -> Value {
 }
 
 pub async fn reject_get() -> Response {
-    (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": {"code": "method_not_allowed", "message": "this MCP endpoint answers POSTed JSON-RPC with JSON; it opens no event stream"}}))).into_response()
+    let mut response = (StatusCode::METHOD_NOT_ALLOWED, Json(json!({"error": {"code": "method_not_allowed", "message": "this MCP endpoint answers POSTed JSON-RPC with JSON; it opens no event stream"}}))).into_response();
+    response.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("POST"));
+    response
 }
 
-pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query): Query<McpQuery>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query): Query<McpQuery>, headers: axum::http::HeaderMap, body: axum::body::Body) -> Result<Response, ApiError> {
     // Any member may list the tools; calling one starts a run, which takes the role that
     // starts runs everywhere else (owner, admin, editor).
     let role = caller.authorize(&state, &query.team, Action::Read).await?;
+    // A tool call's arguments are a run's input: the plan's limit on request bodies applies.
+    let body = crate::routes_runs::body_within_plan(&state, &query.team, body).await?;
+    // After `initialize`, clients name the version they speak; one this server does not speak
+    // is refused (the transport's rule) rather than misread.
+    if let Some(version) = headers.get("mcp-protocol-version").map(|value| value.to_str().unwrap_or_default())
+        && !PROTOCOL_VERSIONS.contains(&version)
+    {
+        return Err(ApiError::invalid("MCP-Protocol-Version", format!("`{version}` is not a version this server speaks ({})", PROTOCOL_VERSIONS.join(", "))));
+    }
     let request = match parse_request(&body) {
-        Ok(request) => request,
+        Ok(Some(request)) => request,
+        // A response or a notification (no id) gets no answer.
+        Ok(None) => return Ok(StatusCode::ACCEPTED.into_response()),
         Err(refusal) => return Ok(Json(refusal).into_response()),
     };
-    // A notification (no id) gets no answer.
     let Some(id) = request.id else { return Ok(StatusCode::ACCEPTED.into_response()) };
     let answer = match request.method.as_str() {
-        "initialize" => json!({"jsonrpc": "2.0", "id": id, "result": {
-            "protocolVersion": PROTOCOL_VERSION,
-            "capabilities": {"tools": {"listChanged": false}},
-            "serverInfo": {"name": "flowcredits", "version": env!("CARGO_PKG_VERSION")},
-        }}),
+        "initialize" => {
+            let asked = request.params.get("protocolVersion").and_then(Value::as_str);
+            let version = asked.filter(|asked| PROTOCOL_VERSIONS.contains(asked)).unwrap_or(PROTOCOL_VERSIONS[0]);
+            json!({"jsonrpc": "2.0", "id": id, "result": {
+                "protocolVersion": version,
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "flowcredits", "version": env!("CARGO_PKG_VERSION")},
+            }})
+        }
         "ping" => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
-        "tools/list" => json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools(&state, &query.team).await?}}),
+        "tools/list" => match request.params.get("cursor") {
+            Some(cursor) if !cursor.is_string() => rpc_error(id, -32602, "params.cursor must be a string (a nextCursor this server gave)"),
+            cursor => {
+                let (tools, next) = tools(&state, &query.team, cursor.and_then(Value::as_str)).await?;
+                json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools, "nextCursor": next}})
+            }
+        },
         "tools/call" if !role.allows(Action::Build) => rpc_error(id, -32001, format!("your role in team {} is {role}; it cannot {}", query.team, Action::Build.describe())),
-        "tools/call" => call_tool(&state, &query.team, id, &request.params).await?,
+        // A failure to start or finish the run is the call's error, in JSON-RPC with its id,
+        // not an HTTP error the client cannot tie to the request.
+        "tools/call" => match call_tool(&state, &query.team, id.clone(), &request.params).await {
+            Ok(answer) => answer,
+            Err(ApiError::Internal(detail)) => {
+                tracing::error!(error = %detail, team = %query.team, "an MCP tool call failed");
+                rpc_error(id, -32603, "internal error; the server's log has the details")
+            }
+            Err(err) => rpc_error(id, -32000, err.to_string()),
+        },
         other => rpc_error(id, -32601, format!("method `{other}` is not supported (initialize, ping, tools/list, tools/call)")),
     };
     Ok(Json(answer).into_response())
 }
 
-async fn mcp_deployments(state: &AppState, team: &str) -> Result<Vec<(catalog::Deployment, Value)>, ApiError> {
-    let team = team.to_owned();
-    state
-        .catalog
-        .call(move |connection| {
-            let page = catalog::deployments(connection, &team, &PageRequest { after: None, limit: TOOLS_MAX })?;
-            let mut out = Vec::new();
-            for deployment in page.items.into_iter().filter(|deployment| deployment.trigger == "mcp") {
-                let snapshot = catalog::snapshot(connection, &team, &deployment.flow_id, Some(deployment.snapshot))?;
-                out.push((deployment, snapshot.definition));
-            }
-            Ok(out)
-        })
-        .await
-}
-
-/// A deployment's tool name: its path with `/` as `_`.
-fn tool_name(path: &str) -> String {
+/// A deployment's tool name: its path with `/` as `_` (kept unique in a team when deployed).
+pub fn tool_name(path: &str) -> String {
     path.replace('/', "_")
 }
 
-async fn tools(state: &AppState, team: &str) -> Result<Vec<Value>, ApiError> {
-    Ok(mcp_deployments(state, team)
-        .await?
-        .into_iter()
-        .filter_map(|(deployment, definition)| {
-            let (schema, description) = crate::runner::mcp_tool_schema(&definition)?;
-            Some(json!({"name": tool_name(&deployment.path), "description": description, "inputSchema": schema}))
+/// One page of the team's tools after the cursor (a deployment id), and the next page's cursor.
+async fn tools(state: &AppState, team: &str, cursor: Option<&str>) -> Result<(Vec<Value>, Option<String>), ApiError> {
+    let (team, page) = (team.to_owned(), PageRequest { after: cursor.map(str::to_owned), limit: TOOLS_PER_PAGE });
+    state
+        .catalog
+        .call(move |connection| {
+            let page = catalog::mcp_deployments(connection, &team, &page)?;
+            let mut tools = Vec::with_capacity(page.items.len());
+            for deployment in page.items {
+                let definition = catalog::snapshot(connection, &team, &deployment.flow_id, Some(deployment.snapshot))?.definition;
+                let Some((schema, description)) = crate::runner::mcp_tool_schema(&definition) else { continue };
+                // MCP tools take an object of arguments; a schema from before deployments were
+                // checked for that is listed as "any object" (the call still checks it).
+                let schema = if crate::runner::is_object_schema(&schema) { schema } else { json!({"type": "object"}) };
+                tools.push(json!({"name": tool_name(&deployment.path), "description": description, "inputSchema": schema}));
+            }
+            Ok((tools, page.next))
         })
-        .collect())
+        .await
 }
 
 async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> Result<Value, ApiError> {
     let Some(name) = params.get("name").and_then(Value::as_str) else {
         return Ok(rpc_error(id, -32602, "params.name is missing"));
     };
-    let Some((deployment, definition)) = mcp_deployments(state, team).await?.into_iter().find(|(deployment, _)| tool_name(&deployment.path) == name) else {
+    let (team_name, tool) = (team.to_owned(), name.to_owned());
+    let found = state
+        .catalog
+        .call(move |connection| {
+            let Some(deployment) = catalog::mcp_deployment_by_tool(connection, &team_name, &tool)? else { return Ok(None) };
+            let definition = catalog::snapshot(connection, &team_name, &deployment.flow_id, Some(deployment.snapshot))?.definition;
+            Ok(Some((deployment, definition)))
+        })
+        .await?;
+    let Some((deployment, definition)) = found else {
         return Ok(rpc_error(id, -32602, format!("no tool named `{name}`")));
     };
+    let arguments = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    let flow = crate::runner::load_flow(&definition)?;
+    // Arguments the tool's schema refuses start no run (and so pause none).
+    if let Err(problem) = flow.check_tool_arguments(&arguments) {
+        return Ok(rpc_error(id, -32602, format!("the arguments of `{name}` do not match its input schema: {problem}")));
+    }
     let request = StartRequest {
         team: team.to_owned(),
         flow_id: deployment.flow_id.clone(),
         snapshot: Some(deployment.snapshot),
         deployment_id: Some(deployment.id.clone()),
-        flow: std::sync::Arc::new(crate::runner::load_flow(&definition)?),
-        input: params.get("arguments").cloned().unwrap_or_else(|| json!({})),
+        flow: std::sync::Arc::new(flow),
+        input: arguments,
         context: RunContext::automated(Trigger::Mcp).expect("mcp is automated"),
         http: None,
         answer_on_response: true,
@@ -149,7 +198,8 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
     let reply = started.reply.ok_or_else(|| ApiError::internal("an admitted run has a reply"))?;
     match tokio::time::timeout(state.sync_wait, reply).await {
         Ok(Ok(reply)) => {
-            let failed = reply.error.is_some();
+            // A `response` block answering an error status is the tool's error too.
+            let failed = reply.error.is_some() || reply.response.as_ref().is_some_and(|(status, _)| *status >= 400);
             let body = reply.response.map(|(_, body)| body).unwrap_or(reply.output);
             let text = match body {
                 Value::String(text) => text,

@@ -201,7 +201,8 @@ fn operation(route: &Route) -> Value {
             json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "pattern": pattern}})
         })
         .collect();
-    parameters.extend(route.query.iter().map(|(name, kind)| json!({"name": name, "in": "query", "required": false, "schema": {"type": kind}})));
+    // `/mcp` needs its team; every other query parameter is optional.
+    parameters.extend(route.query.iter().map(|(name, kind)| json!({"name": name, "in": "query", "required": route.path == "/mcp" && *name == "team", "schema": {"type": kind}})));
     let mut operation = json!({
         "summary": route.summary,
         "description": format!("Who may call: {}.", route.access),

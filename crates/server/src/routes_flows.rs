@@ -186,7 +186,15 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
                 (every, cron, _) => (every, cron),
             };
             if trigger == "mcp" {
-                runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("trigger", "an mcp deployment needs a flow with an `mcp` trigger block"))?;
+                runner::mcp_tool(&snapshot.definition, "trigger")?;
+                // A tool is called by its name: two deployments may not share one.
+                let name = crate::mcp::tool_name(&body.path);
+                if name.len() > crate::mcp::TOOL_NAME_BYTES_MAX {
+                    return Err(ApiError::invalid("path", format!("an mcp deployment's path is its tool's name, which MCP clients take up to {} characters long", crate::mcp::TOOL_NAME_BYTES_MAX)));
+                }
+                if let Some(taken) = catalog::mcp_deployment_by_tool(connection, &team, &name)? {
+                    return Err(ApiError::Conflict(format!("tool `{name}` is already deployment {} (path `{}`); an mcp deployment's path, with `/` read as `_`, names its tool", taken.id, taken.path)));
+                }
             }
             // Stored and answered alike, to the millisecond, as every time the API shows.
             let created_ms = catalog::now_ms();
@@ -250,7 +258,7 @@ pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team,
                     other => other,
                 })?;
                 if deployment.trigger == "mcp" {
-                    runner::mcp_tool_schema(&snapshot.definition).ok_or_else(|| ApiError::invalid("snapshot", "an mcp deployment needs a snapshot with an `mcp` trigger block"))?;
+                    runner::mcp_tool(&snapshot.definition, "snapshot")?;
                 }
                 deployment.snapshot = snapshot.number;
             }

@@ -199,18 +199,24 @@ async fn hook_target(state: &AppState, team: &str, path: &str) -> Result<HookTar
     Ok(target)
 }
 
+/// A request body that starts a team's run, within the team's plan's limit (1 MB on Free, 5 MB
+/// on paid plans). `read_request_body` already read it whole, up to the largest limit.
+pub(crate) async fn body_within_plan(state: &AppState, team: &str, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let plan = state.ledger.team(team).await?.plan;
+    let limit = state.rules.plans.get(plan).request_body_bytes_max;
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
+    if bytes.len() as u64 > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(bytes)
+}
+
 /// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
 /// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
 pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, query: Query<Map<String, Value>>, body: Body) -> Result<Response, ApiError> {
     // A call starts a run, which spends credits: the roles that start runs from the API.
     caller.authorize(&state, &team, Action::Build).await?;
-    let plan = state.ledger.team(&team).await?.plan;
-    let limit = state.rules.plans.get(plan).request_body_bytes_max;
-    // The body was read by `read_request_body`; the plan's limit is checked here.
-    let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|_| ApiError::invalid("body", "the request body could not be read"))?;
-    if bytes.len() as u64 > limit {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
+    let bytes = body_within_plan(&state, &team, body).await?;
     let Query(mut query) = query;
     let asynchronous = match query.remove("async") {
         None => false,

@@ -658,6 +658,21 @@ pub enum FlowSchedule {
 }
 
 /// The input schema of a flow's `mcp` trigger block, if it has one, and the flow's description.
+/// Whether a tool's input schema describes an object, as MCP requires (`"type": "object"`).
+pub fn is_object_schema(schema: &Value) -> bool {
+    schema.get("type").and_then(Value::as_str) == Some("object")
+}
+
+/// The tool a snapshot deploys as: its `mcp` block's schema, which must describe an object of
+/// arguments (`field` names the request field to blame when there is no such block or schema).
+pub fn mcp_tool(definition: &Value, field: &'static str) -> Result<(Value, String), ApiError> {
+    let (schema, description) = mcp_tool_schema(definition).ok_or_else(|| ApiError::invalid(field, "an mcp deployment needs a flow with an `mcp` trigger block"))?;
+    if !is_object_schema(&schema) {
+        return Err(ApiError::invalid(field, "the `mcp` block's input_schema must describe an object (`\"type\": \"object\"`): MCP tools take an object of named arguments"));
+    }
+    Ok((schema, description))
+}
+
 pub fn mcp_tool_schema(definition: &Value) -> Option<(Value, String)> {
     let block = definition.get("blocks")?.as_array()?.iter().find(|block| block.get("kind").or_else(|| block.get("type")).and_then(Value::as_str) == Some("mcp"))?;
     let config = block.get("config");

@@ -165,6 +165,61 @@ async fn mcp_lists_deployed_tools_and_calling_one_runs_the_flow() {
     // Only flows with an mcp trigger can be deployed as tools.
     let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": server.deploy("acme", &owner, "plain", support::flow_costing_25()).await, "path": "x", "trigger": "mcp"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+
+    // Arguments the schema refuses start no run: the call is refused with -32602.
+    let (_, refused) = server.post("/mcp?team=acme", &owner, rpc(9, "tools/call", json!({"name": "tools_greet", "arguments": {"name": 5}}))).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("input schema"), "{refused}");
+    let (_, runs) = server.get("/v1/teams/acme/runs?trigger=mcp", &owner).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1, "the refused call ran nothing");
+    // A tool's name is its path with `/` as `_`: a second deployment of the same name is refused.
+    let (status, clash) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "tools_greet", "trigger": "mcp"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{clash}");
+    // An mcp block whose schema is not an object's cannot be deployed as a tool.
+    let mut stringly = tool.clone();
+    stringly["blocks"][0]["config"]["input_schema"] = json!({"type": "string"});
+    let (_, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": "stringly", "definition": stringly})).await;
+    let stringly_id = flow["id"].as_str().unwrap();
+    server.post(&format!("/v1/teams/acme/flows/{stringly_id}/snapshots"), &owner, json!(null)).await;
+    let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": stringly_id, "path": "s", "trigger": "mcp"})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("trigger")), "{refused}");
+    // The client's protocol version is answered when spoken; a client's response gets 202.
+    let (_, old) = server.post("/mcp?team=acme", &owner, rpc(10, "initialize", json!({"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "old", "version": "1"}}))).await;
+    assert_eq!(old["result"]["protocolVersion"], "2024-11-05", "{old}");
+    let (status, _) = server.post("/mcp?team=acme", &owner, json!({"jsonrpc": "2.0", "id": 1, "result": {}})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let unsupported = client.post(format!("{}/mcp?team=acme", server.base)).bearer_auth(&owner).header("mcp-protocol-version", "1999-01-01").json(&rpc(11, "ping", Value::Null)).send().await.unwrap();
+    assert_eq!(unsupported.status(), StatusCode::BAD_REQUEST);
+    let anonymous = client.post(format!("{}/mcp?team=acme", server.base)).json(&rpc(12, "ping", Value::Null)).send().await.unwrap();
+    assert_eq!((anonymous.status(), anonymous.headers().get("www-authenticate").map(|value| value.to_str().unwrap().to_owned())), (StatusCode::UNAUTHORIZED, Some("Bearer".to_owned())));
+}
+
+/// Every mcp deployment is a tool, however many other deployments the team has: tools/list
+/// pages with `nextCursor`, and a call finds its tool by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mcp_deployment_is_listed_and_callable() {
+    let server = support::start().await;
+    let owner = server.team("many", "team").await;
+    let plain = server.deploy("many", &owner, "plain0", support::flow_costing_25()).await;
+    for n in 1..=205 {
+        let (status, answer) = server.post("/v1/teams/many/deployments", &owner, json!({"flow_id": plain, "path": format!("plain{n}")})).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let tool = json!({"name": "echo", "blocks": [{"id": "args", "kind": "mcp", "config": {"input_schema": {"type": "object"}}}, {"id": "reply", "kind": "response"}], "edges": [{"from": "args.arguments", "to": "reply.body"}]});
+    let (_, flow) = server.post("/v1/teams/many/flows", &owner, json!({"name": "echo", "definition": tool})).await;
+    let echo = flow["id"].as_str().unwrap();
+    server.post(&format!("/v1/teams/many/flows/{echo}/snapshots"), &owner, json!(null)).await;
+    let (status, deployed) = server.post("/v1/teams/many/deployments", &owner, json!({"flow_id": echo, "path": "echo", "trigger": "mcp"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    let rpc = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let (_, listed) = server.post("/mcp?team=many", &owner, rpc(1, "tools/list", json!({}))).await;
+    assert_eq!(listed["result"]["tools"].as_array().map(|tools| tools.iter().map(|tool| tool["name"].clone()).collect::<Vec<_>>()), Some(vec![json!("echo")]), "{listed}");
+    let (_, called) = server.post("/mcp?team=many", &owner, rpc(2, "tools/call", json!({"name": "echo", "arguments": {"x": 1}}))).await;
+    assert_eq!(called["result"]["isError"], false, "{called}");
+    // A call's arguments are a run's input: the plan's body limit (5 MB on Team) applies, in JSON.
+    let big = rpc(3, "tools/call", json!({"name": "echo", "arguments": {"x": "a".repeat(5 * 1024 * 1024)}}));
+    let (status, refused) = server.post("/mcp?team=many", &owner, big).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (StatusCode::PAYLOAD_TOO_LARGE, json!("payload_too_large")), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
