@@ -81,6 +81,8 @@ const SCHEMA: &[&str] = &[
     // 7: when each API key was last used (to about a minute), so that after a leak a user can
     // tell which keys were in use.
     "ALTER TABLE api_keys ADD COLUMN last_used_ms INTEGER;",
+    // 8: what a run's `response` block answered, for a caller that stopped waiting (408).
+    "ALTER TABLE run_history ADD COLUMN response TEXT;",
 ];
 
 /// A key's `last_used_ms` is written at most once per this many milliseconds: keys are checked

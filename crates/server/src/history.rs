@@ -62,6 +62,9 @@ pub struct RunView {
     pub error: Option<String>,
     pub input: Value,
     pub output: Value,
+    /// What the flow's `response` block answered (`{status, body}`), when it did: how a caller
+    /// that stopped waiting (408) reads its answer.
+    pub response: Option<Value>,
     /// Present on a single run's page, not in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocks: Option<Vec<BlockView>>,
@@ -126,6 +129,14 @@ pub struct RunEnd<'a> {
     pub credits: u64,
     pub output: &'a Value,
     pub error: Option<&'a str>,
+    /// The `response` block's answer (status, body), when the flow gave one.
+    pub response: Option<&'a (u16, Value)>,
+}
+
+impl RunEnd<'_> {
+    fn response_json(&self) -> Option<String> {
+        self.response.map(|(status, body)| serde_json::json!({"status": status, "body": body}).to_string())
+    }
 }
 
 /// Inserts a run's row; with `ended` when the run has already ended, so that its row is
@@ -135,8 +146,8 @@ pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunE
     let status = ended.map_or(run.status, |end| end.state);
     connection
         .prepare_cached(
-            "INSERT INTO run_history (id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, input, ended_ms, credits, output, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            "INSERT INTO run_history (id, team, flow_id, snapshot, deployment_id, trigger, location, status, created_ms, started_ms, input, ended_ms, credits, output, error, response)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?
         .execute(params![
             run.id,
@@ -153,7 +164,8 @@ pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunE
             ended.map(|end| end.at_ms),
             ended.map_or(0, |end| end.credits as i64),
             ended.map(|end| end.output.to_string()),
-            ended.and_then(|end| end.error)
+            ended.and_then(|end| end.error),
+            ended.and_then(RunEnd::response_json)
         ])?;
     Ok(())
 }
@@ -167,8 +179,8 @@ pub fn mark_started(connection: &Connection, run: &str, at_ms: i64) -> Result<()
 pub fn finish_run(connection: &Connection, run: &str, end: &RunEnd<'_>) -> Result<(), ApiError> {
     debug_assert!(end.state.is_finished());
     connection
-        .prepare_cached("UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6 WHERE id = ?1")?
-        .execute(params![run, end.state.as_str(), end.at_ms, end.credits as i64, end.output.to_string(), end.error])?;
+        .prepare_cached("UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6, response = ?7 WHERE id = ?1")?
+        .execute(params![run, end.state.as_str(), end.at_ms, end.credits as i64, end.output.to_string(), end.error, end.response_json()])?;
     Ok(())
 }
 
@@ -251,7 +263,7 @@ fn blocks(connection: &Connection, run: &str) -> Result<Vec<BlockView>, ApiError
 }
 
 const RUN_COLUMNS: &str = "h.id, h.team, h.flow_id, h.snapshot, h.deployment_id, h.trigger, h.location, h.status, h.created_ms, h.started_ms, h.ended_ms, h.credits, h.error, h.input, h.output,
-    j.run_id IS NOT NULL, j.runner_id, j.lease_until_ms, j.claims";
+    j.run_id IS NOT NULL, j.runner_id, j.lease_until_ms, j.claims, h.response";
 /// Runs with their private-runner job, when they have one.
 const RUN_TABLES: &str = "run_history h LEFT JOIN runner_jobs j ON j.run_id = h.id";
 
@@ -283,6 +295,7 @@ fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
         error: row.get(12)?,
         input: json_column(row.get(13)?),
         output: json_column(row.get(14)?),
+        response: row.get::<_, Option<String>>(19)?.map(|text| json_column(Some(text))),
         blocks: None,
         blocks_omitted: None,
         runner,

@@ -56,6 +56,8 @@ pub struct FinishedRun {
     pub credits: u64,
     pub output: Value,
     pub error: Option<String>,
+    /// The `response` block's answer (status, body), when the flow gave one.
+    pub response: Option<(u16, Value)>,
 }
 
 /// Each entry carries when it happened (Unix milliseconds), not when it is written.
@@ -314,6 +316,6 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries, kept: &mut
 }
 
 fn end((finished, at_ms): &(FinishedRun, i64)) -> RunEnd<'_> {
-    RunEnd { state: finished.state, at_ms: *at_ms, credits: finished.credits, output: &finished.output, error: finished.error.as_deref() }
+    RunEnd { state: finished.state, at_ms: *at_ms, credits: finished.credits, output: &finished.output, error: finished.error.as_deref(), response: finished.response.as_ref() }
 }
 

@@ -156,7 +156,8 @@ fn reply_response(reply: RunReply, answer: Answer) -> Response {
     if let (Answer::Hook, Some((status, body))) = (answer, &reply.response) {
         let (status, body) = (*status, body.clone());
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        let mut response = (status, Json(body)).into_response();
+        // RFC 9110: a 204 or 304 answer has no content (nor a length for one).
+        let mut response = if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) { status.into_response() } else { (status, Json(body)).into_response() };
         response.headers_mut().insert("x-flowcredits-run", reply.run_id.parse().expect("run ids are header-safe"));
         return response;
     }
@@ -211,22 +212,53 @@ pub(crate) async fn body_within_plan(state: &AppState, team: &str, body: Body) -
     Ok(bytes)
 }
 
+/// A hook's query as its flow reads it: each name to its value, or to the list of its values
+/// in order when the name is given more than once (`?tag=a&tag=b`).
+fn hook_query(query: &str) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let value = Value::String(value.into_owned());
+        match map.get_mut(name.as_ref()) {
+            None => {
+                map.insert(name.into_owned(), value);
+            }
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
+        }
+    }
+    map
+}
+
+/// A hook's headers as its flow reads them (not `authorization`): a header sent more than once
+/// is its values joined with ", ", as RFC 9110 combines field lines.
+fn hook_headers(headers: &HeaderMap) -> Map<String, Value> {
+    let mut map = Map::new();
+    for name in headers.keys().filter(|name| **name != axum::http::header::AUTHORIZATION) {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|value| value.to_str().ok()).collect();
+        if !values.is_empty() {
+            map.insert(name.to_string(), Value::String(values.join(", ")));
+        }
+    }
+    map
+}
+
 /// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
 /// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
-pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, query: Query<Map<String, Value>>, body: Body) -> Result<Response, ApiError> {
+pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, uri: axum::http::Uri, body: Body) -> Result<Response, ApiError> {
     // A call starts a run, which spends credits: the roles that start runs from the API.
     caller.authorize(&state, &team, Action::Build).await?;
     let bytes = body_within_plan(&state, &team, body).await?;
-    let Query(mut query) = query;
+    let mut query = hook_query(uri.query().unwrap_or(""));
+    // A bare `?async` asks for it too; the words in any case.
     let asynchronous = match query.remove("async") {
         None => false,
-        Some(Value::String(text)) if text == "true" || text == "1" => true,
-        Some(Value::String(text)) if text == "false" || text == "0" => false,
+        Some(Value::String(text)) if text.is_empty() || text == "1" || text.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(text)) if text == "0" || text.eq_ignore_ascii_case("false") => false,
         Some(other) => return Err(ApiError::invalid("async", format!("{other} is not true, false, 1 or 0"))),
     } || headers.get("prefer").and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("respond-async"));
     let HookTarget { deployment, flow } = hook_target(&state, &team, &path).await?;
     let input = hook_input(&headers, &bytes)?;
-    let header_map: Map<String, Value> = headers.iter().filter(|(name, _)| *name != axum::http::header::AUTHORIZATION).filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_owned())))).collect();
+    let header_map = hook_headers(&headers);
     let http = HttpTrigger { method: method.to_string(), path: format!("/{path}"), headers: header_map, query };
     let request = StartRequest {
         team: team.clone(),
@@ -361,7 +393,7 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
             };
             let at_ms = catalog::now_ms();
             let run = history::NewRun { id: &id, team: &team_name, flow_id: &flow_id, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: RunState::Running, input: &Value::Null, at_ms };
-            let ended = not_kept.then(|| history::RunEnd { state: RunState::Cancelled, at_ms, credits: 0, output: &Value::Null, error: Some(LOCAL_RUN_NOT_KEPT) });
+            let ended = not_kept.then(|| history::RunEnd { state: RunState::Cancelled, at_ms, credits: 0, output: &Value::Null, error: Some(LOCAL_RUN_NOT_KEPT), response: None });
             history::insert_run(connection, &run, ended.as_ref())?;
             history::keep_declared(connection, &id, &declared)
         })
@@ -485,7 +517,7 @@ pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((
     state.ledger.end_run(&team, &run).await?;
     let credits = state.ledger.run_credits(&team, &run).await?;
     let id = run.clone();
-    let end = history::RunEnd { state: RunState::Succeeded, at_ms: catalog::now_ms(), credits: credits.0, output: &Value::Null, error: None };
+    let end = history::RunEnd { state: RunState::Succeeded, at_ms: catalog::now_ms(), credits: credits.0, output: &Value::Null, error: None, response: None };
     state.catalog.call(move |connection| history::finish_run(connection, &id, &end)).await?;
     Ok(Json(json!({"run_id": run, "status": RunState::Succeeded.as_str(), "credits": credits.0})))
 }

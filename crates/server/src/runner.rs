@@ -170,7 +170,7 @@ impl Runner {
             match recorded {
                 Some(RunState::Running) => {
                     let credits = state.ledger.run_credits(team, run_id).await.unwrap_or(Credits::ZERO);
-                    state.history.finished(FinishedRun { id: run_id.clone(), state: ended_as, credits: credits.0, output: Value::Null, error: Some(error.to_owned()) });
+                    state.history.finished(FinishedRun { id: run_id.clone(), state: ended_as, credits: credits.0, output: Value::Null, error: Some(error.to_owned()), response: None });
                 }
                 // Older than the window `restore_lost_history` looks at: not expected.
                 None => tracing::warn!(team = %team, run = %run_id, "an interrupted run had no history; it was ended in the ledger with what it was charged"),
@@ -199,7 +199,7 @@ impl Runner {
                         tracing::warn!(run = %run_id, error = %err, "ending a run that could not be resumed failed");
                     }
                     let error = format!("resumed when credits returned, but could not be started: {err}");
-                    state.history.finished(FinishedRun { id: run_id, state: RunState::Failed, credits: 0, output: Value::Null, error: Some(error) });
+                    state.history.finished(FinishedRun { id: run_id, state: RunState::Failed, credits: 0, output: Value::Null, error: Some(error), response: None });
                     state.metrics.run_finished(RunState::Failed);
                 }
             }
@@ -249,7 +249,7 @@ impl Runner {
             None => {
                 state.ledger.cancel_run(team, run_id).await?;
                 let credits = state.ledger.run_credits(team, run_id).await?.0;
-                state.history.finished(FinishedRun { id: run_id.to_owned(), state: RunState::Cancelled, credits, output: Value::Null, error: Some(reason.to_owned()) });
+                state.history.finished(FinishedRun { id: run_id.to_owned(), state: RunState::Cancelled, credits, output: Value::Null, error: Some(reason.to_owned()), response: None });
                 state.metrics.run_finished(RunState::Cancelled);
                 Ok(RunState::Cancelled)
             }
@@ -324,7 +324,7 @@ impl Runner {
 /// runs and private-runner jobs alike.
 pub(crate) async fn record_finished(state: &AppState, team: &str, reply: &RunReply) {
     state.metrics.run_finished(reply.state);
-    state.history.finished(FinishedRun { id: reply.run_id.clone(), state: reply.state, credits: reply.credits.0, output: reply.output.clone(), error: reply.error.clone() });
+    state.history.finished(FinishedRun { id: reply.run_id.clone(), state: reply.state, credits: reply.credits.0, output: reply.output.clone(), error: reply.error.clone(), response: reply.response.clone() });
     crate::scheduler::check_alerts(state, team).await;
 }
 
@@ -386,7 +386,7 @@ async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize,
             for (team, id, context, credits, created_ms, ended_ms, status, error) in &rows {
                 let (trigger, location) = (context.trigger().as_str(), context.location().as_str());
                 let row = history::NewRun { id, team, flow_id: "", snapshot: None, deployment_id: None, trigger, location, status: RunState::Running, input: &Value::Null, at_ms: *created_ms };
-                let end = history::RunEnd { state: *status, at_ms: *ended_ms, credits: *credits, output: &Value::Null, error: Some(error) };
+                let end = history::RunEnd { state: *status, at_ms: *ended_ms, credits: *credits, output: &Value::Null, error: Some(error), response: None };
                 history::insert_run(&transaction, &row, Some(&end))?;
             }
             Ok(transaction.commit()?)

@@ -100,6 +100,7 @@ async fn async_calls_get_202_and_slow_sync_calls_get_408_while_the_run_goes_on()
     assert!(timed_out["message"].as_str().unwrap().ends_with(&where_to_read), "the answer says where the result will be: {timed_out}");
     let run = server.finished_run("acme", &owner, timed_out["run_id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "succeeded", "the run finished after its caller stopped waiting: {run}");
+    assert_eq!(run["response"], json!({"status": 201, "body": {"n": 2}}), "the answer the caller missed is kept with the run: {run}");
     let run = server.finished_run("acme", &owner, accepted["run_id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "succeeded");
     // A fast flow answers with its response block's status and body.
@@ -1134,6 +1135,28 @@ async fn requests_are_read_as_http_says_and_refused_clearly_when_malformed() {
     // A flag that is neither true nor false is refused, not read as false.
     let (status, refused) = server.post("/hooks/strict/echo?async=maybe", &owner, json!({})).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("async")), "{refused}");
+    for asked in ["async", "async=TRUE", "async=1"] {
+        let (status, accepted) = server.post(&format!("/hooks/strict/echo?{asked}"), &owner, json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{asked}: {accepted}");
+    }
+    // A query name given twice reaches the flow as a list; a header given twice, joined.
+    let request_echo = json!({
+        "name": "request-echo",
+        "blocks": [{"id": "request", "kind": "request"}, {"id": "pack", "kind": "record", "config": {"inputs": ["query", "headers"]}}, {"id": "reply", "kind": "response"}],
+        "edges": [{"from": "request.query", "to": "pack.query"}, {"from": "request.headers", "to": "pack.headers"}, {"from": "pack.record", "to": "reply.body"}]
+    });
+    server.deploy("strict", &owner, "request-echo", request_echo).await;
+    let echoed: Value = client.post(format!("{}/hooks/strict/request-echo?tag=a&tag=b&one=1", server.base)).bearer_auth(&owner).header("x-seen", "1").header("x-seen", "2").json(&json!({})).send().await.unwrap().json().await.unwrap();
+    assert_eq!((echoed["query"].clone(), echoed["headers"]["x-seen"].clone()), (json!({"tag": ["a", "b"], "one": "1"}), json!("1, 2")), "{echoed}");
+    // A 204 answer carries no content.
+    let empty = json!({
+        "name": "empty",
+        "blocks": [{"id": "request", "kind": "request"}, {"id": "reply", "kind": "response", "config": {"status": 204}}],
+        "edges": [{"from": "request.body", "to": "reply.body"}]
+    });
+    server.deploy("strict", &owner, "empty", empty).await;
+    let answered = client.post(format!("{}/hooks/strict/empty", server.base)).bearer_auth(&owner).json(&json!({"a": 1})).send().await.unwrap();
+    assert_eq!((answered.status(), answered.headers().get("content-length").map(|value| value.to_str().unwrap().to_owned())), (StatusCode::NO_CONTENT, None));
     // A method a route does not take gets the JSON error shape too.
     let (status, refused) = server.call(Method::DELETE, "/v1/teams", &owner, None).await;
     assert_eq!((status, refused["error"]["code"].clone()), (StatusCode::METHOD_NOT_ALLOWED, json!("method_not_allowed")), "{refused}");
