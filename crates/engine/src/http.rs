@@ -187,7 +187,11 @@ fn refused_address(url: &reqwest::Url) -> Option<String> {
     let ip: std::net::IpAddr = match url.host()? {
         url::Host::Ipv4(v4) => v4.into(),
         url::Host::Ipv6(v6) => v6.into(),
-        url::Host::Domain(_) => return None,
+        // RFC 6761: `localhost` and names under it are this machine, whatever a resolver says.
+        url::Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            return (name == "localhost" || name.ends_with(".localhost")).then(|| format!("{name}, which is this machine; flows run by the server reach public hosts only"));
+        }
     };
     (!is_public(ip)).then(|| format!("{ip}, which is not a public address; flows run by the server reach public hosts only"))
 }

@@ -1109,7 +1109,7 @@ async fn by_default_flows_and_webhooks_reach_public_hosts_only() {
         assert!(shown.contains("public"), "{url} was not refused: {run}");
         assert!(!shown.contains("flowcredits_runs"), "{url} reached the server's metrics: {run}");
     }
-    for url in ["http://127.0.0.1:9/hook", "http://[fd00::1]/hook", "http://192.168.1.10/hook"] {
+    for url in ["http://127.0.0.1:9/hook", "http://[fd00::1]/hook", "http://192.168.1.10/hook", "http://localhost:9/hook", "http://api.LOCALHOST./hook"] {
         let (status, refused) = server.call(Method::PATCH, "/v1/teams/guarded/billing", &owner, Some(json!({"alert_webhook_url": url}))).await;
         assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("alert_webhook_url")), "{url}: {refused}");
     }
