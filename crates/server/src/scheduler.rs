@@ -223,12 +223,19 @@ pub async fn check_alerts_now(state: &AppState, team: &str) -> Result<(), crate:
 async fn deliver(state: AppState, team: String, id: String, payload: Value) {
     let name = team.clone();
     let Ok(Some(url)) = state.catalog.call(move |connection| catalog::alert_webhook(connection, &name)).await else { return };
-    for wait in std::iter::once(Duration::ZERO).chain(ALERT_RETRY_WAITS) {
+    let attempts = ALERT_RETRY_WAITS.len() + 1;
+    for (attempt, wait) in std::iter::once(Duration::ZERO).chain(ALERT_RETRY_WAITS).enumerate() {
         tokio::time::sleep(wait).await;
-        let outcome = match state.http.refusal(&url) {
-            Some(reason) => Err(format!("the webhook was not called: {reason}")),
-            None => state.http.client.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).json(&payload).send().await.map_err(|err| format!("the webhook could not be reached: {err}")),
-        };
+        // A URL this server may not call is refused the same way every time: no retries.
+        if let Some(reason) = state.http.refusal(&url) {
+            let (alert_id, error) = (id.clone(), format!("the webhook was not called: {reason}"));
+            tracing::warn!(team = %team, alert = %id, error = %error, "alert not delivered; its webhook URL is refused");
+            if let Err(err) = state.catalog.call(move |connection| catalog::record_alert_attempt(connection, &alert_id, Some(&error))).await {
+                tracing::warn!(alert = %id, error = %err, "recording an alert delivery failed");
+            }
+            return;
+        }
+        let outcome = state.http.client.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).json(&payload).send().await.map_err(|err| format!("the webhook could not be reached: {err}"));
         let error = match outcome {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some(format!("the webhook answered {}", response.status())),
@@ -240,7 +247,8 @@ async fn deliver(state: AppState, team: String, id: String, payload: Value) {
         }
         match error {
             None => return,
-            Some(error) => tracing::warn!(team = %team, alert = %id, error = %error, "alert delivery failed; retrying"),
+            Some(error) if attempt + 1 < attempts => tracing::warn!(team = %team, alert = %id, error = %error, "alert delivery failed; retrying"),
+            Some(error) => tracing::warn!(team = %team, alert = %id, error = %error, attempts, "alert delivery failed; giving up (the alert stays listed with its last error)"),
         }
     }
 }
