@@ -85,3 +85,29 @@ async fn the_dashboard_shows_usage_runs_and_the_limit_banner() {
     assert!(banner.contains("reached this month's pay-as-you-go cap of $0.002") && banner.contains("raise the cap"), "{banner}");
     assert!(banner.contains("past your alert at $0.001"), "{banner}");
 }
+
+/// What a member may not do is not offered; a team the key cannot see and a key the server does
+/// not accept are said in words for a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_offers_only_what_the_role_allows_and_says_what_went_wrong() {
+    if std::env::var_os("FLOWCREDITS_SKIP_BROWSER").is_some() {
+        eprintln!("SKIPPED: FLOWCREDITS_SKIP_BROWSER is set");
+        return;
+    }
+    let server = support::start().await;
+    let owner = flowcredits_server::serve::create_demo(&server.state).await.unwrap();
+    let viewer = server.member("demo", &owner, "viewer").await;
+    let render = |url: String| tokio::task::spawn_blocking(move || rendered_dom(&url));
+
+    let dom = render(format!("{}/dashboard?team=nosuch#key={viewer}", server.base)).await.unwrap();
+    assert_eq!(text_of(&dom, "used"), "6", "the viewer's own team is shown");
+    assert!(text_of(&dom, "message").contains("not a member of team nosuch; showing demo"), "{}", text_of(&dom, "message"));
+    let toggle = &dom[dom.find("id=\"payg-toggle\"").unwrap()..];
+    assert!(toggle[..toggle.find('>').unwrap()].contains("disabled"), "a viewer cannot change billing: {toggle:.200}");
+    let button = &dom[dom.find("<button data-flow=").expect("the demo flow is listed")..];
+    let button = &button[..button.find('>').unwrap()];
+    assert!(button.contains("disabled") && button.contains("title=\"Your role (viewer) cannot start runs.\""), "a viewer's Run button is disabled and says why: {button}");
+
+    let dom = render(format!("{}/dashboard#key=fc_not_a_key", server.base)).await.unwrap();
+    assert!(text_of(&dom, "message").contains("This API key was not accepted"), "{}", text_of(&dom, "message"));
+}
