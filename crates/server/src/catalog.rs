@@ -83,6 +83,8 @@ const SCHEMA: &[&str] = &[
     "ALTER TABLE api_keys ADD COLUMN last_used_ms INTEGER;",
     // 8: what a run's `response` block answered, for a caller that stopped waiting (408).
     "ALTER TABLE run_history ADD COLUMN response TEXT;",
+    // 9: alert deliveries are signed with a secret of the team's (made when a webhook is set).
+    "ALTER TABLE team_settings ADD COLUMN alert_signing_secret TEXT;",
 ];
 
 /// A key's `last_used_ms` is written at most once per this many milliseconds: keys are checked
@@ -672,16 +674,27 @@ pub fn delete_deployment(connection: &Connection, team: &str, id: &str) -> Resul
 
 // ---------------------------------------------------------------- alerts
 
+/// Sets (or with `None` clears) where a team's alerts go. The first URL set also makes the
+/// team's signing secret, which later URLs keep.
 pub fn set_alert_webhook(connection: &Connection, team: &str, url: Option<&str>) -> Result<(), ApiError> {
+    let secret = url.map(|_| crate::auth::new_token("whsec_").0);
     connection.execute(
-        "INSERT INTO team_settings (team, alert_webhook_url) VALUES (?1, ?2) ON CONFLICT (team) DO UPDATE SET alert_webhook_url = excluded.alert_webhook_url",
-        params![team, url],
+        "INSERT INTO team_settings (team, alert_webhook_url, alert_signing_secret) VALUES (?1, ?2, ?3)
+         ON CONFLICT (team) DO UPDATE SET alert_webhook_url = excluded.alert_webhook_url, alert_signing_secret = coalesce(team_settings.alert_signing_secret, excluded.alert_signing_secret)",
+        params![team, url, secret],
     )?;
     Ok(())
 }
 
-pub fn alert_webhook(connection: &Connection, team: &str) -> Result<Option<String>, ApiError> {
-    Ok(connection.query_row("SELECT alert_webhook_url FROM team_settings WHERE team = ?1", [team], |row| row.get(0)).optional()?.flatten())
+/// Where a team's alerts go, and the secret they are signed with.
+pub struct AlertWebhook {
+    pub url: String,
+    pub signing_secret: Option<String>,
+}
+
+pub fn alert_webhook(connection: &Connection, team: &str) -> Result<Option<AlertWebhook>, ApiError> {
+    let row: Option<(Option<String>, Option<String>)> = connection.query_row("SELECT alert_webhook_url, alert_signing_secret FROM team_settings WHERE team = ?1", [team], |row| Ok((row.get(0)?, row.get(1)?))).optional()?;
+    Ok(row.and_then(|(url, signing_secret)| Some(AlertWebhook { url: url?, signing_secret })))
 }
 
 #[derive(Clone, Debug, Serialize)]

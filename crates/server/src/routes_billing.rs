@@ -39,14 +39,16 @@ pub async fn usage_by_flow(State(state): State<AppState>, caller: Caller, Path(t
 }
 
 pub async fn get_billing(State(state): State<AppState>, caller: Caller, Path(team): Path<String>) -> Result<Json<Value>, ApiError> {
-    caller.authorize(&state, &team, Action::Read).await?;
-    billing_view(&state, &team).await.map(Json)
+    let role = caller.authorize(&state, &team, Action::Read).await?;
+    billing_view(&state, &team, role.allows(Action::Bill)).await.map(Json)
 }
 
-async fn billing_view(state: &AppState, team: &str) -> Result<Value, ApiError> {
+/// The team's billing settings; the alerts' signing secret only for those who manage billing.
+async fn billing_view(state: &AppState, team: &str, with_secret: bool) -> Result<Value, ApiError> {
     let info = state.ledger.team(team).await?;
     let team_name = team.to_owned();
     let webhook = state.catalog.call(move |connection| catalog::alert_webhook(connection, &team_name)).await?;
+    let (webhook, secret) = webhook.map_or((None, None), |webhook| (Some(webhook.url), webhook.signing_secret.filter(|_| with_secret)));
     let plan = state.rules.plans.get(info.plan);
     Ok(json!({
         "plan": info.plan.as_str(),
@@ -56,6 +58,7 @@ async fn billing_view(state: &AppState, team: &str) -> Result<Value, ApiError> {
         "payg_alerts_usd": info.payg_alerts.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "can_purchase_credits": plan.can_purchase_credits,
         "alert_webhook_url": webhook,
+        "alert_signing_secret": secret,
     }))
 }
 
@@ -140,7 +143,7 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
     state.runner.dispatch_resumed(&state, &team).await?;
     // An alert amount set below what the period has spent fires now.
     crate::scheduler::check_alerts(&state, &team).await;
-    billing_view(&state, &team).await.map(Json)
+    billing_view(&state, &team, true).await.map(Json)
 }
 
 #[derive(Deserialize)]

@@ -219,10 +219,21 @@ pub async fn check_alerts_now(state: &AppState, team: &str) -> Result<(), crate:
     Ok(())
 }
 
+/// The header an alert delivery's signature travels in.
+pub const SIGNATURE_HEADER: &str = "x-flowcredits-signature";
+
+/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` under the team's signing secret: a
+/// receiver recomputes it over the body it got, and may refuse an old `t` (a replay).
+pub fn signature(secret: &str, at: Timestamp, body: &str) -> String {
+    let seconds = at.as_second();
+    format!("t={seconds},v1={}", crate::auth::hmac_sha256_hex(secret.as_bytes(), format!("{seconds}.{body}").as_bytes()))
+}
+
 /// Posts an alert to the team's webhook, retrying with waits; every attempt is recorded.
 async fn deliver(state: AppState, team: String, id: String, payload: Value) {
     let name = team.clone();
-    let Ok(Some(url)) = state.catalog.call(move |connection| catalog::alert_webhook(connection, &name)).await else { return };
+    let Ok(Some(catalog::AlertWebhook { url, signing_secret })) = state.catalog.call(move |connection| catalog::alert_webhook(connection, &name)).await else { return };
+    let body = payload.to_string();
     let attempts = ALERT_RETRY_WAITS.len() + 1;
     for (attempt, wait) in std::iter::once(Duration::ZERO).chain(ALERT_RETRY_WAITS).enumerate() {
         tokio::time::sleep(wait).await;
@@ -235,7 +246,11 @@ async fn deliver(state: AppState, team: String, id: String, payload: Value) {
             }
             return;
         }
-        let outcome = state.http.client.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).json(&payload).send().await.map_err(|err| format!("the webhook could not be reached: {err}"));
+        let mut request = state.http.client.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).header("content-type", "application/json");
+        if let Some(secret) = &signing_secret {
+            request = request.header(SIGNATURE_HEADER, signature(secret, Timestamp::now(), &body));
+        }
+        let outcome = request.body(body.clone()).send().await.map_err(|err| format!("the webhook could not be reached: {err}"));
         let error = match outcome {
             Ok(response) if response.status().is_success() => None,
             Ok(response) => Some(format!("the webhook answered {}", response.status())),

@@ -335,12 +335,14 @@ async fn a_resumed_run_that_cannot_start_is_failed_and_the_others_still_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
-    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    // The receiver keeps each delivery's body as sent and its signature header.
+    let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let sink = Arc::clone(&received);
-    let hook = axum::Router::new().route("/alerts", axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+    let hook = axum::Router::new().route("/alerts", axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
         let sink = Arc::clone(&sink);
         async move {
-            sink.lock().unwrap().push(body);
+            let signature = headers.get("x-flowcredits-signature").map(|value| value.to_str().unwrap().to_owned()).unwrap_or_default();
+            sink.lock().unwrap().push((body, signature));
             StatusCode::NO_CONTENT
         }
     }));
@@ -350,8 +352,13 @@ async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
 
     let server = support::start().await;
     let owner = server.team("acme", "team").await;
-    let (status, _) = server.call(Method::PATCH, "/v1/teams/acme/billing", &owner, Some(json!({"alert_webhook_url": hook_url, "payg_enabled": true, "payg_alerts_usd": ["0.020"]}))).await;
+    let (status, billing) = server.call(Method::PATCH, "/v1/teams/acme/billing", &owner, Some(json!({"alert_webhook_url": hook_url, "payg_enabled": true, "payg_alerts_usd": ["0.020"]}))).await;
     assert_eq!(status, StatusCode::OK);
+    let secret = billing["alert_signing_secret"].as_str().expect("setting a webhook makes its signing secret").to_owned();
+    // Only those who manage billing see the secret.
+    let viewer = server.member("acme", &owner, "viewer").await;
+    let (_, seen) = server.get("/v1/teams/acme/billing", &viewer).await;
+    assert_eq!((seen["alert_webhook_url"].clone(), seen["alert_signing_secret"].clone()), (json!(hook_url), Value::Null), "{seen}");
     server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
     for _ in 0..5 {
         let (status, _) = server.call_hook("acme", "work", &owner, json!({})).await;
@@ -361,7 +368,7 @@ async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
     let mut kinds = Vec::new();
     // Bounded so a broken build cannot hang; a loaded machine still has ample time.
     for _ in 0..800 {
-        kinds = received.lock().unwrap().iter().map(|alert| alert["alert"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+        kinds = received.lock().unwrap().iter().map(|(body, _)| serde_json::from_str::<Value>(body).unwrap()["alert"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
         if kinds.len() >= 3 {
             break;
         }
@@ -369,6 +376,11 @@ async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
     }
     kinds.sort();
     assert_eq!(kinds, ["included_100", "included_75", "payg_0.020"]);
+    // Each delivery is signed: HMAC-SHA256 of "<t>.<body>" under the team's secret.
+    for (body, signature) in received.lock().unwrap().iter() {
+        let (t, v1) = signature.strip_prefix("t=").and_then(|rest| rest.split_once(",v1=")).unwrap_or_else(|| panic!("unsigned: {signature:?}"));
+        assert_eq!(v1, flowcredits_server::auth::hmac_sha256_hex(secret.as_bytes(), format!("{t}.{body}").as_bytes()), "{body}");
+    }
     let (_, alerts) = server.get("/v1/teams/acme/alerts", &owner).await;
     let listed = alerts["items"].as_array().unwrap();
     assert_eq!(listed.len(), 3, "each threshold once: {alerts}");
