@@ -85,6 +85,10 @@ const SCHEMA: &[&str] = &[
     "ALTER TABLE run_history ADD COLUMN response TEXT;",
     // 9: alert deliveries are signed with a secret of the team's (made when a webhook is set).
     "ALTER TABLE team_settings ADD COLUMN alert_signing_secret TEXT;",
+    // 10: an alert keeps what it delivers and when it was last tried, so that one whose first
+    // attempts all failed is tried again later.
+    "ALTER TABLE alert_deliveries ADD COLUMN payload TEXT;
+     ALTER TABLE alert_deliveries ADD COLUMN last_attempt_ms INTEGER;",
 ];
 
 /// A key's `last_used_ms` is written at most once per this many milliseconds: keys are checked
@@ -709,22 +713,40 @@ pub struct AlertRecord {
     pub last_error: Option<String>,
 }
 
-/// Records an alert once per team, kind and period; returns its id when it is new.
-pub fn insert_alert(connection: &Connection, team: &str, alert: &str, period_start_ms: i64) -> Result<Option<String>, ApiError> {
+/// Records an alert of a period, once: the new alert's id and what its deliveries send, or
+/// `None` when it was recorded before.
+pub fn insert_alert(connection: &Connection, team: &str, alert: &str, period_start: flowcredits_core::Timestamp, detail: &Value) -> Result<Option<(String, Value)>, ApiError> {
     let id = new_id("alr");
+    let payload = serde_json::json!({"team": team, "alert": alert, "period_start": period_start.to_string(), "detail": detail, "id": id});
     let inserted = connection.execute(
-        "INSERT INTO alert_deliveries (id, team, alert, period_start_ms, created_ms) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-        params![id, team, alert, period_start_ms, now_ms()],
+        "INSERT INTO alert_deliveries (id, team, alert, period_start_ms, created_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        params![id, team, alert, period_start.as_millisecond(), now_ms(), payload.to_string()],
     )?;
-    Ok((inserted == 1).then_some(id))
+    Ok((inserted == 1).then_some((id, payload)))
 }
 
 pub fn record_alert_attempt(connection: &Connection, id: &str, error: Option<&str>) -> Result<(), ApiError> {
     connection.execute(
-        "UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?2, delivered_ms = CASE WHEN ?2 IS NULL THEN ?3 ELSE delivered_ms END WHERE id = ?1",
+        "UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?2, last_attempt_ms = ?3, delivered_ms = CASE WHEN ?2 IS NULL THEN ?3 ELSE delivered_ms END WHERE id = ?1",
         params![id, error, now_ms()],
     )?;
     Ok(())
+}
+
+/// Undelivered alerts due another attempt at `now_ms`: tried at least `first_later` times and
+/// fewer than `attempts_max`, the last attempt `first_wait_ms` × 2^(attempts − first_later)
+/// ago or more, and not refused outright (whose error says the webhook was not called).
+/// Returns (id, team, body to send), oldest first, at most 100.
+pub fn alerts_to_retry(connection: &Connection, now_ms: i64, first_later: u32, attempts_max: u32, first_wait_ms: i64) -> Result<Vec<(String, String, String)>, ApiError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT id, team, payload FROM alert_deliveries
+         WHERE delivered_ms IS NULL AND payload IS NOT NULL AND attempts >= ?2 AND attempts < ?3
+           AND coalesce(last_error, '') NOT LIKE 'the webhook was not called%'
+           AND last_attempt_ms <= ?1 - (?4 << min(attempts - ?2, 20))
+         ORDER BY id LIMIT 100",
+    )?;
+    let rows = statement.query_map(params![now_ms, first_later, attempts_max, first_wait_ms], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn alerts(connection: &Connection, team: &str, page: &PageRequest) -> Result<Page<AlertRecord>, ApiError> {

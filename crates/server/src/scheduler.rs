@@ -48,6 +48,9 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             if let Err(err) = check_every_teams_alerts(&state).await {
                 tracing::warn!(error = %err, "checking usage alerts failed");
             }
+            if let Err(err) = retry_alerts(&state, Timestamp::now()).await {
+                tracing::warn!(error = %err, "retrying alert deliveries failed");
+            }
             // Private-runner jobs no runner will finish are given up, even with no runner polling.
             if let Err(err) = crate::jobs::sweep(&state, None).await {
                 tracing::warn!(error = %err, "giving up stale private-runner jobs failed");
@@ -210,9 +213,8 @@ pub async fn check_alerts_now(state: &AppState, team: &str) -> Result<(), crate:
             }
             state.alerts_fired.insert(fired, ());
             let (team_name, kind) = (team.to_owned(), name.clone());
-            let Some(id) = state.catalog.call(move |connection| catalog::insert_alert(connection, &team_name, &kind, period_start.as_millisecond())).await? else { continue };
+            let Some((id, payload)) = state.catalog.call(move |connection| catalog::insert_alert(connection, &team_name, &kind, period_start, &detail)).await? else { continue };
             tracing::info!(team = %team, alert = %name, "usage alert crossed");
-            let payload = json!({"team": team, "alert": name, "period_start": period_start.to_string(), "detail": detail, "id": id});
             tokio::spawn(deliver(state.clone(), team.to_owned(), id, payload));
         }
     }
@@ -229,43 +231,85 @@ pub fn signature(secret: &str, at: Timestamp, body: &str) -> String {
     format!("t={seconds},v1={}", crate::auth::hmac_sha256_hex(secret.as_bytes(), format!("{seconds}.{body}").as_bytes()))
 }
 
-/// Posts an alert to the team's webhook, retrying with waits; every attempt is recorded.
+/// Posts an alert to the team's webhook, retrying with waits ([`ALERT_RETRY_WAITS`]); every
+/// attempt is recorded. What still fails is tried again later by [`retry_alerts`].
 async fn deliver(state: AppState, team: String, id: String, payload: Value) {
-    let name = team.clone();
-    let Ok(Some(catalog::AlertWebhook { url, signing_secret })) = state.catalog.call(move |connection| catalog::alert_webhook(connection, &name)).await else { return };
     let body = payload.to_string();
-    let attempts = ALERT_RETRY_WAITS.len() + 1;
     for (attempt, wait) in std::iter::once(Duration::ZERO).chain(ALERT_RETRY_WAITS).enumerate() {
         tokio::time::sleep(wait).await;
-        // A URL this server may not call is refused the same way every time: no retries.
-        if let Some(reason) = state.http.refusal(&url) {
-            let (alert_id, error) = (id.clone(), format!("the webhook was not called: {reason}"));
-            tracing::warn!(team = %team, alert = %id, error = %error, "alert not delivered; its webhook URL is refused");
-            if let Err(err) = state.catalog.call(move |connection| catalog::record_alert_attempt(connection, &alert_id, Some(&error))).await {
-                tracing::warn!(alert = %id, error = %err, "recording an alert delivery failed");
-            }
-            return;
-        }
-        let mut request = state.http.client.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).header("content-type", "application/json");
-        if let Some(secret) = &signing_secret {
-            request = request.header(SIGNATURE_HEADER, signature(secret, Timestamp::now(), &body));
-        }
-        let outcome = request.body(body.clone()).send().await.map_err(|err| format!("the webhook could not be reached: {err}"));
-        let error = match outcome {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("the webhook answered {}", response.status())),
-            Err(reason) => Some(reason),
-        };
-        let (alert_id, error_text) = (id.clone(), error.clone());
-        if let Err(err) = state.catalog.call(move |connection| catalog::record_alert_attempt(connection, &alert_id, error_text.as_deref())).await {
-            tracing::warn!(alert = %id, error = %err, "recording an alert delivery failed");
-        }
-        match error {
-            None => return,
-            Some(error) if attempt + 1 < attempts => tracing::warn!(team = %team, alert = %id, error = %error, "alert delivery failed; retrying"),
-            Some(error) => tracing::warn!(team = %team, alert = %id, error = %error, attempts, "alert delivery failed; giving up (the alert stays listed with its last error)"),
+        match attempt_delivery(&state, &team, &id, &body).await {
+            Delivery::Done | Delivery::Refused => return,
+            Delivery::Failed(error) if attempt < ALERT_RETRY_WAITS.len() => tracing::warn!(team = %team, alert = %id, error = %error, "alert delivery failed; retrying"),
+            Delivery::Failed(error) => tracing::warn!(team = %team, alert = %id, error = %error, "alert delivery failed; it is tried again later, less and less often"),
         }
     }
+}
+
+/// Most delivery attempts of one alert: the first few seconds' and then the later ones'.
+pub const ALERT_ATTEMPTS_MAX: u32 = 12;
+/// The wait before the first later attempt; each next one waits twice as long (about 21 hours
+/// in all).
+const ALERT_LATER_WAIT_FIRST: Duration = Duration::from_secs(5 * 60);
+
+/// Tries once more each alert whose deliveries all failed and whose wait has passed: 5 minutes
+/// after the first few attempts, then 10, 20, … until [`ALERT_ATTEMPTS_MAX`]. A webhook that
+/// was down for a while still gets the alert; one refused outright is not retried.
+pub async fn retry_alerts(state: &AppState, now: Timestamp) -> Result<usize, crate::ApiError> {
+    let first_later = ALERT_RETRY_WAITS.len() as u32 + 1;
+    let due = state.catalog.call(move |connection| catalog::alerts_to_retry(connection, now.as_millisecond(), first_later, ALERT_ATTEMPTS_MAX, ALERT_LATER_WAIT_FIRST.as_millis() as i64)).await?;
+    let count = due.len();
+    for (id, team, body) in due {
+        if let Delivery::Failed(error) = attempt_delivery(state, &team, &id, &body).await {
+            tracing::warn!(team = %team, alert = %id, error = %error, "a later alert delivery failed");
+        }
+    }
+    Ok(count)
+}
+
+enum Delivery {
+    Done,
+    /// The URL is one this server may not call: trying again would change nothing.
+    Refused,
+    Failed(String),
+}
+
+/// One signed POST of an alert's body to the team's webhook, recorded as an attempt.
+async fn attempt_delivery(state: &AppState, team: &str, id: &str, body: &str) -> Delivery {
+    let name = team.to_owned();
+    let webhook = match state.catalog.call(move |connection| catalog::alert_webhook(connection, &name)).await {
+        Ok(webhook) => webhook,
+        Err(err) => return Delivery::Failed(format!("the team's webhook could not be read: {err}")),
+    };
+    // A team without a webhook is told nothing: its alerts are listed in the API.
+    let Some(catalog::AlertWebhook { url, signing_secret }) = webhook else { return Delivery::Refused };
+    let (outcome, error) = match state.http.refusal(&url) {
+        Some(reason) => (Delivery::Refused, Some(format!("the webhook was not called: {reason}"))),
+        None => {
+            let mut request = state.http.client.post(&url).timeout(ALERT_DELIVERY_TIMEOUT).header("content-type", "application/json");
+            if let Some(secret) = &signing_secret {
+                request = request.header(SIGNATURE_HEADER, signature(secret, Timestamp::now(), body));
+            }
+            match request.body(body.to_owned()).send().await {
+                Ok(response) if response.status().is_success() => (Delivery::Done, None),
+                Ok(response) => {
+                    let error = format!("the webhook answered {}", response.status());
+                    (Delivery::Failed(error.clone()), Some(error))
+                }
+                Err(err) => {
+                    let error = format!("the webhook could not be reached: {err}");
+                    (Delivery::Failed(error.clone()), Some(error))
+                }
+            }
+        }
+    };
+    if let Delivery::Refused = outcome {
+        tracing::warn!(team = %team, alert = %id, error = ?error, "alert not delivered; its webhook URL is refused");
+    }
+    let alert_id = id.to_owned();
+    if let Err(err) = state.catalog.call(move |connection| catalog::record_alert_attempt(connection, &alert_id, error.as_deref())).await {
+        tracing::warn!(alert = %id, error = %err, "recording an alert delivery failed");
+    }
+    outcome
 }
 
 #[cfg(test)]
@@ -390,6 +434,53 @@ mod tests {
         assert_eq!(next_due[&schedule_key(&deployment)], at("2026-03-09T09:00:00Z"));
         run_due_schedules(&state, &mut next_due, at("2026-03-07T09:00:00Z")).await.unwrap();
         assert_eq!(runs_by_state(&state).await.len(), 1, "Saturday runs nothing");
+    }
+
+    /// An alert whose first attempts all failed is tried again later, less and less often,
+    /// and stops once delivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn undelivered_alerts_are_tried_again_later_with_growing_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::serve::open_state_with(&dir.path().join("db"), flowcredits_core::Rules::shipped(), flowcredits_engine::http::Destinations::Any).unwrap();
+        // A receiver that is down (503) until told otherwise, counting what it got.
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (up_seen, got_seen) = (std::sync::Arc::clone(&up), std::sync::Arc::clone(&got));
+        let receiver = axum::Router::new().route("/alerts", axum::routing::post(move || {
+            let (up, got) = (std::sync::Arc::clone(&up_seen), std::sync::Arc::clone(&got_seen));
+            async move {
+                got.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if up.load(std::sync::atomic::Ordering::SeqCst) { axum::http::StatusCode::NO_CONTENT } else { axum::http::StatusCode::SERVICE_UNAVAILABLE }
+            }
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+        tokio::spawn(axum::serve(listener, receiver).into_future());
+        let detail = json!({"percent": 75});
+        let (id, _) = state
+            .catalog
+            .call(move |connection| {
+                catalog::set_alert_webhook(connection, "acme", Some(&url))?;
+                let inserted = catalog::insert_alert(connection, "acme", "included_75", Timestamp::now(), &detail)?.expect("a new alert");
+                // As if its first attempts had all failed, the last one just now.
+                connection.execute("UPDATE alert_deliveries SET attempts = 4, last_attempt_ms = ?2 WHERE id = ?1", rusqlite::params![inserted.0, Timestamp::now().as_millisecond()])?;
+                Ok(inserted)
+            })
+            .await
+            .unwrap();
+        let later = |minutes: i64| Timestamp::now().checked_add(jiff::SignedDuration::from_mins(minutes)).unwrap();
+        assert_eq!(retry_alerts(&state, later(4)).await.unwrap(), 0, "not before 5 minutes");
+        assert_eq!(retry_alerts(&state, later(6)).await.unwrap(), 1, "tried again after 5 minutes");
+        assert_eq!(got.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Attempts are stamped with the real time: the next is due 10 minutes after it.
+        assert_eq!(retry_alerts(&state, later(9)).await.unwrap(), 0, "the next wait is 10 minutes");
+        up.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(retry_alerts(&state, later(11)).await.unwrap(), 1);
+        assert_eq!(retry_alerts(&state, later(24 * 60)).await.unwrap(), 0, "delivered: never again");
+        let page = catalog::PageRequest { after: None, limit: 10 };
+        let listed = state.catalog.call(move |connection| catalog::alerts(connection, "acme", &page)).await.unwrap();
+        let alert = listed.items.iter().find(|alert| alert.id == id).unwrap();
+        assert_eq!((alert.attempts, alert.delivered_at.is_some(), alert.last_error.clone()), (6, true, None), "{alert:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
