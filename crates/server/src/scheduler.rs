@@ -48,9 +48,13 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             if let Err(err) = check_every_teams_alerts(&state).await {
                 tracing::warn!(error = %err, "checking usage alerts failed");
             }
-            if let Err(err) = retry_alerts(&state, Timestamp::now()).await {
-                tracing::warn!(error = %err, "retrying alert deliveries failed");
-            }
+            // Off the tick: a slow webhook must not hold up schedules.
+            let retrying = state.clone();
+            tokio::spawn(async move {
+                if let Err(err) = retry_alerts(&retrying, Timestamp::now()).await {
+                    tracing::warn!(error = %err, "retrying alert deliveries failed");
+                }
+            });
             // Private-runner jobs no runner will finish are given up, even with no runner polling.
             if let Err(err) = crate::jobs::sweep(&state, None).await {
                 tracing::warn!(error = %err, "giving up stale private-runner jobs failed");
@@ -258,11 +262,13 @@ pub async fn retry_alerts(state: &AppState, now: Timestamp) -> Result<usize, cra
     let first_later = ALERT_RETRY_WAITS.len() as u32 + 1;
     let due = state.catalog.call(move |connection| catalog::alerts_to_retry(connection, now.as_millisecond(), first_later, ALERT_ATTEMPTS_MAX, ALERT_LATER_WAIT_FIRST.as_millis() as i64)).await?;
     let count = due.len();
-    for (id, team, body) in due {
+    // Together: one webhook's timeout does not delay the others' attempts.
+    futures_util::future::join_all(due.into_iter().map(|(id, team, body)| async move {
         if let Delivery::Failed(error) = attempt_delivery(state, &team, &id, &body).await {
             tracing::warn!(team = %team, alert = %id, error = %error, "a later alert delivery failed");
         }
-    }
+    }))
+    .await;
     Ok(count)
 }
 
