@@ -154,39 +154,49 @@ impl Script {
 }
 
 thread_local! {
-    /// An engine kept per thread for syntax checks only: compiling a function runs none of it,
-    /// so no limits of a run are needed, and a flow of many scripts starts no engine per block.
+    /// An engine kept per thread for syntax checks only: a flow of many scripts starts no engine
+    /// per block. Nothing is ever run in it.
     static SYNTAX_CHECKER: std::cell::RefCell<Option<(rquickjs::Runtime, rquickjs::Context)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Compiles a script's body (as a run wraps it) without running it, so that a syntax error is
-/// a problem of the flow file, found before anything runs or is charged. The message gives the
-/// line in the block's code.
+/// Compiles a script's body (as a run wraps it) without running any of it, so that a syntax
+/// error is a problem of the flow file, found before anything runs or is charged. The message
+/// gives the line in the block's code.
+///
+/// Compile only, never evaluate: a body can close the wrapper early (`return 1}); while(1){}
+/// (function(){`), and evaluating the wrapper would then run that code at load, unmetered.
 fn check_syntax(body: &str) -> Result<(), String> {
     // The body starts on the wrapper's second line.
-    let wrapped = format!("(function(input, require) {{\n{body}\n}})");
+    let wrapped = std::ffi::CString::new(format!("(function(input, require) {{\n{body}\n}})")).map_err(|_| "contains a NUL character".to_owned())?;
     SYNTAX_CHECKER.with(|checker| {
         let mut checker = checker.borrow_mut();
         if checker.is_none() {
             let runtime = rquickjs::Runtime::new().map_err(|err| format!("cannot start the script engine: {err}"))?;
             runtime.set_memory_limit(EVALUATE_MEMORY_BYTES_MAX);
             runtime.set_max_stack_size(EVALUATE_STACK_BYTES_MAX);
+            // The full context: compiling goes through the eval intrinsic.
             let context = rquickjs::Context::full(&runtime).map_err(|err| format!("cannot start the script engine: {err}"))?;
             *checker = Some((runtime, context));
         }
         let (_, context) = checker.as_ref().expect("made above");
-        context.with(|ctx| match ctx.eval::<(), _>(wrapped.as_str()) {
-            Ok(()) => Ok(()),
-            Err(rquickjs::Error::Exception) => {
-                let thrown = ctx.catch();
-                let message = exception_message(&thrown);
-                let line = thrown.as_exception().and_then(|exception| exception.stack()).and_then(|stack| syntax_error_line(&stack));
-                Err(match line {
-                    Some(line) => format!("does not compile, line {line}: {message}"),
-                    None => format!("does not compile: {message}"),
-                })
+        context.with(|ctx| {
+            let raw = ctx.as_raw().as_ptr();
+            let flags = (rquickjs::qjs::JS_EVAL_TYPE_GLOBAL | rquickjs::qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32;
+            // SAFETY: `raw` is this live context; the source is NUL-terminated and its length
+            // excludes the NUL; the compiled function is freed once looked at, and an exception
+            // is taken from the context by `catch`.
+            let compiled = unsafe { rquickjs::qjs::JS_Eval(raw, wrapped.as_ptr(), wrapped.as_bytes().len() as _, c"eval_script".as_ptr(), flags) };
+            if !unsafe { rquickjs::qjs::JS_IsException(compiled) } {
+                unsafe { rquickjs::qjs::JS_FreeValue(raw, compiled) };
+                return Ok(());
             }
-            Err(err) => Err(format!("does not compile: {err}")),
+            let thrown = ctx.catch();
+            let message = exception_message(&thrown);
+            let line = thrown.as_exception().and_then(|exception| exception.stack()).and_then(|stack| syntax_error_line(&stack));
+            Err(match line {
+                Some(line) => format!("does not compile, line {line}: {message}"),
+                None => format!("does not compile: {message}"),
+            })
         })
     })
 }

@@ -111,6 +111,8 @@ fn imports_are_checked_when_the_flow_loads() {
     let yaml = format!("name: s\nblocks:\n  - {{ id: js, kind: evaluate, config: {typed} }}\n");
     let err = flowcredits_engine::Flow::load(&yaml, flowcredits_engine::Syntax::Yaml).err().map(|err| err.to_string()).unwrap_or_default();
     assert!(err.contains("does not compile, line 2"), "TypeScript keeps its lines: {err}");
+    // Loading only compiles: code that closes the wrapper early is not run at load.
+    assert_eq!(load("evaluate", "return 1});\nthrow new Error('ran at load');\n(function(){"), "", "nothing of the script ran while the flow loaded");
 }
 
 #[tokio::test]
