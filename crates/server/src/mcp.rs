@@ -109,10 +109,15 @@ pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query):
         }
         "ping" => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
         "tools/list" => match request.params.get("cursor") {
-            Some(cursor) if !cursor.is_string() => rpc_error(id, -32602, "params.cursor must be a string (a nextCursor this server gave)"),
+            Some(cursor) if !cursor.as_str().is_some_and(|cursor| catalog::check_id_cursor("dep", Some(cursor)).is_ok()) => rpc_error(id, -32602, "params.cursor is not a nextCursor this server gave"),
             cursor => {
                 let (tools, next) = tools(&state, &query.team, cursor.and_then(Value::as_str)).await?;
-                json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools, "nextCursor": next}})
+                // `nextCursor` is a string or absent (clients refuse null): absent on the last page.
+                let mut result = json!({"tools": tools});
+                if let Some(next) = next {
+                    result["nextCursor"] = json!(next);
+                }
+                json!({"jsonrpc": "2.0", "id": id, "result": result})
             }
         },
         "tools/call" if !role.allows(Action::Build) => rpc_error(id, -32001, format!("your role in team {} is {role}; it cannot {}", query.team, Action::Build.describe())),

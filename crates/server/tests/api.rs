@@ -215,6 +215,9 @@ async fn every_mcp_deployment_is_listed_and_callable() {
     let rpc = |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
     let (_, listed) = server.post("/mcp?team=many", &owner, rpc(1, "tools/list", json!({}))).await;
     assert_eq!(listed["result"]["tools"].as_array().map(|tools| tools.iter().map(|tool| tool["name"].clone()).collect::<Vec<_>>()), Some(vec![json!("echo")]), "{listed}");
+    assert!(listed["result"].get("nextCursor").is_none(), "the last page has no nextCursor (clients refuse null): {listed}");
+    let (_, refused) = server.post("/mcp?team=many", &owner, rpc(4, "tools/list", json!({"cursor": "zzz"}))).await;
+    assert_eq!(refused["error"]["code"], -32602, "a cursor this server did not give: {refused}");
     let (_, called) = server.post("/mcp?team=many", &owner, rpc(2, "tools/call", json!({"name": "echo", "arguments": {"x": 1}}))).await;
     assert_eq!(called["result"]["isError"], false, "{called}");
     // A call's arguments are a run's input: the plan's body limit (5 MB on Team) applies, in JSON.

@@ -102,6 +102,7 @@ async fn the_dashboard_offers_only_what_the_role_allows_and_says_what_went_wrong
     let dom = render(format!("{}/dashboard?team=nosuch#key={viewer}", server.base)).await.unwrap();
     assert_eq!(text_of(&dom, "used"), "6", "the viewer's own team is shown");
     assert!(text_of(&dom, "message").contains("not a member of team nosuch; showing demo"), "{}", text_of(&dom, "message"));
+    assert!(dom.contains("<p id=\"message\" class=\"muted\">"), "the message is shown, not hidden");
     let toggle = &dom[dom.find("id=\"payg-toggle\"").unwrap()..];
     assert!(toggle[..toggle.find('>').unwrap()].contains("disabled"), "a viewer cannot change billing: {toggle:.200}");
     let button = &dom[dom.find("<button data-flow=").expect("the demo flow is listed")..];
