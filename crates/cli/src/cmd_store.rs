@@ -265,8 +265,10 @@ fn usage(store: SqliteStore, args: &UsageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn usage_text(report: &UsageReport) -> String {
+    // What is left of an ended period's allowance expired with it.
+    let left = if report.period.end <= flowcredits_core::Timestamp::now() { "expired" } else { "left" };
     let mut text = format!(
-        "team {}, period {} to {}\n  used {} of {} included credits; {} left\n  included {}, purchased {}, pay-as-you-go {} (${}), unbilled {}\n",
+        "team {}, period {} to {}\n  used {} of {} included credits; {} {left}\n  included {}, purchased {}, pay-as-you-go {} (${}), unbilled {}\n",
         report.team, report.period.start, report.period.end, report.used(), report.included, report.remaining(),
         report.included_used, report.purchased_used, report.payg_credits, report.payg_amount(), report.unbilled_credits,
     );

@@ -4,7 +4,7 @@
 use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, Rules, RunId, RunStatus};
 use jiff::civil::Date;
 use jiff::tz::Offset;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::team::{TEAM_COLUMNS, TeamRow, find_run, find_team, load_period, team_row};
 use crate::codec::{context_from, instant, kind_from, status_code, status_from, to_u64, trigger_from};
@@ -122,9 +122,17 @@ pub(super) fn usage(conn: &Connection, rules: &Rules, team: &TeamName, month: Op
         let row = find_team(conn, team)?;
         let period = chosen_period(&row, month)?;
         let usage = load_period(conn, row.id, period)?;
+        // A period with nothing in it has no row: its allowance is on its invoice when it has
+        // ended (the plan then), else the plan's now.
         let included = match &usage {
             Some(usage) => usage.included,
-            None => rules.plans.get(row.settings.plan).included_credits,
+            None => {
+                let invoiced: Option<i64> = conn.prepare_cached("SELECT included FROM invoices WHERE team_id = ?1 AND period_start_ms = ?2")?.query_row(params![row.id, period.start.as_millisecond()], |row| row.get(0)).optional()?;
+                match invoiced {
+                    Some(included) => Credits(to_u64(included)?),
+                    None => rules.plans.get(row.settings.plan).included_credits,
+                }
+            }
         };
         let clock = row.clock_ms.unwrap_or(row.created_ms);
         let purchased_remaining = conn

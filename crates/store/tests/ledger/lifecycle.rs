@@ -115,6 +115,11 @@ fn period_close_issues_an_invoice_and_resumes_paused_runs() {
     let idle: Vec<(Timestamp, Credits, Credits, String)> = invoices[1..].iter().map(|invoice| (invoice.period.start, invoice.included_used, invoice.included_expired, invoice.amount_due.to_string())).collect();
     let month = |start: &str| (ts(start), Credits(0), Credits(100), "0.000".to_owned());
     assert_eq!(idle, [month("2026-04-01T00:00:00Z"), month("2026-05-01T00:00:00Z"), month("2026-06-01T00:00:00Z")]);
+    // An idle period's usage shows the allowance it was invoiced with, whatever the plan is now.
+    store.change_billing(&acme, &actor(), ts("2026-07-16T00:00:00Z"), BillingChange::ChangePlan { plan: PlanId::Enterprise }).unwrap();
+    let may = store.usage(&acme, Some("2026-05")).unwrap();
+    assert_eq!((may.included, may.used()), (Credits(100), Credits(0)), "{may:?}");
+    assert_eq!(store.usage(&acme, Some("2026-07")).unwrap().included, Credits(500), "the current period has the new plan's");
     // Its periods are still those in which something happened.
     let periods: Vec<Timestamp> = store.periods(&acme).unwrap().iter().map(|usage| usage.period.start).collect();
     assert_eq!(periods, [ts("2026-03-01T00:00:00Z"), ts("2026-04-01T00:00:00Z"), ts("2026-07-01T00:00:00Z")]);
