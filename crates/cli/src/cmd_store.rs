@@ -167,11 +167,12 @@ enum LedgerCommand {
 pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
     match command {
         StoreCommand::Teams(args) => {
+            let rules = args.rules.load()?;
             let store = match args.command {
-                TeamsCommand::Create { .. } => args.db.open(args.rules.load()?)?,
-                _ => args.db.open_existing(args.rules.load()?)?,
+                TeamsCommand::Create { .. } => args.db.open(rules.clone())?,
+                _ => args.db.open_existing(rules.clone())?,
             };
-            teams(store, args.command)
+            teams(store, &rules, args.command)
         }
         StoreCommand::Usage(args) => usage(args.db.open_existing(args.rules.load()?)?, &args),
         StoreCommand::Invoices(args) => invoices(args.db.open_existing(args.rules.load()?)?, &args),
@@ -193,12 +194,15 @@ fn print(json: &JsonFlag, value: Value, text: impl FnOnce() -> String) {
     }
 }
 
-fn teams(store: SqliteStore, command: TeamsCommand) -> anyhow::Result<ExitCode> {
+fn teams(store: SqliteStore, rules: &Rules, command: TeamsCommand) -> anyhow::Result<ExitCode> {
     match command {
         TeamsCommand::Create { name, plan, anchor_day, payg, payg_cap_usd, actor, json } => {
             let payg_cap = payg_cap_usd.map(|usd| MicroUsd::parse_usd(&usd).with_context(|| BadArgument(format!("--payg-cap-usd: `{usd}` is not a dollar amount like 25 or 12.5")))).transpose()?;
             let anchor_day = AnchorDay::new(anchor_day).map_err(|err| BadArgument(format!("--anchor-day: {err}")))?;
             let plan = plan.parse::<PlanId>().map_err(|err| BadArgument(format!("--plan: {err}")))?;
+            if payg_cap.is_some() && !rules.plans.get(plan).has_payg() {
+                return Err(BadArgument(format!("--payg-cap-usd: plan {plan} has no pay-as-you-go, so it takes no cap")).into());
+            }
             let settings = TeamSettings { anchor_day, payg_enabled: payg, payg_cap, ..TeamSettings::new(plan) };
             let team = store.create_team(NewTeam { name: TeamName::new(name)?, settings, actor: Actor::new(actor)?, at: Timestamp::now() }).map_err(|err| match err.root() {
                 // Settings the plan does not allow are a bad combination of arguments.

@@ -92,6 +92,7 @@ fn bad_arguments_say_what_to_do() {
         vec!["run", path.as_str(), "--team", "acme", "--plan", "gold"],
         vec!["teams", "create", "acme", "--plan", "gold", "--db", ledger],
         vec!["teams", "create", "acme", "--plan", "free", "--payg", "--db", ledger],
+        vec!["teams", "create", "acme", "--plan", "free", "--payg-cap-usd", "5", "--db", ledger],
         vec!["run", path.as_str(), "--team", "acme", "--plan", "team", "--db", ledger],
     ] {
         let output = flowcredits(&args);

@@ -190,10 +190,10 @@ fn refused_address(url: &reqwest::Url) -> Option<String> {
         // RFC 6761: `localhost` and names under it are this machine, whatever a resolver says.
         url::Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            return (name == "localhost" || name.ends_with(".localhost")).then(|| format!("{name}, which is this machine; flows run by the server reach public hosts only"));
+            return (name == "localhost" || name.ends_with(".localhost")).then(|| format!("{name}, which is this machine; requests the server makes reach public hosts only"));
         }
     };
-    (!is_public(ip)).then(|| format!("{ip}, which is not a public address; flows run by the server reach public hosts only"))
+    (!is_public(ip)).then(|| format!("{ip}, which is not a public address; requests the server makes reach public hosts only"))
 }
 
 /// Resolves names as the system does and keeps only public addresses.
@@ -207,7 +207,7 @@ impl reqwest::dns::Resolve for PublicResolver {
             let public: Vec<std::net::SocketAddr> = found.iter().copied().filter(|address| is_public(address.ip())).collect();
             if public.is_empty() {
                 let listed = found.iter().map(|address| address.ip().to_string()).collect::<Vec<_>>().join(", ");
-                return Err(format!("{host} resolves to no public address ({listed}); flows run by the server reach public hosts only").into());
+                return Err(format!("{host} {NO_PUBLIC_ADDRESS} ({listed}); requests the server makes reach public hosts only").into());
             }
             Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
         })
@@ -226,7 +226,12 @@ async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-fn describe(err: &reqwest::Error) -> String {
+/// How a refusal of a name that resolves only to non-public addresses reads ("NAME resolves to
+/// no public address (…)"), for callers that tell it from other failures.
+pub const NO_PUBLIC_ADDRESS: &str = "resolves to no public address";
+
+/// A request that got no response, with every cause (a refused address, a resolver's answer).
+pub fn describe(err: &reqwest::Error) -> String {
     let what = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {

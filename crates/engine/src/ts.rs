@@ -539,7 +539,12 @@ impl<'a> Stripper<'a> {
             if param_start && matches!(text, "public" | "private" | "protected" | "readonly") && self.kind(j + 1) == Some(Kind::Ident) {
                 // A modifier makes a constructor parameter a field as well (`this.x = x`), which
                 // removing types alone cannot do: refused rather than run without the field.
-                let name = self.text(j + 1).to_owned();
+                // The parameter's name follows every modifier (`private readonly balance`).
+                let mut at = j + 1;
+                while matches!(self.text(at), "public" | "private" | "protected" | "readonly") && self.kind(at + 1) == Some(Kind::Ident) {
+                    at += 1;
+                }
+                let name = self.text(at).to_owned();
                 return Err(format!(
                     "parameter properties (`{text} {name}` in a parameter list) are not supported; declare the field in the class and assign it in the constructor (`this.{name} = {name};`)"
                 ));
@@ -641,9 +646,9 @@ mod tests {
             assert!(strip_types(source).is_err(), "{source}");
         }
         // A parameter property also assigns a field: stripping its modifier would drop that.
-        for source in ["class A { constructor(private readonly balance: number) {} }", "class A { constructor(x: number, public k: string) {} }"] {
+        for (source, name) in [("class A { constructor(private readonly balance: number) {} }", "balance"), ("class A { constructor(x: number, public k: string) {} }", "k")] {
             let err = strip_types(source).unwrap_err();
-            assert!(err.contains("parameter properties") && err.contains("this."), "{source}: {err}");
+            assert!(err.contains("parameter properties") && err.contains(&format!("this.{name} = {name};")), "{source}: {err}");
         }
         assert!(strip_types("const s = 'open").is_err());
     }

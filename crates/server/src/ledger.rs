@@ -218,7 +218,10 @@ impl Ledger {
     /// Applies one billing change; a purchase returns the grant it made.
     pub async fn change_billing(&self, team: &str, user_id: &str, change: BillingChange) -> Result<Option<flowcredits_core::Grant>, ApiError> {
         let (name, actor) = (team_name(team)?, actor(user_id)?);
-        let changed = self.blocking(move |store| store.change_billing(&name, &actor, Timestamp::now(), change)).await;
+        // To the millisecond, as the ledger keeps instants: what a purchase answers is what its
+        // list shows later.
+        let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).map_err(ApiError::internal)?;
+        let changed = self.blocking(move |store| store.change_billing(&name, &actor, now, change)).await;
         self.teams.remove(&team.to_owned());
         changed
     }

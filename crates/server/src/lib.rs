@@ -239,7 +239,7 @@ where
 /// `null`. A field is refused by name rather than ignored, so a client that expected it to
 /// mean something learns that it does not.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an object with no fields, or no body")]
 pub struct NoFields {}
 
 /// For an `Option<Option<T>>` field with `#[serde(default)]`: tells "absent" (`None`) from

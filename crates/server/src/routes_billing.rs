@@ -116,13 +116,15 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
         changes.push(BillingChange::SetPaygAlerts { amounts });
     }
     if let Some(enabled) = body.payg_enabled {
-        // The one change the ledger may refuse after others were made: refused here, before
-        // any, so that a refused request changes nothing.
-        let plan = state.ledger.team(&team).await?.plan;
-        if enabled && !state.rules.plans.get(plan).has_payg() {
-            return Err(ApiError::Forbidden(flowcredits_core::CoreError::PlanHasNoPayg { plan }.to_string()));
-        }
         changes.push(BillingChange::SetPayg { enabled });
+    }
+    // Turning pay-as-you-go on, or setting its cap or alerts, on a plan without it is refused
+    // here, before any change is made, so that a refused request changes nothing. (Clearing
+    // them is always allowed.)
+    let plan = state.ledger.team(&team).await?.plan;
+    let sets_payg = body.payg_enabled == Some(true) || matches!(body.payg_cap_usd, Some(Some(_))) || body.payg_alerts_usd.as_ref().is_some_and(|alerts| !alerts.is_empty());
+    if sets_payg && !state.rules.plans.get(plan).has_payg() {
+        return Err(ApiError::Forbidden(flowcredits_core::CoreError::PlanHasNoPayg { plan }.to_string()));
     }
     if let Some(Some(url)) = &body.alert_webhook_url
         && (url.len() > WEBHOOK_URL_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")))

@@ -101,6 +101,9 @@ pub struct EstimateQuery {
 pub async fn estimate(State(state): State<AppState>, caller: Caller, Path((team, flow)): Path<(String, String)>, Query(query): Query<EstimateQuery>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
     let trigger: Trigger = query.trigger.as_deref().unwrap_or("api").parse().map_err(|err: flowcredits_core::CoreError| ApiError::invalid("trigger", err.to_string()))?;
+    if query.cloud_run == Some(true) && trigger != Trigger::Manual {
+        return Err(ApiError::invalid("cloud_run", format!("applies to manual runs only; {trigger} runs always execute in the cloud")));
+    }
     let context = RunContext::for_trigger(trigger, CloudRun::from(query.cloud_run.unwrap_or(false)));
     let team_name = team.clone();
     let definition = state.catalog.call(move |connection| catalog::definition(connection, &team_name, &flow, query.snapshot)).await?;

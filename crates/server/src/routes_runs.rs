@@ -156,8 +156,8 @@ fn reply_response(reply: RunReply, answer: Answer) -> Response {
     if let (Answer::Hook, Some((status, body))) = (answer, &reply.response) {
         let (status, body) = (*status, body.clone());
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-        // RFC 9110: a 204 or 304 answer has no content (nor a length for one).
-        let mut response = if matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) { status.into_response() } else { (status, Json(body)).into_response() };
+        // RFC 9110: a 204, 205 or 304 answer has no content (nor a length for one).
+        let mut response = if matches!(status, StatusCode::NO_CONTENT | StatusCode::RESET_CONTENT | StatusCode::NOT_MODIFIED) { status.into_response() } else { (status, Json(body)).into_response() };
         response.headers_mut().insert("x-flowcredits-run", reply.run_id.parse().expect("run ids are header-safe"));
         return response;
     }

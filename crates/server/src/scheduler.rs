@@ -302,8 +302,15 @@ async fn attempt_delivery(state: &AppState, team: &str, id: &str, body: &str) ->
                     (Delivery::Failed(error.clone()), Some(error))
                 }
                 Err(err) => {
-                    let error = format!("the webhook could not be reached: {err}");
-                    (Delivery::Failed(error.clone()), Some(error))
+                    let reason = flowcredits_engine::http::describe(&err);
+                    // A name that resolves to no address this server may call is refused, as
+                    // an address written in the URL is: trying again changes nothing.
+                    if reason.contains(flowcredits_engine::http::NO_PUBLIC_ADDRESS) {
+                        (Delivery::Refused, Some(format!("the webhook was not called: {reason}")))
+                    } else {
+                        let error = format!("the webhook could not be reached: {reason}");
+                        (Delivery::Failed(error.clone()), Some(error))
+                    }
                 }
             }
         }

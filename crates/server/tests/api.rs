@@ -17,6 +17,8 @@ async fn free_teams_keep_ten_snapshots_per_flow_and_lose_none() {
     // Taking a snapshot has no fields: one sent is refused by name, not ignored, and takes none.
     let (status, refused) = server.post(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner, json!({"label": "v1"})).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("label")), "{refused}");
+    let (_, refused) = server.post(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner, json!("v1")).await;
+    assert!(refused["error"]["message"].as_str().unwrap().contains("an object with no fields"), "no internal type names: {refused}");
     for number in 1..=10 {
         let (status, snapshot) = server.post(&format!("/v1/teams/tiny/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
         assert_eq!((status, snapshot["number"].clone(), snapshot["latest"].clone()), (StatusCode::CREATED, json!(number), json!(true)));
@@ -949,6 +951,7 @@ async fn purchases_are_listed_with_what_remains() {
     let rows: Vec<(u64, u64, u64, bool)> = listed["items"].as_array().unwrap().iter().map(|row| (row["id"].as_u64().unwrap(), row["credits"].as_u64().unwrap(), row["remaining"].as_u64().unwrap(), row["expired"].as_bool().unwrap())).collect();
     assert_eq!(rows, vec![(1, 1000, 1000, false), (2, 500, 500, false)], "{listed}");
     assert_eq!(listed["items"][1]["expires_at"], "2099-01-01T00:00:00Z", "{listed}");
+    assert_eq!(listed["items"][1]["bought_at"], bought["bought_at"], "the answer's time is the one listed");
     let (_, first) = server.get("/v1/teams/big/purchases?limit=1", &viewer).await;
     let (_, second) = server.get(&format!("/v1/teams/big/purchases?limit=1&after={}", first["next"].as_str().unwrap()), &viewer).await;
     assert_eq!((first["items"][0]["id"].clone(), second["items"][0]["id"].clone(), second["next"].clone()), (json!(1), json!(2), Value::Null));
@@ -1069,7 +1072,8 @@ async fn bad_bodies_and_queries_name_the_field() {
     let server = support::start().await;
     let owner = server.team("fields", "team").await;
     let many: Vec<String> = (1..=17).map(|amount| format!("{amount}")).collect();
-    let cases: [(Method, &str, Option<Value>, &str, &str); 16] = [
+    let cases: [(Method, &str, Option<Value>, &str, &str); 17] = [
+        (Method::GET, "/v1/teams/fields/flows/flw_00000000000000000000/estimate?trigger=mcp&cloud_run=true", None, "cloud_run", "manual runs only"),
         (Method::GET, "/v1/teams/fields/runs?after=zzz", None, "after", "not a cursor"),
         // Every list ordered by ids takes only an id of its own kind as a cursor.
         (Method::GET, "/v1/teams/fields/flows?after=run_0", None, "after", "a `flw_…` id"),
@@ -1249,4 +1253,11 @@ async fn a_refused_billing_change_changes_nothing() {
     assert_eq!(after, before, "nothing of the refused change was kept");
     let (_, team) = server.get("/v1/teams/tiny", &owner).await;
     assert!(!team.to_string().contains("50.000"), "{team}");
+    // A cap or alert amounts alone are refused too: the plan has no pay-as-you-go to bound.
+    for change in [json!({"payg_cap_usd": "5.000"}), json!({"payg_alerts_usd": ["1.000"]})] {
+        let (status, refused) = server.call(Method::PATCH, "/v1/teams/tiny/billing", &owner, Some(change.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{change}: {refused}");
+    }
+    let (_, after) = server.get("/v1/teams/tiny/billing", &owner).await;
+    assert_eq!(after, before);
 }
