@@ -109,7 +109,7 @@ pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query):
         }
         "ping" => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
         "tools/list" => match request.params.get("cursor") {
-            Some(cursor) if !cursor.as_str().is_some_and(|cursor| catalog::check_id_cursor("dep", Some(cursor)).is_ok()) => rpc_error(id, -32602, "params.cursor is not a nextCursor this server gave"),
+            Some(cursor) if cursor.as_str().is_none_or(|cursor| catalog::check_id_cursor("dep", Some(cursor)).is_err()) => rpc_error(id, -32602, "params.cursor is not a nextCursor this server gave"),
             cursor => {
                 let (tools, next) = tools(&state, &query.team, cursor.and_then(Value::as_str)).await?;
                 // `nextCursor` is a string or absent (clients refuse null): absent on the last page.
