@@ -172,7 +172,12 @@ pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team):
 
 pub async fn purchases(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Value>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let mut page = page.request()?;
+    // A purchase id as people write it (`after=1`) or as `next` gave it (zero-padded).
+    if let Some(after) = &page.after {
+        let id: u64 = after.parse().map_err(|_| ApiError::invalid("after", format!("`{after}` is not a purchase id")))?;
+        page.after = Some(format!("{id:020}"));
+    }
     let purchases = state.ledger.purchases(&team).await?;
     // Ids are numbers: the cursor is zero-padded so that it sorts as they do.
     Ok(Json(catalog::Page::of_sorted(purchases, &page, |purchase| format!("{:020}", purchase["id"].as_u64().unwrap_or_default()))))

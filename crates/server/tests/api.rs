@@ -955,6 +955,10 @@ async fn purchases_are_listed_with_what_remains() {
     let (_, first) = server.get("/v1/teams/big/purchases?limit=1", &viewer).await;
     let (_, second) = server.get(&format!("/v1/teams/big/purchases?limit=1&after={}", first["next"].as_str().unwrap()), &viewer).await;
     assert_eq!((first["items"][0]["id"].clone(), second["items"][0]["id"].clone(), second["next"].clone()), (json!(1), json!(2), Value::Null));
+    let (_, plain) = server.get("/v1/teams/big/purchases?after=1", &viewer).await;
+    assert_eq!(plain["items"][0]["id"], 2, "an id as people write it is a cursor too: {plain}");
+    let (status, _) = server.get("/v1/teams/big/purchases?after=zzz", &viewer).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
