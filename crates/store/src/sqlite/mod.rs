@@ -141,8 +141,12 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Con
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
-    // 64 MiB of page cache: the hot ends of the indexes stay in memory.
-    conn.pragma_update(None, "cache_size", -65_536)?;
+    // 8 MiB of page cache: enough for the hot ends of the indexes, which is all a writer or a
+    // usage read touches. Not more: SQLite's page cache remembers the temporary page number a
+    // B-tree rebalance uses (the lock page, far past the end), and the next commit then walks
+    // the cache's whole hash table to drop pages past the end; a 64 MiB cache made that walk
+    // a visible share of the writer's time (BENCHMARKS.md, session 6).
+    conn.pragma_update(None, "cache_size", -8_192)?;
     // Rarer checkpoints: the hot pages (team balances, rollups, the ends of the indexes) change
     // in every commit, and a rarer checkpoint copies each to the database file once instead of
     // many times. The writer's own connection checkpoints not at all (see `Checkpointer`).
