@@ -23,7 +23,8 @@ pub const EXIT_PAUSED: u8 = 3;
 /// Runs a flow on this machine, as a manual run, and prints its outputs and credit receipt.
 ///
 /// Exit status: 0 when the run completed, 1 when a block failed or the flow is invalid, 2 for a
-/// bad argument, 3 when the run was paused because the team has no credits left.
+/// bad argument, 3 when the run was paused because the team has no credits left, 130 when a run
+/// metered by a server was interrupted (and cancelled there).
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// The flow file (YAML or JSON; `.json` is read as JSON).
@@ -52,14 +53,16 @@ pub struct RunArgs {
     /// the flow still runs here, on the local canvas. Needs `--key`.
     #[arg(long, value_name = "URL", conflicts_with = "db", requires = "key")]
     pub server: Option<String>,
-    /// An API key of a member of the team who may run flows (owner, admin or editor).
-    #[arg(long, value_name = "KEY", env = "FLOWCREDITS_KEY", requires = "server")]
+    /// With `--server`: an API key of a member of the team who may run flows (owner, admin or
+    /// editor). Read from FLOWCREDITS_KEY when not given; runs without `--server` ignore it.
+    #[arg(long, value_name = "KEY", env = "FLOWCREDITS_KEY", hide_env_values = true)]
     pub key: Option<String>,
     /// Without `--db`: the plan of a fresh in-memory ledger that lives for this run only
     /// (default team).
     #[arg(long, value_name = "PLAN")]
     pub plan: Option<String>,
-    /// The run id (default: `local-` and the current time in milliseconds).
+    /// The run id (default: `local-` and the current time in milliseconds). Not with
+    /// `--server`, which gives the run its id.
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
     /// Print one JSON object instead of text.
@@ -71,7 +74,7 @@ pub struct RunArgs {
 
 /// Reads and checks a flow file, and the resolver for the flows it runs.
 pub fn load_flow(path: &Path, flows: Option<&Path>) -> anyhow::Result<(Flow, Arc<DirResolver>)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read flow file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|err| BadArgument(format!("cannot read the flow file {}: {err}", path.display())))?;
     let flow = Flow::load(&text, Syntax::of_path(path)).with_context(|| format!("in {}; fix these and try again", path.display()))?;
     let dir = flows.map(Path::to_path_buf).unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
     Ok((flow, Arc::new(DirResolver::new(dir))))
@@ -84,16 +87,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = parse_config(&args.config)?;
     let run_id = RunId::new(args.run_id.clone().unwrap_or_else(|| format!("local-{}", flowcredits_core::Timestamp::now().as_millisecond()))).context(BadArgument("--run-id".into()))?;
     let context = RunContext::manual(CloudRun::from(args.cloud_run));
-    let request = RunRequest { run: run_id, context, input, config, http: None, on_response: None };
+    let request = RunRequest { run: run_id.clone(), context, input, config, http: None, on_response: None };
     let engine = Engine::new(Providers::default(), resolver);
     let metered = meter(&args, rules, &flow)?;
-    let report = block_on(engine.run(&flow, request, metered.meter()))?;
-    // Metered by a server, the run is known there by the id the server gave it.
-    let shown_run = match &metered {
-        Metered::Server(meter) => meter.server_run_id(&report.run),
-        Metered::Here(_) => None,
+    let report = match &metered {
+        Metered::Server(meter) => match block_on(run_or_interrupt(&engine, &flow, request, meter))? {
+            Some(report) => report,
+            None => return interrupted(&args, meter, &run_id),
+        },
+        Metered::Here(meter, _) => block_on(engine.run(&flow, request, &**meter))?,
     };
-    print_report(&args, &flow, &report, shown_run.as_deref());
+    // Metered by a server, the run is known there by the id the server gave it.
+    let (shown_run, paused) = match &metered {
+        Metered::Server(meter) => (meter.server_run_id(&report.run), meter.refusal()),
+        Metered::Here(_, advice) => (None, Some(format!("the team has no credits left; run it again when they return ({advice})"))),
+    };
+    print_report(&args, &flow, &report, shown_run.as_deref(), paused.as_deref());
     Ok(match report.outcome {
         RunOutcome::Completed => ExitCode::SUCCESS,
         RunOutcome::Failed { .. } => ExitCode::FAILURE,
@@ -101,33 +110,61 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// What meters a run: the team's ledger on a server, or a ledger on this machine.
-enum Metered {
-    Server(ServerMeter),
-    Here(Box<dyn Meter>),
+/// Exit status of a run stopped by a signal (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the flow metered by a server until it ends, or until this process is told to stop
+/// (Ctrl-C, SIGTERM): then `None`, and the run is cancelled on the server by [`interrupted`].
+async fn run_or_interrupt(engine: &Engine, flow: &Flow, request: RunRequest, meter: &ServerMeter) -> Result<Option<RunReport>, flowcredits_engine::EngineError> {
+    tokio::select! {
+        report = engine.run(flow, request, meter) => report.map(Some),
+        () = flowcredits_server::serve::stop_signal() => Ok(None),
+    }
 }
 
-impl Metered {
-    fn meter(&self) -> &dyn Meter {
-        match self {
-            Metered::Server(meter) => meter,
-            Metered::Here(meter) => &**meter,
+/// Cancels an interrupted run on the server, so that it does not stay `running` there with the
+/// team's credits, and says where its charges can be read.
+fn interrupted(args: &RunArgs, meter: &ServerMeter, run: &RunId) -> anyhow::Result<ExitCode> {
+    let server_run = meter.server_run_id(run);
+    match (server_run, block_on(meter.cancel(run))) {
+        (None, _) => eprintln!("interrupted before the server admitted the run: nothing was charged"),
+        (Some(_), Ok((server_run, _))) => {
+            eprintln!("interrupted: run {server_run} was cancelled on the server; what it was charged so far: GET /v1/teams/{}/runs/{server_run}", args.team);
+        }
+        (Some(server_run), Err(err)) => {
+            eprintln!("interrupted, but run {server_run} could not be cancelled on the server ({err}); cancel it with POST /v1/teams/{}/runs/{server_run}/cancel", args.team);
         }
     }
+    Ok(ExitCode::from(EXIT_INTERRUPTED))
+}
+
+/// What meters a run: the team's ledger on a server, or a ledger on this machine (with what
+/// would bring the team's credits back on its plan, for a paused run).
+enum Metered {
+    Server(ServerMeter),
+    Here(Box<dyn Meter>, String),
 }
 
 /// The team's ledger on a server with `--server`, the durable ledger with `--db`; otherwise a
 /// ledger that lives for this one run.
 fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
-    if let (Some(server), Some(key)) = (&args.server, &args.key) {
+    if let Some(server) = &args.server {
+        let key = args.key.as_deref().ok_or_else(|| BadArgument("--server needs --key (or FLOWCREDITS_KEY): an API key of a member who may run flows".into()))?;
         if args.plan.is_some() {
             return Err(BadArgument("--plan is for runs without --server; the team's plan is on the server".into()).into());
         }
-        return Ok(Metered::Server(ServerMeter::new(server, &args.team, key, &flow.name)));
+        if args.run_id.is_some() {
+            return Err(BadArgument("--run-id is for runs without --server; the server gives the run its id".into()).into());
+        }
+        if key.starts_with(flowcredits_server::runners::RUNNER_TOKEN_PREFIX) {
+            return Err(BadArgument("--key is a private runner's token; `run --server` takes a member's API key (fck_…)".into()).into());
+        }
+        return Ok(Metered::Server(ServerMeter::new(server, &args.team, key, &flow.name).map_err(|problem| BadArgument(format!("--server: {problem}")))?));
     }
     let Some(db) = &args.db else {
         let plan: PlanId = args.plan.as_deref().unwrap_or("team").parse().context(BadArgument("--plan".into()))?;
-        return Ok(Metered::Here(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan))))));
+        let advice = rules.plans.get(plan).ways_to_more_credits(false, false);
+        return Ok(Metered::Here(Box::new(LedgerMeter::new(rules, TeamLedger::new(TeamSettings::new(plan)))), advice));
     };
     if args.plan.is_some() {
         return Err(BadArgument("--plan is for runs without --db; the team's plan is in the ledger (change it there)".into()).into());
@@ -135,11 +172,12 @@ fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
     // The team must be in it already, so a mistyped path makes no empty ledger.
     let store = crate::cmd_store::DbArgs { db: db.clone() }.open_existing(rules.clone())?;
     let team = TeamName::new(args.team.clone()).context(BadArgument("--team".into()))?;
-    store.team(&team).map_err(|err| match err {
+    let settings = store.team(&team).map_err(|err| match err {
         StoreError::UnknownTeam { .. } => anyhow::anyhow!("team `{}` is not in the ledger {}; create it first: flowcredits teams create {} --plan free|solo|team|enterprise --db {}", args.team, db.display(), args.team, db.display()),
         other => anyhow::Error::new(other).context(format!("cannot read team `{}` from {}", args.team, db.display())),
-    })?;
-    Ok(Metered::Here(Box::new(StoreMeter::new(store, team, rules))))
+    })?.settings;
+    let advice = rules.plans.get(settings.plan).ways_to_more_credits(settings.payg_enabled, settings.payg_cap.is_some());
+    Ok(Metered::Here(Box::new(StoreMeter::new(store, team, rules)), advice))
 }
 
 /// Runs a future to completion on a small runtime (the engine needs tokio's timers and its
@@ -151,7 +189,7 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 fn parse_input(input: Option<&str>) -> anyhow::Result<Value> {
     let Some(input) = input else { return Ok(Value::Null) };
     let text = match input.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read --input file {path}"))?,
+        Some(path) => std::fs::read_to_string(path).map_err(|err| BadArgument(format!("cannot read the --input file {path}: {err}")))?,
         None => input.to_owned(),
     };
     serde_json::from_str(&text).context(BadArgument("--input is not JSON (quote text as \"...\", or pass @FILE)".into()))
@@ -176,16 +214,17 @@ fn execution_label(report: &RunReport, run: &str, execution: &flowcredits_engine
     }
 }
 
-/// `shown_run` is the run's id where it was metered, when that is not this process's id.
-fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport, shown_run: Option<&str>) {
+/// `shown_run` is the run's id where it was metered, when that is not this process's id;
+/// `paused` what to say of a run that did not start for lack of credits.
+fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport, shown_run: Option<&str>, paused: Option<&str>) {
     let run = shown_run.unwrap_or(report.run.as_str());
     if args.json {
-        println!("{}", report_json(&args.team, flow, report, run));
+        println!("{}", report_json(&args.team, flow, report, run, paused));
         return;
     }
     let outcome = match &report.outcome {
         RunOutcome::Completed => "completed".to_owned(),
-        RunOutcome::Paused => "paused: the team has no credits left; they return with the next billing period, or sooner where its plan allows (pay-as-you-go, or buying credits on Enterprise)".to_owned(),
+        RunOutcome::Paused => format!("paused: {}", paused.unwrap_or("the team has no credits left; run it again when they return")),
         RunOutcome::Failed { error } => format!("failed: {error}"),
     };
     println!("run {run} of flow `{}` for team {}: {outcome}", flow.name, args.team);
@@ -214,10 +253,10 @@ fn print_report(args: &RunArgs, flow: &Flow, report: &RunReport, shown_run: Opti
     println!("  {:width$}  {:<22} {:>6} credits", "total", "", report.total.0);
 }
 
-fn report_json(team: &str, flow: &Flow, report: &RunReport, run: &str) -> Value {
+fn report_json(team: &str, flow: &Flow, report: &RunReport, run: &str, paused: Option<&str>) -> Value {
     let (outcome, error) = match &report.outcome {
         RunOutcome::Completed => ("completed", None),
-        RunOutcome::Paused => ("paused", None),
+        RunOutcome::Paused => ("paused", paused.map(str::to_owned)),
         RunOutcome::Failed { error } => ("failed", Some(error.clone())),
     };
     let outputs = |lines: &[flowcredits_engine::Output]| lines.iter().map(|output| json!({"at": output.at, "label": output.label, "value": output.value})).collect::<Vec<_>>();

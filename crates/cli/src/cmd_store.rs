@@ -2,7 +2,7 @@
 //! `ledger verify`. Each opens the database named by `--db`; only `migrate` and `teams create`
 //! make it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -172,10 +172,10 @@ pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
                 TeamsCommand::Create { .. } => args.db.open(rules.clone())?,
                 _ => args.db.open_existing(rules.clone())?,
             };
-            teams(store, &rules, args.command)
+            teams(store, &rules, args.command).map_err(|err| next_step(err, &args.db.db))
         }
-        StoreCommand::Usage(args) => usage(args.db.open_existing(args.rules.load()?)?, &args),
-        StoreCommand::Invoices(args) => invoices(args.db.open_existing(args.rules.load()?)?, &args),
+        StoreCommand::Usage(args) => usage(args.db.open_existing(args.rules.load()?)?, &args).map_err(|err| next_step(err, &args.db.db)),
+        StoreCommand::Invoices(args) => invoices(args.db.open_existing(args.rules.load()?)?, &args).map_err(|err| next_step(err, &args.db.db)),
         StoreCommand::Migrate(MigrateArgs { db, json }) => {
             let applied = flowcredits_store::migrate(&db.db).with_context(|| format!("cannot migrate {}", db.db.display()))?;
             let value = json!({"db": db.db.display().to_string(), "schema_version": flowcredits_store::SCHEMA_VERSION, "migrations_applied": applied});
@@ -192,6 +192,19 @@ fn print(json: &JsonFlag, value: Value, text: impl FnOnce() -> String) {
     } else {
         print!("{}", text());
     }
+}
+
+/// The ledger's refusals that have an obvious next step, with that step.
+fn next_step(err: anyhow::Error, db: &Path) -> anyhow::Error {
+    let db = db.display();
+    let advice = match err.downcast_ref::<StoreError>().map(StoreError::root) {
+        Some(StoreError::UnknownTeam { team }) => format!("team `{team}` is not in {db}; its teams: flowcredits teams list --db {db}; a new one: flowcredits teams create {team} --plan free|solo|team|enterprise --db {db}"),
+        Some(refusal @ StoreError::TeamExists { team }) => format!(
+            "{refusal}: `teams create` again must give the settings it has (flowcredits teams show {team} --db {db}); to change them, serve this ledger (flowcredits serve --db {db}) and use PUT /v1/teams/{team}/plan or PATCH /v1/teams/{team}/billing"
+        ),
+        _ => return err,
+    };
+    anyhow::anyhow!(advice)
 }
 
 fn teams(store: SqliteStore, rules: &Rules, command: TeamsCommand) -> anyhow::Result<ExitCode> {

@@ -153,6 +153,8 @@ fn run_with_db_meters_against_the_durable_ledger_and_pauses_at_the_limit() {
     assert_eq!(second.status.code(), Some(3));
     let report = stdout_json(&second);
     assert_eq!((report["outcome"].clone(), report["executions"].clone()), (json!("paused"), json!([])));
+    // Free has neither pay-as-you-go nor purchases: the one way back is the next period.
+    assert_eq!(report["error"], "the team has no credits left; run it again when they return (wait for the next billing period)", "{report}");
     let local = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 1}"#, "--run-id", "d3", "--json"]);
     assert_eq!(stdout_json(&local)["outcome"], "completed", "a local run needs no credits");
 }

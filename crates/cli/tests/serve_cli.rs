@@ -114,7 +114,27 @@ async fn a_local_run_is_metered_against_the_servers_ledger() {
     // A wrong key is refused before anything runs.
     let refused = Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("run").arg(&flow).args(["--team", "demo", "--server", &base, "--key", "fck_wrong"]).output().unwrap();
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not know --key"), "{}", String::from_utf8_lossy(&refused.stderr));
+    // Arguments that cannot work are refused before anything is sent (exit 2), naming the flag.
+    let run_with = |extra: &[&str]| Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("run").arg(&flow).args(["--team", "demo"]).args(extra).output().unwrap();
+    for (extra, flag) in [
+        (vec!["--server", base.trim_start_matches("http://"), "--key", owner.as_str()], "--server: `"),
+        (vec!["--server", base.as_str(), "--key", owner.as_str(), "--run-id", "mine"], "--run-id is for runs without --server"),
+        (vec!["--server", base.as_str(), "--key", "fcr_runner"], "--key is a private runner's token"),
+        (vec!["--server", base.as_str()], "--key <KEY>"),
+    ] {
+        let refused = run_with(&extra);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(flag), "{extra:?}: {stderr}");
+    }
+    // A server that is not there: the cause, and what to check.
+    let unreachable = run_with(&["--server", "http://127.0.0.1:9", "--key", owner.as_str()]);
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("cannot reach the server at http://127.0.0.1:9") && stderr.contains("check that `flowcredits serve` is running there"), "{stderr}");
+    // A key in the environment is for `--server` runs; others run as before.
+    let here = Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("run").arg(&flow).args(["--team", "demo", "--json"]).env("FLOWCREDITS_KEY", "fck_for_servers").output().unwrap();
+    assert!(here.status.success(), "{}", String::from_utf8_lossy(&here.stderr));
     let _ = server.kill();
     let _ = server.wait();
 }
@@ -134,6 +154,49 @@ async fn a_server_that_cannot_start_says_why_before_making_any_account() {
     let locked = Command::new(env!("CARGO_BIN_EXE_flowcredits")).args(["serve", "--listen", "127.0.0.1:0"]).arg("--db").arg(dir.path().join("flowcredits.db")).output().unwrap();
     let stderr = String::from_utf8_lossy(&locked.stderr);
     assert!(!locked.status.success() && stderr.contains("locked") && !stderr.contains("internal error"), "{stderr}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[tokio::test]
+async fn an_interrupted_local_run_is_cancelled_on_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, base, keys) = start(&dir.path().join("flowcredits.db"), true);
+    let owner = keys[1].clone();
+    let flow = dir.path().join("long.yaml");
+    std::fs::write(
+        &flow,
+        "name: long\nblocks:\n  - { id: start, kind: start }\n  - { id: wait, kind: delay, config: { ms: 60000 } }\n  - { id: show, kind: display }\nedges:\n  - { from: start.input, to: wait.value }\n  - { from: wait.value, to: show.value }\n",
+    )
+    .unwrap();
+    let mut local = Command::new(env!("CARGO_BIN_EXE_flowcredits"))
+        .arg("run")
+        .arg(&flow)
+        .args(["--team", "demo", "--server", &base, "--key", &owner])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = flowcredits_engine::http::client();
+    let running = format!("{base}/v1/teams/demo/runs?trigger=manual&status=running");
+    let mut run_id = None;
+    for _ in 0..200 {
+        let runs = call(&client, reqwest::Method::GET, running.clone(), &owner, Value::Null).await;
+        if let Some(id) = runs["items"][0]["id"].as_str() {
+            run_id = Some(id.to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run_id = run_id.expect("the local run was admitted by the server");
+    // SAFETY: sending a signal to a child process this test started.
+    unsafe { libc::kill(local.id() as libc::pid_t, libc::SIGINT) };
+    let status = wait_for_exit(&mut local, Duration::from_secs(20));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(local.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains(&format!("run {run_id} was cancelled on the server")), "{stderr}");
+    let recorded = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs/{run_id}"), &owner, Value::Null).await;
+    assert_eq!(recorded["status"], "cancelled", "{recorded}");
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -116,5 +116,7 @@ fn teams_usage_invoices_and_verify() {
     assert!(!Path::new(&typo).exists());
     let unknown = flowcredits(&["usage", "--team", "nobody", "--db", &db]);
     assert!(!unknown.status.success());
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("team `nobody` is not known"));
+    // The refusal says where to look and how to make the team.
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("team `nobody` is not in") && stderr.contains("flowcredits teams create nobody --plan"), "{stderr}");
 }

@@ -71,6 +71,25 @@ impl Plan {
     pub fn has_payg(&self) -> bool {
         self.payg_flows_credits || self.payg_ai_credits
     }
+
+    /// What brings credits back to a team on this plan that has run out, as its settings allow,
+    /// for people to read: "turn on pay-as-you-go, or wait for the next billing period".
+    pub fn ways_to_more_credits(&self, payg_enabled: bool, payg_capped: bool) -> String {
+        let mut ways = Vec::new();
+        if self.has_payg() && !payg_enabled {
+            ways.push("turn on pay-as-you-go");
+        }
+        if payg_enabled && payg_capped {
+            ways.push("raise the pay-as-you-go spending cap");
+        }
+        if self.can_purchase_credits {
+            ways.push("buy credits");
+        }
+        match ways.as_slice() {
+            [] => "wait for the next billing period".to_owned(),
+            ways => format!("{}, or wait for the next billing period", ways.join(", ")),
+        }
+    }
 }
 
 /// Every plan, keyed by id. Always holds all four.

@@ -182,6 +182,9 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// What lifts the public-hosts-only rule, for the operator of a server on a trusted network.
+const PRIVATE_HOSTS_HINT: &str = "an operator on a trusted network starts the server with --allow-private-hosts to allow them";
+
 /// The reason a URL whose host is a written address is refused, when it is not public.
 fn refused_address(url: &reqwest::Url) -> Option<String> {
     let ip: std::net::IpAddr = match url.host()? {
@@ -190,10 +193,10 @@ fn refused_address(url: &reqwest::Url) -> Option<String> {
         // RFC 6761: `localhost` and names under it are this machine, whatever a resolver says.
         url::Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            return (name == "localhost" || name.ends_with(".localhost")).then(|| format!("{name}, which is this machine; requests the server makes reach public hosts only"));
+            return (name == "localhost" || name.ends_with(".localhost")).then(|| format!("{name}, which is this machine; requests the server makes reach public hosts only ({PRIVATE_HOSTS_HINT})"));
         }
     };
-    (!is_public(ip)).then(|| format!("{ip}, which is not a public address; requests the server makes reach public hosts only"))
+    (!is_public(ip)).then(|| format!("{ip}, which is not a public address; requests the server makes reach public hosts only ({PRIVATE_HOSTS_HINT})"))
 }
 
 /// Resolves names as the system does and keeps only public addresses.
@@ -207,7 +210,7 @@ impl reqwest::dns::Resolve for PublicResolver {
             let public: Vec<std::net::SocketAddr> = found.iter().copied().filter(|address| is_public(address.ip())).collect();
             if public.is_empty() {
                 let listed = found.iter().map(|address| address.ip().to_string()).collect::<Vec<_>>().join(", ");
-                return Err(format!("{host} {NO_PUBLIC_ADDRESS} ({listed}); requests the server makes reach public hosts only").into());
+                return Err(format!("{host} {NO_PUBLIC_ADDRESS} ({listed}); requests the server makes reach public hosts only ({PRIVATE_HOSTS_HINT})").into());
             }
             Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
         })

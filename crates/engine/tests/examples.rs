@@ -24,7 +24,7 @@ struct Api {
 async fn serve() -> String {
     let state = Api { health_calls: Arc::new(AtomicUsize::new(0)), meeting: Arc::new(tokio::sync::Barrier::new(2)) };
     let app = Router::new()
-        .route("/health", get(health))
+        .route("/healthz", get(health))
         .route("/orders/{id}", get(order))
         .route("/users/{id}", get(user))
         .route("/echo", post(echo))

@@ -616,7 +616,12 @@ pub fn create_deployment(connection: &Connection, deployment: &Deployment, creat
         params![deployment.id, deployment.team, deployment.path, deployment.flow_id, deployment.snapshot, deployment.trigger, deployment.schedule_every_s, created_ms, deployment.runs_on.as_str(), deployment.schedule_cron],
     )?;
     if inserted == 0 {
-        return Err(ApiError::Conflict(format!("team {} already deploys something at path {:?}", deployment.team, deployment.path)));
+        let existing: Option<String> = connection.query_row("SELECT id FROM deployments WHERE team = ?1 AND path = ?2", params![deployment.team, deployment.path], |row| row.get(0)).optional()?;
+        let existing = existing.unwrap_or_else(|| "{deployment}".to_owned());
+        return Err(ApiError::Conflict(format!(
+            "team {} already deploys something at path {:?} ({existing}); choose another path, or change that deployment with PATCH /v1/teams/{}/deployments/{existing}",
+            deployment.team, deployment.path, deployment.team
+        )));
     }
     Ok(())
 }

@@ -35,6 +35,9 @@ pub const CHARGES_REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const TRACE_BYTES_MAX: usize = 256 * 1024;
 /// How long any request but a claim may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest time between a job's heartbeats: how long a run cancelled on the server may go on
+/// on its runner.
+const HEARTBEAT_INTERVAL_MAX: Duration = Duration::from_secs(5);
 /// How much longer than its wait a claim may take (the server answers at the wait's end).
 const CLAIM_TIMEOUT_MARGIN: Duration = Duration::from_secs(15);
 
@@ -42,7 +45,7 @@ const CLAIM_TIMEOUT_MARGIN: Duration = Duration::from_secs(15);
 enum Target {
     /// A run on the caller's machine, admitted by the server as a local run; the server's id for
     /// each local run id.
-    LocalRun { flow: String, runs: Mutex<HashMap<RunId, String>> },
+    LocalRun { flow: String, runs: Mutex<HashMap<RunId, String>>, refused: Mutex<Option<String>> },
     /// A private runner's job, which the server admitted before handing it out (same run id).
     Job { runner: String },
 }
@@ -56,18 +59,29 @@ pub struct ServerMeter {
 }
 
 impl ServerMeter {
-    /// Meters a local run of `flow` with a member's API key.
-    pub fn new(server: &str, team: &str, key: &str, flow: &str) -> ServerMeter {
-        ServerMeter::with_target(server, team, key, Target::LocalRun { flow: flow.to_owned(), runs: Mutex::new(HashMap::new()) })
+    /// Meters a local run of `flow` with a member's API key; refuses a server address that is
+    /// not an http(s) URL.
+    pub fn new(server: &str, team: &str, key: &str, flow: &str) -> Result<ServerMeter, String> {
+        Ok(ServerMeter::with_target(&server_base(server)?, team, key, Target::LocalRun { flow: flow.to_owned(), runs: Mutex::new(HashMap::new()), refused: Mutex::new(None) }))
     }
 
-    /// Meters the jobs `runner` runs, with its runner token.
+    /// Meters the jobs `runner` runs, with its runner token (`server` checked by
+    /// [`RunnerClient::connect`]).
     pub fn for_job(server: &str, team: &str, token: &str, runner: &str) -> ServerMeter {
         ServerMeter::with_target(server, team, token, Target::Job { runner: runner.to_owned() })
     }
 
     fn with_target(server: &str, team: &str, key: &str, target: Target) -> ServerMeter {
-        ServerMeter { client: flowcredits_engine::http::client(), team_url: format!("{}/v1/teams/{team}", server.trim_end_matches('/')), key: key.to_owned(), target }
+        ServerMeter { client: flowcredits_engine::http::client(), team_url: format!("{server}/v1/teams/{team}"), key: key.to_owned(), target }
+    }
+
+    /// Why the server did not start a local run, as it said it (with what would bring the
+    /// team's credits back on its plan).
+    pub fn refusal(&self) -> Option<String> {
+        match &self.target {
+            Target::LocalRun { refused, .. } => refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
+            Target::Job { .. } => None,
+        }
     }
 
     /// The server's id of a local run (once admitted); a job's run id is the server's.
@@ -79,7 +93,20 @@ impl ServerMeter {
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, EngineError> {
-        post(&self.client, &format!("{}{path}", self.team_url), &self.key, body, REQUEST_TIMEOUT).await.map_err(Refusal::into_engine)
+        post(&self.client, &format!("{}{path}", self.team_url), &self.key, body, REQUEST_TIMEOUT).await.map_err(|refusal| match (&self.target, refusal) {
+            (Target::LocalRun { .. }, Refusal::Answered(StatusCode::UNAUTHORIZED, _)) => {
+                EngineError::Store("the server does not know --key (or FLOWCREDITS_KEY), or it was revoked; an operator creates a key with POST /v1/users/{user}/keys".into())
+            }
+            (_, refusal) => refusal.into_engine(),
+        })
+    }
+
+    /// Cancels a local run on the server (when this process is interrupted mid-run), so that it
+    /// does not stay `running` there; returns the server's run id and its status.
+    pub async fn cancel(&self, run: &RunId) -> Result<(String, Value), EngineError> {
+        let server_run = self.server_run(run)?;
+        let answer = self.post(&format!("/runs/{server_run}/cancel"), Value::Null).await?;
+        Ok((server_run, answer))
     }
 
     fn server_run(&self, run: &RunId) -> Result<String, EngineError> {
@@ -87,7 +114,7 @@ impl ServerMeter {
     }
 
     async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
-        let Target::LocalRun { flow, runs } = &self.target else {
+        let Target::LocalRun { flow, runs, refused } = &self.target else {
             // The server admitted the job's run before handing it out.
             return Ok(Admission::Running);
         };
@@ -96,7 +123,11 @@ impl ServerMeter {
         let answer = self.post("/local-runs", json!({"flow": flow, "blocks": blocks, "cloud_run": cloud_run})).await?;
         let server_run = answer["run_id"].as_str().ok_or_else(|| EngineError::Store("the server's admission has no run_id".into()))?;
         runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(run.clone(), server_run.to_owned());
-        Ok(if answer["status"] == "running" { Admission::Running } else { Admission::Paused })
+        if answer["status"] == "running" {
+            return Ok(Admission::Running);
+        }
+        *refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = answer["message"].as_str().map(str::to_owned);
+        Ok(Admission::Paused)
     }
 
     async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
@@ -216,9 +247,19 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// The base of a flowcredits server's URLs (`http://host:port`, no trailing slash), or what is
+/// wrong with `server`.
+pub fn server_base(server: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(server).map_err(|err| format!("`{server}` is not a URL ({err}); give one such as http://127.0.0.1:8080"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("`{server}` is not an http:// or https:// URL with a host; give one such as http://127.0.0.1:8080"));
+    }
+    Ok(server.trim_end_matches('/').to_owned())
+}
+
 /// POSTs (or GETs, with no body) and returns the JSON answer (`null` for 204).
 async fn send(request: reqwest::RequestBuilder, url: &str, timeout: Duration) -> Result<Value, Refusal> {
-    let response = request.timeout(timeout).send().await.map_err(|err| Refusal::Unreachable(format!("cannot reach the server at {url}: {err}")))?;
+    let response = request.timeout(timeout).send().await.map_err(|err| Refusal::Unreachable(unreachable(url, &err)))?;
     let status = response.status();
     let answer: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
@@ -229,7 +270,25 @@ async fn send(request: reqwest::RequestBuilder, url: &str, timeout: Duration) ->
 }
 
 async fn post(client: &reqwest::Client, url: &str, key: &str, body: Value, timeout: Duration) -> Result<Value, Refusal> {
-    send(client.post(url).bearer_auth(key).json(&body), url, timeout).await
+    let request = client.post(url).bearer_auth(key);
+    // `null` sends no body, for the action endpoints that take none.
+    send(if body.is_null() { request } else { request.json(&body) }, url, timeout).await
+}
+
+/// Why a request got no answer, with its causes (reqwest's own message hides them: "error
+/// sending request"), and what to check.
+fn unreachable(url: &str, err: &reqwest::Error) -> String {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !causes.contains(&text) {
+            causes.push(text);
+        }
+        source = cause.source();
+    }
+    let why = if err.is_timeout() { "it did not answer in time".to_owned() } else if causes.is_empty() { err.to_string() } else { causes.join(": ") };
+    format!("cannot reach the server at {url}: {why}; check that `flowcredits serve` is running there and that the URL is right")
 }
 
 // ---------------------------------------------------------------- the private runner
@@ -274,12 +333,12 @@ pub struct RunnerClient {
 impl RunnerClient {
     /// Checks the token with the server and learns which runner it is.
     pub async fn connect(server: &str, team: &str, token: &str) -> Result<RunnerClient, EngineError> {
-        let server = server.trim_end_matches('/').to_owned();
+        let server = server_base(server).map_err(|problem| EngineError::Store(format!("--server: {problem}")))?;
         let http = flowcredits_engine::http::client();
         let url = format!("{server}/v1/teams/{team}/runners/me");
         let me = send(http.get(&url).bearer_auth(token), &url, REQUEST_TIMEOUT).await.map_err(|refusal| match refusal {
             Refusal::Answered(StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND, _) => {
-                EngineError::Store(format!("the server refused the runner token for team {team}; register a runner with POST /v1/teams/{team}/runners (owner or admin) and pass the token it shows"))
+                EngineError::Store(format!("the server refused the runner token for team {team}: it is not the token of a runner of that team (check --team), or the runner was deregistered; an owner or admin of the team registers one with POST /v1/teams/{team}/runners and passes the token it shows"))
             }
             other => other.into_engine(),
         })?;
@@ -366,16 +425,20 @@ impl RunnerClient {
         }
     }
 
-    /// Renews the job's lease every third of it; returns only when the server says the job is
-    /// no longer this runner's. A heartbeat that gets no answer is retried at the next beat:
-    /// the lease outlasts two missed beats.
+    /// Renews the job's lease every third of it, and at least every [`HEARTBEAT_INTERVAL_MAX`]
+    /// so that a run cancelled on the server stops here within that long rather than at its next
+    /// charge (after the block in hand, with its side effects, has run). Returns only when the
+    /// server says the job is no longer this runner's (cancelled, or its lease ran out and it
+    /// went elsewhere). A heartbeat that gets no answer is retried at the next beat: the lease
+    /// outlasts two missed beats.
     async fn heartbeats(&self, run_id: &str) -> EngineError {
         let url = self.job_url(&format!("/{run_id}/heartbeat"));
+        let interval = (self.lease / 3).min(HEARTBEAT_INTERVAL_MAX);
         loop {
-            tokio::time::sleep(self.lease / 3).await;
-            match self.post(&url, json!({}), self.lease / 3).await {
+            tokio::time::sleep(interval).await;
+            match self.post(&url, json!({}), interval).await {
                 Ok(_) | Err(Refusal::Unreachable(_)) => {}
-                Err(Refusal::Answered(status, message)) if status.is_client_error() => return EngineError::Store(format!("job {run_id} was taken from this runner: {message}")),
+                Err(Refusal::Answered(status, message)) if status.is_client_error() => return EngineError::Store(format!("job {run_id} stopped on this runner: {message}")),
                 Err(Refusal::Answered(..)) => {}
             }
         }

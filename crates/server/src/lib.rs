@@ -227,11 +227,21 @@ where
             Some(_) => &bytes,
         };
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        serde_path_to_error::deserialize(&mut deserializer).map(JsonBody).map_err(|err| {
+        let not_json = |err: serde_json::Error| ApiError::invalid("body", format!("is not valid JSON: {err}"));
+        let value = serde_path_to_error::deserialize(&mut deserializer).map(JsonBody).map_err(|err| {
             let path = err.path().to_string();
-            let message = err.into_inner().to_string();
+            let inner = err.into_inner();
+            // Broken JSON is about the body as a whole: the path where the parser stopped names
+            // no field (`?` inside an unfinished object).
+            if matches!(inner.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof) {
+                return not_json(inner);
+            }
+            let message = inner.to_string();
             ApiError::invalid(field_of(&path, &message, "body"), message)
-        })
+        })?;
+        // Text after the value is refused, not ignored.
+        deserializer.end().map_err(not_json)?;
+        Ok(value)
     }
 }
 

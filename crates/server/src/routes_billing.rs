@@ -124,7 +124,8 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
     let plan = state.ledger.team(&team).await?.plan;
     let sets_payg = body.payg_enabled == Some(true) || matches!(body.payg_cap_usd, Some(Some(_))) || body.payg_alerts_usd.as_ref().is_some_and(|alerts| !alerts.is_empty());
     if sets_payg && !state.rules.plans.get(plan).has_payg() {
-        return Err(ApiError::Forbidden(flowcredits_core::CoreError::PlanHasNoPayg { plan }.to_string()));
+        let refusal = flowcredits_core::CoreError::PlanHasNoPayg { plan };
+        return Err(ApiError::Forbidden(format!("{refusal}; it needs a plan that has it, which an operator sets with PUT /v1/teams/{team}/plan")));
     }
     if let Some(Some(url)) = &body.alert_webhook_url
         && (url.len() > WEBHOOK_URL_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")))

@@ -112,10 +112,7 @@ async fn answer_started(state: &AppState, started: Started, team: &str, wait: Op
     let run_id = started.run_id.clone();
     if started.status == RunStatus::Paused {
         let paused_status = if wait.is_some() { StatusCode::PAYMENT_REQUIRED } else { StatusCode::ACCEPTED };
-        let advice = match state.ledger.team(team).await {
-            Ok(info) => out_of_credits_advice(state.rules.plans.get(info.plan), &info),
-            Err(_) => "wait for the next billing period".to_owned(),
-        };
+        let advice = advice_for(state, team).await;
         let body = json!({
             "run_id": run_id,
             "status": "paused",
@@ -129,25 +126,27 @@ async fn answer_started(state: &AppState, started: Started, team: &str, wait: Op
     match tokio::time::timeout(wait, reply).await {
         Ok(Ok(reply)) => reply_response(reply, answer),
         Ok(Err(_)) => ApiError::internal(format!("run {run_id} stopped without a result")).into_response(),
-        Err(_) => (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": format!("the run is still going; read its result from /v1/teams/{team}/runs/{run_id}")}))).into_response(),
+        Err(_) => {
+            // A private run no runner has claimed is waiting, not going: say what it waits for.
+            let (team_name, id) = (team.to_owned(), run_id.clone());
+            let run = state.history.read(&state.catalog, move |connection| history::run(connection, &team_name, &id)).await;
+            let waiting = run.ok().and_then(|run| run.runner).is_some_and(|runner| runner.waiting_for_runner);
+            let message = if !waiting {
+                format!("the run is still going; read its result from /v1/teams/{team}/runs/{run_id}")
+            } else {
+                format!("the run is waiting for a private runner of team {team} to take it (start one: flowcredits runner --server URL --team {team} --token TOKEN); read its result from /v1/teams/{team}/runs/{run_id}")
+            };
+            (StatusCode::REQUEST_TIMEOUT, Json(json!({"run_id": run_id, "status": "running", "message": message}))).into_response()
+        }
     }
 }
 
-/// What brings credits back for this team, as its plan and settings allow.
-fn out_of_credits_advice(plan: &flowcredits_core::Plan, team: &crate::ledger::TeamView) -> String {
-    let mut ways = Vec::new();
-    if plan.has_payg() && !team.payg_enabled {
-        ways.push("turn on pay-as-you-go".to_owned());
+/// What brings credits back for `team`, as its plan and settings allow now.
+async fn advice_for(state: &AppState, team: &str) -> String {
+    match state.ledger.team(team).await {
+        Ok(info) => state.rules.plans.get(info.plan).ways_to_more_credits(info.payg_enabled, info.payg_cap.is_some()),
+        Err(_) => "wait for the next billing period".to_owned(),
     }
-    if team.payg_enabled && team.payg_cap.is_some() {
-        ways.push("raise the pay-as-you-go spending cap".to_owned());
-    }
-    if plan.can_purchase_credits {
-        ways.push("buy credits".to_owned());
-    }
-    ways.push("wait for the next billing period".to_owned());
-    let last = ways.pop().expect("one way always");
-    if ways.is_empty() { last } else { format!("{}, or {last}", ways.join(", ")) }
 }
 
 /// A finished run as an HTTP answer: for a hook, the `response` block's status and body when
@@ -400,7 +399,7 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
         .await?;
     let mut answer = json!({"run_id": run_id, "status": status.as_str(), "needs_credits": needs_credits});
     if not_kept {
-        answer["message"] = json!(LOCAL_RUN_NOT_KEPT);
+        answer["message"] = json!(format!("{LOCAL_RUN_NOT_KEPT} ({})", advice_for(&state, &team).await));
     }
     Ok((StatusCode::CREATED, Json(answer)))
 }

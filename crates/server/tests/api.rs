@@ -298,6 +298,7 @@ async fn a_local_run_that_cannot_start_is_not_kept_waiting() {
     let (status, local) = server.post("/v1/teams/solo/local-runs", &owner, json!({"flow": "mine", "blocks": [{"type": "integration"}]})).await;
     assert_eq!((status, local["status"].clone()), (StatusCode::CREATED, json!("paused")), "{local}");
     assert!(local["message"].as_str().unwrap().contains("run it again"), "{local}");
+    assert!(local["message"].as_str().unwrap().ends_with("(turn on pay-as-you-go, or wait for the next billing period)"), "Solo has pay-as-you-go: {local}");
     let local = local["run_id"].as_str().unwrap().to_owned();
     let (_, run) = server.get(&format!("/v1/teams/solo/runs/{local}"), &owner).await;
     assert_eq!(run["status"], "cancelled", "{run}");
@@ -1110,6 +1111,14 @@ async fn bad_bodies_and_queries_name_the_field() {
     }
     let (status, refused) = server.post("/v1/teams", &server.operator, json!({"name": "..", "plan": "team"})).await;
     assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("name")), "{refused}");
+    // Broken JSON is about the whole body, not a field named after where the parser stopped.
+    for text in [r#"{"name": "x", "#, r#"{"name": "x", "definition": {}} trailing"#, "{name: 1}"] {
+        let response = server.client.post(format!("{}/v1/teams/fields/flows", server.base)).bearer_auth(&owner).header("content-type", "application/json").body(text).send().await.unwrap();
+        let status = response.status();
+        let refused: Value = response.json().await.unwrap();
+        assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("body")), "{text}: {refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().starts_with("body: is not valid JSON"), "{text}: {refused}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

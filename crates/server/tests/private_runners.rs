@@ -382,3 +382,45 @@ async fn a_job_cancelled_while_its_runner_has_it_keeps_what_it_was_charged() {
     let (_, by_flow) = server.get("/v1/teams/acme/usage/flows", &owner).await;
     assert_eq!(by_flow["flows"][0]["credits"], json!(charged), "{by_flow}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_run_cancelled_mid_block_stops_on_its_runner_before_its_next_block() {
+    let server = support::start_with(private_rules(500), |_| {}).await;
+    let owner = server.team("acme", "enterprise").await;
+    let (_, token) = register(&server, "acme", &owner, "rack-1").await;
+    // The block after the wait calls this listener: any connection to it is a side effect that
+    // should not have happened.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/after-the-wait", listener.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    tokio::spawn(async move {
+        while let Ok((_connection, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let flow = json!({"name": "wait-then-call", "blocks": [
+        {"id": "request", "kind": "request"},
+        {"id": "wait", "kind": "delay", "config": {"ms": 8000}},
+        {"id": "call", "kind": "http_request", "config": {"url": url, "timeout_ms": 1000}}
+    ], "edges": [{"from": "request.body", "to": "wait.value"}, {"from": "wait.value", "to": "call.input"}]});
+    let (status, deployment) = deploy_private(&server, "acme", &owner, "work", flow).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployment}");
+    let (_, started) = server.post("/hooks/acme/work?async=true", &owner, json!({})).await;
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    let client = RunnerClient::connect(&server.base, "acme", &token).await.unwrap();
+    let job = client.claim(5).await.unwrap().expect("the job is handed out");
+    let running = tokio::spawn(async move { client.run(&job).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, answer) = server.post(&format!("/v1/teams/acme/runs/{run_id}/cancel"), &owner, json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // The runner learns it at its next heartbeat, inside the wait, and drops the run.
+    let stopped = tokio::time::timeout(Duration::from_secs(60), running).await.expect("the runner stopped").unwrap();
+    let err = stopped.expect_err("a cancelled run does not complete").to_string();
+    assert!(err.contains("stopped on this runner") && err.contains("cancelled"), "{err}");
+    // Past the end of the wait, the call after it has still not been made.
+    tokio::time::sleep(Duration::from_millis(8500)).await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0, "the block after the wait ran");
+    let run = server.finished_run("acme", &owner, &run_id).await;
+    assert_eq!(run["status"], "cancelled", "{run}");
+}
