@@ -125,15 +125,13 @@ async fn run_or_interrupt(engine: &Engine, flow: &Flow, request: RunRequest, met
 /// Cancels an interrupted run on the server, so that it does not stay `running` there with the
 /// team's credits, and says where its charges can be read.
 fn interrupted(args: &RunArgs, meter: &ServerMeter, run: &RunId) -> anyhow::Result<ExitCode> {
-    let server_run = meter.server_run_id(run);
-    match (server_run, block_on(meter.cancel(run))) {
-        (None, _) => eprintln!("interrupted before the server admitted the run: nothing was charged"),
-        (Some(_), Ok((server_run, _))) => {
-            eprintln!("interrupted: run {server_run} was cancelled on the server; what it was charged so far: GET /v1/teams/{}/runs/{server_run}", args.team);
-        }
-        (Some(server_run), Err(err)) => {
-            eprintln!("interrupted, but run {server_run} could not be cancelled on the server ({err}); cancel it with POST /v1/teams/{}/runs/{server_run}/cancel", args.team);
-        }
+    let Some(server_run) = meter.server_run_id(run) else {
+        eprintln!("interrupted before the server admitted the run: nothing was charged");
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    };
+    match block_on(meter.cancel(run)) {
+        Ok(()) => eprintln!("interrupted: run {server_run} was cancelled on the server; what it was charged so far: GET /v1/teams/{}/runs/{server_run}", args.team),
+        Err(err) => eprintln!("interrupted, but run {server_run} could not be cancelled on the server ({err}); cancel it with POST /v1/teams/{}/runs/{server_run}/cancel", args.team),
     }
     Ok(ExitCode::from(EXIT_INTERRUPTED))
 }

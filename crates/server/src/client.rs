@@ -102,11 +102,10 @@ impl ServerMeter {
     }
 
     /// Cancels a local run on the server (when this process is interrupted mid-run), so that it
-    /// does not stay `running` there; returns the server's run id and its status.
-    pub async fn cancel(&self, run: &RunId) -> Result<(String, Value), EngineError> {
+    /// does not stay `running` there.
+    pub async fn cancel(&self, run: &RunId) -> Result<(), EngineError> {
         let server_run = self.server_run(run)?;
-        let answer = self.post(&format!("/runs/{server_run}/cancel"), Value::Null).await?;
-        Ok((server_run, answer))
+        self.post(&format!("/runs/{server_run}/cancel"), Value::Null).await.map(drop)
     }
 
     fn server_run(&self, run: &RunId) -> Result<String, EngineError> {
