@@ -68,11 +68,15 @@ pub fn estimate(rules: &Rules, at: Timestamp, context: RunContext, flow: &Flow, 
         Some(walk.estimate.minimum)
     } else if walk.bounded && walk.estimate.per_iteration.is_empty() {
         // Only branches are left open: the most is every branch taken.
-        Some(walk.upper_bound(flow, "")?)
+        walk.upper_bound(flow, "")?
     } else {
         None
     };
     let mut estimate = walk.estimate;
+    let certain = certain_executions(flow, &flows);
+    if certain >= crate::exec::RUN_EXECUTIONS_MAX {
+        estimate.notes.push(format!("every run makes at least {certain} block executions and a run is stopped at {}: runs are refused before they start", crate::exec::RUN_EXECUTIONS_MAX));
+    }
     estimate.exact = walk.exact.then_some(estimate.minimum);
     estimate.maximum = maximum;
     Ok(estimate)
@@ -117,19 +121,31 @@ impl Walk<'_> {
                 match unknown_loop {
                     None => self.flow(&child, &inner_at, count, runs_surely)?,
                     Some(l) => {
-                        // Each iteration runs the whole child at most once over.
+                        // Each iteration runs the whole child `known` times at most (the fixed
+                        // loops inside the unknown one).
                         self.exact = false;
-                        let bound = self.upper_bound(&child, &inner_at)?;
-                        self.per_iteration(format!("{at}{}", flow.blocks[l].id), Credits(bound.0.saturating_mul(count)));
-                        self.estimate.notes.push(format!("{at}{}: runs flow `{name}` (at most {}) once per iteration of a loop of unknown length", block.id, bound.with_unit()));
+                        let loop_at = format!("{at}{}", flow.blocks[l].id);
+                        match self.upper_bound(&child, &inner_at)? {
+                            Some(bound) => {
+                                self.per_iteration(loop_at, Credits(bound.0.saturating_mul(known)));
+                                self.estimate.notes.push(format!("{at}{}: runs flow `{name}` (at most {}) once per iteration of a loop of unknown length", block.id, bound.with_unit()));
+                            }
+                            None => {
+                                // The child's own cost is open: so is each iteration's.
+                                self.bounded = false;
+                                self.estimate.notes.push(format!("{at}{}: runs flow `{name}`, whose cost has no upper bound, once per iteration of loop `{loop_at}`", block.id));
+                            }
+                        }
                     }
                 }
                 continue;
             }
             match unknown_loop {
                 Some(l) => {
+                    // What one iteration of `l` costs: the block's price times the fixed loops
+                    // inside `l` (the loops around `l` multiply its iterations, not their cost).
                     self.exact = false;
-                    self.per_iteration(format!("{at}{}", flow.blocks[l].id), Credits(price.0.saturating_mul(count)));
+                    self.per_iteration(format!("{at}{}", flow.blocks[l].id), Credits(price.0.saturating_mul(known)));
                 }
                 None if runs_surely => self.estimate.minimum += Credits(price.0.saturating_mul(count)),
                 None => {
@@ -150,18 +166,20 @@ impl Walk<'_> {
     }
 
     /// The most one run of `flow` costs when every branch is taken: each priced block times its
-    /// loops of known length. A loop of unknown length inside it has no bound: it is noted.
-    fn upper_bound(&mut self, flow: &Flow, at: &str) -> Result<Credits, EngineError> {
-        let mut total = Credits::ZERO;
+    /// loops of known length. `None` when nothing bounds it: a priced block (or a nested flow) in
+    /// a loop of unknown length, or an agent, whose MCP tools add to its price; each is noted.
+    fn upper_bound(&mut self, flow: &Flow, at: &str) -> Result<Option<Credits>, EngineError> {
+        let mut total = Some(Credits::ZERO);
         for (b, block) in flow.blocks.iter().enumerate() {
             let (known, unknown_loop) = multiplicity(flow, b);
+            let usage = match &block.op {
+                Op::Ai(spec) => spec.planned_usage(),
+                _ => flowcredits_core::BlockUsage::of_kind(block.kind),
+            };
             if let Some(l) = unknown_loop {
-                let usage = match &block.op {
-                    Op::Ai(spec) => spec.planned_usage(),
-                    _ => flowcredits_core::BlockUsage::of_kind(block.kind),
-                };
                 if matches!(block.op, Op::Flow { .. }) || !self.rules.block_price(self.at, self.context, &usage)?.is_zero() {
                     self.estimate.notes.push(format!("{at}{}: inside loop `{at}{}` of unknown length, so it has no upper bound", block.id, flow.blocks[l].id));
+                    total = None;
                 }
                 continue;
             }
@@ -170,13 +188,37 @@ impl Walk<'_> {
                     let child = Arc::clone(&self.flows[name]);
                     self.upper_bound(&child, &format!("{at}{}/", block.id))?
                 }
-                Op::Ai(spec) => self.rules.block_price(self.at, self.context, &spec.planned_usage())?,
-                _ => self.rules.block_price(self.at, self.context, &flowcredits_core::BlockUsage::of_kind(block.kind))?,
+                _ if block.kind == BlockKind::AiAgent => {
+                    self.estimate.notes.push(format!("{at}{}: plus 2 credits per unique external MCP tool the agent uses", block.id));
+                    None
+                }
+                _ => Some(self.rules.block_price(self.at, self.context, &usage)?),
             };
-            total += Credits(once.0.saturating_mul(known));
+            total = total.zip(once).map(|(total, once)| total + Credits(once.0.saturating_mul(known)));
         }
         Ok(total)
     }
+}
+
+/// How many block executions every run of `flow` surely makes, as far as the graph fixes it
+/// (blocks that always run, times the loops of known length around them, nested flows
+/// included). A run is stopped when it reaches its execution limit, so a flow whose fixed
+/// count reaches it can never finish: it is refused before it is admitted and charged anything.
+pub(crate) fn certain_executions(flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> u64 {
+    let mut memo = HashMap::new();
+    let mut total = 0u64;
+    for (b, block) in flow.blocks.iter().enumerate() {
+        let (known, unknown_loop) = multiplicity(flow, b);
+        if unknown_loop.is_some() || !(is_certain(flow, b, &mut memo) && flow_loops_certain(flow, b, &mut memo)) {
+            continue;
+        }
+        let once = match &block.op {
+            Op::Flow { name } => flows.get(name).map_or(1, |child| 1u64.saturating_add(certain_executions(child, flows))),
+            _ => 1,
+        };
+        total = total.saturating_add(once.saturating_mul(known));
+    }
+    total
 }
 
 /// Whether a block runs every time its scope runs: nothing upstream of it (in its flow) is a

@@ -186,6 +186,14 @@ impl Engine {
     /// Admits the run through the meter and, when admitted, runs it to the end.
     pub async fn run(&self, flow: &Flow, request: RunRequest, meter: &dyn Meter) -> Result<RunReport, EngineError> {
         let flows = resolve_all(flow, &*self.resolver)?;
+        let certain = crate::estimate::certain_executions(flow, &flows);
+        if certain >= self.limits.run_executions_max {
+            let problem = format!(
+                "every run makes at least {certain} block executions (its loops' fixed counts) and a run is stopped at {}, so it could never finish; make the loops shorter or split the work across runs",
+                self.limits.run_executions_max
+            );
+            return Err(EngineError::Invalid { flow: flow.name.clone(), problems: Problems(vec![Problem::file("blocks", problem)]) });
+        }
         let planned = planned_usage(flow, &flows);
         let admission = meter.admit(&request.run, request.context, &planned).await.map_err(|err| name_model_problem(err, flow, &flows))?;
         let mut config = flow.config.clone();

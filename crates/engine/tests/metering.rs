@@ -211,6 +211,61 @@ edges:
     assert_eq!(nested.per_iteration, vec![flowcredits_engine::estimate::LoopCost { at: "each".into(), credits: Credits(1) }], "{:?}", nested.notes);
 }
 
+#[tokio::test]
+async fn a_flow_whose_fixed_loops_pass_the_execution_limit_is_refused_before_it_is_charged() {
+    let nested = r#"
+name: too-many
+blocks:
+  - { id: outer, kind: repeat, config: { times: 3000 } }
+  - { id: inner, kind: repeat, config: { times: 1000 } }
+  - { id: n, kind: if, config: { test: { op: ge, value: 0 } } }
+  - { id: m, kind: if, config: { test: { op: ge, value: 0 } } }
+edges:
+  - { from: outer.index, to: inner.after }
+  - { from: inner.index, to: n.value }
+  - { from: inner.index, to: m.value }
+"#;
+    let ledger = meter(PlanId::Team);
+    let err = Engine::default().run(&flow(nested), request("r1", cloud(), Value::Null), &ledger).await.unwrap_err();
+    // 1 + 3,000 + 6,000,000: the loops' own starts and both `if`s in every iteration.
+    assert!(err.to_string().contains("at least 6003001 block executions") && err.to_string().contains("stopped at 5000000, so it could never finish"), "{err}");
+    let estimated = flowcredits_engine::estimate(&Rules::shipped(), Timestamp::now(), cloud(), &flow(nested), &resolver_with(&[])).unwrap();
+    assert!(estimated.notes.iter().any(|note| note.contains("runs are refused before they start")), "{:?}", estimated.notes);
+    // Under the limit (2 × 1,000 × 1,000 + 1,001), the same shape is not refused up front.
+    let fits = nested.replace("times: 3000", "times: 1000").replace("too-many", "fits");
+    let admitted = flowcredits_engine::estimate(&Rules::shipped(), Timestamp::now(), cloud(), &flow(&fits), &resolver_with(&[])).unwrap();
+    assert_eq!(admitted.exact, Some(Credits(2_000_000)));
+    assert!(admitted.notes.is_empty(), "{:?}", admitted.notes);
+}
+
+#[test]
+fn a_nested_flow_with_open_costs_leaves_each_iteration_open() {
+    let children = [
+        "name: child-loop\nblocks:\n  - { id: s, kind: start }\n  - { id: inner, kind: for }\n  - { id: e, kind: evaluate, config: { code: \"return input\" } }\nedges:\n  - { from: s.input, to: inner.list }\n  - { from: inner.item, to: e.input }\n",
+        AGENT,
+    ];
+    let resolver = resolver_with(&children);
+    let estimate_with = |yaml: &str| flowcredits_engine::estimate(&Rules::shipped(), Timestamp::now(), cloud(), &flow(yaml), &resolver).unwrap();
+    let parent = |child: &str| format!("name: parent\nblocks:\n  - {{ id: s, kind: start }}\n  - {{ id: each, kind: for }}\n  - {{ id: sub, kind: flow, config: {{ flow: {child} }} }}\nedges:\n  - {{ from: s.input, to: each.list }}\n  - {{ from: each.item, to: sub.input }}\n");
+    // The child's own loop has no length: no per-iteration figure, and no most, rather than a
+    // bound of 0 that a run of [[1, 2, 3], [4, 5]] (5 credits) would pass.
+    let nested_loop = estimate_with(&parent("child-loop"));
+    assert_eq!((nested_loop.exact, nested_loop.minimum, nested_loop.maximum), (None, Credits(0), None), "{:?}", nested_loop.notes);
+    assert!(nested_loop.per_iteration.is_empty(), "{:?}", nested_loop.per_iteration);
+    assert!(nested_loop.notes.iter().any(|note| note.contains("whose cost has no upper bound")), "{:?}", nested_loop.notes);
+    // An agent's tools are open too.
+    let agent_name = flow(AGENT).name.clone();
+    let nested_agent = estimate_with(&parent(&agent_name));
+    assert_eq!((nested_agent.maximum, nested_agent.per_iteration.is_empty()), (None, true), "{:?}", nested_agent.notes);
+    assert!(nested_agent.notes.iter().any(|note| note.contains("per unique external MCP tool")), "{:?}", nested_agent.notes);
+    // One iteration of a loop costs the same whether the loops around it are written inline or
+    // behind a flow block: those loops multiply its iterations, not their cost.
+    let inline = estimate_with("name: inline\nblocks:\n  - { id: s, kind: start }\n  - { id: outer, kind: repeat, config: { times: 3 } }\n  - { id: inner, kind: for }\n  - { id: e, kind: evaluate, config: { code: \"return input\" } }\nedges:\n  - { from: s.input, to: inner.list }\n  - { from: outer.index, to: inner.after }\n  - { from: inner.item, to: e.input }\n");
+    let behind = estimate_with("name: behind\nblocks:\n  - { id: outer, kind: repeat, config: { times: 3 } }\n  - { id: sub, kind: flow, config: { flow: child-loop } }\nedges:\n  - { from: outer.index, to: sub.input }\n");
+    assert_eq!(inline.per_iteration.iter().map(|line| line.credits).collect::<Vec<_>>(), vec![Credits(1)], "{:?}", inline.per_iteration);
+    assert_eq!(behind.per_iteration.iter().map(|line| line.credits).collect::<Vec<_>>(), vec![Credits(1)], "{:?}", behind.per_iteration);
+}
+
 #[test]
 fn estimates_bound_a_cost_that_only_branches_leave_open() {
     let branches = estimate(r#"

@@ -246,19 +246,26 @@ edges:
 #[tokio::test]
 async fn a_run_stops_at_its_execution_limit() {
     let engine = flowcredits_engine::Engine::default().with_limits(flowcredits_engine::Limits { run_executions_max: 10 });
+    // The loop's length comes with the input, so only the run can find it too long (a fixed
+    // count past the limit is refused before the run starts: the `metering` tests).
     let flow = flow(r#"
 name: long
 blocks:
-  - { id: loop, kind: repeat, config: { times: 100 } }
+  - { id: start, kind: start }
+  - { id: loop, kind: for }
   - { id: pick, kind: select, config: { path: $ } }
 edges:
-  - { from: loop.index, to: pick.value }
+  - { from: start.input, to: loop.list }
+  - { from: loop.item, to: pick.value }
 "#);
-    let report = engine.run(&flow, request("r1", local(), json!(null)), &meter(flowcredits_core::PlanId::Team)).await.unwrap();
+    let items: Vec<u32> = (0..100).collect();
+    let report = engine.run(&flow, request("r1", local(), json!(items)), &meter(flowcredits_core::PlanId::Team)).await.unwrap();
     let RunOutcome::Failed { error } = &report.outcome else { panic!("{:?}", report.outcome) };
     assert!(error.contains("limit of 10 block executions"), "{error}");
-    // The ten executions that ran are charged; the loop then stopped.
-    assert_eq!(report.executions.iter().filter(|execution| execution.block() == "pick").count(), 10);
+    // The ten executions that reached the limit (`start` and nine picks) are charged, and the
+    // loop's own, which ended there.
+    assert_eq!(report.executions.iter().filter(|execution| execution.block() == "pick").count(), 9);
+    assert_eq!(report.executions.len(), 11);
 }
 
 #[tokio::test]
