@@ -6,14 +6,15 @@
 //! function, method, arrow and `catch` parameters (also optional `?:`), return types, class
 //! fields and their modifiers; `interface` and
 //! `type` declarations; `import type` / `export type`; `as T` and `as const`; the non-null `!`;
-//! generic parameters of `function` declarations and `new X<T>(...)`; `implements` clauses.
+//! generic parameters of `function` declarations, `new X<T>(...)` and calls (`f<T>(x)`, written
+//! against the name); `implements` clauses.
 //! Types themselves may be names, dotted names, generics, unions, intersections, literals,
 //! object and tuple types, arrays, function types, `typeof`, `keyof` and `readonly`.
 //!
 //! Refused with an error (no silent miscompile): `enum`, `namespace`, `module`, `declare`,
 //! `abstract`, decorators, parameter properties (`constructor(private x: T)`), which also
 //! assign a field. Not recognised (left as is, so QuickJS reports a syntax error):
-//! generic arguments on calls (`f<T>(x)`), generic arrow functions, conditional and mapped
+//! generic arrow functions, conditional and mapped
 //! types, a ternary at the top level of a parameter's default value, types inside template
 //! literal placeholders.
 
@@ -450,6 +451,20 @@ impl<'a> Stripper<'a> {
                     self.cut(i, i + 1);
                     i + 1
                 }
+                // Generic arguments of a call, `make<User>(x)` or `obj.get<T>(k)`: TypeScript
+                // reads `name<...>(` as one whenever it can, so they are types, removed like
+                // any other. Written against the name, as they always are; `a < b > (c)` with
+                // spaces is left as the comparisons it is in JavaScript.
+                "<" if i > 0
+                    && self.kind(i - 1) == Some(Kind::Ident)
+                    && !KEYWORDS.contains(&self.text(i - 1))
+                    && self.tokens[i].start == self.tokens[i - 1].end
+                    && self.angle_then_call(i) =>
+                {
+                    let end = self.matching_angle(i)?;
+                    self.cut(i, end);
+                    end
+                }
                 "(" => {
                     if self.is_parameter_list(i)? {
                         self.strip_signature(i)?;
@@ -638,6 +653,13 @@ mod tests {
         check("import { a as b } from 'lodash';", "import { a as b } from 'lodash';");
         check("items.map((item: Item) => item.id)", "items.map((item) => item.id)");
         check("const t = cond ? (a) : b;", "const t = cond ? (a) : b;");
+        // Generic arguments of calls, written against the name.
+        check("return make<User>(input);", "return make(input);");
+        check("const v = store.get<Map<string, number[]>>(key, 1);", "const v = store.get(key, 1);");
+        check("const w = id<number>(3) + pair<A, B>(a, b);", "const w = id(3) + pair(a, b);");
+        // Spaced, the same tokens are the comparisons JavaScript reads.
+        check("const c = a < b > (d);", "const c = a < b > (d);");
+        check("if (x<y) { f(x) }", "if (x<y) { f(x) }");
     }
 
     #[test]
