@@ -44,7 +44,16 @@ impl HttpSpec {
         if !METHODS.contains(&method.as_str()) {
             cfg.problem("method", format!("`{method}` is not one of {}", METHODS.join(", ")));
         }
-        let url = cfg.required_text("url", "the URL, e.g. \"{{config.base_url}}/health\"").and_then(|text| template(cfg, "url", &text));
+        let url = cfg.required_text("url", "the URL, e.g. \"{{config.base_url}}/health\"").and_then(|text| {
+            // A URL without placeholders is checked now rather than failing (charged) on
+            // every run; one with placeholders is checked once they are filled.
+            if !text.contains("{{")
+                && let Err(problem) = check_url(&text)
+            {
+                cfg.problem("url", problem);
+            }
+            template(cfg, "url", &text)
+        });
         let headers = templates(cfg, "headers");
         let query = templates(cfg, "query");
         let body = cfg.object("body").and_then(|body| parse_body(cfg, body));
@@ -249,6 +258,15 @@ pub fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// What is wrong with `url` as a request's address, if anything.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|err| format!("`{url}` is not a URL ({err}); write it whole, e.g. https://api.example.com/orders"))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(()),
+        scheme => Err(format!("`{url}`: the scheme `{scheme}` is not allowed; use http or https")),
+    }
 }
 
 fn template(cfg: &mut Cfg<'_>, key: &str, text: &str) -> Option<Template> {

@@ -162,3 +162,18 @@ fn a_schedule_block_takes_minutes_or_a_cron_expression() {
     check(&flow(r#"{ cron: "0 9 * * 9" }"#), &["block `every`, config.cron: `0 9 * * 9` day of week field `9`: values must be from 0 to 7"]);
     check(&flow("{ every_minutes: 0 }"), &["block `every`, config.every_minutes: must be a whole number of minutes from 1 to 527040"]);
 }
+
+#[test]
+fn a_url_without_placeholders_is_checked_when_the_flow_loads() {
+    check(r#"
+name: urls
+blocks:
+  - { id: relative, kind: http_request, config: { url: "not a url" } }
+  - { id: ftp, kind: http_request, config: { url: "ftp://127.0.0.1/x" } }
+  - { id: good, kind: http_request, config: { url: "https://api.example.com/orders" } }
+  - { id: filled, kind: http_request, config: { url: "{{config.base_url}}/orders" } }
+"#, &[
+        "block `relative`, config.url: `not a url` is not a URL",
+        "block `ftp`, config.url: `ftp://127.0.0.1/x`: the scheme `ftp` is not allowed; use http or https",
+    ]);
+}
