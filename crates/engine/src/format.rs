@@ -75,12 +75,64 @@ impl FlowFile {
             let message = format!("{} bytes is more than the limit of {FLOW_FILE_BYTES_MAX}", text.len());
             return Err(Problems(vec![Problem::file("file", message)]));
         }
+        if syntax == Syntax::Yaml
+            && let Some(line) = too_deep(text)
+        {
+            // The YAML parser takes time quadratic in the depth before its own limit refuses it.
+            let message = format!("line {line}: `[` and `{{` nest more than {FLOW_NESTING_MAX} deep");
+            return Err(Problems(vec![Problem::file("file", message)]));
+        }
         let parsed = match syntax {
             Syntax::Json => serde_json::from_str(text).map_err(|err| err.to_string()),
             Syntax::Yaml => serde_norway::from_str(text).map_err(|err| err.to_string()),
         };
         parsed.map_err(|message| Problems(vec![Problem::file("file", message)]))
     }
+}
+
+/// Deepest nesting of `[` and `{` a YAML flow file may have: as deep as JSON's parser goes.
+pub const FLOW_NESTING_MAX: usize = 128;
+
+/// The line where YAML text's `[`/`{` nesting (outside quoted strings and comments) passes
+/// [`FLOW_NESTING_MAX`], if it does. A guard, not a parser: brackets inside plain or block
+/// scalars count too, which only matters for text nested that deep anyway.
+fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    let mut previous = '\n';
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\n') => {
+                line += 1;
+                // Plain YAML strings do not span lines in flow files; a stray quote ends here.
+                if quote == Some('\'') {
+                    quote = None;
+                }
+            }
+            (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some(open), c) if c == open => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') if previous.is_whitespace() => {
+                while chars.peek().is_some_and(|&next| next != '\n') {
+                    chars.next();
+                }
+            }
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > FLOW_NESTING_MAX {
+                    return Some(line);
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = c;
+    }
+    None
 }
 
 /// Splits `block.port`; the port is after the last dot.

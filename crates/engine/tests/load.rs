@@ -177,3 +177,12 @@ blocks:
         "block `ftp`, config.url: `ftp://127.0.0.1/x`: the scheme `ftp` is not allowed; use http or https",
     ]);
 }
+
+#[test]
+fn yaml_nested_too_deep_is_refused_before_it_is_parsed() {
+    let deep = format!("name: deep\nblocks:\n  - {{ id: l, kind: list, config: {{ items: {}{} }} }}\n", "[".repeat(129), "]".repeat(129));
+    check(&deep, &["file: line 3: `[` and `{` nest more than 128 deep"]);
+    // Brackets inside quoted strings and comments do not count.
+    let quoted = format!("name: quoted # {}\nblocks:\n  - {{ id: t, kind: template, config: {{ template: \"{}\" }} }}\n", "[".repeat(200), "[".repeat(200));
+    check(&quoted, &[]);
+}
