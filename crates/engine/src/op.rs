@@ -337,7 +337,7 @@ fn parse_const(kind: BlockKind, cfg: &mut Cfg<'_>) -> Parsed {
     let value = if kind == BlockKind::Null {
         Value::Null
     } else {
-        match cfg.required("value", &format!("the {}", ty.as_str())) {
+        match cfg.required("value", &format!("the value, {}", ty.as_str())) {
             Some(value) if fits(value) => value.clone(),
             Some(value) => {
                 cfg.problem("value", format!("expected {}, found {value}", ty.as_str()));

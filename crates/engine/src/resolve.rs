@@ -41,7 +41,7 @@ impl FlowResolver for DirResolver {
         // A flow file given by bare name lives in the current directory, whose path is empty.
         let dir = if self.dir.as_os_str().is_empty() { std::path::Path::new(".") } else { &self.dir };
         // The server finds flows by the name inside them; so does this, when no file is named so.
-        if let Some(flow) = find_by_inner_name(dir, name) {
+        if let Some(flow) = find_by_inner_name(dir, name)? {
             return Ok(flow);
         }
         Err(EngineError::FlowNotFound { name: name.to_owned(), message: format!("no {name}.yaml, {name}.yml or {name}.json in {}, nor a flow file there whose name is `{name}`", dir.display()) })
@@ -52,20 +52,31 @@ impl FlowResolver for DirResolver {
 const DIR_FLOW_FILES_MAX: usize = 1_000;
 
 /// The flow file in `dir` whose `name` is `name`, if one loads. Files that do not load are
-/// passed over (they are not the flow asked for).
-fn find_by_inner_name(dir: &std::path::Path, name: &str) -> Option<Arc<Flow>> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    entries
+/// passed over (they are not the flow asked for). Two files of that name are refused: which
+/// one ran (and what it cost) would depend on the order the file system lists them in.
+fn find_by_inner_name(dir: &std::path::Path, name: &str) -> Result<Option<Arc<Flow>>, EngineError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+    let mut found: Vec<(PathBuf, Flow)> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| path.extension().and_then(|extension| extension.to_str()).is_some_and(|extension| matches!(extension, "yaml" | "yml" | "json")))
         .take(DIR_FLOW_FILES_MAX)
         .filter(|path| std::fs::metadata(path).is_ok_and(|meta| meta.len() <= crate::FLOW_FILE_BYTES_MAX as u64))
-        .find_map(|path| {
+        .filter_map(|path| {
             let text = std::fs::read_to_string(&path).ok()?;
             let flow = Flow::load(&text, Syntax::of_path(&path)).ok()?;
-            (flow.name == name).then(|| Arc::new(flow))
+            (flow.name == name).then_some((path, flow))
         })
+        .collect();
+    found.sort_by(|(a, _), (b, _)| a.cmp(b));
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().map(|(_, flow)| Arc::new(flow))),
+        _ => {
+            let files: Vec<String> = found.iter().map(|(path, _)| path.display().to_string()).collect();
+            Err(EngineError::FlowNotFound { name: name.to_owned(), message: format!("{} all hold a flow named `{name}`; rename all but one, or save the one meant as {name}.yaml", files.join(", ")) })
+        }
+    }
 }
 
 /// Flows held in memory, by name.

@@ -347,4 +347,14 @@ fn a_flow_directory_finds_a_nested_flow_by_its_file_or_by_the_name_inside_it() {
     }
     let err = flowcredits_engine::resolve_all(&flow("name: p\nblocks:\n  - { id: sub, kind: flow, config: { flow: ghost } }\n"), &resolver).unwrap_err().to_string();
     assert!(err.contains("ghost") && err.contains("nor a flow file there whose name is `ghost`") && err.contains("block `sub`, config.flow"), "{err}");
+    // Two files holding the same name: refused, not whichever the directory lists first.
+    std::fs::write(dir.path().join("again.yaml"), "name: realname
+blocks:
+  - { id: t, kind: start }
+").unwrap();
+    let err = flowcredits_engine::resolve_all(&flow("name: p
+blocks:
+  - { id: sub, kind: flow, config: { flow: realname } }
+"), &resolver).unwrap_err().to_string();
+    assert!(err.contains("again.yaml") && err.contains("renamed.yaml") && err.contains("all hold a flow named `realname`"), "{err}");
 }
