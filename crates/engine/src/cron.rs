@@ -60,11 +60,21 @@ impl Cron {
         }
         // Sunday is both 0 and 7.
         let days_of_week = (masks[4] | (masks[4] >> 7)) & 0x7f;
+        // Days of the month alone (any day of the week) that no chosen month has, such as
+        // `30 2`, never come; `29 2` comes once in four years. Schedules run at least yearly.
+        if parts[4] == "*" {
+            // Days every year has, by month (February without its leap day).
+            const DAYS_IN_MONTH: [u32; 12] = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            let yearly = (1..=12).any(|month: u32| masks[3] & (1 << month) != 0 && (1..=DAYS_IN_MONTH[month as usize - 1]).any(|day| masks[2] & (1 << day) != 0));
+            if !yearly {
+                return Err("names days of the month that the chosen months do not have every year (such as 30 February, or 29 February, once in four years); a schedule runs at least once a year".into());
+            }
+        }
         Ok(Cron { minutes: masks[0], hours: masks[1], days_of_month: masks[2], months: masks[3], days_of_week, any_day_of_month: parts[2] == "*", any_day_of_week: parts[4] == "*" })
     }
 
     /// The first whole minute strictly after `after` that the expression matches; `None` when
-    /// it matches no day in the next eight years (e.g. `0 0 31 2 *`).
+    /// it matches no day in the next eight years (`parse` refuses the expressions known to).
     pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
         let start = Offset::UTC.to_datetime(after);
         // The minute after `after`'s minute: seconds are dropped, so the result is strictly later.
@@ -190,7 +200,9 @@ mod tests {
             ("0 0 13 * 5", "2026-03-07T00:00:00Z", "2026-03-13T00:00:00Z"),
             // The last minute of a year rolls into the next.
             ("0 0 * * *", "2026-12-31T23:59:00Z", "2027-01-01T00:00:00Z"),
-            ("0 0 29 2 *", "2026-03-02T00:00:00Z", "2028-02-29T00:00:00Z"),
+            // 29 February where a leap year has it, 29 March every year.
+            ("0 0 29 2,3 *", "2026-03-02T00:00:00Z", "2026-03-29T00:00:00Z"),
+            ("0 0 29 2,3 *", "2027-04-01T00:00:00Z", "2028-02-29T00:00:00Z"),
             // Names for months and days of week, any case, in ranges and lists too.
             ("0 9 * * MON-FRI", "2026-03-06T10:00:00Z", "2026-03-09T09:00:00Z"),
             ("0 0 * * sun", "2026-03-02T00:00:00Z", "2026-03-08T00:00:00Z"),
@@ -203,8 +215,16 @@ mod tests {
     }
 
     #[test]
-    fn a_date_that_never_comes_never_fires() {
-        assert_eq!(Cron::parse("0 0 31 2 *").unwrap().next_after(ts("2026-03-02T00:00:00Z")), None);
+    fn a_date_that_does_not_come_every_year_is_refused() {
+        for never in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 29 2 *", "0 0 30-31 FEB *"] {
+            let err = Cron::parse(never).expect_err(never);
+            assert!(err.contains("a schedule runs at least once a year"), "{never}: {err}");
+        }
+        // Some chosen month has the day, or the days of the week decide too.
+        for yearly in ["0 0 29 2,3 *", "0 0 31 * *", "0 0 31 2 1", "0 0 28 2 *"] {
+            let cron = Cron::parse(yearly).unwrap_or_else(|err| panic!("{yearly}: {err}"));
+            assert!(cron.next_after(ts("2026-03-02T00:00:00Z")).is_some(), "{yearly}");
+        }
     }
 
     #[test]

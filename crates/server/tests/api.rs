@@ -483,7 +483,7 @@ async fn a_flow_with_a_schedule_block_is_scheduled_when_deployed() {
     let (status, deployed) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "weekdays", "schedule_cron": "0 9 * * 1-5"})).await;
     assert_eq!(status, StatusCode::CREATED, "{deployed}");
     assert_eq!((deployed["schedule_cron"].clone(), deployed["schedule_every_s"].clone()), (json!("0 9 * * 1-5"), Value::Null), "{deployed}");
-    for (cron, problem) in [("0 25 * * *", "hour field `25`"), ("0 9 * *", "has 4 fields"), ("0 0 31 2 *", "names no day")] {
+    for (cron, problem) in [("0 25 * * *", "hour field `25`"), ("0 9 * *", "has 4 fields"), ("0 0 31 2 *", "a schedule runs at least once a year")] {
         let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "bad", "schedule_cron": cron})).await;
         assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_cron")), "{refused}");
         assert!(refused["error"]["message"].as_str().unwrap().contains(problem), "{cron}: {refused}");
