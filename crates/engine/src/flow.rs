@@ -280,6 +280,12 @@ impl Builder {
             if matches!(block.op, Op::Repeat { times: Some(_) }) && !flow.sources[ix][block.input("times").expect("repeat has a times port")].is_empty() {
                 self.problems.push(Problem::block(&block.id, "config.times", "given twice: both in config and through the `times` input"));
             }
+            if let Op::Http(spec) = &block.op
+                && spec.body.is_some()
+                && !flow.sources[ix][block.input("body").expect("http_request has a body port")].is_empty()
+            {
+                self.problems.push(Problem::block(&block.id, "config.body", "given twice: both in config and through the `body` input; keep one"));
+            }
         }
     }
 

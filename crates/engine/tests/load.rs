@@ -172,9 +172,14 @@ blocks:
   - { id: ftp, kind: http_request, config: { url: "ftp://127.0.0.1/x" } }
   - { id: good, kind: http_request, config: { url: "https://api.example.com/orders" } }
   - { id: filled, kind: http_request, config: { url: "{{config.base_url}}/orders" } }
+  - { id: twice, kind: http_request, config: { url: "https://api.example.com/x", method: POST, body: { text: "hi" } } }
+  - { id: payload, kind: record, config: { fields: { a: 1 } } }
+edges:
+  - { from: payload.record, to: twice.body }
 "#, &[
         "block `relative`, config.url: `not a url` is not a URL",
         "block `ftp`, config.url: `ftp://127.0.0.1/x`: the scheme `ftp` is not allowed; use http or https",
+        "block `twice`, config.body: given twice: both in config and through the `body` input",
     ]);
 }
 
