@@ -88,7 +88,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let run_id = RunId::new(args.run_id.clone().unwrap_or_else(|| format!("local-{}", flowcredits_core::Timestamp::now().as_millisecond()))).context(BadArgument("--run-id".into()))?;
     let context = RunContext::manual(CloudRun::from(args.cloud_run));
     let request = RunRequest { run: run_id.clone(), context, input, config, http: None, on_response: None };
-    let engine = Engine::new(Providers::default(), resolver);
+    let engine = Engine::new(Providers::default(), resolver.clone());
+    if args.server.is_none() {
+        // Every unknown model at once, as `estimate` reports them (the server checks its own
+        // price book for `--server` runs).
+        flowcredits_engine::check_models_nested(&rules, flowcredits_core::Timestamp::now(), &flow, &*resolver).with_context(|| format!("in {}; fix these and try again", args.flow.display()))?;
+    }
     let metered = meter(&args, rules, &flow)?;
     let report = match &metered {
         Metered::Server(meter) => match block_on(run_or_interrupt(&engine, &flow, request, meter))? {

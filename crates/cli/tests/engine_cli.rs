@@ -109,6 +109,9 @@ fn bad_arguments_say_what_to_do() {
     std::fs::write(&agent, "name: m\nblocks:\n  - { id: start, kind: start }\n  - { id: think, kind: ai_agent, config: { model: gpt-99 } }\n  - { id: img, kind: ai_media, config: { model: gpt-image-9 } }\nedges:\n  - { from: start.input, to: think.prompt }\n  - { from: start.input, to: img.prompt }\n").unwrap();
     let stderr = String::from_utf8_lossy(&flowcredits(&["estimate", agent.to_str().unwrap()]).stderr).into_owned();
     assert!(stderr.contains("fix these and try again") && stderr.contains("`gpt-99`") && stderr.contains("block `img`, config.model: unknown model `gpt-image-9`"), "{stderr}");
+    // `run` says the same, with the models the price book has.
+    let stderr = String::from_utf8_lossy(&flowcredits(&["run", agent.to_str().unwrap(), "--team", "t"]).stderr).into_owned();
+    assert!(stderr.contains("fix these and try again") && stderr.contains("unknown model `gpt-99` for ai_agent; the price book lists: ") && stderr.contains("gpt-5") && stderr.contains("block `img`, config.model: unknown model `gpt-image-9`"), "{stderr}");
     let output = flowcredits(&["estimate", &path, "--trigger", "api", "--cloud-run"]);
     assert_eq!(output.status.code(), Some(2), "a bad combination is a usage error");
     assert!(String::from_utf8_lossy(&output.stderr).contains("drop --cloud-run"));

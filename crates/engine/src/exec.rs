@@ -244,6 +244,11 @@ pub fn check_models(rules: &flowcredits_core::Rules, at: Timestamp, flow: &Flow)
     check_models_of(rules, at, flow, &BTreeMap::new())
 }
 
+/// [`check_models`] over a flow and the flows `resolver` finds for its `flow` blocks.
+pub fn check_models_nested(rules: &flowcredits_core::Rules, at: Timestamp, flow: &Flow, resolver: &dyn crate::resolve::FlowResolver) -> Result<(), EngineError> {
+    check_models_of(rules, at, flow, &resolve_all(flow, resolver)?)
+}
+
 /// [`check_models`] over a flow and the flows it nests, reporting every block whose model the
 /// price book does not list (the first flow that has one is named).
 pub(crate) fn check_models_of(rules: &flowcredits_core::Rules, at: Timestamp, flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> Result<(), EngineError> {
@@ -254,7 +259,9 @@ pub(crate) fn check_models_of(rules: &flowcredits_core::Rules, at: Timestamp, fl
             if let Op::Ai(spec) = &block.op
                 && let Err(flowcredits_core::CoreError::UnknownModel { model, .. }) = rules.block_price(at, context, &spec.planned_usage())
             {
-                problems.push(Problem::block(&block.id, "config.model", format!("unknown model `{model}` for {}", block.kind)));
+                let known = rules.prices.version_at(at).ok().map(|prices| if block.kind == BlockKind::AiMedia { &prices.media_models } else { &prices.agent_models });
+                let listed = known.map(|models| models.keys().map(String::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+                problems.push(Problem::block(&block.id, "config.model", format!("unknown model `{model}` for {}; the price book lists: {listed}", block.kind)));
             }
         }
         if !problems.is_empty() {

@@ -27,7 +27,7 @@ mod ts;
 pub use config::ID_BYTES_MAX as BLOCK_ID_BYTES_MAX;
 pub use error::{EngineError, Problem, Problems};
 pub use estimate::{Estimate, estimate};
-pub use exec::{CHARGE_BATCH_MAX, Engine, Limits, RUN_EXECUTIONS_MAX, Execution, HttpTrigger, Output, Response, ResponseHook, RunOutcome, RunReport, RunRequest, check_models, planned_usage};
+pub use exec::{CHARGE_BATCH_MAX, Engine, Limits, RUN_EXECUTIONS_MAX, Execution, HttpTrigger, Output, Response, ResponseHook, RunOutcome, RunReport, RunRequest, check_models, check_models_nested, planned_usage};
 pub use flow::{FLOW_BLOCKS_MAX, FLOW_EDGES_MAX, Flow};
 pub use format::{FLOW_FILE_BYTES_MAX, FlowFile, Syntax};
 pub use meter::{Admission, BlockCharge, BlockTrace, ChargedAndEnded, LedgerMeter, Meter};
