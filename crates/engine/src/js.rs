@@ -194,6 +194,8 @@ fn check_syntax(body: &str) -> Result<(), String> {
             let message = exception_message(&thrown);
             let line = thrown.as_exception().and_then(|exception| exception.stack()).and_then(|stack| syntax_error_line(&stack));
             Err(match line {
+                // Past the body is the wrapper's closing line: the script stopped mid-way.
+                Some(line) if line > body.lines().count().max(1) => format!("does not compile: the script ends before an expression, bracket or string in it is finished ({message})"),
                 Some(line) => format!("does not compile, line {line}: {message}"),
                 None => format!("does not compile: {message}"),
             })

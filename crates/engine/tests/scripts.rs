@@ -111,6 +111,9 @@ fn imports_are_checked_when_the_flow_loads() {
     let yaml = format!("name: s\nblocks:\n  - {{ id: js, kind: evaluate, config: {typed} }}\n");
     let err = flowcredits_engine::Flow::load(&yaml, flowcredits_engine::Syntax::Yaml).err().map(|err| err.to_string()).unwrap_or_default();
     assert!(err.contains("does not compile, line 2"), "TypeScript keeps its lines: {err}");
+    // A script cut off mid-expression is not sent to a line past its end.
+    let unfinished = load("evaluate", "const a = 1;\nreturn a +");
+    assert!(unfinished.contains("does not compile: the script ends before an expression, bracket or string in it is finished"), "{unfinished}");
     // Loading only compiles: code that closes the wrapper early is not run at load.
     assert_eq!(load("evaluate", "return 1});\nthrow new Error('ran at load');\n(function(){"), "", "nothing of the script ran while the flow loaded");
 }
