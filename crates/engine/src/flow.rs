@@ -254,7 +254,8 @@ impl Builder {
             Some(&ix) => Some((ix, port)),
             None => {
                 let _ = flow;
-                self.problems.push(Problem::file(field, format!("no block has the id `{block}`")));
+                let hint = if block.contains('.') { "; an end of an edge is `block.port`, one dot, and a block's id has none (to pick a field of a value, add a `select` block)" } else { "" };
+                self.problems.push(Problem::file(field, format!("no block has the id `{block}`{hint}")));
                 None
             }
         }

@@ -164,6 +164,21 @@ fn a_schedule_block_takes_minutes_or_a_cron_expression() {
 }
 
 #[test]
+fn an_edge_end_with_two_dots_says_how_ends_are_written() {
+    check(r#"
+name: dots
+blocks:
+  - { id: a, kind: start }
+  - { id: b, kind: display }
+edges:
+  - { from: a.input.x, to: b.value }
+"#, &[
+        "edges[0].from: no block has the id `a.input`; an end of an edge is `block.port`, one dot",
+        "block `b`, inputs.value: required input has no edge",
+    ]);
+}
+
+#[test]
 fn a_url_without_placeholders_is_checked_when_the_flow_loads() {
     check(r#"
 name: urls
