@@ -195,7 +195,10 @@ fn parse_input(input: Option<&str>) -> anyhow::Result<Value> {
         Some(path) => std::fs::read_to_string(path).map_err(|err| BadArgument(format!("cannot read the --input file {path}: {err}")))?,
         None => input.to_owned(),
     };
-    serde_json::from_str(&text).context(BadArgument("--input is not JSON (quote text as \"...\", or pass @FILE)".into()))
+    serde_json::from_str(&text).map_err(|err| {
+        let problem = if err.to_string().starts_with("recursion limit exceeded") { "--input is nested more than 128 levels deep".to_owned() } else { format!("--input is not JSON (quote text as \"...\", or pass @FILE): {err}") };
+        BadArgument(problem).into()
+    })
 }
 
 fn parse_config(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {

@@ -84,6 +84,10 @@ fn bad_arguments_say_what_to_do() {
     let output = flowcredits(&["run", &path, "--team", "acme", "--input", "{oops"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--input is not JSON"));
+    let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
+    let output = flowcredits(&["run", &path, "--team", "acme", "--input", &deep]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--input is nested more than 128 levels deep"), "{}", String::from_utf8_lossy(&output.stderr));
     let scratch = tempfile::tempdir().unwrap();
     let ledger = scratch.path().join("l.db");
     let ledger = ledger.to_str().unwrap();

@@ -113,7 +113,11 @@ impl Script {
             }
         });
         match outcome {
-            Ok(json) => serde_json::from_str(&json).map_err(|err| format!("the result is not JSON: {err}")),
+            Ok(json) => serde_json::from_str(&json).map_err(|err| match err.classify() {
+                // JSON.stringify wrote it; what the reader refuses is its depth.
+                serde_json::error::Category::Syntax if err.to_string().starts_with("recursion limit exceeded") => "the result is nested more than 128 levels deep, more than a value passed between blocks may be".to_owned(),
+                _ => format!("the result is not JSON: {err}"),
+            }),
             Err(_) if Instant::now() >= deadline => Err(format!("the script ran longer than its limit of {} ms and was stopped", self.timeout_ms)),
             Err(message) if message.contains("out of memory") => Err(format!("the script used more than the memory limit of {EVALUATE_MEMORY_BYTES_MAX} bytes and was stopped")),
             // The engine reports some failed allocations (in string and object operations) with

@@ -131,3 +131,10 @@ async fn a_script_returning_no_json_value_says_what_it_returned() {
         assert!(error.contains(returned) && error.contains("not a JSON value") && !error.contains("threw"), "{code}: {error}");
     }
 }
+
+#[tokio::test]
+async fn a_result_nested_too_deep_says_so() {
+    let report = script("evaluate", r#"{ code: "let v = 1; for (let i = 0; i < 1000; i++) { v = [v]; } return v;" }"#, json!(null)).await;
+    let error = error(&report);
+    assert!(error.contains("the result is nested more than 128 levels deep"), "{error}");
+}
