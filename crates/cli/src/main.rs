@@ -51,6 +51,12 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Serve(_) | Command::Runner(_) | Command::Bench(_)) {
         stop_quietly_on_closed_output();
     }
+    // Scripts that asked for JSON get their error as JSON on stdout too (text stays on stderr).
+    let json_errors = match &cli.command {
+        Command::Run(args) => args.json,
+        Command::Estimate(args) => args.json,
+        _ => false,
+    };
     let result = match cli.command {
         Command::Simulate(args) => cmd_simulate::run(args),
         Command::Run(args) => cmd_run::run(args),
@@ -65,7 +71,11 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("error: {}", error_chain(&err));
             // A bad argument value is a usage error wherever it is found, as clap's own are.
-            if err.downcast_ref::<BadArgument>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+            let usage_error = err.downcast_ref::<BadArgument>().is_some();
+            if json_errors {
+                println!("{}", serde_json::json!({"error": error_chain(&err), "exit_code": if usage_error { 2 } else { 1 }}));
+            }
+            if usage_error { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -84,6 +84,11 @@ fn bad_arguments_say_what_to_do() {
     let output = flowcredits(&["run", &path, "--team", "acme", "--input", "{oops"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--input is not JSON"));
+    // With --json, a script reads the error from stdout too.
+    let output = flowcredits(&["run", &path, "--team", "acme", "--input", "{oops", "--json"]);
+    let refused: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON error on stdout");
+    assert_eq!(refused["exit_code"], 2, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("--input is not JSON"), "{refused}");
     let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
     let output = flowcredits(&["run", &path, "--team", "acme", "--input", &deep]);
     assert_eq!(output.status.code(), Some(2));
