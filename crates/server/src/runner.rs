@@ -509,6 +509,11 @@ impl StoreMeter<'_> {
 }
 
 fn meter_error(err: ApiError) -> EngineError {
+    // The run's history shows the public message; the operator's log gets the cause (a full
+    // disk, a database error) here, where it is still known.
+    if let ApiError::Internal(detail) = &err {
+        tracing::error!(detail = %detail, "metering a run failed");
+    }
     EngineError::Store(err.to_string())
 }
 

@@ -124,9 +124,12 @@ pub fn migrate(path: &Path) -> Result<usize> {
     schema::migrate(&mut conn)
 }
 
-/// Takes the exclusive lock on `<database>-writer.lock`, or says who holds it.
+/// Takes the exclusive lock on `<database>-writer.lock`, or says who holds it. The lock sits
+/// beside the database's real path (symbolic links followed), so a second server cannot reach
+/// the same file under another name. (A hard link still could: it is another name of the file
+/// with nothing in common with this one's path.)
 fn lock_for_writing(path: &Path) -> Result<File> {
-    let mut lock_path = path.as_os_str().to_owned();
+    let mut lock_path = real_path(path).into_os_string();
     lock_path.push("-writer.lock");
     let file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|err| StoreError::Locked(format!("cannot open {}: {err}", Path::new(&lock_path).display())))?;
     match file.try_lock() {
@@ -134,6 +137,17 @@ fn lock_for_writing(path: &Path) -> Result<File> {
         Err(TryLockError::WouldBlock) => Err(StoreError::Locked(format!("{} is open in another process (a running `flowcredits serve`?); stop it, or go through its API", path.display()))),
         Err(TryLockError::Error(err)) => Err(StoreError::Locked(format!("cannot lock {}: {err}", Path::new(&lock_path).display()))),
     }
+}
+
+/// `path` with every symbolic link resolved, also for a database not made yet (its directory
+/// is resolved); `path` itself when that cannot be done (the open that follows says why).
+fn real_path(path: &Path) -> std::path::PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return path.to_path_buf() };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    std::fs::canonicalize(parent).map_or_else(|_| path.to_path_buf(), |dir| dir.join(name))
 }
 
 pub(crate) fn open_connection(path: &Path, durability: Durability) -> Result<Connection> {

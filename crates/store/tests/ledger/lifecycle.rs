@@ -197,6 +197,14 @@ fn one_writer_per_database_file() {
     let store = open(&dir.db());
     let err = flowcredits_store::SqliteStore::open(dir.db(), Rules::shipped()).err().expect("a second writer is refused");
     assert!(err.to_string().contains("open in another process"), "{err}");
+    // Nor under another name: a symbolic link to it is the same database.
+    #[cfg(unix)]
+    {
+        let alias = dir.db().with_file_name("alias.db");
+        std::os::unix::fs::symlink(dir.db(), &alias).unwrap();
+        let err = flowcredits_store::SqliteStore::open(&alias, Rules::shipped()).err().expect("a writer through a link is refused");
+        assert!(err.to_string().contains("open in another process"), "{err}");
+    }
     drop(store);
     open(&dir.db());
 }
