@@ -308,6 +308,21 @@ pub fn keys(connection: &Connection, user_id: &str, page: &PageRequest) -> Resul
 /// Revokes one of the user's keys (revoking it again changes nothing). Returns the key and its
 /// token's digest, for caches to forget.
 pub fn revoke_key(connection: &Connection, user_id: &str, key_id: &str) -> Result<(ApiKeyInfo, Vec<u8>), ApiError> {
+    // The operators' last working key stays: without one nobody could make users, teams or
+    // keys again (`serve` makes the first operator only in an empty catalog).
+    let revokes_an_operator_key: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?1 AND k.user_id = ?2 AND u.is_operator AND k.revoked_ms IS NULL)",
+        params![key_id, user_id],
+        |row| row.get(0),
+    )?;
+    let operator_keys_left: i64 = if revokes_an_operator_key {
+        connection.query_row("SELECT count(*) FROM api_keys k JOIN users u ON u.id = k.user_id WHERE u.is_operator AND k.revoked_ms IS NULL AND k.id <> ?1", [key_id], |row| row.get(0))?
+    } else {
+        1
+    };
+    if revokes_an_operator_key && operator_keys_left == 0 {
+        return Err(ApiError::Conflict(format!("key {key_id} is the last working key of any operator; make another first (POST /v1/users/{user_id}/keys), then revoke this one")));
+    }
     connection.execute("UPDATE api_keys SET revoked_ms = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_ms IS NULL", params![key_id, user_id, now_ms()])?;
     let found = connection
         .query_row(&format!("SELECT {KEY_COLUMNS}, token_sha256 FROM api_keys WHERE id = ?1 AND user_id = ?2"), params![key_id, user_id], |row| Ok((key_row(row)?, row.get::<_, Vec<u8>>(6)?)))

@@ -818,6 +818,20 @@ async fn a_user_lists_and_revokes_their_keys_and_a_revoked_key_stops_at_once() {
     let (_, keys) = server.get(&format!("/v1/users/{user}/keys"), &first).await;
     let revoked_listed: Vec<bool> = keys["items"].as_array().unwrap().iter().map(|key| key["revoked_at"].is_string()).collect();
     assert_eq!(revoked_listed.iter().filter(|revoked| **revoked).count(), 1, "{keys}");
+    // The operators' last working key is not revoked: nobody could make keys again.
+    let (_, me) = server.get("/v1/me", &server.operator).await;
+    let operator = me["user"]["id"].as_str().unwrap().to_owned();
+    let (_, keys) = server.get(&format!("/v1/users/{operator}/keys"), &server.operator).await;
+    let only = keys["items"][0]["id"].as_str().unwrap().to_owned();
+    let (status, refused) = server.call(Method::DELETE, &format!("/v1/users/{operator}/keys/{only}"), &server.operator, None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("last working key of any operator"), "{refused}");
+    assert_eq!(server.get("/v1/me", &server.operator).await.0, StatusCode::OK);
+    // With another, it goes.
+    let (_, spare) = server.post(&format!("/v1/users/{operator}/keys"), &server.operator, json!({"label": "spare"})).await;
+    let spare = spare["token"].as_str().unwrap().to_owned();
+    assert_eq!(server.call(Method::DELETE, &format!("/v1/users/{operator}/keys/{only}"), &spare, None).await.0, StatusCode::OK);
+    assert_eq!(server.get("/v1/me", &server.operator).await.0, StatusCode::UNAUTHORIZED);
 }
 
 /// A new snapshot goes live at the same path (and deployment id) when the deployment is
