@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use flowcredits_server::serve::{ServeConfig, serve};
 
+use crate::BadArgument;
 use crate::rules::RulesArgs;
 
 /// Serves the HTTP API, deployed-flow hooks, the MCP endpoint and the usage dashboard.
@@ -20,7 +21,8 @@ pub struct ServeArgs {
     /// Create a demo team (`demo`, plan team) with a deployed flow, and print its owner's key.
     #[arg(long)]
     demo: bool,
-    /// Seconds shutdown waits for running flows to finish.
+    /// Seconds a stop (SIGTERM, Ctrl-C) waits for open requests and running flows together; a
+    /// second signal stops at once.
     #[arg(long, default_value_t = 300)]
     drain_timeout_s: u64,
     /// Days finished runs stay in run history (0: forever). Running and paused runs stay; the
@@ -32,7 +34,8 @@ pub struct ServeArgs {
     /// that no team's flow can call this server, its neighbours or a cloud metadata service.
     #[arg(long, env = "FLOWCREDITS_ALLOW_PRIVATE_HOSTS")]
     allow_private_hosts: bool,
-    /// Log as JSON lines instead of text.
+    /// Log as JSON lines instead of text. Which lines: the FLOWCREDITS_LOG environment
+    /// variable, as a tracing filter (default `info`; e.g. `debug`, `flowcredits_server=debug`).
     #[arg(long)]
     log_json: bool,
     #[command(flatten)]
@@ -40,7 +43,10 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOWCREDITS_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match std::env::var("FLOWCREDITS_LOG") {
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).map_err(|err| BadArgument(format!("FLOWCREDITS_LOG: `{text}` is not a log filter ({err}); give a level such as info or debug")))?,
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+    };
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     if args.log_json {

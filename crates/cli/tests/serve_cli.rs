@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{call, start, wait_for_exit};
+use support::{call, start, start_with, wait_for_exit};
 
 /// Deploys a flow at `slow` that waits `delay_ms` before answering.
 async fn deploy_slow(client: &reqwest::Client, base: &str, owner: &str, delay_ms: u64) {
@@ -199,4 +199,19 @@ async fn an_interrupted_local_run_is_cancelled_on_the_server() {
     assert_eq!(recorded["status"], "cancelled", "{recorded}");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[tokio::test]
+async fn an_open_request_does_not_keep_a_stopping_server_past_its_drain_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, base, _) = start_with(&dir.path().join("flowcredits.db"), false, &["--drain-timeout-s", "1"]);
+    // A client that sends half a body and waits: the server must not wait for it for ever.
+    let mut slow = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    std::io::Write::write_all(&mut slow, b"POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
+    // Well past the drain time, far short of the client giving up.
+    let status = wait_for_exit(&mut server, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "a stop that cut something off is not a clean exit: {status}");
+    drop(slow);
 }

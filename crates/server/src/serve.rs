@@ -205,18 +205,55 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     eprintln!("Listening on http://{address} (API under /v1, OpenAPI at /openapi.json, dashboard at /dashboard)");
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), stop_rx));
-    axum::serve(listener, crate::app(state.clone())).with_graceful_shutdown(shutdown_signal()).await.map_err(ApiError::internal)?;
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = crate::app(state.clone());
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                let _ = signalled_tx.send(());
+            })
+            .await
+    });
+    tokio::select! {
+        _ = signalled_rx => {}
+        ended = &mut server => {
+            // The server stopped by itself: a failure to accept connections.
+            let _ = stop_tx.send(true);
+            return ended.map_err(ApiError::internal)?.map_err(ApiError::internal);
+        }
+    }
+    // No scheduled run starts once the stop is asked for.
     let _ = stop_tx.send(true);
-    let _ = scheduler.await;
     let running = state.runner.in_flight();
-    if running > 0 {
-        eprintln!("Waiting up to {} s for {running} running flow(s) to finish…", config.drain.as_secs());
-    }
-    if !state.runner.drain(config.drain).await {
-        tracing::warn!(runs = state.runner.in_flight(), "shutdown stopped waiting for running flows");
-    }
+    eprintln!(
+        "Stopping: waiting up to {} s for open requests and {running} running flow(s) to finish (a second Ctrl-C or SIGTERM stops at once)…",
+        config.drain.as_secs()
+    );
+    // One bound for both: open HTTP requests (a slow client's unfinished body too) and running
+    // flows get the drain time together, not one after the other.
+    let finished = tokio::select! {
+        finished = async {
+            let _ = (&mut server).await;
+            state.runner.drain(config.drain).await
+        } => finished,
+        () = tokio::time::sleep(config.drain) => false,
+        () = stop_signal() => {
+            eprintln!("Second stop signal: stopping now");
+            false
+        }
+    };
+    server.abort();
+    let _ = scheduler.await;
     // Run history is written behind the runs: what they queued is written before exiting.
     state.history.flush().await;
+    if !finished {
+        let left = state.runner.in_flight();
+        tracing::warn!(runs = left, "shutdown stopped waiting for open requests and running flows");
+        return Err(ApiError::internal(format!(
+            "stopped before open requests and running flows finished ({left} flow(s) still running); runs cut off are recorded as failed at the next start, keeping what they were charged"
+        )));
+    }
     Ok(())
 }
 

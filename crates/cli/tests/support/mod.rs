@@ -12,8 +12,13 @@ use serde_json::Value;
 /// taken by a parallel test in between) and returns it with its base URL and the keys it
 /// printed (operator, then demo owner).
 pub fn start(db: &std::path::Path, demo: bool) -> (Child, String, Vec<String>) {
+    start_with(db, demo, &[])
+}
+
+/// [`start`] with more `serve` arguments.
+pub fn start_with(db: &std::path::Path, demo: bool, extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_flowcredits"));
-    command.args(["serve", "--listen", "127.0.0.1:0"]).arg("--db").arg(db).env("FLOWCREDITS_LOG", "warn");
+    command.args(["serve", "--listen", "127.0.0.1:0"]).arg("--db").arg(db).args(extra).env("FLOWCREDITS_LOG", "warn");
     if demo {
         command.arg("--demo");
     }
