@@ -67,12 +67,19 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// When a scheduled deployment next runs after `now`: its cron expression's next minute, or
-/// its interval from now. `None`: it never runs (an expression that names no coming day).
+/// the next step of its interval counted from when it was deployed. That grid, not "an interval
+/// from now", keeps a server that restarts more often than the interval from putting the run
+/// off each time. `None`: it never runs (an expression that names no coming day).
 fn next_run(deployment: &catalog::Deployment, now: Timestamp) -> Option<Timestamp> {
     match (&deployment.schedule_cron, deployment.schedule_every_s) {
         // Checked when deployed; a stored expression that no longer parses runs never.
         (Some(cron), _) => flowcredits_engine::cron::Cron::parse(cron).ok()?.next_after(now),
-        (None, Some(every)) => now.checked_add(jiff::SignedDuration::from_secs(i64::from(every))).ok(),
+        (None, Some(every)) => {
+            let every_ns = i128::from(every.max(1)) * 1_000_000_000;
+            let anchor_ns = deployment.created_at.parse::<Timestamp>().unwrap_or(now).as_nanosecond();
+            let steps = (now.as_nanosecond() - anchor_ns).div_euclid(every_ns) + 1;
+            Timestamp::from_nanosecond(anchor_ns.checked_add(steps.checked_mul(every_ns)?)?).ok()
+        }
         (None, None) => None,
     }
 }
@@ -407,7 +414,8 @@ mod tests {
         let now = Timestamp::now();
         run_due_schedules(&state, &mut next_due, now).await.unwrap();
         assert!(runs_by_state(&state).await.is_empty());
-        assert_eq!(next_due[&schedule_key(&deployment)], now.checked_add(jiff::SignedDuration::from_secs(60)).unwrap());
+        let due = next_due[&schedule_key(&deployment)];
+        assert!(due > now && due <= now.checked_add(jiff::SignedDuration::from_secs(60)).unwrap(), "the next minute-step: {due}");
 
         // Four due ticks use the 100 included credits.
         for _ in 0..4 {
@@ -428,6 +436,18 @@ mod tests {
         let states = runs_by_state(&state).await;
         assert_eq!(states.iter().filter(|run| **run == RunState::Paused).count(), 1, "{states:?}");
         assert_eq!(states.len(), 5);
+    }
+
+    #[test]
+    fn an_interval_counts_from_the_deployment_not_from_the_last_start() {
+        let deployment = |created_at: &str| Deployment { id: "dep_1".into(), team: "acme".into(), path: "tick".into(), flow_id: "flw_1".into(), snapshot: 1, trigger: "api".into(), schedule_every_s: Some(60), schedule_cron: None, runs_on: catalog::RunsOn::Cloud, created_at: created_at.into() };
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        let made = deployment("2026-03-02T10:00:20Z");
+        // A server started at any moment finds the same next minute-step: restarts do not
+        // push it back.
+        for (now, next) in [("2026-03-02T10:05:30Z", "2026-03-02T10:06:20Z"), ("2026-03-02T10:06:19.999Z", "2026-03-02T10:06:20Z"), ("2026-03-02T10:06:20Z", "2026-03-02T10:07:20Z"), ("2026-03-02T10:00:00Z", "2026-03-02T10:00:20Z")] {
+            assert_eq!(next_run(&made, at(now)), Some(at(next)), "after {now}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,12 +523,14 @@ mod tests {
         let mut next_due = HashMap::new();
         run_due_schedules(&state, &mut next_due, at("2026-03-06T08:30:00Z")).await.unwrap();
         assert_eq!(next_due.values().copied().collect::<Vec<_>>(), [at("2026-03-06T09:00:00Z")]);
-        // Every two minutes instead (as `PATCH` stores it): due two minutes after the change is seen.
+        // Every two minutes instead (as `PATCH` stores it): due at the next two-minute step
+        // (counted from when it was deployed) after the change is seen.
         (deployment.schedule_every_s, deployment.schedule_cron) = (Some(120), None);
         let changed = deployment.clone();
         state.catalog.call(move |connection| catalog::update_deployment(connection, &changed)).await.unwrap();
         run_due_schedules(&state, &mut next_due, at("2026-03-06T08:31:00Z")).await.unwrap();
-        assert_eq!(next_due.values().copied().collect::<Vec<_>>(), [at("2026-03-06T08:33:00Z")], "the old schedule is forgotten");
+        let due: Vec<Timestamp> = next_due.values().copied().collect();
+        assert!(due.len() == 1 && due[0] > at("2026-03-06T08:31:00Z") && due[0] <= at("2026-03-06T08:33:00Z"), "the old schedule is forgotten: {due:?}");
         run_due_schedules(&state, &mut next_due, at("2026-03-06T08:33:00Z")).await.unwrap();
         wait_until_finished(&state).await;
         assert_eq!(runs_by_state(&state).await, vec![RunState::Succeeded]);
