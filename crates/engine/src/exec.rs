@@ -186,7 +186,10 @@ impl Engine {
     /// Admits the run through the meter and, when admitted, runs it to the end.
     pub async fn run(&self, flow: &Flow, request: RunRequest, meter: &dyn Meter) -> Result<RunReport, EngineError> {
         let flows = resolve_all(flow, &*self.resolver)?;
-        let certain = crate::estimate::certain_executions(flow, &flows);
+        // Without loops or nested flows a run makes at most one execution per block, far under
+        // the limit: the walk is left out of the hook path's common case.
+        let multiplies = std::iter::once(flow).chain(flows.values().map(|child| &**child)).flat_map(|flow| flow.blocks.iter()).any(|block| matches!(block.op, Op::Repeat { .. } | Op::For | Op::Flow { .. }));
+        let certain = if multiplies { crate::estimate::certain_executions(flow, &flows) } else { flow.blocks.len() as u64 };
         if certain >= self.limits.run_executions_max {
             let problem = format!(
                 "every run makes at least {certain} block executions (its loops' fixed counts) and a run is stopped at {}, so it could never finish; make the loops shorter or split the work across runs",

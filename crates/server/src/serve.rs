@@ -206,11 +206,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), stop_rx));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let signals = Arc::new(tokio::sync::Mutex::new(StopSignals::new().map_err(|err| ApiError::internal(format!("cannot listen for stop signals: {err}")))?));
+    let first = Arc::clone(&signals);
     let app = crate::app(state.clone());
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                shutdown_signal().await;
+                first.lock().await.recv().await;
+                tracing::info!("shutting down: no new requests; running flows may finish");
                 let _ = signalled_tx.send(());
             })
             .await
@@ -238,7 +241,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
             state.runner.drain(config.drain).await
         } => finished,
         () = tokio::time::sleep(config.drain) => false,
-        () = stop_signal() => {
+        () = async { signals.lock().await.recv().await } => {
             eprintln!("Second stop signal: stopping now");
             false
         }
@@ -257,30 +260,46 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    stop_signal().await;
-    tracing::info!("shutting down: no new requests; running flows may finish");
-}
-
 /// Returns when the process gets SIGINT (Ctrl-C) or SIGTERM: the server and `flowcredits
 /// runner` stop on either.
 pub async fn stop_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    match StopSignals::new() {
+        Ok(mut signals) => signals.recv().await,
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+/// SIGINT and SIGTERM as one stream that counts each signal once: `serve` waits on the same
+/// listeners for the first stop and for a second one, so the first can never be seen again as
+/// the second.
+pub struct StopSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    pub fn new() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
