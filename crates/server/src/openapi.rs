@@ -20,7 +20,12 @@ fn string() -> Value {
 }
 
 fn object(required: &[&str], properties: Value) -> Value {
-    json!({"type": "object", "required": required, "properties": properties, "additionalProperties": false})
+    let mut schema = json!({"type": "object", "properties": properties, "additionalProperties": false});
+    // OpenAPI 3.0 (JSON Schema draft 5) wants `required` absent rather than empty.
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
 }
 
 const PAGE: &[(&str, &str)] = &[("after", "string"), ("limit", "integer")];
@@ -98,7 +103,7 @@ const ROUTES: &[Route] = &[
         path: "/v1/teams/{team}/deployments/{deployment}",
         summary: "Serve another snapshot (the latest when none is named), or change the schedule (a change of schedule alone keeps the snapshot; null clears), at the same path and id",
         access: "owner, admin, editor",
-        body: Some(|| object(&[], json!({"snapshot": {"type": "integer", "minimum": 1}, "schedule_every_s": {"type": ["integer", "null"], "minimum": 60}, "schedule_cron": {"type": ["string", "null"]}}))),
+        body: Some(|| object(&[], json!({"snapshot": {"type": "integer", "minimum": 1}, "schedule_every_s": {"type": "integer", "nullable": true, "minimum": 60}, "schedule_cron": {"type": "string", "nullable": true}}))),
         query: &[],
         success: "200",
     },
@@ -231,7 +236,10 @@ fn operation(route: &Route) -> Value {
         operation["security"] = json!([{"apiKey": []}]);
     }
     if let Some(body) = route.body {
-        operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": body()}}});
+        // A body of optional fields may be left out (it reads as `{}`).
+        let schema = body();
+        let required = schema.get("required").is_some();
+        operation["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": schema}}});
     }
     operation
 }
