@@ -93,7 +93,7 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
     let operator = flowcredits_server::serve::bootstrap_operator(&state).await.map_err(|err| anyhow::anyhow!("{err}"))?.context("a fresh database has an operator to create")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(axum::serve(listener, flowcredits_server::app(state)).into_future());
+    tokio::spawn(axum::serve(listener, flowcredits_server::app(state.clone())).into_future());
     let client = flowcredits_engine::http::client();
     let key = set_up(&client, &base, &operator).await?;
 
@@ -102,7 +102,9 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
     eprintln!("baseline: GET /healthz with {} connections for {} s…", args.connections, args.duration_s);
     let baseline = load(&base, "/healthz", &key, None, args.connections, Duration::from_secs(args.duration_s)).await;
     eprintln!("hook calls: POST /hooks/bench/work with {} connections for {} s…", args.connections, args.duration_s);
+    let writer_before = state.ledger.writer_stats();
     let hooks = load(&base, "/hooks/bench/work", &key, Some(json!({"n": 1})), args.connections, Duration::from_secs(args.duration_s)).await;
+    let ledger = ledger_work_per_call(writer_before, state.ledger.writer_stats(), hooks.requests);
 
     let report = json!({
         "connections": args.connections,
@@ -118,6 +120,7 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
         "hook_cpu_us_per_request": hooks.cpu_us_per_request(),
         "baseline_cpu_us_per_request": baseline.cpu_us_per_request(),
         "hook_cpu_us_per_request_by_thread": hooks.cpu_us_per_request_by_thread(),
+        "hook_ledger_work": ledger,
     });
     if args.json {
         println!("{report}");
@@ -132,8 +135,22 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
         if !hooks.cpu_by_thread.is_empty() {
             println!("cpu µs per hook call by thread: {}", hooks.cpu_us_per_request_by_thread());
         }
+        println!("ledger work in the hook phase: {ledger}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the ledger's writer did for the hook calls: how many requests each commit carried and
+/// how many commits and syncs each call cost (group commit shares both among calls).
+fn ledger_work_per_call(before: flowcredits_store::WriterStats, after: flowcredits_store::WriterStats, calls: usize) -> Value {
+    let (commits, requests, syncs) = (after.commits - before.commits, after.requests - before.requests, after.syncs - before.syncs);
+    let ratio = |count: u64, per: u64| (count as f64 / per.max(1) as f64 * 1000.0).round() / 1000.0;
+    json!({
+        "requests_per_call": ratio(requests, calls as u64),
+        "requests_per_commit": ratio(requests, commits),
+        "commits_per_call": ratio(commits, calls as u64),
+        "syncs_per_call": ratio(syncs, calls as u64),
+    })
 }
 
 /// An Enterprise team with pay-as-you-go on (so no call pauses), the flow deployed at `work`.
