@@ -198,6 +198,12 @@ impl Ledger {
         self.store.writer_stats()
     }
 
+    /// Why the ledger refuses every write until the server restarts, if it does (for
+    /// `/healthz` and `/metrics`).
+    pub fn write_failure(&self) -> Option<String> {
+        self.store.write_failure()
+    }
+
     /// Runs admitted at or after `since`, across teams, oldest first: at most the newest `limit`.
     pub async fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<flowcredits_store::LedgerRun>, ApiError> {
         self.blocking(move |store| store.runs_since(since, limit)).await

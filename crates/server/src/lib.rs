@@ -155,9 +155,23 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+/// 200 while the server can take runs; 503 once the ledger refuses every write (the disk did
+/// not confirm a commit), saying why and what to do: a load balancer or orchestrator should
+/// stop sending work here, and an operator must fix the disk and restart.
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     state.catalog.call(|connection| Ok(connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?)).await?;
-    Ok(axum::Json(serde_json::json!({"status": "ok", "runs_in_flight": state.runner.in_flight()})))
+    if let Some(cause) = state.ledger.write_failure() {
+        let body = serde_json::json!({
+            "status": "failing",
+            "problem": "ledger_not_writable",
+            "message": format!("the ledger refuses every write: the disk did not confirm a commit ({cause}), so what the file holds past it is unknown"),
+            "action": "check the disk holding the ledger database (space, errors), then restart the server; it reads back what the disk holds",
+            "runs_in_flight": state.runner.in_flight(),
+        });
+        return Ok((axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
+    }
+    Ok(axum::Json(serde_json::json!({"status": "ok", "runs_in_flight": state.runner.in_flight()})).into_response())
 }
 
 async fn not_found() -> ApiError {

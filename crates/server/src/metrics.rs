@@ -133,6 +133,8 @@ impl Metrics {
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render_text();
     render_backends(&mut text, &state.ledger.writer_stats(), state.history.backlog());
+    let writable = u8::from(state.ledger.write_failure().is_none());
+    let _ = writeln!(text, "# HELP flowcredits_ledger_writable 1 while the ledger takes writes; 0 once the disk failed to confirm a commit and every write is refused until a restart (see /healthz).\n# TYPE flowcredits_ledger_writable gauge\nflowcredits_ledger_writable {writable}");
     // Jobs are rows of the catalog, shared by every node: counted there, not in this process.
     if let Ok((waiting, leased)) = state.catalog.call(|connection| crate::jobs::job_counts(connection)).await {
         let _ = writeln!(text, "# HELP flowcredits_runner_jobs Private-runner jobs now, waiting for a runner or leased to one.\n# TYPE flowcredits_runner_jobs gauge");

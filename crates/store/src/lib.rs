@@ -96,6 +96,10 @@ pub trait LedgerStore: Send + Sync {
     /// What the writer has done since the store opened (commits, requests, syncs and their
     /// times), for monitoring.
     fn writer_stats(&self) -> WriterStats;
+    /// Why the store refuses every write until it is opened again, if it does: the disk did
+    /// not confirm a commit (an fsync failed), so what the file holds is unknown. `None` while
+    /// writes are taken. For health checks; it never changes back while the store is open.
+    fn write_failure(&self) -> Option<String>;
 }
 
 /// Receives the answer to a submitted write once, when it is durable or refused. It may be

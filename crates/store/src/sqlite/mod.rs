@@ -13,7 +13,7 @@ mod writer;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use flowcredits_core::{PeriodUsage, Rules, RunId, Timestamp};
@@ -69,6 +69,11 @@ struct Shared {
     decision_ns: Option<DecisionTimes>,
     stats: Arc<stats::StatCounters>,
     checkpointer: Option<Checkpointer>,
+    /// Why the writer refuses every write until the store is opened again (a sync the disk did
+    /// not confirm), set by the first write answered so; never cleared. Shared with the
+    /// callbacks that see the answers, not the store itself: a callback may run last on the
+    /// writer's thread, which must not be the one to drop the store.
+    write_failure: Arc<OnceLock<String>>,
     /// Held while the store is open: the writer's cached team states are only right while it
     /// is the file's one writer. The operating system releases it if the process dies.
     _writer_lock: File,
@@ -193,7 +198,7 @@ impl SqliteStore {
         let writer = Writer::new(conn, rules, decision_ns.clone(), syncer, Arc::clone(&stats))?;
         let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
-        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), _writer_lock: writer_lock };
+        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), write_failure: Arc::default(), _writer_lock: writer_lock };
         Ok(SqliteStore { shared: Arc::new(shared) })
     }
 
@@ -212,7 +217,8 @@ impl SqliteStore {
     }
 
     fn call(&self, op: Op) -> Result<Reply> {
-        crate::wait_for(|done| self.submit(op, done))
+        let failure = Arc::clone(&self.shared.write_failure);
+        crate::wait_for(|done: Done<Reply>| self.submit(op, Box::new(move |reply| done(noting_failure(&failure, reply)))))
     }
 
     /// Queues `op` for the writer; `done` gets the writer's reply once the op's group is
@@ -226,7 +232,8 @@ impl SqliteStore {
 
     /// Submits `op` and hands `done` the reply as `T`, or `Reply`'s mismatch as corruption.
     fn submit_expecting<T: 'static>(&self, op: Op, expect: fn(Reply) -> std::result::Result<T, Reply>, done: Done<T>) {
-        self.submit(op, Box::new(move |reply| done(reply.and_then(|reply| expect(reply).map_err(unexpected)))));
+        let failure = Arc::clone(&self.shared.write_failure);
+        self.submit(op, Box::new(move |reply| done(noting_failure(&failure, reply).and_then(|reply| expect(reply).map_err(unexpected)))));
     }
 
     /// Runs `f` on an idle read connection (opening one if none is idle).
@@ -243,6 +250,15 @@ impl SqliteStore {
         }
         result
     }
+}
+
+/// Passes `reply` on, first keeping the cause of the first [`StoreError::SyncFailed`]: from then
+/// on the writer refuses every write (see `syncer`), and [`LedgerStore::write_failure`] says so.
+fn noting_failure(failure: &OnceLock<String>, reply: Result<Reply>) -> Result<Reply> {
+    if let Err(StoreError::SyncFailed(cause)) = &reply {
+        let _ = failure.set(cause.clone());
+    }
+    reply
 }
 
 fn unexpected(reply: Reply) -> StoreError {
@@ -349,6 +365,10 @@ impl LedgerStore for SqliteStore {
 
     fn writer_stats(&self) -> WriterStats {
         self.shared.stats.read()
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.shared.write_failure.get().cloned()
     }
 
     fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<LedgerRun>> {
