@@ -9,7 +9,9 @@ use crate::catalog::{Page, PageRequest, json_column, ms_to_text};
 use crate::error::ApiError;
 
 /// Lifecycle of a run as people see it. `paused` and `cancelled` mirror the ledger; a run the
-/// ledger calls completed ended as `succeeded`, `failed` or `timed_out`.
+/// ledger calls completed ended as `succeeded`, `failed` or `timed_out`, or, when a crash lost
+/// how it ended before history recorded it, `unknown` (the ledger knows it ended and what it
+/// was charged, not whether it succeeded).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
@@ -19,10 +21,11 @@ pub enum RunState {
     Failed,
     TimedOut,
     Cancelled,
+    Unknown,
 }
 
 impl RunState {
-    pub const ALL: [RunState; 6] = [RunState::Paused, RunState::Running, RunState::Succeeded, RunState::Failed, RunState::TimedOut, RunState::Cancelled];
+    pub const ALL: [RunState; 7] = [RunState::Paused, RunState::Running, RunState::Succeeded, RunState::Failed, RunState::TimedOut, RunState::Cancelled, RunState::Unknown];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,6 +35,7 @@ impl RunState {
             RunState::Failed => "failed",
             RunState::TimedOut => "timed_out",
             RunState::Cancelled => "cancelled",
+            RunState::Unknown => "unknown",
         }
     }
 
@@ -392,6 +396,11 @@ pub fn prune(connection: &mut Connection, before_ms: i64, limit: u32) -> Result<
     let deleted = transaction.execute(&format!("DELETE FROM run_history WHERE id IN ({oldest})"), params![cutoff, limit])?;
     transaction.commit()?;
     Ok(deleted)
+}
+
+/// When history says a run started (or was admitted, if it never started), in Unix milliseconds.
+pub fn started_ms(connection: &Connection, id: &str) -> Result<Option<i64>, ApiError> {
+    Ok(connection.query_row("SELECT COALESCE(started_ms, created_ms) FROM run_history WHERE id = ?1", [id], |row| row.get(0)).optional()?)
 }
 
 /// What history records of a run, if anything.

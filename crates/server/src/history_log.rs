@@ -117,8 +117,14 @@ impl HistoryLog {
     }
 
     pub fn finished(&self, run: FinishedRun) {
+        self.finished_at(run, now_ms());
+    }
+
+    /// A run's end as it happened at `at_ms` (Unix milliseconds), not now: a run a crash cut
+    /// off ends where the ledger last knew of it.
+    pub fn finished_at(&self, run: FinishedRun, at_ms: i64) {
         debug_assert!(run.state.is_finished());
-        self.queue(Entry::Finished(run, now_ms()));
+        self.queue(Entry::Finished(run, at_ms));
     }
 
     /// Waits until every history row queued before this call is committed.

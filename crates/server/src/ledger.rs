@@ -187,6 +187,12 @@ impl Ledger {
         self.blocking(move |store| store.run(&name, &run)).await
     }
 
+    /// When the ledger admitted, ended and last charged a run; `None` when it holds no such run.
+    pub async fn run_times(&self, team: &str, run: &str) -> Result<Option<flowcredits_store::RunTimes>, ApiError> {
+        let (name, run) = (team_name(team)?, run_id(run)?);
+        self.blocking(move |store| store.run_times(&name, &run)).await
+    }
+
     /// Every run the ledger holds as running, across teams: `(team, run)`.
     pub async fn running_runs(&self) -> Result<Vec<(String, String)>, ApiError> {
         let runs = self.blocking(|store| store.running_runs()).await?;

@@ -305,7 +305,7 @@ pub async fn list_runs(State(state): State<AppState>, caller: Caller, Path(team)
     let instant = |field: &str, text: &Option<String>| -> Result<Option<i64>, ApiError> {
         text.as_deref().map(|text| text.parse::<jiff::Timestamp>().map(|at| at.as_millisecond()).map_err(|err| ApiError::invalid(field, format!("`{text}` is not an RFC 3339 time: {err}")))).transpose()
     };
-    let status = query.status.as_deref().map(|text| RunState::parse(text).ok_or_else(|| ApiError::invalid("status", "must be paused, running, succeeded, failed, timed_out or cancelled"))).transpose()?;
+    let status = query.status.as_deref().map(|text| RunState::parse(text).ok_or_else(|| ApiError::invalid("status", "must be paused, running, succeeded, failed, timed_out, cancelled or unknown"))).transpose()?;
     if let Some(trigger) = &query.trigger {
         trigger.parse::<Trigger>().map_err(|err| ApiError::invalid("trigger", err.to_string()))?;
     }

@@ -154,23 +154,29 @@ impl Runner {
                 continue;
             }
             // History may say running only because the run's end was lost with the history
-            // queue: the ledger knows whether it ended.
-            let (ended_as, error) = match state.ledger.run_status(team, run_id).await? {
+            // queue: the ledger knows whether it ended, and when.
+            let times = state.ledger.run_times(team, run_id).await?;
+            let ledger_end_ms = times.and_then(|times| times.ended_at).map(|at| at.as_millisecond());
+            let (ended_as, error, ended_ms) = match state.ledger.run_status(team, run_id).await? {
                 Some(RunStatus::Paused) => continue,
-                Some(RunStatus::Completed) => (RunState::Failed, "the server stopped before this run's end was recorded in history: its outcome and output are unknown; its credits are the ledger's"),
-                Some(RunStatus::Cancelled) => (RunState::Cancelled, "cancelled; the server stopped before history recorded it"),
+                Some(RunStatus::Completed) => (RunState::Unknown, "the server stopped before this run's end was recorded in history: whether it succeeded, and its output, are unknown; its credits are the ledger's", ledger_end_ms),
+                Some(RunStatus::Cancelled) => (RunState::Cancelled, "cancelled; the server stopped before history recorded it", ledger_end_ms),
                 Some(RunStatus::Running) | None => {
                     if let Err(err) = state.ledger.end_run(team, run_id).await {
                         tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
                     }
                     interrupted += 1;
-                    (RunState::Failed, "interrupted: the server stopped while the run was executing")
+                    (RunState::Failed, "interrupted: the server stopped while the run was executing; it is shown ending at its last charge, the last moment known of it", None)
                 }
             };
             match recorded {
                 Some(RunState::Running) => {
                     let credits = state.ledger.run_credits(team, run_id).await.unwrap_or(Credits::ZERO);
-                    state.history.finished(FinishedRun { id: run_id.clone(), state: ended_as, credits: credits.0, output: Value::Null, error: Some(error.to_owned()), response: None });
+                    let id = run_id.clone();
+                    let started_ms = state.catalog.call(move |connection| history::started_ms(connection, &id)).await?;
+                    let last_charge_ms = times.and_then(|times| times.last_charge_at).map(|at| at.as_millisecond());
+                    let at_ms = ended_ms.or_else(|| last_known_ms(started_ms, last_charge_ms)).unwrap_or_else(catalog::now_ms);
+                    state.history.finished_at(FinishedRun { id: run_id.clone(), state: ended_as, credits: credits.0, output: Value::Null, error: Some(error.to_owned()), response: None }, at_ms);
                 }
                 // Older than the window `restore_lost_history` looks at: not expected.
                 None => tracing::warn!(team = %team, run = %run_id, "an interrupted run had no history; it was ended in the ledger with what it was charged"),
@@ -357,22 +363,27 @@ async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize,
     let mut rows = Vec::new();
     for run in runs.into_iter().filter(|run| missing.contains(run.run.as_str())) {
         let (team, id) = (run.team.to_string(), run.run.to_string());
+        let mut ended_ms = run.ended_at.map(|at| at.as_millisecond());
         let (status, error) = match run.info.status {
             RunStatus::Running => {
+                // It ends where the ledger last knew of it, not after the server's downtime.
+                let last_charge_ms = state.ledger.run_times(&team, &id).await?.and_then(|times| times.last_charge_at).map(|at| at.as_millisecond());
+                ended_ms = last_known_ms(Some(run.created_at.as_millisecond()), last_charge_ms);
                 state.ledger.end_run(&team, &id).await?;
                 interrupted += 1;
-                (RunState::Failed, "interrupted: the server stopped while the run was executing, before its history was written")
+                (RunState::Failed, "interrupted: the server stopped while the run was executing, before its history was written; it is shown ending at its last charge, the last moment known of it")
             }
             RunStatus::Paused => {
                 state.ledger.cancel_run(&team, &id).await?;
                 (RunState::Cancelled, "this paused run's input is not recorded here (lost in a crash, or the run was started by another process), so it could never resume; it was cancelled and charged nothing")
             }
-            // Whether it succeeded was in the lost history: failed says to look, the error why.
-            RunStatus::Completed => (RunState::Failed, "this run has no history here (lost in a crash, or the run was made by another process): its outcome, flow and blocks are unknown; its credits are the ledger's"),
+            // Whether it succeeded was in the lost history: `unknown`, not a failure it may not
+            // have had; the error says why.
+            RunStatus::Completed => (RunState::Unknown, "this run has no history here (lost in a crash, or the run was made by another process): its outcome, flow and blocks are unknown; its credits are the ledger's"),
             RunStatus::Cancelled => (RunState::Cancelled, "this run has no history here (lost in a crash, or the run was made by another process); its credits are the ledger's"),
         };
         tracing::debug!(team = %team, run = %id, status = status.as_str(), "a run's history was lost; it is recorded from the ledger");
-        let ended_ms = run.ended_at.map_or_else(catalog::now_ms, |at| at.as_millisecond());
+        let ended_ms = ended_ms.unwrap_or_else(catalog::now_ms);
         rows.push((team, id, run.info.context, run.info.credits.0, run.created_at.as_millisecond(), ended_ms, status, error));
     }
     if rows.is_empty() {
@@ -393,6 +404,15 @@ async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize,
         })
         .await?;
     Ok(interrupted)
+}
+
+/// The last moment known of a run a crash cut off: its last charge, or when it started if it
+/// was never charged (what it did after that is unknown; the server's downtime is not its time).
+fn last_known_ms(started_ms: Option<i64>, last_charge_ms: Option<i64>) -> Option<i64> {
+    match (started_ms, last_charge_ms) {
+        (Some(started), Some(charged)) => Some(started.max(charged)),
+        (started, charged) => started.or(charged),
+    }
 }
 
 /// Where the answer to a waiting caller goes, once.

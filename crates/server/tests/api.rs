@@ -756,12 +756,15 @@ async fn start_up_restores_runs_whose_history_a_crash_lost() {
 
     assert_eq!(server.state.runner.recover_interrupted(&server.state).await.unwrap(), 0, "no run was executing");
     let (_, run) = server.get(&format!("/v1/teams/other/runs/{unended}"), &owner_team).await;
-    assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("failed"), json!(25)), "{run}");
-    assert!(run["error"].as_str().unwrap().contains("outcome"), "the ledger had ended it; not an interruption: {run}");
+    // Whether it succeeded was lost: `unknown`, not a failure it never had.
+    assert_eq!((run["status"].clone(), run["credits"].clone()), (json!("unknown"), json!(25)), "{run}");
+    assert!(run["error"].as_str().unwrap().contains("unknown"), "the ledger had ended it; not an interruption: {run}");
     assert_eq!(server.state.ledger.run_status("other", &unended).await.unwrap(), Some(RunStatus::Completed));
     let (status, run) = server.get(&format!("/v1/teams/acme/runs/{finished}"), &owner).await;
-    assert_eq!((status, run["status"].clone(), run["credits"].clone(), run["trigger"].clone()), (StatusCode::OK, json!("failed"), json!(25), json!("api")), "{run}");
+    assert_eq!((status, run["status"].clone(), run["credits"].clone(), run["trigger"].clone()), (StatusCode::OK, json!("unknown"), json!(25), json!("api")), "{run}");
     assert!(run["error"].as_str().unwrap().contains("outcome"), "{run}");
+    let (_, listed) = server.get("/v1/teams/acme/runs?status=unknown", &owner).await;
+    assert_eq!(listed["items"].as_array().unwrap().iter().map(|run| run["id"].clone()).collect::<Vec<_>>(), vec![json!(finished)], "{listed}");
     let (status, run) = server.get(&format!("/v1/teams/acme/runs/{paused}"), &owner).await;
     assert_eq!((status, run["status"].clone(), run["credits"].clone()), (StatusCode::OK, json!("cancelled"), json!(0)), "{run}");
     assert_eq!(server.state.ledger.run_status("acme", &paused).await.unwrap(), Some(RunStatus::Cancelled));
@@ -769,6 +772,46 @@ async fn start_up_restores_runs_whose_history_a_crash_lost() {
     let (_, run) = server.get(&format!("/v1/teams/acme/runs/{kept}"), &owner).await;
     assert_eq!(run["status"], "paused", "{run}");
     assert_eq!(server.state.ledger.run_status("acme", &kept).await.unwrap(), Some(RunStatus::Paused));
+}
+
+/// A run a crash cut off is shown ending where the ledger last knew of it (its last charge),
+/// not when the server came back: the downtime is not the run's time. Both for a run history
+/// saw start and for one whose history the crash lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_run_ends_at_its_last_charge_not_after_the_downtime() {
+    use flowcredits_core::{BlockKind, BlockUsage, ExecutionId, RunContext, Trigger};
+    use flowcredits_server::history::RunState;
+    use flowcredits_server::history_log::AdmittedRun;
+    let server = support::start().await;
+    let owner = server.team("crashy", "team").await;
+    let state = &server.state;
+    let context = RunContext::automated(Trigger::Api).unwrap();
+    let now_ms = || jiff::Timestamp::now().as_millisecond();
+    let mut charged_ms = Vec::new();
+    for run in ["run_seen", "run_unseen"] {
+        state.ledger.start_run("crashy", run, context, true).await.unwrap();
+        if run == "run_seen" {
+            state.history.admitted(AdmittedRun { id: run.into(), team: "crashy".into(), flow_id: "f".into(), snapshot: None, deployment_id: None, trigger: "api", location: "cloud", status: RunState::Running, input: json!({"n": 1}), paused_http: None, resumed: false });
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let before = now_ms();
+        let charge = flowcredits_engine::BlockCharge::new(ExecutionId::new(format!("{run}/work")).unwrap(), BlockUsage::of_kind(BlockKind::Integration));
+        state.ledger.charge("crashy", run, &[charge]).await.unwrap();
+        charged_ms.push((before, now_ms()));
+    }
+    state.history.flush().await;
+    // The server is down a while before it starts again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted_ms = now_ms();
+    assert_eq!(state.runner.recover_interrupted(state).await.unwrap(), 2);
+    for (run, (before, after)) in ["run_seen", "run_unseen"].into_iter().zip(charged_ms) {
+        let (_, shown) = server.get(&format!("/v1/teams/crashy/runs/{run}"), &owner).await;
+        assert_eq!((shown["status"].clone(), shown["credits"].clone()), (json!("failed"), json!(2)), "{shown}");
+        assert!(shown["error"].as_str().unwrap().starts_with("interrupted"), "{shown}");
+        let ended_ms = shown["ended_at"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        assert!(ended_ms >= before && ended_ms <= after && ended_ms < restarted_ms, "{run} ends at its last charge ({before}..={after}), not at the restart ({restarted_ms}): {shown}");
+        assert!(shown["duration_ms"].as_i64().unwrap() < 300, "the downtime is not counted: {shown}");
+    }
 }
 
 /// A leaked key can be found and revoked by its user (or an operator): it stops working at

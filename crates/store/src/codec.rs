@@ -122,6 +122,20 @@ pub(crate) fn execution_key(execution: &ExecutionId) -> Vec<u8> {
     key
 }
 
+/// The keys of the executions named `{run}/…`, as a half-open range `[from, to)`: such an id
+/// is never a UUID, so its key is `0xFF` and its bytes (a 16-byte pad only adds a last byte),
+/// and every id that starts with `run/` sorts below `run0` (`'0'` follows `'/'`).
+pub(crate) fn run_execution_keys(run: &RunId) -> (Vec<u8>, Vec<u8>) {
+    let key = |last: u8| {
+        let mut key = Vec::with_capacity(run.as_str().len() + 2);
+        key.push(0xFF);
+        key.extend_from_slice(run.as_str().as_bytes());
+        key.push(last);
+        key
+    };
+    (key(b'/'), key(b'0'))
+}
+
 /// 16 bytes of `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lowercase hex; `None` otherwise.
 fn parse_uuid(text: &str) -> Option<[u8; 16]> {
     let bytes = text.as_bytes();

@@ -27,7 +27,7 @@ use flowcredits_core::{PeriodUsage, RunId, Timestamp};
 
 pub use error::{Result, StoreError};
 pub use ids::ExecutionIds;
-pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport, WriterStats};
+pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport, WriterStats};
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore, migrate};
 
@@ -76,6 +76,11 @@ pub trait LedgerStore: Send + Sync {
     /// with the new period's credits. Returns how many invoices were issued.
     fn close_periods(&self, at: Timestamp) -> Result<usize>;
     fn run(&self, team: &TeamName, run: &RunId) -> Result<Option<RunInfo>>;
+    /// When `run` was admitted, ended and last charged: at start-up, where a run cut off by a
+    /// crash is known to have been last. The last charge is read among the executions named
+    /// `{run}/…` (as the engine names every execution: `run/block`, `run/loop#3/block`), a range
+    /// of the executions' key, so it costs one short index read however many the team has.
+    fn run_times(&self, team: &TeamName, run: &RunId) -> Result<Option<RunTimes>>;
     /// Every run the ledger holds as running, across teams, oldest first: at start-up, the
     /// runs a stopped server may have been executing.
     fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>>;

@@ -162,6 +162,17 @@ pub struct RunInfo {
     pub context: RunContext,
 }
 
+/// When a run happened, as the ledger recorded it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunTimes {
+    pub created_at: Timestamp,
+    /// When the ledger ended (or cancelled) it; `None` while it is running or paused.
+    pub ended_at: Option<Timestamp>,
+    /// When its last execution was charged; `None` when none was. Executions are found by the
+    /// engine's naming, `{run}/…` (see [`crate::LedgerStore::run_times`]).
+    pub last_charge_at: Option<Timestamp>,
+}
+
 /// What a store's writer has done since it opened, for monitoring. Every field only grows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {

@@ -22,7 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
 use crate::error::{Result, StoreError};
 use crate::limits::{BATCH_EVENTS_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
-use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, WriterStats, check_instant};
+use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, WriterStats, check_instant};
 use crate::{ChargedAndEnded, Done, LedgerStore, schema};
 
 /// How the store is opened.
@@ -362,6 +362,10 @@ impl LedgerStore for SqliteStore {
     fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>> {
         self.read(read::running_runs)
     }
+    fn run_times(&self, team: &TeamName, run: &RunId) -> Result<Option<RunTimes>> {
+        self.read(|conn| read::run_times(conn, team, run))
+    }
+
 
     fn writer_stats(&self) -> WriterStats {
         self.shared.stats.read()

@@ -7,9 +7,9 @@ use jiff::tz::Offset;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::team::{TEAM_COLUMNS, TeamRow, find_run, find_team, load_period, team_row};
-use crate::codec::{context_from, instant, kind_from, status_code, status_from, to_u64, trigger_from};
+use crate::codec::{context_from, instant, kind_from, run_execution_keys, status_code, status_from, to_u64, trigger_from};
 use crate::error::{Result, StoreError};
-use crate::model::{AuditEntry, Invoice, LedgerRun, RunInfo, TeamInfo, TeamName, UsageLine, UsageReport};
+use crate::model::{AuditEntry, Invoice, LedgerRun, RunInfo, RunTimes, TeamInfo, TeamName, UsageLine, UsageReport};
 
 /// Runs `f` in one read transaction, so that every query sees the same commit.
 pub(super) fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -38,6 +38,18 @@ pub(super) fn run(conn: &Connection, team: &TeamName, run: &RunId) -> Result<Opt
     let team = find_team(conn, team)?;
     let Some(stored) = find_run(conn, team.id, run)? else { return Ok(None) };
     Ok(Some(RunInfo { status: status_from(stored.status)?, credits: Credits(to_u64(stored.credits)?), context: context_from(stored.trigger, stored.location)? }))
+}
+
+pub(super) fn run_times(conn: &Connection, team: &TeamName, run: &RunId) -> Result<Option<RunTimes>> {
+    snapshot(conn, |conn| {
+        let team = find_team(conn, team)?;
+        let times = conn.prepare_cached("SELECT id, created_ms, ended_ms FROM runs WHERE team_id = ?1 AND run_key = ?2")?.query_row(params![team.id, run.as_str()], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Option<i64>>(2)?))).optional()?;
+        let Some((run_row, created_ms, ended_ms)) = times else { return Ok(None) };
+        let (from, to) = run_execution_keys(run);
+        let sql = "SELECT MAX(at_ms) FROM executions WHERE team_id = ?1 AND key >= ?2 AND key < ?3 AND run_id = ?4";
+        let last_ms: Option<i64> = conn.prepare_cached(sql)?.query_row(params![team.id, from, to, run_row], |row| row.get(0))?;
+        Ok(Some(RunTimes { created_at: instant(created_ms)?, ended_at: ended_ms.map(instant).transpose()?, last_charge_at: last_ms.map(instant).transpose()? }))
+    })
 }
 
 pub(super) fn running_runs(conn: &Connection) -> Result<Vec<(TeamName, RunId)>> {

@@ -278,6 +278,28 @@ fn runs_since_lists_recent_runs_of_every_team_and_status_oldest_first() {
     assert_eq!(newest.iter().map(|listed| listed.run.as_str()).collect::<Vec<_>>(), vec!["going"]);
 }
 
+/// Where a run cut off by a crash was last: its last charge among the executions named after
+/// it, not another run's whose id merely starts the same.
+#[test]
+fn run_times_say_when_a_run_was_admitted_ended_and_last_charged() {
+    let dir = TempDir::new("run-times");
+    let store = open(&dir.db());
+    create(&store, "acme", PlanId::Team);
+    store.start_run(&team("acme"), start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    store.start_run(&team("acme"), start("r10", "2026-03-02T10:00:00Z")).unwrap();
+    store.start_run(&team("acme"), start("r2", "2026-03-02T10:00:00Z")).unwrap();
+    let charges = vec![integration("r1/a", "r1", "2026-03-02T10:00:01Z"), integration("r1/loop#2/b", "r1", "2026-03-02T10:00:03Z"), integration("r10/a", "r10", "2026-03-02T10:00:09Z")];
+    store.charge(&team("acme"), charges).unwrap();
+    store.end_run(&team("acme"), &run("r10"), ts("2026-03-02T10:00:10Z")).unwrap();
+
+    let times = store.run_times(&team("acme"), &run("r1")).unwrap().unwrap();
+    assert_eq!((times.created_at, times.ended_at, times.last_charge_at), (ts("2026-03-02T10:00:00Z"), None, Some(ts("2026-03-02T10:00:03Z"))));
+    let times = store.run_times(&team("acme"), &run("r10")).unwrap().unwrap();
+    assert_eq!((times.ended_at, times.last_charge_at), (Some(ts("2026-03-02T10:00:10Z")), Some(ts("2026-03-02T10:00:09Z"))));
+    assert_eq!(store.run_times(&team("acme"), &run("r2")).unwrap().unwrap().last_charge_at, None, "never charged");
+    assert_eq!(store.run_times(&team("acme"), &run("nope")).unwrap(), None);
+}
+
 #[test]
 fn writer_stats_count_every_request_commit_and_sync() {
     let dir = TempDir::new("stats");
