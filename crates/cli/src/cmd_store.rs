@@ -47,6 +47,18 @@ pub struct JsonFlag {
     json: bool,
 }
 
+impl StoreCommand {
+    /// Whether the command was asked for JSON (its error then comes as JSON on stdout too).
+    pub fn json(&self) -> bool {
+        let flag = match self {
+            StoreCommand::Teams(TeamsArgs { command: TeamsCommand::Create { json, .. } | TeamsCommand::List(json) | TeamsCommand::Show { json, .. }, .. }) => json,
+            StoreCommand::Usage(UsageArgs { json, .. }) | StoreCommand::Invoices(InvoicesArgs { json, .. }) | StoreCommand::Migrate(MigrateArgs { json, .. }) => json,
+            StoreCommand::Ledger(LedgerArgs { command: LedgerCommand::Verify { json, .. }, .. }) => json,
+        };
+        flag.json
+    }
+}
+
 /// Commands on the durable ledger, flattened into the top-level command list.
 #[derive(clap::Subcommand)]
 pub enum StoreCommand {
@@ -177,7 +189,14 @@ pub fn run(command: StoreCommand) -> anyhow::Result<ExitCode> {
         StoreCommand::Usage(args) => usage(args.db.open_existing(args.rules.load()?)?, &args).map_err(|err| next_step(err, &args.db.db)),
         StoreCommand::Invoices(args) => invoices(args.db.open_existing(args.rules.load()?)?, &args).map_err(|err| next_step(err, &args.db.db)),
         StoreCommand::Migrate(MigrateArgs { db, json }) => {
-            let applied = flowcredits_store::migrate(&db.db).with_context(|| format!("cannot migrate {}", db.db.display()))?;
+            let applied = match flowcredits_store::migrate(&db.db) {
+                // Changing the schema under a running server would leave it writing to tables
+                // it no longer knows: a usage error, like a bad argument.
+                Err(StoreError::InUse(_)) => {
+                    return Err(BadArgument(format!("cannot migrate {}: a running `flowcredits serve` (or another flowcredits command) has it open; stop the server first, then migrate", db.db.display())).into());
+                }
+                other => other.with_context(|| format!("cannot migrate {}", db.db.display()))?,
+            };
             let value = json!({"db": db.db.display().to_string(), "schema_version": flowcredits_store::SCHEMA_VERSION, "migrations_applied": applied});
             print(&json, value, || format!("{}: schema version {} ({applied} migrations applied)\n", db.db.display(), flowcredits_store::SCHEMA_VERSION));
             Ok(ExitCode::SUCCESS)

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
     let json_errors = match &cli.command {
         Command::Run(args) => args.json,
         Command::Estimate(args) => args.json,
+        Command::Store(command) => command.json(),
         _ => false,
     };
     let result = match cli.command {

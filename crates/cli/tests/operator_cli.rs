@@ -173,3 +173,32 @@ async fn healthz_fails_once_the_ledger_cannot_write() {
     assert_eq!(server.get(&client, "/healthz").await.0, 200);
     assert_eq!(server.hook(&client, "hello").await.0, 200);
 }
+
+/// `migrate` on the database a running server holds is refused (exit 2) naming the file and
+/// saying to stop the server; with `--json` the error is JSON on stdout. Once the server is
+/// stopped, it migrates.
+#[tokio::test]
+async fn migrate_refuses_a_database_a_server_is_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flowcredits.db");
+    let server = Server::start(&db, &[], &[], false);
+    let migrate = |extra: &[&str]| Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("migrate").arg("--db").arg(&db).args(extra).output().unwrap();
+
+    let refused = migrate(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&db.display().to_string()) && stderr.contains("stop the server first"), "{stderr}");
+
+    let refused = migrate(&["--json"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let error: Value = serde_json::from_slice(&refused.stdout).unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&refused.stdout)));
+    assert_eq!(error["exit_code"], 2, "{error}");
+    let message = error["error"].as_str().unwrap();
+    assert!(message.contains(&db.display().to_string()) && message.contains("stop the server first"), "{error}");
+
+    drop(server);
+    let migrated = migrate(&["--json"]);
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let migrated: Value = serde_json::from_slice(&migrated.stdout).unwrap();
+    assert_eq!(migrated["migrations_applied"], 0, "the server had migrated it already: {migrated}");
+}

@@ -42,9 +42,13 @@ pub enum StoreError {
     /// opened again, which reads back what the disk holds.
     #[error("the ledger's disk did not confirm a write ({0}); nothing since is acknowledged: restart the server after checking the disk")]
     SyncFailed(String),
-    /// Another process has the database open for writing.
+    /// The lock beside the database could not be taken (it cannot be opened or locked).
     #[error("ledger database is locked: {0}")]
     Locked(String),
+    /// Another process (a running server, another command) has the database at this path open
+    /// for writing.
+    #[error("ledger database is locked: {0} is open in another process (a running `flowcredits serve`?); stop it, or go through its API")]
+    InUse(String),
     /// The writer thread is gone (the store is shutting down, or a previous failure stopped it).
     #[error("the store's writer has stopped")]
     Closed,

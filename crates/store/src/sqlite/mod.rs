@@ -124,7 +124,10 @@ impl Checkpointer {
 }
 
 /// Creates the database file if needed and applies pending migrations; returns how many ran.
+/// Refused with [`StoreError::InUse`] while another process (a server) has the file open for
+/// writing: its writer's cached state would no longer match the file.
 pub fn migrate(path: &Path) -> Result<usize> {
+    let _writer_lock = lock_for_writing(path)?;
     let mut conn = open_connection(path, Durability::Full)?;
     schema::migrate(&mut conn)
 }
@@ -139,7 +142,7 @@ fn lock_for_writing(path: &Path) -> Result<File> {
     let file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|err| StoreError::Locked(format!("cannot open {}: {err}", Path::new(&lock_path).display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::Locked(format!("{} is open in another process (a running `flowcredits serve`?); stop it, or go through its API", path.display()))),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse(path.display().to_string())),
         Err(TryLockError::Error(err)) => Err(StoreError::Locked(format!("cannot lock {}: {err}", Path::new(&lock_path).display()))),
     }
 }
