@@ -1,8 +1,15 @@
 //! `/openapi.json`, built from one table of routes. Request schemas mirror the handlers' body
-//! types (which refuse unknown fields), so clients and fuzzers generate what the server reads.
+//! types (which refuse unknown fields), so clients and fuzzers generate what the server reads;
+//! response schemas (`components/schemas`) describe what the handlers write, checked against
+//! real answers by `tests/openapi_responses.rs`.
 
 use axum::Json;
+use flowcredits_core::{BlockKind, Location, PlanId, RunStatus, Trigger};
 use serde_json::{Map, Value, json};
+
+use crate::auth::Role;
+use crate::catalog::RunsOn;
+use crate::history::RunState;
 
 struct Route {
     method: &'static str,
@@ -13,6 +20,19 @@ struct Route {
     body: Option<fn() -> Value>,
     query: &'static [(&'static str, &'static str)],
     success: &'static str,
+    /// What the success status carries.
+    answer: Answer,
+}
+
+/// The body of a success response.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// JSON described by the schema of that name in `components/schemas`.
+    Json(&'static str),
+    /// Not JSON: a body of this media type.
+    Media(&'static str),
+    /// No body (204).
+    Empty,
 }
 
 fn string() -> Value {
@@ -44,14 +64,16 @@ fn charges_body() -> Value {
 }
 
 const ROUTES: &[Route] = &[
-    Route { method: "get", path: "/healthz", summary: "Liveness and database check", access: "anyone", body: None, query: &[], success: "200" },
-    Route { method: "get", path: "/metrics", summary: "Prometheus metrics", access: "anyone", body: None, query: &[], success: "200" },
-    Route { method: "get", path: "/v1/me", summary: "The caller and their teams", access: "any key", body: None, query: &[], success: "200" },
-    Route { method: "post", path: "/v1/users", summary: "Create a user", access: "operator", body: Some(|| object(&["name"], json!({"name": string(), "operator": {"type": "boolean"}}))), query: &[], success: "201" },
-    Route { method: "get", path: "/v1/users", summary: "Every user of the platform", access: "operator", body: None, query: PAGE, success: "200" },
-    Route { method: "post", path: "/v1/users/{user}/keys", summary: "Create an API key (shown once)", access: "operator, or the user", body: Some(|| object(&["label"], json!({"label": string()}))), query: &[], success: "201" },
-    Route { method: "get", path: "/v1/users/{user}/keys", summary: "A user's API keys, revoked ones included (never their tokens)", access: "operator, or the user", body: None, query: PAGE, success: "200" },
-    Route { method: "delete", path: "/v1/users/{user}/keys/{key}", summary: "Revoke an API key: it stops working at once on this server", access: "operator, or the user", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/openapi.json", summary: "This document", access: "anyone", body: None, query: &[], success: "200", answer: Answer::Json("OpenApi") },
+    Route { method: "get", path: "/dashboard", summary: "The usage dashboard, a page for people: it signs in with an API key kept in the browser and reads this API", access: "anyone (the page asks for a key)", body: None, query: &[("team", "string")], success: "200", answer: Answer::Media("text/html") },
+    Route { method: "get", path: "/healthz", summary: "Liveness and database check", access: "anyone", body: None, query: &[], success: "200", answer: Answer::Json("Health") },
+    Route { method: "get", path: "/metrics", summary: "Prometheus metrics", access: "anyone", body: None, query: &[], success: "200", answer: Answer::Media("text/plain") },
+    Route { method: "get", path: "/v1/me", summary: "The caller and their teams", access: "any key", body: None, query: &[], success: "200", answer: Answer::Json("Me") },
+    Route { method: "post", path: "/v1/users", summary: "Create a user", access: "operator", body: Some(|| object(&["name"], json!({"name": string(), "operator": {"type": "boolean"}}))), query: &[], success: "201", answer: Answer::Json("User") },
+    Route { method: "get", path: "/v1/users", summary: "Every user of the platform", access: "operator", body: None, query: PAGE, success: "200", answer: Answer::Json("UserPage") },
+    Route { method: "post", path: "/v1/users/{user}/keys", summary: "Create an API key (shown once)", access: "operator, or the user", body: Some(|| object(&["label"], json!({"label": string()}))), query: &[], success: "201", answer: Answer::Json("NewApiKey") },
+    Route { method: "get", path: "/v1/users/{user}/keys", summary: "A user's API keys, revoked ones included (never their tokens)", access: "operator, or the user", body: None, query: PAGE, success: "200", answer: Answer::Json("ApiKeyPage") },
+    Route { method: "delete", path: "/v1/users/{user}/keys/{key}", summary: "Revoke an API key: it stops working at once on this server", access: "operator, or the user", body: None, query: &[], success: "200", answer: Answer::Json("ApiKey") },
     Route {
         method: "post",
         path: "/v1/teams",
@@ -59,12 +81,12 @@ const ROUTES: &[Route] = &[
         access: "operator",
         body: Some(|| object(&["name", "plan"], json!({"name": string(), "plan": {"type": "string", "enum": ["free", "solo", "team", "enterprise"]}, "anchor_day": {"type": "integer", "minimum": 1, "maximum": 28}, "owner": string()}))),
         query: &[],
-        success: "201",
+        success: "201", answer: Answer::Json("Team"),
     },
-    Route { method: "get", path: "/v1/teams", summary: "Teams the caller can see", access: "any key", body: None, query: PAGE, success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}", summary: "A team and its plan", access: "member", body: None, query: &[], success: "200" },
-    Route { method: "put", path: "/v1/teams/{team}/plan", summary: "Change a team's plan", access: "operator", body: Some(|| object(&["plan"], json!({"plan": string()}))), query: &[], success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/members", summary: "Members and roles", access: "member", body: None, query: PAGE, success: "200" },
+    Route { method: "get", path: "/v1/teams", summary: "Teams the caller can see", access: "any key", body: None, query: PAGE, success: "200", answer: Answer::Json("TeamPage") },
+    Route { method: "get", path: "/v1/teams/{team}", summary: "A team and its plan", access: "member", body: None, query: &[], success: "200", answer: Answer::Json("Team") },
+    Route { method: "put", path: "/v1/teams/{team}/plan", summary: "Change a team's plan", access: "operator", body: Some(|| object(&["plan"], json!({"plan": string()}))), query: &[], success: "200", answer: Answer::Json("Team") },
+    Route { method: "get", path: "/v1/teams/{team}/members", summary: "Members and roles", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("MemberPage") },
     Route {
         method: "put",
         path: "/v1/teams/{team}/members/{user}",
@@ -72,17 +94,17 @@ const ROUTES: &[Route] = &[
         access: "owner, admin",
         body: Some(|| object(&["role"], json!({"role": {"type": "string", "enum": ["owner", "admin", "billing", "editor", "viewer"]}}))),
         query: &[],
-        success: "200",
+        success: "200", answer: Answer::Json("Members"),
     },
-    Route { method: "delete", path: "/v1/teams/{team}/members/{user}", summary: "Remove a member", access: "owner, admin", body: None, query: &[], success: "204" },
-    Route { method: "post", path: "/v1/teams/{team}/flows", summary: "Create a flow", access: "owner, admin, editor", body: Some(|| object(&["name", "definition"], json!({"name": string(), "definition": {"type": "object"}}))), query: &[], success: "201" },
-    Route { method: "get", path: "/v1/teams/{team}/flows", summary: "List flows", access: "member", body: None, query: PAGE, success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}", summary: "A flow", access: "member", body: None, query: &[], success: "200" },
-    Route { method: "put", path: "/v1/teams/{team}/flows/{flow}", summary: "Replace a flow's working definition", access: "owner, admin, editor", body: Some(|| object(&["definition"], json!({"definition": {"type": "object"}}))), query: &[], success: "200" },
-    Route { method: "delete", path: "/v1/teams/{team}/flows/{flow}", summary: "Delete a flow and its snapshots (refused while deployed, or while a run of it is running or paused)", access: "owner, admin, editor", body: None, query: &[], success: "204" },
-    Route { method: "post", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "Snapshot the flow (numbered, immutable; Free keeps 10)", access: "owner, admin, editor", body: None, query: &[], success: "201" },
-    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "List snapshots", access: "member", body: None, query: PAGE, success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/estimate", summary: "Estimate a run's credits", access: "member", body: None, query: &[("trigger", "string"), ("cloud_run", "boolean"), ("snapshot", "integer")], success: "200" },
+    Route { method: "delete", path: "/v1/teams/{team}/members/{user}", summary: "Remove a member", access: "owner, admin", body: None, query: &[], success: "204", answer: Answer::Empty },
+    Route { method: "post", path: "/v1/teams/{team}/flows", summary: "Create a flow", access: "owner, admin, editor", body: Some(|| object(&["name", "definition"], json!({"name": string(), "definition": {"type": "object"}}))), query: &[], success: "201", answer: Answer::Json("Flow") },
+    Route { method: "get", path: "/v1/teams/{team}/flows", summary: "List flows", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("FlowPage") },
+    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}", summary: "A flow", access: "member", body: None, query: &[], success: "200", answer: Answer::Json("Flow") },
+    Route { method: "put", path: "/v1/teams/{team}/flows/{flow}", summary: "Replace a flow's working definition", access: "owner, admin, editor", body: Some(|| object(&["definition"], json!({"definition": {"type": "object"}}))), query: &[], success: "200", answer: Answer::Json("Flow") },
+    Route { method: "delete", path: "/v1/teams/{team}/flows/{flow}", summary: "Delete a flow and its snapshots (refused while deployed, or while a run of it is running or paused)", access: "owner, admin, editor", body: None, query: &[], success: "204", answer: Answer::Empty },
+    Route { method: "post", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "Snapshot the flow (numbered, immutable; Free keeps 10)", access: "owner, admin, editor", body: None, query: &[], success: "201", answer: Answer::Json("Snapshot") },
+    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/snapshots", summary: "List snapshots", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("SnapshotPage") },
+    Route { method: "get", path: "/v1/teams/{team}/flows/{flow}/estimate", summary: "Estimate a run's credits", access: "member", body: None, query: &[("trigger", "string"), ("cloud_run", "boolean"), ("snapshot", "integer")], success: "200", answer: Answer::Json("Estimate") },
     Route {
         method: "post",
         path: "/v1/teams/{team}/deployments",
@@ -95,9 +117,9 @@ const ROUTES: &[Route] = &[
             )
         }),
         query: &[],
-        success: "201",
+        success: "201", answer: Answer::Json("Deployment"),
     },
-    Route { method: "get", path: "/v1/teams/{team}/deployments", summary: "List deployments", access: "member", body: None, query: PAGE, success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/deployments", summary: "List deployments", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("DeploymentPage") },
     Route {
         method: "patch",
         path: "/v1/teams/{team}/deployments/{deployment}",
@@ -105,9 +127,9 @@ const ROUTES: &[Route] = &[
         access: "owner, admin, editor",
         body: Some(|| object(&[], json!({"snapshot": {"type": "integer", "minimum": 1}, "schedule_every_s": {"type": "integer", "nullable": true, "minimum": 60}, "schedule_cron": {"type": "string", "nullable": true}}))),
         query: &[],
-        success: "200",
+        success: "200", answer: Answer::Json("Deployment"),
     },
-    Route { method: "delete", path: "/v1/teams/{team}/deployments/{deployment}", summary: "Remove a deployment", access: "owner, admin, editor", body: None, query: &[], success: "204" },
+    Route { method: "delete", path: "/v1/teams/{team}/deployments/{deployment}", summary: "Remove a deployment", access: "owner, admin, editor", body: None, query: &[], success: "204", answer: Answer::Empty },
     Route {
         method: "post",
         path: "/v1/teams/{team}/deployments/{deployment}/runs",
@@ -115,15 +137,15 @@ const ROUTES: &[Route] = &[
         access: "owner, admin, editor",
         body: Some(|| object(&[], json!({"input": {}, "wait": {"type": "boolean"}}))),
         query: &[],
-        success: "202",
+        success: "202", answer: Answer::Json("RunAccepted"),
     },
-    Route { method: "post", path: "/v1/teams/{team}/runners", summary: "Register a private runner (Enterprise); its token is shown once", access: "owner, admin", body: Some(|| object(&["name"], json!({"name": string()}))), query: &[], success: "201" },
-    Route { method: "get", path: "/v1/teams/{team}/runners", summary: "Private runners: name, created, last seen, jobs running", access: "member", body: None, query: PAGE, success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/runners/me", summary: "The runner a runner token belongs to, with its lease and claim wait", access: "runner token (fcr_…)", body: None, query: &[], success: "200" },
-    Route { method: "delete", path: "/v1/teams/{team}/runners/{runner}", summary: "Deregister a private runner (its token stops working; its jobs go to other runners)", access: "owner, admin", body: None, query: &[], success: "204" },
-    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/claim", summary: "Take the oldest waiting job (long poll up to `wait_s`, at most 25 s; 204 when none)", access: RUNNER, body: None, query: &[("wait_s", "integer")], success: "200" },
-    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/charges", summary: "Charge block executions of a leased job (idempotent by execution id); renews the lease", access: RUNNER, body: Some(charges_body), query: &[], success: "200" },
-    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/heartbeat", summary: "Renew a leased job's lease", access: RUNNER, body: None, query: &[], success: "200" },
+    Route { method: "post", path: "/v1/teams/{team}/runners", summary: "Register a private runner (Enterprise); its token is shown once", access: "owner, admin", body: Some(|| object(&["name"], json!({"name": string()}))), query: &[], success: "201", answer: Answer::Json("NewRunner") },
+    Route { method: "get", path: "/v1/teams/{team}/runners", summary: "Private runners: name, created, last seen, jobs running", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("RunnerPage") },
+    Route { method: "get", path: "/v1/teams/{team}/runners/me", summary: "The runner a runner token belongs to, with its lease and claim wait", access: "runner token (fcr_…)", body: None, query: &[], success: "200", answer: Answer::Json("RunnerMe") },
+    Route { method: "delete", path: "/v1/teams/{team}/runners/{runner}", summary: "Deregister a private runner (its token stops working; its jobs go to other runners)", access: "owner, admin", body: None, query: &[], success: "204", answer: Answer::Empty },
+    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/claim", summary: "Take the oldest waiting job (long poll up to `wait_s`, at most 25 s; 204 when none)", access: RUNNER, body: None, query: &[("wait_s", "integer")], success: "200", answer: Answer::Json("Job") },
+    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/charges", summary: "Charge block executions of a leased job (idempotent by execution id); renews the lease", access: RUNNER, body: Some(charges_body), query: &[], success: "200", answer: Answer::Json("Charged") },
+    Route { method: "post", path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/heartbeat", summary: "Renew a leased job's lease", access: RUNNER, body: None, query: &[], success: "200", answer: Answer::Json("Lease") },
     Route {
         method: "post",
         path: "/v1/teams/{team}/runners/{runner}/jobs/{run}/complete",
@@ -131,7 +153,7 @@ const ROUTES: &[Route] = &[
         access: RUNNER,
         body: Some(|| object(&["state"], json!({"state": {"type": "string", "enum": ["succeeded", "failed"]}, "response": object(&["status"], json!({"status": {"type": "integer", "minimum": 100, "maximum": 599}, "body": {}})), "output": {}, "error": string()}))),
         query: &[],
-        success: "200",
+        success: "200", answer: Answer::Json("RunEnded"),
     },
     Route {
         method: "post",
@@ -140,7 +162,7 @@ const ROUTES: &[Route] = &[
         access: "owner, admin, editor",
         body: Some(|| object(&["flow_id"], json!({"flow_id": string(), "snapshot": {"type": "integer"}, "input": {}, "wait": {"type": "boolean"}}))),
         query: &[],
-        success: "202",
+        success: "202", answer: Answer::Json("RunAccepted"),
     },
     Route {
         method: "get",
@@ -149,10 +171,10 @@ const ROUTES: &[Route] = &[
         access: "member",
         body: None,
         query: &[("flow_id", "string"), ("status", "string"), ("trigger", "string"), ("since", "string"), ("until", "string"), ("after", "string"), ("limit", "integer")],
-        success: "200",
+        success: "200", answer: Answer::Json("RunPage"),
     },
-    Route { method: "get", path: "/v1/teams/{team}/runs/{run}", summary: "A run with each block's status, input, output, duration and credits", access: "member", body: None, query: &[], success: "200" },
-    Route { method: "post", path: "/v1/teams/{team}/runs/{run}/cancel", summary: "Cancel a run", access: "owner, admin, editor", body: None, query: &[], success: "200" },
+    Route { method: "get", path: "/v1/teams/{team}/runs/{run}", summary: "A run with each block's status, input, output, duration and credits", access: "member", body: None, query: &[], success: "200", answer: Answer::Json("Run") },
+    Route { method: "post", path: "/v1/teams/{team}/runs/{run}/cancel", summary: "Cancel a run", access: "owner, admin, editor", body: None, query: &[], success: "200", answer: Answer::Json("RunCancel") },
     Route {
         method: "post",
         path: "/v1/teams/{team}/local-runs",
@@ -160,7 +182,7 @@ const ROUTES: &[Route] = &[
         access: "owner, admin, editor",
         body: Some(|| object(&["flow", "blocks"], json!({"flow": string(), "cloud_run": {"type": "boolean"}, "blocks": {"type": "array", "items": object(&["type"], json!({"type": string(), "model": string()}))}}))),
         query: &[],
-        success: "201",
+        success: "201", answer: Answer::Json("LocalRun"),
     },
     Route {
         method: "post",
@@ -169,12 +191,12 @@ const ROUTES: &[Route] = &[
         access: "owner, admin, editor",
         body: Some(charges_body),
         query: &[],
-        success: "200",
+        success: "200", answer: Answer::Json("Charged"),
     },
-    Route { method: "post", path: "/v1/teams/{team}/local-runs/{run}/end", summary: "End a local run", access: "owner, admin, editor", body: None, query: &[], success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/usage", summary: "Credits used and remaining, by block kind and trigger", access: "member", body: None, query: &[("period", "string")], success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/usage/flows", summary: "A period's runs and credits by flow (from run history, by the period each run started in)", access: "member", body: None, query: &[("period", "string")], success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/billing", summary: "Billing settings", access: "member", body: None, query: &[], success: "200" },
+    Route { method: "post", path: "/v1/teams/{team}/local-runs/{run}/end", summary: "End a local run", access: "owner, admin, editor", body: None, query: &[], success: "200", answer: Answer::Json("RunEnded") },
+    Route { method: "get", path: "/v1/teams/{team}/usage", summary: "Credits used and remaining, by block kind and trigger", access: "member", body: None, query: &[("period", "string")], success: "200", answer: Answer::Json("Usage") },
+    Route { method: "get", path: "/v1/teams/{team}/usage/flows", summary: "A period's runs and credits by flow (from run history, by the period each run started in)", access: "member", body: None, query: &[("period", "string")], success: "200", answer: Answer::Json("UsageByFlow") },
+    Route { method: "get", path: "/v1/teams/{team}/billing", summary: "Billing settings", access: "member", body: None, query: &[], success: "200", answer: Answer::Json("Billing") },
     Route {
         method: "patch",
         path: "/v1/teams/{team}/billing",
@@ -182,14 +204,14 @@ const ROUTES: &[Route] = &[
         access: "owner, admin, billing",
         body: Some(|| object(&[], json!({"payg_enabled": {"type": "boolean"}, "payg_cap_usd": {"type": "string", "nullable": true}, "payg_alerts_usd": {"type": "array", "items": string()}, "alert_webhook_url": {"type": "string", "nullable": true}}))),
         query: &[],
-        success: "200",
+        success: "200", answer: Answer::Json("Billing"),
     },
-    Route { method: "post", path: "/v1/teams/{team}/purchases", summary: "Buy credits (Enterprise)", access: "owner, admin, billing", body: Some(|| object(&["credits"], json!({"credits": {"type": "integer", "minimum": 1}, "expires_at": string()}))), query: &[], success: "201" },
-    Route { method: "get", path: "/v1/teams/{team}/purchases", summary: "Credits bought, oldest first, with what remains of each and when it expires", access: "member", body: None, query: PAGE, success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: PAGE, success: "200" },
-    Route { method: "get", path: "/v1/teams/{team}/alerts", summary: "Usage alerts and their deliveries", access: "member", body: None, query: PAGE, success: "200" },
-    Route { method: "post", path: "/hooks/{team}/{path}", summary: "Call a deployed flow (sync: 30 s then 408; `?async=true`: 202)", access: "owner, admin, editor", body: Some(|| json!({})), query: &[("async", "boolean")], success: "200" },
-    Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member (calling a tool: owner, admin, editor); `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200" },
+    Route { method: "post", path: "/v1/teams/{team}/purchases", summary: "Buy credits (Enterprise)", access: "owner, admin, billing", body: Some(|| object(&["credits"], json!({"credits": {"type": "integer", "minimum": 1}, "expires_at": string()}))), query: &[], success: "201", answer: Answer::Json("Purchase") },
+    Route { method: "get", path: "/v1/teams/{team}/purchases", summary: "Credits bought, oldest first, with what remains of each and when it expires", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("PurchasePage") },
+    Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("InvoicePage") },
+    Route { method: "get", path: "/v1/teams/{team}/alerts", summary: "Usage alerts and their deliveries", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("AlertPage") },
+    Route { method: "post", path: "/hooks/{team}/{path}", summary: "Call a deployed flow (sync: 30 s then 408; `?async=true`: 202)", access: "owner, admin, editor", body: Some(|| json!({})), query: &[("async", "boolean")], success: "200", answer: Answer::Json("HookAnswer") },
+    Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member (calling a tool: owner, admin, editor); `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200", answer: Answer::Json("JsonRpcResponse") },
 ];
 
 /// The routes that start a run, and so answer as a run's start does (`routes_runs::answer_started`).
@@ -208,27 +230,38 @@ fn operation(route: &Route) -> Value {
         .collect();
     // `/mcp` needs its team; every other query parameter is optional.
     parameters.extend(route.query.iter().map(|(name, kind)| json!({"name": name, "in": "query", "required": route.path == "/mcp" && *name == "team", "schema": {"type": kind}})));
+    let success = match route.answer {
+        Answer::Json(name) => json_answer("Success", name),
+        Answer::Media(media) => json!({"description": "Success", "content": {media: {"schema": {"type": "string"}}}}),
+        Answer::Empty => json!({"description": "Success, with no body"}),
+    };
     let mut operation = json!({
         "summary": route.summary,
         "description": format!("Who may call: {}.", route.access),
         "parameters": parameters,
         "responses": {
-            route.success: {"description": "Success", "content": {"application/json": {}}},
-            "4XX": {"description": "A client error: `{\"error\": {\"code\", \"message\", \"field\"?}}`", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            route.success: success,
+            "4XX": json_answer("A client error: `{\"error\": {\"code\", \"message\", \"field\"?}}`", "Error"),
+            "5XX": json_answer("A server error (`internal`; the server log has the details), same shape", "Error"),
         },
     });
     if STARTS_RUNS.contains(&route.path) && route.method == "post" {
         let responses = &mut operation["responses"];
-        responses["200"] = json!({"description": "The run finished (a hook: the flow's `response` block's status and body)", "content": {"application/json": {}}});
-        responses["202"] = json!({"description": "Accepted without waiting: `{run_id, status}`, running or paused", "content": {"application/json": {}}});
-        responses["402"] = json!({"description": "The team is out of credits: the run is paused (`run_id`) and runs when credits return", "content": {"application/json": {}}});
-        responses["408"] = json!({"description": "Still running after 30 s: `run_id` and where to read the result", "content": {"application/json": {}}});
         if route.path.starts_with("/hooks/") {
-            responses["502"] = json!({"description": "The flow failed before its `response` block answered: the run, with its error", "content": {"application/json": {}}});
+            responses["200"] = json_answer("The flow's `response` block's status and body; without one, the run (as `RunResult`)", "HookAnswer");
+            responses["502"] = json_answer("The flow failed before its `response` block answered: the run, with its error", "RunResult");
+        } else {
+            responses["200"] = json_answer("With `wait`: the run finished, however it ended", "RunResult");
         }
+        responses["202"] = json_answer("Accepted without waiting: `{run_id, status}`, running or paused", "RunAccepted");
+        responses["402"] = json_answer("The team is out of credits: the run is paused (`run_id`) and runs when credits return", "RunPaused");
+        responses["408"] = json_answer("Still running after 30 s: `run_id` and where to read the result", "RunStillGoing");
     }
     if route.path.ends_with("/jobs/claim") {
         operation["responses"]["204"] = json!({"description": "No job waited within `wait_s`"});
+    }
+    if route.path == "/mcp" {
+        operation["responses"]["202"] = json!({"description": "A notification or a response was taken; JSON-RPC answers it with nothing"});
     }
     if route.access.starts_with("runner token") {
         operation["security"] = json!([{"runnerToken": []}]);
@@ -268,11 +301,248 @@ pub fn build() -> Value {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (fck_…) acting for one user"},
                 "runnerToken": {"type": "http", "scheme": "bearer", "description": "A private runner's token (fcr_…), shown once when the runner is registered; it works only on that runner's job endpoints"},
             },
-            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {"code": string(), "message": string(), "field": string()}}}}},
+            "schemas": schemas(),
         },
     })
 }
 
+fn json_answer(description: &str, schema: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": reference(schema)}}})
+}
+
 pub async fn document() -> Json<Value> {
     Json(build())
+}
+
+// ---------------------------------------------------------------- response schemas
+//
+// One function per shape the handlers answer with, named in `components/schemas`. Enumerations
+// are read from the types that serialise them (`Role::ALL`, `RunState::ALL`, …). Every field a
+// handler writes is listed and every field it always writes is required; `nullable` marks the
+// `Option`s serialised as `null`. The objects stay open to new fields (clients should ignore
+// fields they do not know), but `tests/openapi_responses.rs` calls every GET operation and many
+// others on a real server and refuses any answer with a field, a type or a value this document
+// does not describe, so the two cannot drift apart unnoticed.
+
+fn count() -> Value {
+    json!({"type": "integer", "minimum": 0})
+}
+
+fn flag() -> Value {
+    json!({"type": "boolean"})
+}
+
+/// An instant, RFC 3339 in UTC.
+fn instant() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+fn nullable(mut schema: Value) -> Value {
+    schema["nullable"] = json!(true);
+    schema
+}
+
+fn list(items: Value) -> Value {
+    json!({"type": "array", "items": items})
+}
+
+fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> Value {
+    json!({"type": "string", "enum": values.into_iter().collect::<Vec<_>>()})
+}
+
+/// Any JSON value a flow or its caller chose (`null` included).
+fn anything(description: &str) -> Value {
+    json!({"description": description})
+}
+
+fn reference(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// An object as the server writes it: every property always present but those in `optional`.
+fn record(properties: Value, optional: &[&str]) -> Value {
+    let required: Vec<&String> = properties.as_object().expect("properties are an object").keys().filter(|name| !optional.contains(&name.as_str())).collect();
+    let mut schema = json!({"type": "object", "properties": properties});
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
+}
+
+/// A page of a list (`catalog::Page`).
+fn page(item: &str) -> Value {
+    record(json!({"items": list(reference(item)), "next": nullable(json!({"type": "string", "description": "pass as `after` for the next page; null on the last"}))}), &[])
+}
+
+fn run_states() -> Value {
+    one_of(RunState::ALL.iter().map(|state| state.as_str()))
+}
+
+fn plan_ids() -> Value {
+    one_of(PlanId::ALL.iter().map(|plan| plan.as_str()))
+}
+
+fn roles() -> Value {
+    one_of(Role::ALL.iter().map(|role| role.as_str()))
+}
+
+fn triggers() -> Value {
+    one_of(Trigger::ALL.iter().map(|trigger| trigger.as_str()))
+}
+
+fn locations() -> Value {
+    one_of([Location::Local, Location::Cloud, Location::Private].map(Location::as_str))
+}
+
+/// `{status, body}` of a flow's `response` block.
+fn flow_response() -> Value {
+    record(json!({"status": {"type": "integer", "minimum": 100, "maximum": 599}, "body": anything("the body the flow answered")}), &[])
+}
+
+fn period() -> Value {
+    record(json!({"start": instant(), "end": instant(), "label": {"type": "string", "description": "`YYYY-MM` of the start"}}), &[])
+}
+
+fn error_body() -> Value {
+    record(json!({"code": {"type": "string", "description": "stable: match on it"}, "message": {"type": "string", "description": "safe to show"}, "field": {"type": "string", "description": "the field, parameter or header at fault (400 only)"}}), &["field"])
+}
+
+/// Every named response schema.
+fn schemas() -> Value {
+    let user = record(json!({"id": string(), "name": string(), "is_operator": flag(), "created_at": instant()}), &[]);
+    let api_key = record(json!({"id": string(), "user_id": string(), "label": string(), "created_at": instant(), "revoked_at": nullable(instant()), "last_used_at": nullable(instant())}), &[]);
+    let entitlements = record(
+        json!({
+            "included_credits": count(), "payg_flows_credits": flag(), "payg_ai_credits": flag(), "rbac": flag(), "private_runner": flag(),
+            "snapshots_per_flow": nullable(count()), "can_purchase_credits": flag(), "request_body_bytes_max": count(),
+        }),
+        &[],
+    );
+    let team = record(
+        json!({"name": string(), "plan": plan_ids(), "anchor_day": {"type": "integer", "minimum": 1, "maximum": 28}, "payg_enabled": flag(), "created_at": instant(), "entitlements": entitlements, "your_role": roles()}),
+        &["your_role"],
+    );
+    let member = record(json!({"user_id": string(), "name": string(), "role": roles()}), &[]);
+    let flow = record(json!({"id": string(), "team": string(), "name": string(), "definition": {"type": "object"}, "latest_snapshot": nullable(count()), "created_at": instant(), "updated_at": instant()}), &[]);
+    let snapshot = record(json!({"flow_id": string(), "number": {"type": "integer", "minimum": 1}, "latest": flag(), "definition": {"type": "object"}, "created_at": instant()}), &[]);
+    let estimate = record(
+        json!({
+            "flow": string(), "trigger": triggers(), "location": locations(), "needs_credits": flag(), "exact": nullable(count()), "minimum": count(), "maximum": nullable(count()),
+            "per_iteration": list(record(json!({"loop": string(), "credits": count()}), &[])), "notes": list(string()),
+        }),
+        &[],
+    );
+    let deployment = record(
+        json!({
+            "id": string(), "team": string(), "path": string(), "flow_id": string(), "snapshot": {"type": "integer", "minimum": 1}, "trigger": one_of(["api", "mcp"]),
+            "schedule_every_s": nullable(count()), "schedule_cron": nullable(string()), "runs_on": one_of([RunsOn::Cloud, RunsOn::Private].map(RunsOn::as_str)), "created_at": instant(),
+        }),
+        &[],
+    );
+    let block = record(
+        json!({"seq": count(), "block_id": string(), "kind": string(), "status": string(), "input": anything("what the block received"), "output": anything("what the block gave"), "started_at": instant(), "duration_us": count(), "credits": count(), "error": nullable(string())}),
+        &[],
+    );
+    let run = record(
+        json!({
+            "id": string(), "team": string(), "flow_id": string(), "snapshot": nullable(count()), "deployment_id": nullable(string()), "trigger": string(), "location": locations(), "status": run_states(),
+            "created_at": instant(), "started_at": nullable(instant()), "ended_at": nullable(instant()), "duration_ms": nullable(count()), "credits": count(), "error": nullable(string()),
+            "input": anything("the run's input"), "output": anything("the run's output"), "response": nullable(flow_response()),
+            "blocks": list(reference("Block")), "blocks_omitted": count(),
+            "runner": record(json!({"id": nullable(string()), "waiting_for_runner": flag(), "claims": count()}), &[]),
+        }),
+        &["blocks", "blocks_omitted", "runner"],
+    );
+    let runner = record(json!({"id": string(), "team": string(), "name": string(), "created_at": instant(), "last_seen_at": nullable(instant()), "jobs_running": count()}), &[]);
+    let job = record(
+        json!({
+            "run_id": string(), "team": string(), "flow_id": string(), "deployment_id": nullable(string()), "flow": {"type": "object"}, "flows": {"type": "object", "additionalProperties": {"type": "object"}, "description": "the definitions of the flows its `flow` blocks run, by name"},
+            "input": anything("the run's input"), "trigger": string(), "context": record(json!({"trigger": string(), "location": string()}), &[]),
+            "http": nullable(record(json!({"method": string(), "path": string(), "headers": {"type": "object", "additionalProperties": {}}, "query": {"type": "object", "additionalProperties": {}}}), &[])),
+            "attempt": {"type": "integer", "minimum": 1}, "lease_s": count(), "lease_expires_at": instant(),
+        }),
+        &[],
+    );
+    let usage = record(
+        json!({
+            "team": string(), "period": period(), "included": count(), "used": count(), "remaining": count(), "included_used": count(), "purchased_used": count(), "purchased_remaining": count(),
+            "payg_credits": count(), "payg_amount_usd": string(), "unbilled_credits": count(),
+            "breakdown": list(record(json!({"block": one_of(BlockKind::ALL.iter().map(|kind| kind.as_str())), "trigger": triggers(), "executions": count(), "credits": count()}), &[])),
+        }),
+        &[],
+    );
+    let billing = record(
+        json!({
+            "plan": plan_ids(), "payg_available": flag(), "payg_enabled": flag(), "payg_cap_usd": nullable(string()), "payg_alerts_usd": list(string()), "can_purchase_credits": flag(),
+            "alert_webhook_url": nullable(string()), "alert_signing_secret": nullable(json!({"type": "string", "description": "only for owner, admin and billing"})),
+        }),
+        &[],
+    );
+    let purchase = record(
+        json!({"id": count(), "credits": count(), "remaining": count(), "bought_at": instant(), "expires_at": instant(), "expired": flag(), "runs_resumed": json!({"type": "integer", "minimum": 0, "description": "paused runs the purchase resumed (its own answer only)"})}),
+        &["runs_resumed"],
+    );
+    let invoice = record(
+        json!({"period": period(), "included": count(), "included_used": count(), "included_expired": count(), "purchased_used": count(), "payg_credits": count(), "unbilled_credits": count(), "amount_due_usd": string(), "issued_at": instant()}),
+        &[],
+    );
+    let alert = record(json!({"id": string(), "alert": string(), "period_start": instant(), "created_at": instant(), "delivered_at": nullable(instant()), "attempts": count(), "last_error": nullable(string())}), &[]);
+    let named: Vec<(&str, Value)> = vec![
+        ("Error", record(json!({"error": error_body()}), &[])),
+        ("HookAnswer", anything("what the flow's `response` block answered, whatever its shape")),
+        ("Health", record(json!({"status": one_of(["ok"]), "runs_in_flight": count()}), &[])),
+        ("Me", record(json!({"user": reference("User"), "teams": list(string())}), &[])),
+        ("User", user),
+        ("UserPage", page("User")),
+        ("ApiKey", api_key),
+        ("ApiKeyPage", page("ApiKey")),
+        ("NewApiKey", record(json!({"key": reference("ApiKey"), "token": json!({"type": "string", "description": "the key (fck_…), shown only here"}), "note": string()}), &[])),
+        ("Team", team),
+        ("TeamPage", page("Team")),
+        ("Member", member),
+        ("MemberPage", page("Member")),
+        ("Members", record(json!({"items": list(reference("Member"))}), &[])),
+        ("Flow", flow),
+        ("FlowPage", page("Flow")),
+        ("Snapshot", snapshot),
+        ("SnapshotPage", page("Snapshot")),
+        ("Estimate", estimate),
+        ("Deployment", deployment),
+        ("DeploymentPage", page("Deployment")),
+        ("Block", block),
+        ("Run", run),
+        ("RunPage", page("Run")),
+        ("RunAccepted", record(json!({"run_id": string(), "status": one_of(["running", "paused"]), "error": error_body()}), &["error"])),
+        ("RunResult", record(json!({"run_id": string(), "status": run_states(), "credits": count(), "output": anything("the run's output"), "response": nullable(flow_response()), "error": nullable(string())}), &[])),
+        ("RunPaused", record(json!({"run_id": string(), "status": one_of(["paused"]), "error": error_body()}), &[])),
+        ("RunStillGoing", record(json!({"run_id": string(), "status": one_of(["running"]), "message": string()}), &[])),
+        ("RunCancel", record(json!({"run_id": string(), "status": one_of(["cancelled", "cancelling"])}), &[])),
+        ("RunEnded", record(json!({"run_id": string(), "status": run_states(), "credits": count()}), &[])),
+        ("LocalRun", record(
+            json!({"run_id": string(), "status": one_of([RunStatus::Running, RunStatus::Paused].map(RunStatus::as_str)), "needs_credits": flag(), "message": json!({"type": "string", "description": "why a paused local run is not kept, and what brings credits back"})}),
+            &["message"],
+        )),
+        ("Charged", record(json!({"credits": list(count()), "run_credits": count()}), &[])),
+        ("Runner", runner),
+        ("RunnerPage", page("Runner")),
+        ("NewRunner", record(json!({"runner": reference("Runner"), "token": json!({"type": "string", "description": "the runner's token (fcr_…), shown only here"}), "note": string()}), &[])),
+        ("RunnerMe", record(json!({"runner": reference("Runner"), "lease_s": count(), "claim_wait_s_max": count()}), &[])),
+        ("Job", job),
+        ("Lease", record(json!({"run_id": string(), "lease_expires_at": instant()}), &[])),
+        ("Usage", usage),
+        ("UsageByFlow", record(json!({"period": period(), "flows": list(record(json!({"flow_id": string(), "name": nullable(string()), "runs": count(), "credits": count()}), &[]))}), &[])),
+        ("Billing", billing),
+        ("Purchase", purchase),
+        ("PurchasePage", page("Purchase")),
+        ("Invoice", invoice),
+        ("InvoicePage", page("Invoice")),
+        ("Alert", alert),
+        ("AlertPage", page("Alert")),
+        ("JsonRpcResponse", record(
+            json!({"jsonrpc": one_of(["2.0"]), "id": anything("the request's id"), "result": {"type": "object"}, "error": record(json!({"code": {"type": "integer"}, "message": string()}), &[])}),
+            &["result", "error"],
+        )),
+        ("OpenApi", record(json!({"openapi": string(), "info": {"type": "object"}, "paths": {"type": "object", "additionalProperties": {"type": "object"}}, "components": {"type": "object"}}), &[])),
+    ];
+    Value::Object(named.into_iter().map(|(name, schema)| (name.to_owned(), schema)).collect())
 }
