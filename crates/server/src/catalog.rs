@@ -89,6 +89,14 @@ const SCHEMA: &[&str] = &[
     // attempts all failed is tried again later.
     "ALTER TABLE alert_deliveries ADD COLUMN payload TEXT;
      ALTER TABLE alert_deliveries ADD COLUMN last_attempt_ms INTEGER;",
+    // 11: finished runs and their credits per team, flow and UTC day the run was admitted on,
+    // added to as runs end (`history::finish_run`): usage by flow reads these, so it stays
+    // whole when history older than the billing period is pruned. Filled from the history kept.
+    "CREATE TABLE flow_usage (team TEXT NOT NULL, day INTEGER NOT NULL, flow_id TEXT NOT NULL, runs INTEGER NOT NULL, credits INTEGER NOT NULL,
+        PRIMARY KEY (team, day, flow_id)) WITHOUT ROWID;
+     INSERT INTO flow_usage (team, day, flow_id, runs, credits)
+        SELECT team, created_ms / 86400000, flow_id, COUNT(*), SUM(credits) FROM run_history WHERE status NOT IN ('running', 'paused')
+        GROUP BY team, created_ms / 86400000, flow_id;",
 ];
 
 /// A key's `last_used_ms` is written at most once per this many milliseconds: keys are checked

@@ -143,6 +143,26 @@ impl RunEnd<'_> {
     }
 }
 
+/// A UTC day, as [`FLOW_USAGE_DAY_MS`] milliseconds since the Unix epoch: the unit of the
+/// per-flow usage rollup. Billing periods start at 00:00 UTC, so whole days tile them exactly.
+const FLOW_USAGE_DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Adds a run that ended (`runs` 1), or a change to a finished run's credits (`runs` 0), to
+/// its flow's usage on the day it was admitted: the rollup usage by flow reads, which pruning
+/// history leaves alone.
+fn roll_up(connection: &Connection, run: &str, runs: i64, credits: i64) -> Result<(), ApiError> {
+    if runs == 0 && credits == 0 {
+        return Ok(());
+    }
+    connection
+        .prepare_cached(
+            "INSERT INTO flow_usage (team, day, flow_id, runs, credits) SELECT team, created_ms / ?4, flow_id, ?2, ?3 FROM run_history WHERE id = ?1
+             ON CONFLICT (team, day, flow_id) DO UPDATE SET runs = runs + excluded.runs, credits = credits + excluded.credits",
+        )?
+        .execute(params![run, runs, credits, FLOW_USAGE_DAY_MS])?;
+    Ok(())
+}
+
 /// Inserts a run's row; with `ended` when the run has already ended, so that its row is
 /// written once.
 pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunEnd<'_>>) -> Result<(), ApiError> {
@@ -171,6 +191,9 @@ pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunE
             ended.and_then(|end| end.error),
             ended.and_then(RunEnd::response_json)
         ])?;
+    if let Some(end) = ended {
+        roll_up(connection, run.id, 1, end.credits as i64)?;
+    }
     Ok(())
 }
 
@@ -182,10 +205,19 @@ pub fn mark_started(connection: &Connection, run: &str, at_ms: i64) -> Result<()
 
 pub fn finish_run(connection: &Connection, run: &str, end: &RunEnd<'_>) -> Result<(), ApiError> {
     debug_assert!(end.state.is_finished());
+    // A run counts once in its flow's usage, with its last credits, however often its end is
+    // recorded.
+    let before: Option<(String, i64)> = connection.prepare_cached("SELECT status, credits FROM run_history WHERE id = ?1")?.query_row([run], |row| Ok((row.get(0)?, row.get(1)?))).optional()?;
+    let Some((status, credits_before)) = before else { return Ok(()) };
+    let was_finished = RunState::parse(&status).is_none_or(RunState::is_finished);
     connection
         .prepare_cached("UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6, response = ?7 WHERE id = ?1")?
         .execute(params![run, end.state.as_str(), end.at_ms, end.credits as i64, end.output.to_string(), end.error, end.response_json()])?;
-    Ok(())
+    if was_finished {
+        roll_up(connection, run, 0, end.credits as i64 - credits_before)
+    } else {
+        roll_up(connection, run, 1, end.credits as i64)
+    }
 }
 
 /// One block execution as history shows it.
@@ -373,15 +405,22 @@ pub struct FlowUsage {
     pub credits: u64,
 }
 
-/// Runs of `team` started in `[start_ms, end_ms)` and their credits, per flow, most credits
-/// first. Read by run id range (ids sort by the millisecond they were made in), so the team's
-/// index bounds the read to the period.
+/// Runs of `team` started in `[start_ms, end_ms)` (whole UTC days, as billing periods are) and
+/// their credits, per flow, most credits first. Finished runs come from the `flow_usage`
+/// rollup, which history's pruning leaves whole, so a retention shorter than the period loses
+/// nothing here; runs still going (never pruned) from their rows, by run id range (ids sort by
+/// the millisecond they were made in), so the team's index bounds the read to the period.
 pub fn usage_by_flow(connection: &Connection, team: &str, start_ms: i64, end_ms: i64) -> Result<Vec<FlowUsage>, ApiError> {
-    let sql = "SELECT h.flow_id, f.name, COUNT(*), SUM(h.credits) FROM run_history h LEFT JOIN flows f ON f.id = h.flow_id AND f.team = h.team
-               WHERE h.team = ?1 AND h.id >= ?2 AND h.id < ?3 GROUP BY h.flow_id ORDER BY SUM(h.credits) DESC, h.flow_id";
+    let sql = "WITH usage (flow_id, runs, credits) AS (
+                   SELECT flow_id, runs, credits FROM flow_usage WHERE team = ?1 AND day >= ?2 AND day < ?3
+                   UNION ALL
+                   SELECT flow_id, 1, credits FROM run_history WHERE team = ?1 AND id >= ?4 AND id < ?5 AND status IN ('running', 'paused'))
+               SELECT u.flow_id, f.name, SUM(u.runs), SUM(u.credits) FROM usage u LEFT JOIN flows f ON f.id = u.flow_id AND f.team = ?1
+               GROUP BY u.flow_id ORDER BY SUM(u.credits) DESC, u.flow_id";
     let (from, to) = (crate::catalog::first_id_at("run", start_ms), crate::catalog::first_id_at("run", end_ms));
+    let (first_day, end_day) = (start_ms.div_euclid(FLOW_USAGE_DAY_MS), end_ms.div_euclid(FLOW_USAGE_DAY_MS));
     let mut statement = connection.prepare_cached(sql)?;
-    let rows = statement.query_map(params![team, from, to], |row| Ok(FlowUsage { flow_id: row.get(0)?, name: row.get(1)?, runs: row.get::<_, i64>(2)? as u64, credits: row.get::<_, i64>(3)? as u64 }))?;
+    let rows = statement.query_map(params![team, first_day, end_day, from, to], |row| Ok(FlowUsage { flow_id: row.get(0)?, name: row.get(1)?, runs: row.get::<_, i64>(2)? as u64, credits: row.get::<_, i64>(3)? as u64 }))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

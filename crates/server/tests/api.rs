@@ -940,10 +940,29 @@ async fn usage_by_flow_shows_where_the_periods_credits_went() {
         .iter()
         .map(|row| (row["flow_id"].as_str().unwrap().to_owned(), row["name"].as_str().unwrap().to_owned(), row["runs"].as_u64().unwrap(), row["credits"].as_u64().unwrap()))
         .collect();
-    assert_eq!(rows, vec![(heavy, "work".to_owned(), 2, 50), (light, "light".to_owned(), 1, 1)], "{usage}");
+    assert_eq!(rows, vec![(heavy.clone(), "work".to_owned(), 2, 50), (light.clone(), "light".to_owned(), 1, 1)], "{usage}");
     // The same credits the ledger counted for the period.
     let (_, ledger) = server.get("/v1/teams/acme/usage", &owner).await;
     assert_eq!((ledger["used"].clone(), usage["period"]["label"].clone()), (json!(51), ledger["period"]["label"].clone()), "{ledger}");
+
+    // A history retention shorter than the billing period prunes these runs' rows; usage by flow
+    // still counts them (a run still going counts too, with what it was charged so far).
+    server.deploy("acme", &owner, "slow", slow_flow(1_000)).await;
+    let (_, going) = server.post("/hooks/acme/slow?async=true", &owner, json!({"n": 1})).await;
+    let going = going["run_id"].as_str().unwrap().to_owned();
+    server.state.history.flush().await;
+    let pruned = server.state.catalog.call(|connection| flowcredits_server::history::prune(connection, jiff::Timestamp::now().as_millisecond() + 1_000, 1_000)).await.unwrap();
+    assert_eq!(pruned, 3, "every finished run's row is pruned");
+    let (_, runs) = server.get("/v1/teams/acme/runs", &owner).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1, "only the running run's row is left: {runs}");
+    let (_, after) = server.get("/v1/teams/acme/usage/flows", &owner).await;
+    let after: Vec<(String, u64, u64)> = after["flows"].as_array().unwrap().iter().map(|row| (row["name"].as_str().unwrap().to_owned(), row["runs"].as_u64().unwrap(), row["credits"].as_u64().unwrap())).collect();
+    assert_eq!(&after[..2], &[("work".to_owned(), 2, 50), ("light".to_owned(), 1, 1)], "{after:?}");
+    assert_eq!((after[2].0.as_str(), after[2].1), ("slow", 1), "{after:?}");
+    let finished = server.finished_run("acme", &owner, &going).await;
+    let (_, ended) = server.get("/v1/teams/acme/usage/flows", &owner).await;
+    let slow = ended["flows"].as_array().unwrap().iter().find(|row| row["name"] == "slow").unwrap().clone();
+    assert_eq!((slow["runs"].clone(), slow["credits"].clone()), (json!(1), finished["credits"].clone()), "a run that ends is counted once: {ended}");
     // A month before the team existed has nothing to show, and says so.
     let (status, past) = server.get("/v1/teams/acme/usage/flows?period=2026-01", &owner).await;
     assert_eq!((status, past["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("period")), "{past}");
