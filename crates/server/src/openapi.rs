@@ -229,7 +229,13 @@ fn operation(route: &Route) -> Value {
         })
         .collect();
     // `/mcp` needs its team; every other query parameter is optional.
-    parameters.extend(route.query.iter().map(|(name, kind)| json!({"name": name, "in": "query", "required": route.path == "/mcp" && *name == "team", "schema": {"type": kind}})));
+    parameters.extend(route.query.iter().map(|(name, kind)| {
+        let mut parameter = json!({"name": name, "in": "query", "required": route.path == "/mcp" && *name == "team", "schema": {"type": kind}});
+        if *name == "after" {
+            parameter["description"] = json!("the `next` of the page before; a cursor this list could not have given is refused (400 naming `after`)");
+        }
+        parameter
+    }));
     let success = match route.answer {
         Answer::Json(name) => json_answer("Success", name),
         Answer::Media(media) => json!({"description": "Success", "content": {media: {"schema": {"type": "string"}}}}),

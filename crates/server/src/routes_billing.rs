@@ -186,7 +186,14 @@ pub async fn purchases(State(state): State<AppState>, caller: Caller, Path(team)
 
 pub async fn invoices(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Value>>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    let page = page.request()?;
+    let mut page = page.request()?;
+    // The cursor is a period's start as `next` gave it (RFC 3339, UTC); the same instant
+    // written another way reads as that, and anything else is refused rather than compared as
+    // text, which would start the page somewhere arbitrary.
+    if let Some(after) = &page.after {
+        let start: jiff::Timestamp = after.parse().map_err(|_| ApiError::invalid("after", format!("`{after}` is not a cursor this list gave (the start of an invoice's period, such as \"2026-03-01T00:00:00Z\")")))?;
+        page.after = Some(start.to_string());
+    }
     let invoices = state.ledger.invoices(&team).await?;
     Ok(Json(catalog::Page::of_sorted(invoices, &page, |invoice| invoice["period"]["start"].as_str().unwrap_or_default().to_owned())))
 }

@@ -129,6 +129,13 @@ pub async fn create_team(State(state): State<AppState>, caller: Caller, JsonBody
 /// Teams the caller can see: all of them for an operator, else the caller's own.
 pub async fn list_teams(State(state): State<AppState>, caller: Caller, Query(page): Query<PageQuery>) -> Result<Json<Value>, ApiError> {
     let page = page.request()?;
+    // The cursor is the last team name of a page: anything that cannot name a team was not
+    // given by this list, and compared as text it would start the page somewhere arbitrary.
+    if let Some(after) = &page.after
+        && flowcredits_store::TeamName::new(after.as_str()).is_err()
+    {
+        return Err(ApiError::invalid("after", format!("`{after}` is not a cursor this list gave (a team name: 1 to 64 letters, digits, '-', '_' or '.')")));
+    }
     let mut names = if caller.user.is_operator {
         state.ledger.team_names().await?
     } else {

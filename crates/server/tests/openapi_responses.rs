@@ -2,7 +2,8 @@
 //! most of the others, called on a real server over loopback, with each answer's status listed
 //! for its operation and its body checked against the documented schema. The check is stricter
 //! than the document: a field the schema does not list is refused, so a handler that starts
-//! writing a new field fails here until the document says so.
+//! writing a new field fails here until the document says so. The teams' and invoices' page
+//! cursors are checked here too, with the ledger of ended periods the invoices need.
 
 mod support;
 
@@ -376,5 +377,59 @@ async fn the_document_lists_the_dashboard_and_itself() {
     for reference in text.split("\"$ref\":\"").skip(1) {
         let target = &reference[..reference.find('"').unwrap()];
         assert!(document.pointer(target.strip_prefix('#').unwrap()).is_some(), "{target} is not in the document");
+    }
+}
+
+/// `after` on the teams and invoices lists takes what their `next` gave (and the same instant
+/// written another way, for invoices); anything else is refused naming `after`, instead of
+/// being compared as text and starting the page somewhere arbitrary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_and_invoice_cursors_are_ones_the_lists_gave() {
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger = ledger_with_invoices(ledger_dir.path());
+    let server = support::start_with(Rules::shipped(), move |state| state.ledger = ledger).await;
+    let operator = server.operator.clone();
+    for name in ["b-team", "a.team"] {
+        let (status, team) = server.post("/v1/teams", &operator, json!({"name": name, "plan": "free"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{team}");
+    }
+    // Pages by `next`, one item at a time; returns the `key` of every item.
+    async fn walk(server: &support::Server, key: &str, list: &str, field: &str) -> Vec<String> {
+        let (mut seen, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let path = format!("{list}?limit=1{}", after.map(|after| format!("&after={after}")).unwrap_or_default());
+            let (status, page) = server.get(&path, key).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {page}");
+            seen.push(page["items"][0].pointer(field).unwrap().as_str().unwrap().to_owned());
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => return seen,
+            }
+        }
+    }
+    assert_eq!(walk(&server, &operator, "/v1/teams", "/name").await, ["a.team", "b-team", "past"]);
+    let starts = walk(&server, &operator, "/v1/teams/past/invoices", "/period/start").await;
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    assert!(starts.windows(2).all(|pair| pair[0] < pair[1]), "oldest first: {starts:?}");
+    // The same instant with another offset notation is the same cursor.
+    let offset = starts[0].replace('Z', "%2B00:00");
+    let (status, page) = server.get(&format!("/v1/teams/past/invoices?limit=1&after={offset}"), &operator).await;
+    assert_eq!((status, page["items"][0]["period"]["start"].as_str()), (StatusCode::OK, Some(starts[1].as_str())), "{page}");
+
+    let long = "x".repeat(65);
+    for (list, bad, says) in [
+        ("/v1/teams", "", "team name"),
+        ("/v1/teams", "two%20words", "team name"),
+        ("/v1/teams", "caf%C3%A9", "team name"),
+        ("/v1/teams", "..", "team name"),
+        ("/v1/teams", long.as_str(), "team name"),
+        ("/v1/teams/past/invoices", "yesterday", "period"),
+        ("/v1/teams/past/invoices", "2026-03", "period"),
+        ("/v1/teams/past/invoices", "past", "period"),
+    ] {
+        let (status, refused) = server.get(&format!("{list}?after={bad}"), &operator).await;
+        assert_eq!((status, refused["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("after")), "{list}?after={bad}: {refused}");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains("is not a cursor this list gave") && message.contains(says), "{list}?after={bad}: {message}");
     }
 }
