@@ -219,6 +219,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
             .await
     });
     tokio::select! {
+        // The stop signal first: on a stop, the server's task ends right after it sends this,
+        // and taking its end for a failure would skip the drain (running flows cut off, run
+        // history unwritten).
+        biased;
         _ = signalled_rx => {}
         ended = &mut server => {
             // The server stopped by itself: a failure to accept connections.
