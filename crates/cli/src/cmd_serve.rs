@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use flowcredits_server::serve::{ServeConfig, serve};
+use flowcredits_server::serve::{Notices, ServeConfig, serve};
 
 use crate::BadArgument;
 use crate::rules::RulesArgs;
@@ -34,8 +34,10 @@ pub struct ServeArgs {
     /// that no team's flow can call this server, its neighbours or a cloud metadata service.
     #[arg(long, env = "FLOWCREDITS_ALLOW_PRIVATE_HOSTS")]
     allow_private_hosts: bool,
-    /// Log as JSON lines instead of text. Which lines: the FLOWCREDITS_LOG environment
-    /// variable, as a tracing filter (default `info`; e.g. `debug`, `flowcredits_server=debug`).
+    /// Log as JSON lines instead of text: then every line on stderr is JSON (the one-time keys
+    /// and where it listens too, a failure to start, a panic). Which lines: the FLOWCREDITS_LOG
+    /// environment variable, as a tracing filter (default `info`; e.g. `debug`,
+    /// `flowcredits_server=debug` for every run's admission and end).
     #[arg(long)]
     log_json: bool,
     #[command(flatten)]
@@ -44,18 +46,41 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = match std::env::var("FLOWCREDITS_LOG") {
-        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).map_err(|err| BadArgument(format!("FLOWCREDITS_LOG: `{text}` is not a log filter ({err}); give a level such as info or debug")))?,
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).map_err(|err| BadArgument(format!("FLOWCREDITS_LOG: `{text}` is not a log filter ({err}); give a level such as info or debug"))),
+        Err(_) => Ok(tracing_subscriber::EnvFilter::new("info")),
     };
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A bad filter is still reported through the log, so that with --log-json it is JSON too.
+    let (filter, bad_filter) = match filter {
+        Ok(filter) => (filter, None),
+        Err(bad) => (tracing_subscriber::EnvFilter::new("info"), Some(bad)),
+    };
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
-    if args.log_json {
-        subscriber.json().init();
-    } else {
+    if !args.log_json {
         subscriber.init();
+        return match bad_filter {
+            Some(bad) => Err(bad.into()),
+            None => serve_with(args, Notices::Text),
+        };
     }
+    subscriber.json().init();
+    // A panic's message goes to the log as one JSON event instead of plain text.
+    std::panic::set_hook(Box::new(|panic| tracing::error!(panic = %panic, "a thread panicked")));
+    let result = match bad_filter {
+        Some(bad) => Err(bad.into()),
+        None => serve_with(args, Notices::Json),
+    };
+    // The error is logged here as JSON, not printed as text by `main`.
+    result.or_else(|err| {
+        let usage_error = err.downcast_ref::<BadArgument>().is_some();
+        tracing::error!(error = %crate::error_chain(&err), "flowcredits serve stopped");
+        Ok(if usage_error { ExitCode::from(2) } else { ExitCode::FAILURE })
+    })
+}
+
+fn serve_with(args: ServeArgs, notices: Notices) -> anyhow::Result<ExitCode> {
     let history_retention = (args.history_days > 0).then(|| Duration::from_secs(u64::from(args.history_days) * 24 * 3600));
-    let config = ServeConfig { db: args.db, listen: args.listen, rules: args.rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention, allow_private_hosts: args.allow_private_hosts };
+    let config = ServeConfig { db: args.db, listen: args.listen, rules: args.rules.load()?, demo: args.demo, drain: Duration::from_secs(args.drain_timeout_s), history_retention, allow_private_hosts: args.allow_private_hosts, notices };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(config)).map_err(|err| anyhow::anyhow!("{}", err.detail()))?;
     Ok(ExitCode::SUCCESS)

@@ -11,12 +11,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::wait_for_exit;
 
 /// A `serve` process with every stderr line it wrote so far.
 struct Server {
     child: Child,
     base: String,
     keys: Vec<String>,
+    lines: mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -55,9 +57,12 @@ impl Server {
             }
             seen.push(line);
         }
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.iter().for_each(drop));
-        Server { child, base: base.unwrap(), keys }
+        let (sender, replay) = mpsc::channel();
+        for line in seen {
+            sender.send(line).unwrap();
+        }
+        std::thread::spawn(move || lines.iter().for_each(|line| drop(sender.send(line))));
+        Server { child, base: base.unwrap(), keys, lines: replay }
     }
 
     async fn get(&self, client: &reqwest::Client, path: &str) -> (u16, String) {
@@ -68,6 +73,19 @@ impl Server {
     async fn hook(&self, client: &reqwest::Client, path: &str) -> (u16, Value) {
         let response = client.post(format!("{}/hooks/demo/{path}", self.base)).bearer_auth(&self.keys[1]).json(&json!({"name": "Ada"})).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// SIGTERM, then every line it wrote.
+    fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let killed = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let status = wait_for_exit(&mut self.child, Duration::from_secs(30));
+        // The reader threads end with the pipe; what they hold is all there is.
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            lines.push(line);
+        }
+        (status, lines)
     }
 }
 
@@ -201,4 +219,33 @@ async fn migrate_refuses_a_database_a_server_is_serving() {
     assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
     let migrated: Value = serde_json::from_slice(&migrated.stdout).unwrap();
     assert_eq!(migrated["migrations_applied"], 0, "the server had migrated it already: {migrated}");
+}
+
+/// With `--log-json`, every line `serve` writes to stderr is JSON, from the one-time keys to
+/// the stop, and a run's lines carry its team and run as fields.
+#[tokio::test]
+async fn log_json_writes_only_json_and_names_each_runs_team_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flowcredits.db");
+    let filter = std::ffi::OsString::from("info,flowcredits_server=debug");
+    let server = Server::start(&db, &["--log-json"], &[("FLOWCREDITS_LOG", &filter)], true);
+    assert_eq!(server.keys.len(), 2, "the operator's and the demo owner's keys, as fields");
+    let client = flowcredits_engine::http::client();
+    let started: Value = client.post(format!("{}/hooks/demo/hello?async=true", server.base)).bearer_auth(&server.keys[1]).json(&json!({"name": "Ada"})).send().await.unwrap().json().await.unwrap();
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    for _ in 0..200 {
+        let run: Value = client.get(format!("{}/v1/teams/demo/runs/{run_id}", server.base)).bearer_auth(&server.keys[1]).send().await.unwrap().json().await.unwrap();
+        if run["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let (status, lines) = server.stop();
+    assert!(status.success(), "{status}");
+    let events: Vec<Value> = lines.iter().map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("a line on stderr is not JSON ({err}): {line}"))).collect();
+    let messages: Vec<&str> = events.iter().filter_map(|event| event["fields"]["message"].as_str()).collect();
+    assert!(messages.iter().any(|message| message.starts_with("Stopping:")), "{messages:?}");
+    let of_run = |message: &str| events.iter().any(|event| event["fields"]["message"] == message && event["fields"]["team"] == "demo" && event["fields"]["run"] == run_id.as_str());
+    assert!(of_run("a run was admitted") && of_run("a run ended"), "the run's admission and end name its team and run:\n{}", lines.join("\n"));
 }

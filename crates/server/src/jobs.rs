@@ -178,7 +178,7 @@ async fn start_private(state: &AppState, request: StartRequest) -> Result<Starte
         // Nothing is left half written: the run the ledger admitted (or paused) is closed.
         state.jobs.forget(&run_id);
         if let Err(closing) = state.ledger.cancel_run(&request.team, &run_id).await {
-            tracing::error!(run = %run_id, error = %closing, "closing a run whose job could not be recorded failed");
+            tracing::error!(team = %request.team, run = %run_id, error = %closing, "closing a run whose job could not be recorded failed");
         }
         return Err(err);
     }
@@ -488,7 +488,7 @@ async fn finish_job(state: &AppState, team: &str, reply: RunReply) {
     runner::record_finished(state, team, &reply).await;
     let id = reply.run_id.clone();
     if let Err(err) = state.catalog.call(move |connection| Ok(connection.execute("DELETE FROM runner_jobs WHERE run_id = ?1", [&id])?)).await {
-        tracing::error!(run = %reply.run_id, error = %err, "removing a finished job failed");
+        tracing::error!(team, run = %reply.run_id, error = %err, "removing a finished job failed");
     }
     state.jobs.answer(reply);
 }
@@ -520,7 +520,7 @@ pub async fn sweep(state: &AppState, team: Option<&str>) -> Result<usize, ApiErr
             (RunState::Failed, format!("given up: handed to private runners {claims} times and each lease ran out before the run ended; check the runners' logs"))
         };
         if let Err(err) = state.ledger.end_run(team, run).await {
-            tracing::warn!(run = %run, error = %err, "ending a given-up job's run in the ledger failed");
+            tracing::warn!(team = %team, run = %run, error = %err, "ending a given-up job's run in the ledger failed");
         }
         let credits = state.ledger.run_credits(team, run).await.unwrap_or(Credits::ZERO);
         tracing::warn!(team = %team, run = %run, reason = %error, "a private-runner job was given up");

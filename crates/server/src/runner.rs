@@ -163,7 +163,7 @@ impl Runner {
                 Some(RunStatus::Cancelled) => (RunState::Cancelled, "cancelled; the server stopped before history recorded it", ledger_end_ms),
                 Some(RunStatus::Running) | None => {
                     if let Err(err) = state.ledger.end_run(team, run_id).await {
-                        tracing::warn!(run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
+                        tracing::warn!(team = %team, run = %run_id, error = %err, "ending an interrupted run in the ledger failed");
                     }
                     interrupted += 1;
                     (RunState::Failed, "interrupted: the server stopped while the run was executing; it is shown ending at its last charge, the last moment known of it", None)
@@ -198,11 +198,14 @@ impl Runner {
             // One run that cannot be resumed (its flow is gone, say) must not hold up the others,
             // nor stay running in the ledger with nothing executing it: it is ended as failed.
             match self.dispatch_one(state, team, &run_id).await {
-                Ok(()) => dispatched += 1,
+                Ok(()) => {
+                    tracing::info!(team, run = %run_id, "a paused run resumed: the team has credits again");
+                    dispatched += 1;
+                }
                 Err(err) => {
                     tracing::warn!(team, run = %run_id, error = %err, "a resumed run could not be started; it is recorded as failed");
                     if let Err(err) = state.ledger.end_run(team, &run_id).await {
-                        tracing::warn!(run = %run_id, error = %err, "ending a run that could not be resumed failed");
+                        tracing::warn!(team, run = %run_id, error = %err, "ending a run that could not be resumed failed");
                     }
                     let error = format!("resumed when credits returned, but could not be started: {err}");
                     state.history.finished(FinishedRun { id: run_id, state: RunState::Failed, credits: 0, output: Value::Null, error: Some(error), response: None });
@@ -254,6 +257,7 @@ impl Runner {
             // it ends now, keeping what it was charged.
             None => {
                 state.ledger.cancel_run(team, run_id).await?;
+                tracing::info!(team, run = run_id, reason, "a run that was not executing here was cancelled");
                 let credits = state.ledger.run_credits(team, run_id).await?.0;
                 state.history.finished(FinishedRun { id: run_id.to_owned(), state: RunState::Cancelled, credits, output: Value::Null, error: Some(reason.to_owned()), response: None });
                 state.metrics.run_finished(RunState::Cancelled);
@@ -314,7 +318,7 @@ impl Runner {
                 // Stopped from outside: the ledger closes the run so it is never charged again.
                 let closed = if reason == "cancelled" { state.ledger.cancel_run(&job.team, &job.run_id).await } else { state.ledger.end_run(&job.team, &job.run_id).await };
                 if let Err(err) = closed {
-                    tracing::warn!(run = %job.run_id, error = %err, "closing a stopped run in the ledger failed");
+                    tracing::warn!(team = %job.team, run = %job.run_id, error = %err, "closing a stopped run in the ledger failed");
                 }
                 let run_state = if reason == "cancelled" { RunState::Cancelled } else { RunState::TimedOut };
                 let credits = state.ledger.run_credits(&job.team, &job.run_id).await.unwrap_or(Credits::ZERO);
@@ -329,6 +333,12 @@ impl Runner {
 /// Records a finished run (history, the metric) and asks for an alert check: the server's own
 /// runs and private-runner jobs alike.
 pub(crate) async fn record_finished(state: &AppState, team: &str, reply: &RunReply) {
+    let (run, status, credits) = (reply.run_id.as_str(), reply.state.as_str(), reply.credits.0);
+    match &reply.error {
+        // One line per run at `info` would flood a busy server's log: successes at `debug`.
+        None => tracing::debug!(team, run, status, credits, "a run ended"),
+        Some(error) => tracing::info!(team, run, status, credits, error = %error, "a run ended without succeeding"),
+    }
     state.metrics.run_finished(reply.state);
     state.history.finished(FinishedRun { id: reply.run_id.clone(), state: reply.state, credits: reply.credits.0, output: reply.output.clone(), error: reply.error.clone(), response: reply.response.clone() });
     crate::scheduler::check_alerts(state, team).await;
@@ -511,7 +521,7 @@ impl StoreMeter<'_> {
     async fn charge_inner(&self, run: &RunId, charges: &mut [BlockCharge]) -> Result<Vec<Credits>, EngineError> {
         // The ledger's message says what it refused (an execution seen with other content, a run
         // that is no longer running); it is passed on as it is.
-        charge_run(self.state, &self.job.team, run.as_str(), charges).await.map_err(meter_error)
+        charge_run(self.state, &self.job.team, run.as_str(), charges).await.map_err(|err| meter_error(&self.job.team, run, err))
     }
 
     async fn charge_and_end_inner(&self, run: &RunId, charges: &mut [BlockCharge]) -> ChargedAndEnded {
@@ -520,19 +530,19 @@ impl StoreMeter<'_> {
                 if let Ok(credits) = &charged {
                     record_charged(self.state, run.as_str(), charges, credits);
                 }
-                (charged.map_err(meter_error), ended.map_err(meter_error))
+                (charged.map_err(|err| meter_error(&self.job.team, run, err)), ended.map_err(|err| meter_error(&self.job.team, run, err)))
             }
             // Neither was sent (the run or team could not be named): both failed alike.
-            Err(err) => (Err(EngineError::Store(err.to_string())), Err(meter_error(err))),
+            Err(err) => (Err(EngineError::Store(err.to_string())), Err(meter_error(&self.job.team, run, err))),
         }
     }
 }
 
-fn meter_error(err: ApiError) -> EngineError {
+fn meter_error(team: &str, run: &RunId, err: ApiError) -> EngineError {
     // The run's history shows the public message; the operator's log gets the cause (a full
     // disk, a database error) here, where it is still known.
     if let ApiError::Internal(detail) = &err {
-        tracing::error!(detail = %detail, "metering a run failed");
+        tracing::error!(team, run = run.as_str(), detail = %detail, "metering a run failed");
     }
     EngineError::Store(err.to_string())
 }
@@ -547,7 +557,7 @@ impl Meter for StoreMeter<'_> {
     }
 
     fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>> {
-        Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(meter_error) })
+        Box::pin(async move { self.ledger().end_run(&self.job.team, run.as_str()).await.map_err(|err| meter_error(&self.job.team, run, err)) })
     }
 
     fn charge_and_end<'a>(&'a self, run: &'a RunId, charges: &'a mut [BlockCharge]) -> BoxFuture<'a, ChargedAndEnded> {
@@ -615,6 +625,11 @@ pub async fn admit(state: &AppState, team: &str, run: &str, context: RunContext,
     let decided = Instant::now();
     let status = state.ledger.start_run(team, run, context, needs_credits).await?;
     state.metrics.admission(status, decided.elapsed());
+    match status {
+        RunStatus::Paused => tracing::info!(team, run, "a run was paused at admission: the team is out of credits"),
+        // One line per run at `info` would flood a busy server's log: admissions at `debug`.
+        _ => tracing::debug!(team, run, location = context.location().as_str(), "a run was admitted"),
+    }
     Ok(status)
 }
 

@@ -33,6 +33,39 @@ pub struct ServeConfig {
     /// Let flows' requests and alert webhooks reach private and loopback addresses (a server
     /// on a trusted network; by default they reach public hosts only).
     pub allow_private_hosts: bool,
+    /// How the messages for the person starting the server are written.
+    pub notices: Notices,
+}
+
+/// How `serve` writes what the person starting it must read (the one-time keys, where it
+/// listens, that it is stopping). Always written, whatever the log filter: a key shown once
+/// must not be filtered away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notices {
+    /// Plain sentences on stderr, beside a text log.
+    Text,
+    /// JSON lines on stderr shaped as the JSON log's events (`timestamp`, `level`, `fields`
+    /// with `message` and any `api_key`, `target`), so that every line parses.
+    Json,
+}
+
+impl Notices {
+    /// Writes `message`, and `key` (an API key shown once) under it.
+    pub fn say(self, message: &str, key: Option<&str>) {
+        match self {
+            Notices::Text => match key {
+                Some(key) => eprintln!("{message}:\n  {key}"),
+                None => eprintln!("{message}"),
+            },
+            Notices::Json => {
+                let mut fields = json!({"message": message});
+                if let Some(key) = key {
+                    fields["api_key"] = json!(key);
+                }
+                eprintln!("{}", json!({"timestamp": jiff::Timestamp::now().to_string(), "level": "INFO", "fields": fields, "target": module_path!()}));
+            }
+        }
+    }
 }
 
 /// Where the catalog (users, keys, flows, deployments, run history) lives for the ledger at
@@ -184,7 +217,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     let mut state = open_state_with(&config.db, config.rules, destinations)?;
     state.history_retention = config.history_retention;
     if let Some(token) = bootstrap_operator(&state).await? {
-        eprintln!("Created the operator account. Its API key is shown once; store it now:\n  {token}");
+        config.notices.say("Created the operator account. Its API key is shown once; store it now", Some(&token));
     }
     let interrupted = state.runner.recover_interrupted(&state).await?;
     if interrupted > 0 {
@@ -192,17 +225,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     }
     if config.demo {
         match create_demo(&state).await {
-            Ok(token) => eprintln!("Created the demo team `demo` (plan team). Its owner's API key:\n  {token}"),
-            Err(ApiError::Conflict(message)) => eprintln!("{message}"),
+            Ok(token) => config.notices.say("Created the demo team `demo` (plan team). Its owner's API key", Some(&token)),
+            Err(ApiError::Conflict(message)) => config.notices.say(&message, None),
             Err(err) => return Err(err),
         }
     }
     let address = listener.local_addr().map_err(ApiError::internal)?;
     if config.demo {
-        eprintln!("Demo dashboard: http://{address}/dashboard?team=demo");
+        config.notices.say(&format!("Demo dashboard: http://{address}/dashboard?team=demo"), None);
     }
     tracing::info!(address = %address, db = %config.db.display(), "flowcredits is serving");
-    eprintln!("Listening on http://{address} (API under /v1, OpenAPI at /openapi.json, dashboard at /dashboard)");
+    config.notices.say(&format!("Listening on http://{address} (API under /v1, OpenAPI at /openapi.json, dashboard at /dashboard)"), None);
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler = tokio::spawn(crate::scheduler::run(state.clone(), stop_rx));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
@@ -233,10 +266,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
     // No scheduled run starts once the stop is asked for.
     let _ = stop_tx.send(true);
     let running = state.runner.in_flight();
-    eprintln!(
-        "Stopping: waiting up to {} s for open requests and {running} running flow(s) to finish (a second Ctrl-C or SIGTERM stops at once)…",
-        config.drain.as_secs()
-    );
+    config.notices.say(&format!("Stopping: waiting up to {} s for open requests and {running} running flow(s) to finish (a second Ctrl-C or SIGTERM stops at once)…", config.drain.as_secs()), None);
     // One bound for both: open HTTP requests (a slow client's unfinished body too) and running
     // flows get the drain time together, not one after the other.
     let finished = tokio::select! {
@@ -246,7 +276,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ApiError> {
         } => finished,
         () = tokio::time::sleep(config.drain) => false,
         () = async { signals.lock().await.recv().await } => {
-            eprintln!("Second stop signal: stopping now");
+            config.notices.say("Second stop signal: stopping now", None);
             false
         }
     };
