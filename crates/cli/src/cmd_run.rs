@@ -94,7 +94,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // price book for `--server` runs).
         flowcredits_engine::check_models_nested(&rules, flowcredits_core::Timestamp::now(), &flow, &*resolver).with_context(|| format!("in {}; fix these and try again", args.flow.display()))?;
     }
-    let metered = meter(&args, rules, &flow)?;
+    let metered = meter(&args, rules, &flow, &request.input)?;
     let report = match &metered {
         Metered::Server(meter) => match block_on(run_or_interrupt(&engine, &flow, request, meter))? {
             Some(report) => report,
@@ -120,11 +120,17 @@ const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs the flow metered by a server until it ends, or until this process is told to stop
 /// (Ctrl-C, SIGTERM): then `None`, and the run is cancelled on the server by [`interrupted`].
+/// A run that ended is ended on the server with its output, or the error that failed it.
 async fn run_or_interrupt(engine: &Engine, flow: &Flow, request: RunRequest, meter: &ServerMeter) -> Result<Option<RunReport>, flowcredits_engine::EngineError> {
-    tokio::select! {
-        report = engine.run(flow, request, meter) => report.map(Some),
-        () = flowcredits_server::serve::stop_signal() => Ok(None),
-    }
+    let run = request.run.clone();
+    let ran = tokio::select! {
+        report = engine.run(flow, request, meter) => report,
+        () = flowcredits_server::serve::stop_signal() => return Ok(None),
+    };
+    let finished = meter.finish(&run, ran.as_ref()).await;
+    let report = ran?;
+    finished?;
+    Ok(Some(report))
 }
 
 /// Cancels an interrupted run on the server, so that it does not stay `running` there with the
@@ -150,7 +156,7 @@ enum Metered {
 
 /// The team's ledger on a server with `--server`, the durable ledger with `--db`; otherwise a
 /// ledger that lives for this one run.
-fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
+fn meter(args: &RunArgs, rules: Rules, flow: &Flow, input: &Value) -> anyhow::Result<Metered> {
     if let Some(server) = &args.server {
         let key = args.key.as_deref().ok_or_else(|| BadArgument("--server needs --key (or FLOWCREDITS_KEY): an API key of a member who may run flows".into()))?;
         if args.plan.is_some() {
@@ -162,7 +168,7 @@ fn meter(args: &RunArgs, rules: Rules, flow: &Flow) -> anyhow::Result<Metered> {
         if key.starts_with(flowcredits_server::runners::RUNNER_TOKEN_PREFIX) {
             return Err(BadArgument("--key is a private runner's token; `run --server` takes a member's API key (fck_…)".into()).into());
         }
-        return Ok(Metered::Server(ServerMeter::new(server, &args.team, key, &flow.name).map_err(|problem| BadArgument(format!("--server: {problem}")))?));
+        return Ok(Metered::Server(ServerMeter::new(server, &args.team, key, &flow.name, input).map_err(|problem| BadArgument(format!("--server: {problem}")))?));
     }
     let Some(db) = &args.db else {
         let plan: PlanId = args.plan.as_deref().unwrap_or("team").parse().context(BadArgument("--plan".into()))?;

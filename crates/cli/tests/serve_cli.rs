@@ -111,6 +111,8 @@ async fn a_local_run_is_metered_against_the_servers_ledger() {
     assert_eq!(cloud["executions"][1]["id"], format!("{run_id}/twice"), "{cloud}");
     let recorded = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/demo/runs/{run_id}"), &owner, Value::Null).await;
     assert_eq!((recorded["credits"].clone(), recorded["flow_id"].clone()), (json!(1), json!("double")), "{recorded}");
+    // With what it was given and what it showed, as a server run's history has them.
+    assert_eq!((recorded["status"].clone(), recorded["input"].clone(), recorded["output"].clone()), (json!("succeeded"), json!(21), json!({"doubled": 42})), "{recorded}");
     // A wrong key is refused before anything runs.
     let refused = Command::new(env!("CARGO_BIN_EXE_flowcredits")).arg("run").arg(&flow).args(["--team", "demo", "--server", &base, "--key", "fck_wrong"]).output().unwrap();
     assert!(!refused.status.success());

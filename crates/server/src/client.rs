@@ -3,7 +3,9 @@
 //! tests drive a real runner.
 //!
 //! - [`ServerMeter`] meters a run executing elsewhere against the team's ledger here: a local
-//!   run (`flowcredits run --server`: admitted, charged and ended through `/local-runs`), or a
+//!   run (`flowcredits run --server`: admitted with its input, charged, and ended with its
+//!   output or error through `/local-runs`; [`ServerMeter::finish`] sends the end, once the
+//!   engine's report says how the run went), or a
 //!   private runner's job (already admitted by the server; charged through the job's endpoint).
 //!   The server decides; this only forwards, each execution under its deterministic id.
 //! - [`RunnerClient`] is a private runner's side of the job hand-out (`flowcredits runner`):
@@ -19,13 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowcredits_core::{BlockUsage, Credits, RunContext, RunId, Trigger};
-use flowcredits_engine::{Admission, BlockCharge, Engine, EngineError, Flow, HttpTrigger, MapResolver, Meter, RunRequest, Syntax};
+use flowcredits_engine::{Admission, BlockCharge, Engine, EngineError, Flow, HttpTrigger, MapResolver, Meter, RunOutcome, RunReport, RunRequest, Syntax};
 use futures_util::future::BoxFuture;
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::history::RunState;
-use crate::routes_runs::LOCAL_CHARGES_MAX;
+use crate::jobs::COMPLETION_ERROR_BYTES_MAX;
+use crate::routes_runs::{LOCAL_CHARGES_MAX, LOCAL_RUN_VALUE_BYTES_MAX};
 use crate::runner::{RunReply, reply_from_report};
 
 /// Largest charges request sent, in bytes: under the server's 5 MiB body limit, with room.
@@ -43,11 +46,20 @@ const CLAIM_TIMEOUT_MARGIN: Duration = Duration::from_secs(15);
 
 /// Where a metered run's reports go.
 enum Target {
-    /// A run on the caller's machine, admitted by the server as a local run; the server's id for
-    /// each local run id.
-    LocalRun { flow: String, runs: Mutex<HashMap<RunId, String>>, refused: Mutex<Option<String>> },
+    /// A run on the caller's machine, admitted by the server as a local run.
+    LocalRun(Box<LocalRun>),
     /// A private runner's job, which the server admitted before handing it out (same run id).
     Job { runner: String },
+}
+
+/// A local run's flow and input; the server's id for each local run id, and the runs the engine
+/// ended whose end [`ServerMeter::finish`] has yet to send.
+struct LocalRun {
+    flow: String,
+    input: Value,
+    runs: Mutex<HashMap<RunId, String>>,
+    refused: Mutex<Option<String>>,
+    unsent_ends: Mutex<std::collections::HashSet<RunId>>,
 }
 
 pub struct ServerMeter {
@@ -59,10 +71,12 @@ pub struct ServerMeter {
 }
 
 impl ServerMeter {
-    /// Meters a local run of `flow` with a member's API key; refuses a server address that is
-    /// not an http(s) URL.
-    pub fn new(server: &str, team: &str, key: &str, flow: &str) -> Result<ServerMeter, String> {
-        Ok(ServerMeter::with_target(&server_base(server)?, team, key, Target::LocalRun { flow: flow.to_owned(), runs: Mutex::new(HashMap::new()), refused: Mutex::new(None) }))
+    /// Meters a local run of `flow` with a member's API key, recording `input` in the server's
+    /// history (a note of its size instead when it is larger than the server keeps); refuses a
+    /// server address that is not an http(s) URL. The run's end is sent by [`ServerMeter::finish`].
+    pub fn new(server: &str, team: &str, key: &str, flow: &str, input: &Value) -> Result<ServerMeter, String> {
+        let target = Target::LocalRun(Box::new(LocalRun { flow: flow.to_owned(), input: kept_value(input), runs: Mutex::new(HashMap::new()), refused: Mutex::new(None), unsent_ends: Mutex::default() }));
+        Ok(ServerMeter::with_target(&server_base(server)?, team, key, target))
     }
 
     /// Meters the jobs `runner` runs, with its runner token (`server` checked by
@@ -79,7 +93,7 @@ impl ServerMeter {
     /// team's credits back on its plan).
     pub fn refusal(&self) -> Option<String> {
         match &self.target {
-            Target::LocalRun { refused, .. } => refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
+            Target::LocalRun(local) => local.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
             Target::Job { .. } => None,
         }
     }
@@ -87,14 +101,14 @@ impl ServerMeter {
     /// The server's id of a local run (once admitted); a job's run id is the server's.
     pub fn server_run_id(&self, run: &RunId) -> Option<String> {
         match &self.target {
-            Target::LocalRun { runs, .. } => runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(run).cloned(),
+            Target::LocalRun(local) => local.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(run).cloned(),
             Target::Job { .. } => Some(run.to_string()),
         }
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, EngineError> {
         post(&self.client, &format!("{}{path}", self.team_url), &self.key, body, REQUEST_TIMEOUT).await.map_err(|refusal| match (&self.target, refusal) {
-            (Target::LocalRun { .. }, Refusal::Answered(StatusCode::UNAUTHORIZED, _)) => {
+            (Target::LocalRun(_), Refusal::Answered(StatusCode::UNAUTHORIZED, _)) => {
                 EngineError::Store("the server does not know --key (or FLOWCREDITS_KEY), or it was revoked; an operator creates a key with POST /v1/users/{user}/keys".into())
             }
             (_, refusal) => refusal.into_engine(),
@@ -113,26 +127,26 @@ impl ServerMeter {
     }
 
     async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
-        let Target::LocalRun { flow, runs, refused } = &self.target else {
+        let Target::LocalRun(local) = &self.target else {
             // The server admitted the job's run before handing it out.
             return Ok(Admission::Running);
         };
         let blocks: Vec<Value> = planned.iter().map(|usage| json!({"type": usage.kind.as_str(), "model": usage.model})).collect();
         let cloud_run = context.location() != flowcredits_core::Location::Local;
-        let answer = self.post("/local-runs", json!({"flow": flow, "blocks": blocks, "cloud_run": cloud_run})).await?;
+        let answer = self.post("/local-runs", json!({"flow": local.flow, "blocks": blocks, "cloud_run": cloud_run, "input": local.input})).await?;
         let server_run = answer["run_id"].as_str().ok_or_else(|| EngineError::Store("the server's admission has no run_id".into()))?;
-        runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(run.clone(), server_run.to_owned());
+        local.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(run.clone(), server_run.to_owned());
         if answer["status"] == "running" {
             return Ok(Admission::Running);
         }
-        *refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = answer["message"].as_str().map(str::to_owned);
+        *local.refused.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = answer["message"].as_str().map(str::to_owned);
         Ok(Admission::Paused)
     }
 
     async fn charge_inner(&self, run: &RunId, charges: &[BlockCharge]) -> Result<Vec<Credits>, EngineError> {
         let server_run = self.server_run(run)?;
         let path = match &self.target {
-            Target::LocalRun { .. } => format!("/local-runs/{server_run}/charges"),
+            Target::LocalRun(_) => format!("/local-runs/{server_run}/charges"),
             Target::Job { runner } => format!("/runners/{runner}/jobs/{server_run}/charges"),
         };
         // The server names each execution after its own run id: send the part after ours.
@@ -149,13 +163,36 @@ impl ServerMeter {
 
     async fn end_inner(&self, run: &RunId) -> Result<(), EngineError> {
         match &self.target {
-            Target::LocalRun { .. } => {
-                let server_run = self.server_run(run)?;
-                self.post(&format!("/local-runs/{server_run}/end"), json!({})).await.map(drop)
+            // Sent by `finish` with the run's output, which the engine reports after this.
+            Target::LocalRun(local) => {
+                self.server_run(run)?;
+                local.unsent_ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(run.clone());
+                Ok(())
             }
             // A job's end is reported with its result (`RunnerClient::run`).
             Target::Job { .. } => Ok(()),
         }
+    }
+
+    /// Ends a local run on the server once the engine has returned, with what the server's
+    /// history shows of it: what its `display` blocks showed (as a server run's `output`), or
+    /// why it failed (`ran` is the engine's answer). Nothing is sent for a run the engine did
+    /// not end (paused, never admitted) or for a job.
+    pub async fn finish(&self, run: &RunId, ran: Result<&RunReport, &EngineError>) -> Result<(), EngineError> {
+        let Target::LocalRun(local) = &self.target else { return Ok(()) };
+        if !local.unsent_ends.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(run) {
+            return Ok(());
+        }
+        let (output, error) = match ran {
+            Ok(report) => (crate::runner::shown_by_label(report.outputs.clone()), if let RunOutcome::Failed { error } = &report.outcome { Some(error.clone()) } else { None }),
+            Err(err) => (Value::Null, Some(err.to_string())),
+        };
+        let mut body = json!({"output": kept_value(&output)});
+        if let Some(error) = error {
+            body["error"] = json!(truncated(error, COMPLETION_ERROR_BYTES_MAX));
+        }
+        let server_run = self.server_run(run)?;
+        self.post(&format!("/local-runs/{server_run}/end"), body).await.map(drop)
     }
 }
 
@@ -171,6 +208,28 @@ impl Meter for ServerMeter {
     fn end<'a>(&'a self, run: &'a RunId) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(self.end_inner(run))
     }
+}
+
+/// `value` if the server keeps values of its size in a local run's history, else a note of its
+/// size (the run goes on; its history says what was left out).
+fn kept_value(value: &Value) -> Value {
+    let bytes = value.to_string().len();
+    if bytes <= LOCAL_RUN_VALUE_BYTES_MAX {
+        return value.clone();
+    }
+    json!({"omitted": format!("{bytes} bytes of JSON, more than the server keeps ({LOCAL_RUN_VALUE_BYTES_MAX})")})
+}
+
+/// `text` cut to at most `bytes_max` bytes, on a character boundary.
+fn truncated(mut text: String, bytes_max: usize) -> String {
+    if text.len() > bytes_max {
+        let mut end = bytes_max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// One execution as the charges endpoints read it, with its trace when the engine kept one.

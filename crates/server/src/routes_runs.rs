@@ -349,6 +349,37 @@ pub struct LocalRun {
     /// Whether the run executes with Cloud Run on (it is still executed by the caller).
     #[serde(default)]
     cloud_run: bool,
+    /// What the flow's trigger block emits, for the run's history (optional: older clients
+    /// do not send it). At most [`LOCAL_RUN_VALUE_BYTES_MAX`] bytes of JSON.
+    #[serde(default)]
+    input: Value,
+}
+
+/// How a local run ended, as its machine reports it (every field optional: older clients send
+/// no body).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRunEnd {
+    /// What the run's `display` blocks showed, by label, as a server run's `output`. At most
+    /// [`LOCAL_RUN_VALUE_BYTES_MAX`] bytes of JSON.
+    #[serde(default)]
+    output: Value,
+    /// Why the run failed; absent when it succeeded. At most
+    /// [`crate::jobs::COMPLETION_ERROR_BYTES_MAX`] bytes.
+    error: Option<String>,
+}
+
+/// Largest `input` or `output` of a local run that history keeps, in bytes of JSON; a client
+/// with a larger value sends a note of its size instead (`client::ServerMeter`).
+pub const LOCAL_RUN_VALUE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Refuses a local run's value larger than history keeps, naming its field.
+fn check_value_size(field: &str, value: &Value) -> Result<(), ApiError> {
+    let bytes = value.to_string().len();
+    if bytes > LOCAL_RUN_VALUE_BYTES_MAX {
+        return Err(ApiError::invalid(field, format!("is {bytes} bytes of JSON, more than the {LOCAL_RUN_VALUE_BYTES_MAX} a local run's history keeps; send a smaller value, or a note of what it was")));
+    }
+    Ok(())
 }
 
 fn block_kind(field: &str, text: &str) -> Result<BlockKind, ApiError> {
@@ -358,6 +389,7 @@ fn block_kind(field: &str, text: &str) -> Result<BlockKind, ApiError> {
 /// Admits a run that executes on the caller's machine (the local canvas): the server only meters it.
 pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<LocalRun>) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
+    check_value_size("input", &body.input)?;
     if body.blocks.len() > LOCAL_RUN_BLOCKS_MAX {
         return Err(ApiError::invalid("blocks", format!("{} blocks is more than the limit of {LOCAL_RUN_BLOCKS_MAX}", body.blocks.len())));
     }
@@ -391,7 +423,7 @@ pub async fn admit_local_run(State(state): State<AppState>, caller: Caller, Path
                 Err(err) => return Err(err),
             };
             let at_ms = catalog::now_ms();
-            let run = history::NewRun { id: &id, team: &team_name, flow_id: &flow_id, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: RunState::Running, input: &Value::Null, at_ms };
+            let run = history::NewRun { id: &id, team: &team_name, flow_id: &flow_id, snapshot: None, deployment_id: None, trigger: "manual", location: context.location().as_str(), status: RunState::Running, input: &body.input, at_ms };
             let ended = not_kept.then(|| history::RunEnd { state: RunState::Cancelled, at_ms, credits: 0, output: &Value::Null, error: Some(LOCAL_RUN_NOT_KEPT), response: None });
             history::insert_run(connection, &run, ended.as_ref())?;
             history::keep_declared(connection, &id, &declared)
@@ -510,13 +542,25 @@ pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Pat
     charge_reported(&state, &team, &run, body).await
 }
 
-pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<Json<Value>, ApiError> {
+/// Ends a local run, recording what its machine reports of it: its output, and its error if
+/// it failed.
+pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(body): JsonBody<LocalRunEnd>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
+    check_value_size("output", &body.output)?;
+    if body.error.as_ref().is_some_and(|error| error.len() > crate::jobs::COMPLETION_ERROR_BYTES_MAX) {
+        return Err(ApiError::invalid("error", format!("is longer than {} bytes", crate::jobs::COMPLETION_ERROR_BYTES_MAX)));
+    }
     local_run_declared(&state, &team, &run).await?;
     state.ledger.end_run(&team, &run).await?;
     let credits = state.ledger.run_credits(&team, &run).await?;
+    let run_state = if body.error.is_some() { RunState::Failed } else { RunState::Succeeded };
     let id = run.clone();
-    let end = history::RunEnd { state: RunState::Succeeded, at_ms: catalog::now_ms(), credits: credits.0, output: &Value::Null, error: None, response: None };
-    state.catalog.call(move |connection| history::finish_run(connection, &id, &end)).await?;
-    Ok(Json(json!({"run_id": run, "status": RunState::Succeeded.as_str(), "credits": credits.0})))
+    state
+        .catalog
+        .call(move |connection| {
+            let end = history::RunEnd { state: run_state, at_ms: catalog::now_ms(), credits: credits.0, output: &body.output, error: body.error.as_deref(), response: None };
+            history::finish_run(connection, &id, &end)
+        })
+        .await?;
+    Ok(Json(json!({"run_id": run, "status": run_state.as_str(), "credits": credits.0})))
 }

@@ -456,7 +456,7 @@ pub fn reply_from_report(run_id: &str, report: RunReport) -> RunReply {
 /// What `display` blocks showed, by label (or block): a label shown once maps to its value, one
 /// shown more than once (a display in a loop, two displays with one label) to the list of its
 /// values in the order shown, so nothing shown is lost.
-fn shown_by_label(outputs: Vec<flowcredits_engine::Output>) -> Value {
+pub(crate) fn shown_by_label(outputs: Vec<flowcredits_engine::Output>) -> Value {
     let mut shown: Map<String, Value> = Map::new();
     let mut repeated = std::collections::HashSet::new();
     for output in outputs {

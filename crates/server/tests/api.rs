@@ -286,6 +286,60 @@ async fn local_runs_are_metered_here_once_per_execution_id() {
     assert_eq!(finished["status"], "succeeded", "the hook's run went on to its own end: {finished}");
 }
 
+/// A run on the user's machine (`flowcredits run --server`) shows in the server's history what
+/// it was given and what it showed, as a server run does, through the real client; one that
+/// failed says so and why. Values larger than history keeps are refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_run_shows_its_input_and_output_in_history() {
+    use flowcredits_engine::{Engine, Flow, RunRequest, Syntax};
+    use flowcredits_server::client::ServerMeter;
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let definition = |code: &str| {
+        json!({"name": "double", "blocks": [{"id": "start", "kind": "start"}, {"id": "twice", "kind": "evaluate", "config": {"code": code}}, {"id": "show", "kind": "display", "config": {"label": "doubled"}}],
+               "edges": [{"from": "start.input", "to": "twice.input"}, {"from": "twice.result", "to": "show.value"}]})
+        .to_string()
+    };
+    let local_run = |code: &'static str, n: i64| {
+        let (base, owner) = (server.base.clone(), owner.clone());
+        let flow = Flow::load(&definition(code), Syntax::Json).unwrap();
+        async move {
+            let input = json!({"n": n});
+            let meter = ServerMeter::new(&base, "acme", &owner, &flow.name, &input).unwrap();
+            let run = flowcredits_core::RunId::new(format!("local-{n}")).unwrap();
+            let context = flowcredits_core::RunContext::manual(flowcredits_core::CloudRun::Off);
+            let request = RunRequest { run: run.clone(), context, input, config: serde_json::Map::new(), http: None, on_response: None };
+            let ran = Engine::default().run(&flow, request, &meter).await;
+            meter.finish(&run, ran.as_ref()).await.unwrap();
+            meter.server_run_id(&run).unwrap()
+        }
+    };
+    let succeeded = local_run("return input.n * 2;", 21).await;
+    let (_, shown) = server.get(&format!("/v1/teams/acme/runs/{succeeded}"), &owner).await;
+    assert_eq!((shown["status"].clone(), shown["input"].clone(), shown["output"].clone(), shown["location"].clone()), (json!("succeeded"), json!({"n": 21}), json!({"doubled": 42}), json!("local")), "{shown}");
+    let failed = local_run("throw new Error('no doubling today');", 1).await;
+    let (_, shown) = server.get(&format!("/v1/teams/acme/runs/{failed}"), &owner).await;
+    assert_eq!((shown["status"].clone(), shown["input"].clone()), (json!("failed"), json!({"n": 1})), "{shown}");
+    assert!(shown["error"].as_str().unwrap().contains("no doubling today"), "{shown}");
+
+    // Too large to keep: refused by field, and nothing is admitted or ended.
+    let big = json!({"text": "a".repeat(1024 * 1024)});
+    let (status, refused) = server.post("/v1/teams/acme/local-runs", &owner, json!({"flow": "f", "blocks": [{"type": "if"}], "input": big})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("input")), "{refused}");
+    let (_, admitted) = server.post("/v1/teams/acme/local-runs", &owner, json!({"flow": "f", "blocks": [{"type": "if"}], "input": [1, 2]})).await;
+    let run = admitted["run_id"].as_str().unwrap();
+    for (field, body) in [("output", json!({"output": big})), ("error", json!({"error": "e".repeat(64 * 1024 + 1)}))] {
+        let (status, refused) = server.post(&format!("/v1/teams/acme/local-runs/{run}/end"), &owner, body).await;
+        assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!(field)), "{refused}");
+    }
+    let (_, shown) = server.get(&format!("/v1/teams/acme/runs/{run}"), &owner).await;
+    assert_eq!((shown["status"].clone(), shown["input"].clone()), (json!("running"), json!([1, 2])), "{shown}");
+    let (status, ended) = server.post(&format!("/v1/teams/acme/local-runs/{run}/end"), &owner, json!({"output": {"ok": true}})).await;
+    assert_eq!((status, ended["status"].clone()), (StatusCode::OK, json!("succeeded")), "{ended}");
+    let (_, shown) = server.get(&format!("/v1/teams/acme/runs/{run}"), &owner).await;
+    assert_eq!(shown["output"], json!({"ok": true}), "{shown}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_run_that_cannot_start_is_not_kept_waiting() {
     let server = support::start().await;
