@@ -195,7 +195,9 @@ impl SqliteStore {
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
         let stats = Arc::new(stats::StatCounters::default());
         let syncer = match options.durability {
-            Durability::Full => Some(syncer::Syncer::start(path.clone(), Arc::clone(&stats))?),
+            // The WAL is named after the file SQLite opened, which is the database's real path
+            // (SQLite follows symbolic links); a WAL looked for beside a link would not exist.
+            Durability::Full => Some(syncer::Syncer::start(conn.path().map_or_else(|| real_path(&path), std::path::PathBuf::from), Arc::clone(&stats))?),
             Durability::Normal => None,
         };
         let writer = Writer::new(conn, rules, decision_ns.clone(), syncer, Arc::clone(&stats))?;
@@ -362,13 +364,13 @@ impl LedgerStore for SqliteStore {
         self.read(|conn| read::run(conn, team, run))
     }
 
-    fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>> {
-        self.read(read::running_runs)
-    }
     fn run_times(&self, team: &TeamName, run: &RunId) -> Result<Option<RunTimes>> {
         self.read(|conn| read::run_times(conn, team, run))
     }
 
+    fn running_runs(&self) -> Result<Vec<(TeamName, RunId)>> {
+        self.read(read::running_runs)
+    }
 
     fn writer_stats(&self) -> WriterStats {
         self.shared.stats.read()

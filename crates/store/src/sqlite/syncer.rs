@@ -78,8 +78,7 @@ impl Drop for Syncer {
 }
 
 fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool, stats: &StatCounters) {
-    // Opened on first use: the WAL file exists once the first group is committed, and stays
-    // (the same file) while the writer's connection is open.
+    // Opened on first use, and kept: the same file while the writer's connection is open.
     let mut file: Option<File> = None;
     while let Ok(first) = queue.recv() {
         let mut groups = vec![first];
@@ -104,12 +103,10 @@ fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool, stats:
 fn sync(wal: &PathBuf, file: &mut Option<File>) -> std::io::Result<()> {
     let file = match file {
         Some(file) => file,
-        None => match File::options().read(true).write(true).open(wal) {
-            Ok(opened) => file.insert(opened),
-            // No WAL file: no commit has written a frame, so there is nothing to make durable.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(err),
-        },
+        // The writer's connection made the WAL file when it opened, and it stays while that
+        // connection is open: a missing file means this is not the file the commits went to,
+        // and nothing could be confirmed.
+        None => file.insert(File::options().read(true).write(true).open(wal)?),
     };
     file.sync_data()
 }
@@ -192,12 +189,12 @@ mod tests {
     }
 
     #[test]
-    fn no_wal_file_yet_is_nothing_to_sync() {
+    fn a_missing_wal_file_confirms_nothing() {
         let database = std::env::temp_dir().join(format!("flowcredits-syncer-nowal-{}", std::process::id())).join("ledger.db");
         let syncer = Syncer::start(database, Arc::default()).unwrap();
         let (group, heard) = answers();
         syncer.acknowledge(group);
-        assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));
-        assert!(!syncer.failed());
+        assert!(matches!(heard.recv().unwrap(), Err(StoreError::SyncFailed(cause)) if cause.contains("ledger.db-wal")));
+        assert!(syncer.failed());
     }
 }

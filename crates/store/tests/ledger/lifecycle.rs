@@ -209,6 +209,26 @@ fn one_writer_per_database_file() {
     open(&dir.db());
 }
 
+/// Through a symbolic link, SQLite writes the WAL beside the real file; the syncer must sync
+/// that one. (It used to look beside the link, find nothing, and confirm writes unsynced.)
+#[cfg(unix)]
+#[test]
+fn a_ledger_opened_through_a_link_syncs_the_real_wal() {
+    let dir = TempDir::new("link-wal");
+    let real = dir.db();
+    drop(open(&real));
+    let linked_dir = real.parent().unwrap().join("linked");
+    std::fs::create_dir(&linked_dir).unwrap();
+    let alias = linked_dir.join("alias.db");
+    std::os::unix::fs::symlink(&real, &alias).unwrap();
+    let store = open(&alias);
+    create(&store, "acme", PlanId::Team);
+    store.start_run(&team("acme"), start("r1", "2026-03-02T10:00:00Z")).expect("a write through the link is confirmed");
+    assert!(store.write_failure().is_none());
+    assert!(store.writer_stats().syncs >= 2, "{:?}", store.writer_stats());
+    assert!(!linked_dir.join("alias.db-wal").exists(), "the WAL sits beside the real file");
+}
+
 fn charge_and_end(store: &flowcredits_store::SqliteStore, run_id: &str, events: Vec<flowcredits_store::UsageEvent>, at: &str) -> flowcredits_store::ChargedAndEnded {
     let (answer, answered) = std::sync::mpsc::channel();
     store.submit_charge_and_end(&team("acme"), &run(run_id), events, ts(at), Box::new(move |result| answer.send(result).unwrap()));
