@@ -180,7 +180,7 @@ const ROUTES: &[Route] = &[
         path: "/v1/teams/{team}/local-runs",
         summary: "Admit a run executing on the caller's machine (metered here)",
         access: "owner, admin, editor",
-        body: Some(|| object(&["flow", "blocks"], json!({"flow": string(), "cloud_run": {"type": "boolean"}, "blocks": {"type": "array", "items": object(&["type"], json!({"type": string(), "model": string()}))}}))),
+        body: Some(|| object(&["flow", "blocks"], json!({"flow": string(), "cloud_run": {"type": "boolean"}, "blocks": {"type": "array", "items": object(&["type"], json!({"type": string(), "model": string()}))}, "input": {"description": "The run's input, shown in its history (JSON, up to 1 MiB)"}}))),
         query: &[],
         success: "201", answer: Answer::Json("LocalRun"),
     },
@@ -193,9 +193,17 @@ const ROUTES: &[Route] = &[
         query: &[],
         success: "200", answer: Answer::Json("Charged"),
     },
-    Route { method: "post", path: "/v1/teams/{team}/local-runs/{run}/end", summary: "End a local run", access: "owner, admin, editor", body: None, query: &[], success: "200", answer: Answer::Json("RunEnded") },
+    Route {
+        method: "post",
+        path: "/v1/teams/{team}/local-runs/{run}/end",
+        summary: "End a local run (failed when it names an error)",
+        access: "owner, admin, editor",
+        body: Some(|| object(&[], json!({"output": {"description": "What the run showed, for its history (JSON, up to 1 MiB)"}, "error": string()}))),
+        query: &[],
+        success: "200", answer: Answer::Json("RunEnded"),
+    },
     Route { method: "get", path: "/v1/teams/{team}/usage", summary: "Credits used and remaining, by block kind and trigger", access: "member", body: None, query: &[("period", "string")], success: "200", answer: Answer::Json("Usage") },
-    Route { method: "get", path: "/v1/teams/{team}/usage/flows", summary: "A period's runs and credits by flow (from run history, by the period each run started in)", access: "member", body: None, query: &[("period", "string")], success: "200", answer: Answer::Json("UsageByFlow") },
+    Route { method: "get", path: "/v1/teams/{team}/usage/flows", summary: "A period's runs and credits by flow (by the period each run started in; kept when run history is pruned)", access: "member", body: None, query: &[("period", "string")], success: "200", answer: Answer::Json("UsageByFlow") },
     Route { method: "get", path: "/v1/teams/{team}/billing", summary: "Billing settings", access: "member", body: None, query: &[], success: "200", answer: Answer::Json("Billing") },
     Route {
         method: "patch",
@@ -265,6 +273,9 @@ fn operation(route: &Route) -> Value {
     }
     if route.path.ends_with("/jobs/claim") {
         operation["responses"]["204"] = json!({"description": "No job waited within `wait_s`"});
+    }
+    if route.path == "/healthz" {
+        operation["responses"]["503"] = json_answer("The ledger can no longer write (the disk did not confirm a commit): what is wrong and what to do", "Unhealthy");
     }
     if route.path == "/mcp" {
         operation["responses"]["202"] = json!({"description": "A notification or a response was taken; JSON-RPC answers it with nothing"});
@@ -497,6 +508,7 @@ fn schemas() -> Value {
         ("Error", record(json!({"error": error_body()}), &[])),
         ("HookAnswer", anything("what the flow's `response` block answered, whatever its shape")),
         ("Health", record(json!({"status": one_of(["ok"]), "runs_in_flight": count()}), &[])),
+        ("Unhealthy", record(json!({"status": one_of(["failing"]), "problem": one_of(["ledger_not_writable"]), "message": string(), "action": string(), "runs_in_flight": count()}), &[])),
         ("Me", record(json!({"user": reference("User"), "teams": list(string())}), &[])),
         ("User", user),
         ("UserPage", page("User")),
