@@ -381,8 +381,11 @@ pub fn remove_member(connection: &Connection, team: &str, user_id: &str) -> Resu
 /// Sets a member's role (`Some`) or removes the member (`None`), guarding the team's owners:
 /// only an owner may make, change or remove an owner, and the last owner stays (a team
 /// without one could never again change its owners). `actor` is the caller's effective role.
+/// The transaction takes the write lock before it reads (IMMEDIATE): a deferred one that read
+/// first could not then write once the history writer had committed meanwhile (SQLite answers
+/// that at once, busy timeout or not), and the change failed as an internal error.
 pub fn change_member(connection: &mut Connection, team: &str, user_id: &str, role: Option<Role>, actor: Role) -> Result<(), ApiError> {
-    let transaction = connection.transaction()?;
+    let transaction = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let current = role_of(&transaction, team, user_id)?;
     let touches_owner = current == Some(Role::Owner) || role == Some(Role::Owner);
     if touches_owner && actor != Role::Owner {
