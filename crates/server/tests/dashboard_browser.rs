@@ -112,3 +112,56 @@ async fn the_dashboard_offers_only_what_the_role_allows_and_says_what_went_wrong
     let dom = render(format!("{}/dashboard#key=fc_not_a_key", server.base)).await.unwrap();
     assert!(text_of(&dom, "message").contains("This API key was not accepted"), "{}", text_of(&dom, "message"));
 }
+
+/// A page on the server's own origin that opens the dashboard in a frame, clicks the first
+/// flow's Run button once the flows are listed, and shows the run's result line (its class and
+/// text) in `#out`: Chromium's `--dump-dom` cannot click, a same-origin frame can.
+const CLICK_RUN: &str = r##"<!doctype html><html><body><pre id="out">waiting</pre>
+<iframe id="frame" src="/dashboard?team=acme#key=KEY"></iframe>
+<script>
+const frame = document.getElementById("frame");
+const find = () => frame.contentDocument && frame.contentDocument.querySelector("#flow-rows button");
+const click = setInterval(() => {
+  const button = find();
+  if (!button) return;
+  clearInterval(click);
+  button.click();
+  const done = setInterval(() => {
+    const result = frame.contentDocument.getElementById("run-result");
+    if (!result.textContent || result.textContent.startsWith("Running")) return;
+    clearInterval(done);
+    document.getElementById("out").textContent = result.className + "|" + result.textContent;
+  }, 50);
+}, 50);
+</script></body></html>"##;
+
+/// Run on a team out of credits: the API pauses the run (402 with its id) and it starts by
+/// itself when credits return. The page says so, naming the run, instead of saying in red that
+/// the run could not start (which invites clicking Run again and queueing another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_a_team_out_of_credits_says_the_run_waits_for_credits() {
+    if std::env::var_os("FLOWCREDITS_SKIP_BROWSER").is_some() {
+        eprintln!("SKIPPED: FLOWCREDITS_SKIP_BROWSER is set");
+        return;
+    }
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    for _ in 0..4 {
+        assert_eq!(server.call_hook("acme", "work", &owner, json!({})).await.0, StatusCode::OK);
+    }
+    // The harness is served beside the API, on the same origin as the dashboard.
+    let page = CLICK_RUN.replace("KEY", &owner);
+    let harness = axum::Router::new().route("/click-run", axum::routing::get(move || std::future::ready(axum::response::Html(page.clone()))));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, flowcredits_server::app(server.state.clone()).merge(harness)).into_future());
+
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&format!("{base}/click-run"))).await.unwrap();
+    let out = text_of(&dom, "out");
+    let (status, runs) = server.get("/v1/teams/acme/runs?status=paused", &owner).await;
+    assert_eq!(status, StatusCode::OK, "{runs}");
+    let paused = runs["items"][0]["id"].as_str().expect("the click made a paused run");
+    assert!(out.starts_with("muted|"), "not shown as an error: {out}");
+    assert!(out.contains(&format!("Run {paused} is waiting for credits")) && out.contains("will run when credits return"), "{out}");
+}
