@@ -65,14 +65,33 @@ async fn billing_view(state: &AppState, team: &str, with_secret: bool) -> Result
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingUpdate {
-    payg_enabled: Option<bool>,
+    /// `null` is refused (see [`BillingUpdate::refuse_nulls`]), so it is told from absent.
+    #[serde(default, deserialize_with = "crate::present")]
+    payg_enabled: Option<Option<bool>>,
     /// Dollars as a decimal string; `null` removes the cap.
     #[serde(default, deserialize_with = "crate::present")]
     payg_cap_usd: Option<Option<String>>,
-    payg_alerts_usd: Option<Vec<String>>,
+    /// `[]` removes every amount; `null` is refused.
+    #[serde(default, deserialize_with = "crate::present")]
+    payg_alerts_usd: Option<Option<Vec<String>>>,
     /// Where alerts are delivered; `null` stops delivery.
     #[serde(default, deserialize_with = "crate::present")]
     alert_webhook_url: Option<Option<String>>,
+}
+
+impl BillingUpdate {
+    /// `null` clears the cap and the webhook; for the switch and the alert amounts it would be
+    /// read as "leave alone" and answered 200 with nothing changed, so it is refused instead,
+    /// saying what to send.
+    fn refuse_nulls(&self) -> Result<(), ApiError> {
+        if matches!(self.payg_enabled, Some(None)) {
+            return Err(ApiError::invalid("payg_enabled", "is null; send true or false, or leave it out to keep the setting"));
+        }
+        if matches!(self.payg_alerts_usd, Some(None)) {
+            return Err(ApiError::invalid("payg_alerts_usd", "is null; send [] to remove every alert amount, or leave it out to keep them"));
+        }
+        Ok(())
+    }
 }
 
 /// A dollar amount as the API takes them: at most three decimals, since a credit is $0.001 and
@@ -89,6 +108,8 @@ fn usd(field: &str, text: &str) -> Result<MicroUsd, ApiError> {
 /// log with the user who made it. Turning pay-as-you-go on resumes paused runs.
 pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<BillingUpdate>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Bill).await?;
+    body.refuse_nulls()?;
+    let (payg_enabled, payg_alerts_usd) = (body.payg_enabled.flatten(), body.payg_alerts_usd.flatten());
     let mut changes = Vec::new();
     // The ledger checks these bounds too; here they are said in the API's own terms (its
     // field names, dollars).
@@ -100,7 +121,7 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
         }
         changes.push(BillingChange::SetPaygCap { cap });
     }
-    if let Some(alerts) = &body.payg_alerts_usd {
+    if let Some(alerts) = &payg_alerts_usd {
         if alerts.len() > PAYG_ALERTS_MAX {
             return Err(ApiError::invalid("payg_alerts_usd", format!("{} amounts are more than the {PAYG_ALERTS_MAX} a team may set", alerts.len())));
         }
@@ -115,14 +136,14 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
         }
         changes.push(BillingChange::SetPaygAlerts { amounts });
     }
-    if let Some(enabled) = body.payg_enabled {
+    if let Some(enabled) = payg_enabled {
         changes.push(BillingChange::SetPayg { enabled });
     }
     // Turning pay-as-you-go on, or setting its cap or alerts, on a plan without it is refused
     // here, before any change is made, so that a refused request changes nothing. (Clearing
     // them is always allowed.)
     let plan = state.ledger.team(&team).await?.plan;
-    let sets_payg = body.payg_enabled == Some(true) || matches!(body.payg_cap_usd, Some(Some(_))) || body.payg_alerts_usd.as_ref().is_some_and(|alerts| !alerts.is_empty());
+    let sets_payg = payg_enabled == Some(true) || matches!(body.payg_cap_usd, Some(Some(_))) || payg_alerts_usd.as_ref().is_some_and(|alerts| !alerts.is_empty());
     if sets_payg && !state.rules.plans.get(plan).has_payg() {
         let refusal = flowcredits_core::CoreError::PlanHasNoPayg { plan };
         return Err(ApiError::Forbidden(format!("{refusal}; it needs a plan that has it, which an operator sets with PUT /v1/teams/{team}/plan")));

@@ -41,3 +41,35 @@ async fn role_changes_while_runs_are_recorded_never_fail() {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     assert!(failures.is_empty(), "{} of 300 role changes failed: {:?}", failures.len(), &failures[..failures.len().min(3)]);
 }
+
+/// `null` clears the cap and the webhook; sent for the pay-as-you-go switch or the alert
+/// amounts it used to be answered 200 with nothing changed, so a billing member who meant
+/// "remove my alerts" kept them without knowing. It is refused, naming the field and what to
+/// send, and changes nothing; `[]` removes the amounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_for_the_payg_switch_or_alert_amounts_is_refused_not_ignored() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let billing = server.member("acme", &owner, "billing").await;
+    let path = "/v1/teams/acme/billing";
+    let (status, body) = server.call(Method::PATCH, path, &billing, Some(json!({"payg_enabled": true, "payg_alerts_usd": ["5.000", "10.000"]}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = body;
+
+    for (request, field, advice) in [
+        (json!({"payg_alerts_usd": null}), "payg_alerts_usd", "send []"),
+        (json!({"payg_enabled": null}), "payg_enabled", "send true or false"),
+        (json!({"payg_cap_usd": "20.000", "payg_alerts_usd": null}), "payg_alerts_usd", "send []"),
+    ] {
+        let (status, body) = server.call(Method::PATCH, path, &billing, Some(request.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{request}: {body}");
+        assert_eq!(body["error"]["field"], field, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(advice), "{body}");
+        let (_, now) = server.get(path, &billing).await;
+        assert_eq!(now, before, "a refused change changes nothing ({request})");
+    }
+
+    let (status, body) = server.call(Method::PATCH, path, &billing, Some(json!({"payg_alerts_usd": [], "payg_cap_usd": null}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["payg_alerts_usd"].clone(), body["payg_cap_usd"].clone(), body["payg_enabled"].clone()), (json!([]), json!(null), json!(true)));
+}
