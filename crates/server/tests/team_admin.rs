@@ -73,3 +73,47 @@ async fn null_for_the_payg_switch_or_alert_amounts_is_refused_not_ignored() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!((body["payg_alerts_usd"].clone(), body["payg_cap_usd"].clone(), body["payg_enabled"].clone()), (json!([]), json!(null), json!(true)));
 }
+
+/// Last month's usage does not call the allowance it left unused "remaining": those credits
+/// expired with the period, as its invoice says (`included_expired`). What remains is only the
+/// purchased credits still usable; the current period still counts its allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_periods_unused_allowance_is_not_remaining() {
+    use flowcredits_core::{AnchorDay, BlockKind, BlockUsage, ExecutionId, PlanId, RunContext, RunId, Rules, TeamSettings, Timestamp, Trigger};
+    use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, StartRun, TeamName, UsageEvent};
+
+    // Team `past` (Enterprise), made 40 days ago, used 1 credit 35 days ago and bought 30
+    // credits lasting a year; its ended periods are invoiced.
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(ledger_dir.path().join("ledger.db"), Rules::shipped()).unwrap();
+    let days_ago = |days: i64| Timestamp::now() - jiff::SignedDuration::from_hours(days * 24);
+    let team = TeamName::new("past").unwrap();
+    let settings = TeamSettings { anchor_day: AnchorDay::new(1).unwrap(), ..TeamSettings::new(PlanId::Enterprise) };
+    store.create_team(NewTeam { name: team.clone(), settings, actor: Actor::new("test").unwrap(), at: days_ago(40) }).unwrap();
+    let run = RunId::new("run_old").unwrap();
+    store.start_run(&team, StartRun { run: run.clone(), context: RunContext::automated(Trigger::Api).unwrap(), needs_credits: true, at: days_ago(35) }).unwrap();
+    let usage = BlockUsage::of_kind(BlockKind::Evaluate);
+    store.charge(&team, vec![UsageEvent { execution: ExecutionId::new("run_old/evaluate").unwrap(), run: run.clone(), usage, at: days_ago(35) }]).unwrap();
+    store.end_run(&team, &run, days_ago(35)).unwrap();
+    store.close_periods(Timestamp::now()).unwrap();
+    let ledger = flowcredits_server::ledger::Ledger::new(std::sync::Arc::new(store));
+    let server = support::start_with(Rules::shipped(), move |state| state.ledger = ledger).await;
+    let operator = server.operator.clone();
+    let in_a_year = (Timestamp::now() + jiff::SignedDuration::from_hours(365 * 24)).to_string();
+    let (status, bought) = server.post("/v1/teams/past/purchases", &operator, json!({"credits": 30, "expires_at": in_a_year})).await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+
+    let (status, invoices) = server.get("/v1/teams/past/invoices", &operator).await;
+    assert_eq!(status, StatusCode::OK, "{invoices}");
+    let used = invoices["items"].as_array().unwrap().iter().find(|invoice| invoice["included_used"] == 1).expect("the period with the run is invoiced").clone();
+    assert_eq!(used["included_expired"], 499, "{used}");
+    let label = used["period"]["label"].as_str().unwrap();
+    let (status, ended) = server.get(&format!("/v1/teams/past/usage?period={label}"), &operator).await;
+    assert_eq!(status, StatusCode::OK, "{ended}");
+    assert_eq!((ended["included"].clone(), ended["included_used"].clone()), (json!(500), json!(1)), "{ended}");
+    assert_eq!((ended["remaining"].clone(), ended["purchased_remaining"].clone()), (json!(30), json!(30)), "the 499 expired; the purchase remains: {ended}");
+
+    let (status, current) = server.get("/v1/teams/past/usage", &operator).await;
+    assert_eq!(status, StatusCode::OK, "{current}");
+    assert_eq!(current["remaining"], 530, "this period's allowance and the purchase: {current}");
+}
