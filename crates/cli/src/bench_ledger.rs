@@ -332,7 +332,7 @@ fn usage_query_figure(scratch: &Scratch, args: &BenchLedgerArgs) -> anyhow::Resu
     let mut times = Vec::with_capacity(USAGE_QUERIES);
     for _ in 0..USAGE_QUERIES {
         let started = Instant::now();
-        let usage = store.usage(&team, None)?;
+        let usage = store.usage(&team, None, at_base())?;
         times.push(started.elapsed().as_secs_f64() * 1_000.0);
         anyhow::ensure!(usage.breakdown.iter().map(|line| line.executions).sum::<u64>() == executions as u64, "the usage report does not count every execution");
     }

@@ -286,13 +286,11 @@ fn team_json(team: &TeamInfo) -> Value {
 
 fn usage(store: SqliteStore, args: &UsageArgs) -> anyhow::Result<ExitCode> {
     let team = TeamName::new(args.team.as_str())?;
-    // Without --period, the period today is in: the team's ledger may not have moved since an
-    // earlier one (nothing advances it between commands here, unlike a server's scheduler).
-    let current = match &args.period {
-        Some(_) => None,
-        None => Some(flowcredits_core::Period::containing(store.team(&team)?.settings.anchor_day, Timestamp::now()).label()),
-    };
-    let report = store.usage(&team, args.period.as_deref().or(current.as_deref())).map_err(|err| match err {
+    // Read as of now, as the API does: without --period, the period today is in (the team's
+    // ledger may not have moved since an earlier one: nothing advances it between commands here,
+    // unlike a server's scheduler), and purchases count when usable now (or at the start of a
+    // period not begun yet).
+    let report = store.usage(&team, args.period.as_deref(), Timestamp::now()).map_err(|err| match err {
         StoreError::BadPeriod { .. } => anyhow::Error::new(BadArgument(format!("--period: {err}"))),
         other => other.into(),
     })?;

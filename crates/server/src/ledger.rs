@@ -246,7 +246,7 @@ impl Ledger {
 
     async fn usage_report(&self, team: &str, period: Option<&str>) -> Result<UsageReport, ApiError> {
         let (name, period) = (team_name(team)?, period.map(str::to_owned));
-        self.blocking(move |store| store.usage(&name, period.as_deref())).await
+        self.blocking(move |store| store.usage(&name, period.as_deref(), Timestamp::now())).await
     }
 
     /// Every billing period the team's ledger has opened, oldest first, with the alerts each fired.

@@ -117,3 +117,26 @@ async fn an_ended_periods_unused_allowance_is_not_remaining() {
     assert_eq!(status, StatusCode::OK, "{current}");
     assert_eq!(current["remaining"], 530, "this period's allowance and the purchase: {current}");
 }
+
+/// A month to come counts only the purchased credits still valid when it starts: a purchase
+/// that expires before then cannot be drawn in it. The current month counts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_months_usage_counts_only_purchases_still_valid_then() {
+    let server = support::start().await;
+    server.team("ahead", "enterprise").await;
+    let operator = server.operator.clone();
+    let days_ahead = |days: i64| jiff::Timestamp::now() + jiff::SignedDuration::from_hours(days * 24);
+    for (credits, expires_at) in [(30, days_ahead(20)), (50, days_ahead(365))] {
+        let (status, bought) = server.post("/v1/teams/ahead/purchases", &operator, json!({"credits": credits, "expires_at": expires_at.to_string()})).await;
+        assert_eq!(status, StatusCode::CREATED, "{bought}");
+    }
+    // The month 70 days ahead starts at least 39 days ahead, after the 30 credits expired.
+    let label = days_ahead(70).strftime("%Y-%m").to_string();
+    let (status, future) = server.get(&format!("/v1/teams/ahead/usage?period={label}"), &operator).await;
+    assert_eq!(status, StatusCode::OK, "{future}");
+    assert_eq!((future["purchased_remaining"].clone(), future["remaining"].clone()), (json!(50), json!(550)), "{future}");
+
+    let (status, current) = server.get("/v1/teams/ahead/usage", &operator).await;
+    assert_eq!(status, StatusCode::OK, "{current}");
+    assert_eq!((current["purchased_remaining"].clone(), current["remaining"].clone()), (json!(80), json!(580)), "{current}");
+}

@@ -90,8 +90,11 @@ pub trait LedgerStore: Send + Sync {
     fn runs_since(&self, since: Timestamp, limit: usize) -> Result<Vec<LedgerRun>>;
     /// Every period the team's ledger opened, oldest first.
     fn periods(&self, team: &TeamName) -> Result<Vec<PeriodUsage>>;
-    /// Usage of the period named `YYYY-MM`, or of the team's current period.
-    fn usage(&self, team: &TeamName, month: Option<&str>) -> Result<UsageReport>;
+    /// Usage of the period named `YYYY-MM`, or of the period `at` is in, read at `at` (the
+    /// caller's now; the team's clock when that is later): purchased credits count when usable
+    /// at `at`, or at the period's start for a period not begun yet, and what is left of an
+    /// ended period's allowance has expired.
+    fn usage(&self, team: &TeamName, month: Option<&str>, at: Timestamp) -> Result<UsageReport>;
     fn invoices(&self, team: &TeamName) -> Result<Vec<Invoice>>;
     /// Credits the team bought, oldest first, with what remains of each.
     fn grants(&self, team: &TeamName) -> Result<Vec<flowcredits_core::Grant>>;

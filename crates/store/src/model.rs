@@ -209,8 +209,12 @@ pub struct UsageReport {
     pub purchased_used: Credits,
     pub payg_credits: Credits,
     pub unbilled_credits: Credits,
-    /// Purchased credits still usable at the team's clock.
+    /// Purchased credits still usable when the period starts, or at `as_of` when that is later
+    /// (the current period, an ended one): a purchase that will have expired by a future
+    /// period's start is not counted for it.
     pub purchased_remaining: Credits,
+    /// When the report was read for: the reader's now, never earlier than the team's clock.
+    pub as_of: Timestamp,
     /// Usage by block kind and trigger, largest first.
     pub breakdown: Vec<UsageLine>,
 }

@@ -388,8 +388,9 @@ impl LedgerStore for SqliteStore {
         self.read(|conn| read::periods(conn, team))
     }
 
-    fn usage(&self, team: &TeamName, month: Option<&str>) -> Result<UsageReport> {
-        self.read(|conn| read::usage(conn, &self.shared.rules, team, month))
+    fn usage(&self, team: &TeamName, month: Option<&str>, at: Timestamp) -> Result<UsageReport> {
+        check_instant("at", at)?;
+        self.read(|conn| read::usage(conn, &self.shared.rules, team, month, at))
     }
 
     fn grants(&self, team: &TeamName) -> Result<Vec<flowcredits_core::Grant>> {

@@ -104,12 +104,11 @@ pub(super) fn periods(conn: &Connection, team: &TeamName) -> Result<Vec<PeriodUs
 }
 
 /// The period named `YYYY-MM` (the one starting on the team's anchor day of that month), or the
-/// one the team's clock is in.
-fn chosen_period(team: &TeamRow, month: Option<&str>) -> Result<Period> {
+/// one `as_of` is in.
+fn chosen_period(team: &TeamRow, month: Option<&str>, as_of: jiff::Timestamp) -> Result<Period> {
     let anchor = team.settings.anchor_day;
     let Some(month) = month else {
-        let at = instant(team.clock_ms.unwrap_or(team.created_ms))?;
-        return Ok(Period::containing(anchor, at));
+        return Ok(Period::containing(anchor, as_of));
     };
     let bad = || StoreError::BadPeriod { period: month.to_owned(), problem: "is not a month written as YYYY-MM" };
     let (year, month_number) = month.split_once('-').ok_or_else(bad)?;
@@ -128,11 +127,13 @@ fn chosen_period(team: &TeamRow, month: Option<&str>) -> Result<Period> {
     Ok(period)
 }
 
-/// `rules` give the plan's allowance for a period the ledger has not opened yet.
-pub(super) fn usage(conn: &Connection, rules: &Rules, team: &TeamName, month: Option<&str>) -> Result<UsageReport> {
+/// `rules` give the plan's allowance for a period the ledger has not opened yet. The report is
+/// read as of `at`, or of the team's clock when that is later (the ledger never goes back).
+pub(super) fn usage(conn: &Connection, rules: &Rules, team: &TeamName, month: Option<&str>, at: jiff::Timestamp) -> Result<UsageReport> {
     snapshot(conn, |conn| {
         let row = find_team(conn, team)?;
-        let period = chosen_period(&row, month)?;
+        let as_of = at.max(instant(row.clock_ms.unwrap_or(row.created_ms))?);
+        let period = chosen_period(&row, month, as_of)?;
         let usage = load_period(conn, row.id, period)?;
         // A period with nothing in it has no row: its allowance is on its invoice when it has
         // ended (the plan then), else the plan's now.
@@ -146,10 +147,12 @@ pub(super) fn usage(conn: &Connection, rules: &Rules, team: &TeamName, month: Op
                 }
             }
         };
-        let clock = row.clock_ms.unwrap_or(row.created_ms);
+        // Purchases usable from here on into the period: those that will have expired by the
+        // start of a period not begun yet cannot be drawn in it.
+        let usable_at = as_of.max(period.start).as_millisecond();
         let purchased_remaining = conn
             .prepare_cached("SELECT coalesce(sum(remaining), 0) FROM grants WHERE team_id = ?1 AND granted_ms <= ?2 AND ?2 < expires_ms")?
-            .query_row(params![row.id, clock], |row| row.get::<_, i64>(0))?;
+            .query_row(params![row.id, usable_at], |row| row.get::<_, i64>(0))?;
         let mut report = UsageReport {
             team: team.clone(),
             period,
@@ -159,6 +162,7 @@ pub(super) fn usage(conn: &Connection, rules: &Rules, team: &TeamName, month: Op
             payg_credits: Credits::ZERO,
             unbilled_credits: Credits::ZERO,
             purchased_remaining: Credits(to_u64(purchased_remaining)?),
+            as_of,
             breakdown: breakdown(conn, row.id, period)?,
         };
         if let Some(usage) = usage {

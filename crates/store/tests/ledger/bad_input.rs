@@ -78,16 +78,16 @@ fn malformed_names_and_periods_are_refused() {
     let store = open(&dir.db());
     create(&store, "t", PlanId::Team);
     for period in ["2026-3", "march", "2026-13", "2026-03-01"] {
-        let err = store.usage(&team("t"), Some(period)).unwrap_err().to_string();
+        let err = store.usage(&team("t"), Some(period), ts(CREATED)).unwrap_err().to_string();
         assert!(err.contains(period) && err.contains("YYYY-MM"), "{err}");
     }
     // The calendar ends in 9999: a month whose period would end past it is refused, not a panic.
     for period in ["9999-01", "9999-12"] {
-        let err = store.usage(&team("t"), Some(period)).unwrap_err().to_string();
+        let err = store.usage(&team("t"), Some(period), ts(CREATED)).unwrap_err().to_string();
         assert!(err.contains(period) && err.contains("after 9998-12"), "{err}");
     }
-    assert!(store.usage(&team("t"), Some("9998-12")).is_ok());
+    assert!(store.usage(&team("t"), Some("9998-12"), ts(CREATED)).is_ok());
     // Nor is there anything to show for a month that ended before the team existed.
-    let err = store.usage(&team("t"), Some("2000-01")).unwrap_err().to_string();
+    let err = store.usage(&team("t"), Some("2000-01"), ts(CREATED)).unwrap_err().to_string();
     assert!(err.contains("2000-01") && err.contains("before the team was created"), "{err}");
 }

@@ -109,7 +109,7 @@ fn concurrent_starts_and_charges_match_a_sequential_replay() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(stored, splits);
-    let usage = store.usage(&team("hot"), None).unwrap();
+    let usage = store.usage(&team("hot"), None, ts(CREATED)).unwrap();
     assert_eq!(usage.included_used, Credits(25));
     assert_verified(&store);
 }

@@ -113,7 +113,7 @@ fn check_after_crash(dir: &TempDir, round: u64, acked: &[u64], seed: u64) {
     // Exactly once: every execution id has one row (its key is unique), and one entry.
     let (executions, entries): (i64, i64) = conn.query_row("SELECT (SELECT count(*) FROM executions), (SELECT count(*) FROM entries)", [], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
     assert_eq!(executions, entries);
-    let usage = store.usage(&team("crash"), None).unwrap();
+    let usage = store.usage(&team("crash"), None, ts(CREATED)).unwrap();
     let charged: i64 = conn.query_row("SELECT count(*) FROM executions", [], |row| row.get(0)).unwrap();
     assert_eq!(usage.used().0 as i64, charged * 2, "each integration block is 2 credits");
 }

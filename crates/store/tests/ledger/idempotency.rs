@@ -114,12 +114,12 @@ fn a_batch_is_all_or_nothing() {
     batch.pop();
     let outcomes = store.charge(&team("t"), batch).unwrap();
     assert!(outcomes.iter().all(|outcome| outcome.credits == Credits(2) && !outcome.replayed));
-    assert_eq!(store.usage(&team("t"), None).unwrap().used(), Credits(20));
+    assert_eq!(store.usage(&team("t"), None, ts(CREATED)).unwrap().used(), Credits(20));
     // An id twice in one batch is charged once.
     let twice = vec![integration("x", "r1", "2026-03-02T10:00:03Z"), integration("x", "r1", "2026-03-02T10:00:03Z")];
     let outcomes = store.charge(&team("t"), twice).unwrap();
     assert_eq!(outcomes.iter().map(|outcome| outcome.replayed).collect::<Vec<_>>(), [false, true]);
-    assert_eq!(store.usage(&team("t"), None).unwrap().used(), Credits(22));
+    assert_eq!(store.usage(&team("t"), None, ts(CREATED)).unwrap().used(), Credits(22));
     assert_verified(&store);
 }
 

@@ -20,13 +20,13 @@ fn a_run_is_admitted_charged_and_ended() {
 
     let info = store.run(&team("acme"), &run("r1")).unwrap().unwrap();
     assert_eq!((info.status, info.credits), (RunStatus::Completed, Credits(6)));
-    let usage = store.usage(&team("acme"), None).unwrap();
+    let usage = store.usage(&team("acme"), None, ts(CREATED)).unwrap();
     assert_eq!((usage.included, usage.used(), usage.remaining()), (Credits(100), Credits(6), Credits(94)));
     assert_eq!(usage.period.start, ts("2026-03-01T00:00:00Z"));
     let line = &usage.breakdown[0];
     assert_eq!((line.kind, line.trigger, line.executions, line.credits), (BlockKind::Integration, Trigger::Api, 3, Credits(6)));
-    assert_eq!(store.usage(&team("acme"), Some("2026-03")).unwrap(), usage);
-    let april = store.usage(&team("acme"), Some("2026-04")).unwrap();
+    assert_eq!(store.usage(&team("acme"), Some("2026-03"), ts(CREATED)).unwrap(), usage);
+    let april = store.usage(&team("acme"), Some("2026-04"), ts(CREATED)).unwrap();
     assert_eq!((april.used(), april.included), (Credits(0), Credits(100)), "a period not begun yet has the plan's allowance");
     assert_verified(&store);
 }
@@ -117,9 +117,9 @@ fn period_close_issues_an_invoice_and_resumes_paused_runs() {
     assert_eq!(idle, [month("2026-04-01T00:00:00Z"), month("2026-05-01T00:00:00Z"), month("2026-06-01T00:00:00Z")]);
     // An idle period's usage shows the allowance it was invoiced with, whatever the plan is now.
     store.change_billing(&acme, &actor(), ts("2026-07-16T00:00:00Z"), BillingChange::ChangePlan { plan: PlanId::Enterprise }).unwrap();
-    let may = store.usage(&acme, Some("2026-05")).unwrap();
+    let may = store.usage(&acme, Some("2026-05"), ts(CREATED)).unwrap();
     assert_eq!((may.included, may.used()), (Credits(100), Credits(0)), "{may:?}");
-    assert_eq!(store.usage(&acme, Some("2026-07")).unwrap().included, Credits(500), "the current period has the new plan's");
+    assert_eq!(store.usage(&acme, Some("2026-07"), ts(CREATED)).unwrap().included, Credits(500), "the current period has the new plan's");
     // Its periods are still those in which something happened.
     let periods: Vec<Timestamp> = store.periods(&acme).unwrap().iter().map(|usage| usage.period.start).collect();
     assert_eq!(periods, [ts("2026-03-01T00:00:00Z"), ts("2026-04-01T00:00:00Z"), ts("2026-07-01T00:00:00Z")]);
@@ -158,10 +158,44 @@ fn purchased_credits_are_drawn_and_balanced() {
     store.start_run(&big, start("r1", "2026-03-02T10:00:00Z")).unwrap();
     store.change_billing(&big, &actor(), ts("2026-03-02T10:00:00Z"), BillingChange::Purchase { credits: Credits(10), expires_at: None }).unwrap();
     store.charge(&big, (0..253).map(|n| integration(&format!("e{n}"), "r1", "2026-03-02T10:00:01Z")).collect()).unwrap();
-    let usage = store.usage(&big, None).unwrap();
+    let usage = store.usage(&big, None, ts(CREATED)).unwrap();
     assert_eq!((usage.included_used, usage.purchased_used, usage.unbilled_credits, usage.purchased_remaining), (Credits(500), Credits(6), Credits(0), Credits(4)));
     assert_eq!(count(&dir.db(), "SELECT count(*) FROM grant_draws"), 3);
     assert_verified(&store);
+}
+
+/// Usage of a period counts the purchased credits usable in it: for a period not begun yet,
+/// those still valid at its start; for the current period and an ended one, those valid when
+/// the report is read (not when the team's ledger last moved).
+#[test]
+fn purchased_credits_remaining_are_those_usable_in_the_period_read() {
+    let dir = TempDir::new("grant-expiry");
+    let store = open(&dir.db());
+    create(&store, "big", PlanId::Enterprise);
+    let big = team("big");
+    for (credits, expires) in [(20, "2026-03-20T00:00:00Z"), (30, "2026-04-10T00:00:00Z"), (40, "2026-05-15T00:00:00Z")] {
+        let purchase = BillingChange::Purchase { credits: Credits(credits), expires_at: Some(ts(expires)) };
+        store.change_billing(&big, &actor(), ts("2026-03-02T00:00:00Z"), purchase).unwrap();
+    }
+    let purchased = |month: Option<&str>, at: &str| {
+        let usage = store.usage(&big, month, ts(at)).unwrap();
+        (usage.purchased_remaining, usage.remaining())
+    };
+    // The current period, before and after the first purchase expires: the team's clock is
+    // still at the purchases, but the 20 cannot be drawn after March 20.
+    assert_eq!(purchased(None, "2026-03-10T00:00:00Z"), (Credits(90), Credits(590)));
+    assert_eq!(purchased(None, "2026-03-25T00:00:00Z"), (Credits(70), Credits(570)));
+    assert_eq!(purchased(Some("2026-03"), "2026-03-25T00:00:00Z"), (Credits(70), Credits(570)));
+    // Months to come: only what is still valid when each starts.
+    assert_eq!(purchased(Some("2026-04"), "2026-03-10T00:00:00Z"), (Credits(70), Credits(570)));
+    assert_eq!(purchased(Some("2026-05"), "2026-03-10T00:00:00Z"), (Credits(40), Credits(540)));
+    assert_eq!(purchased(Some("2026-06"), "2026-03-10T00:00:00Z"), (Credits(0), Credits(500)));
+    // An ended period: what is usable now, as read in April.
+    store.close_periods(ts("2026-04-02T00:00:00Z")).unwrap();
+    assert_eq!(store.usage(&big, Some("2026-03"), ts("2026-04-05T00:00:00Z")).unwrap().purchased_remaining, Credits(70));
+    assert_eq!(store.usage(&big, Some("2026-03"), ts("2026-04-12T00:00:00Z")).unwrap().purchased_remaining, Credits(40));
+    // A read earlier than the team's clock is read at the clock: the ledger does not go back.
+    assert_eq!(store.usage(&big, None, ts(CREATED)).unwrap().period.start, ts("2026-04-01T00:00:00Z"));
 }
 
 #[test]
@@ -271,7 +305,7 @@ fn the_last_charges_and_the_end_are_decided_together() {
     // An ended run is ended: a second request is refused for both parts.
     let (charged, ended) = charge_and_end(&store, "r1", vec![integration("r1-e9", "r1", "2026-03-02T10:00:06Z")], "2026-03-02T10:00:06Z");
     assert!(charged.is_err() && ended.is_err(), "{charged:?} {ended:?}");
-    assert_eq!(store.usage(&team("acme"), None).unwrap().used(), Credits(4));
+    assert_eq!(store.usage(&team("acme"), None, ts(CREATED)).unwrap().used(), Credits(4));
     assert_verified(&store);
 }
 

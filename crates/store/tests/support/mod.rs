@@ -51,8 +51,12 @@ pub fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(path, Rules::shipped()).unwrap()
 }
 
+/// When [`create`] makes its teams. A usage report read as of it is read as of the team's
+/// clock, which is never earlier.
+pub const CREATED: &str = "2026-03-01T00:00:00Z";
+
 pub fn create(store: &SqliteStore, name: &str, plan: PlanId) {
-    store.create_team(NewTeam { name: team(name), settings: TeamSettings::new(plan), actor: actor(), at: ts("2026-03-01T00:00:00Z") }).unwrap();
+    store.create_team(NewTeam { name: team(name), settings: TeamSettings::new(plan), actor: actor(), at: ts(CREATED) }).unwrap();
 }
 
 pub fn api() -> RunContext {
