@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use flowcredits_core::{AnchorDay, CoreError, MicroUsd, PlanId, Rules, TeamSettings, Timestamp};
+use flowcredits_core::{AnchorDay, CoreError, Credits, MicroUsd, PlanId, Rules, TeamSettings, Timestamp};
 use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, StoreError, TeamInfo, TeamName, UsageReport};
 use serde_json::{Value, json};
 
@@ -299,11 +299,16 @@ fn usage(store: SqliteStore, args: &UsageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn usage_text(report: &UsageReport) -> String {
-    // What is left of an ended period's allowance expired with it.
-    let left = if report.period.end <= flowcredits_core::Timestamp::now() { "expired" } else { "left" };
+    // What is left of an ended period's allowance expired with it; purchased credits still
+    // usable did not.
+    let left = match (report.ended(), report.purchased_remaining) {
+        (false, _) => format!("{} left", report.remaining()),
+        (true, Credits::ZERO) => format!("{} expired", report.included_expired()),
+        (true, purchased) => format!("{} expired, {purchased} purchased still usable", report.included_expired()),
+    };
     let mut text = format!(
-        "team {}, period {} to {}\n  used {} of {} included credits; {} {left}\n  included {}, purchased {}, pay-as-you-go {} (${}), unbilled {}\n",
-        report.team, report.period.start, report.period.end, report.used(), report.included, report.remaining(),
+        "team {}, period {} to {}\n  used {} of {} included credits; {left}\n  included {}, purchased {}, pay-as-you-go {} (${}), unbilled {}\n",
+        report.team, report.period.start, report.period.end, report.used(), report.included,
         report.included_used, report.purchased_used, report.payg_credits, report.payg_amount(), report.unbilled_credits,
     );
     if !report.breakdown.is_empty() {

@@ -217,3 +217,58 @@ async fn an_open_request_does_not_keep_a_stopping_server_past_its_drain_time() {
     assert_eq!(status.code(), Some(1), "a stop that cut something off is not a clean exit: {status}");
     drop(slow);
 }
+
+fn days_from_now(days: i64) -> flowcredits_core::Timestamp {
+    let (now, span) = (flowcredits_core::Timestamp::now(), Duration::from_secs(days.unsigned_abs() * 86_400));
+    if days < 0 { now.checked_sub(span) } else { now.checked_add(span) }.unwrap()
+}
+
+/// Writes a scenario for team `sim` (Enterprise): run `old-run` 40 days ago (one HTTP request)
+/// and, then, 30 credits bought to last a year; replays it into `db` with `simulate --db`.
+fn simulate_last_months_run_and_a_purchase(db: &std::path::Path) {
+    let days = |days: i64| days_from_now(days).to_string();
+    let scenario = json!({
+        "team": {"plan": "enterprise"},
+        "steps": [
+            {"at": days(-40), "op": "start_run", "run": "old-run", "trigger": "api", "cloud_run": false, "blocks": [{"type": "http_request"}]},
+            {"at": days(-40), "op": "block", "run": "old-run", "type": "http_request"},
+            {"at": days(-40), "op": "end_run", "run": "old-run"},
+            {"at": days(-40), "op": "purchase", "credits": 30, "expires_at": days(365)},
+        ],
+    });
+    let file = db.with_file_name("scenario.json");
+    std::fs::write(&file, scenario.to_string()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flowcredits")).args(["simulate", "--team", "sim", "--db"]).arg(db).arg(&file).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn flowcredits_ok(args: &[&str], db: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_flowcredits")).args(args).arg("--db").arg(db).output().unwrap();
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `usage` of an ended period calls its unused allowance expired, not the purchased credits
+/// still usable, and its `--json` is what the API answers for the same period.
+#[tokio::test]
+async fn usage_of_an_ended_period_tells_expired_allowance_from_usable_purchases() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flowcredits.db");
+    simulate_last_months_run_and_a_purchase(&db);
+    let label = days_from_now(-40).strftime("%Y-%m").to_string();
+
+    let from_cli: Value = serde_json::from_str(&flowcredits_ok(&["usage", "--team", "sim", "--period", &label, "--json"], &db)).unwrap();
+    let included_used = from_cli["included_used"].as_u64().unwrap();
+    assert!(included_used > 0, "{from_cli}");
+    assert_eq!((from_cli["remaining"].clone(), from_cli["purchased_remaining"].clone()), (json!(30), json!(30)), "the unused allowance expired: {from_cli}");
+    let text = flowcredits_ok(&["usage", "--team", "sim", "--period", &label], &db);
+    let expired = 500 - included_used;
+    assert!(text.contains(&format!("; {expired} expired, 30 purchased still usable\n")), "{text}");
+
+    let (mut server, base, keys) = start(&db, false);
+    let client = flowcredits_engine::http::client();
+    let from_api = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/sim/usage?period={label}"), &keys[0], Value::Null).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(from_api, from_cli, "the API and usage --json agree on the same period");
+}

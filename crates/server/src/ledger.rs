@@ -290,9 +290,8 @@ pub(crate) fn period_json(period: flowcredits_core::Period) -> Value {
 
 /// A team's usage in one period as the API and `flowcredits usage --json` show it. What is left
 /// of an ended period's allowance expired with it (its invoice says `included_expired`), so
-/// `remaining` is then only the purchased credits still usable.
+/// `remaining` is then only the purchased credits still usable ([`UsageReport::remaining`]).
 pub fn usage_json(report: &UsageReport) -> Value {
-    let remaining = if report.period.end <= Timestamp::now() { report.purchased_remaining } else { report.remaining() };
     let breakdown: Vec<Value> = report
         .breakdown
         .iter()
@@ -303,7 +302,7 @@ pub fn usage_json(report: &UsageReport) -> Value {
         "period": period_json(report.period),
         "included": report.included.0,
         "used": report.used().0,
-        "remaining": remaining.0,
+        "remaining": report.remaining().0,
         "included_used": report.included_used.0,
         "purchased_used": report.purchased_used.0,
         "purchased_remaining": report.purchased_remaining.0,

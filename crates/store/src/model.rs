@@ -224,9 +224,22 @@ impl UsageReport {
         self.included_used + self.purchased_used + self.payg_credits + self.unbilled_credits
     }
 
-    /// Included and purchased credits left before pay-as-you-go (or pausing) starts.
+    /// Whether the period had ended at `as_of`.
+    pub fn ended(&self) -> bool {
+        self.period.end <= self.as_of
+    }
+
+    /// The included allowance left unused, which expires with an ended period (its invoice's
+    /// `included_expired`); zero while the period goes on.
+    pub fn included_expired(&self) -> Credits {
+        if self.ended() { self.included.saturating_sub(self.included_used) } else { Credits::ZERO }
+    }
+
+    /// Credits left before pay-as-you-go (or pausing) starts: the included allowance left and
+    /// the purchased credits usable; for an ended period only the purchased ones, the rest of
+    /// its allowance having expired.
     pub fn remaining(&self) -> Credits {
-        self.included.saturating_sub(self.included_used) + self.purchased_remaining
+        if self.ended() { self.purchased_remaining } else { self.included.saturating_sub(self.included_used) + self.purchased_remaining }
     }
 
     pub fn payg_amount(&self) -> MicroUsd {
