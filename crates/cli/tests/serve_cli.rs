@@ -272,3 +272,43 @@ async fn usage_of_an_ended_period_tells_expired_allowance_from_usable_purchases(
     let _ = server.wait();
     assert_eq!(from_api, from_cli, "the API and usage --json agree on the same period");
 }
+
+/// A team replayed with `simulate --db` and then served: its simulated run is in the runs list
+/// (in time order, under the server's kind of id, naming the ledger's run) and under the same
+/// placeholder flow id in usage by flow, which names it; the list filtered by that id finds it.
+#[tokio::test]
+async fn simulated_runs_are_listed_and_counted_under_the_ledger_placeholder_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flowcredits.db");
+    simulate_last_months_run_and_a_purchase(&db);
+    let label = days_from_now(-40).strftime("%Y-%m").to_string();
+    let (mut server, base, keys) = start(&db, false);
+    let client = flowcredits_engine::http::client();
+    let get = |path: String| call(&client, reqwest::Method::GET, format!("{base}{path}"), &keys[0], Value::Null);
+    let runs = get("/v1/teams/sim/runs".into()).await;
+    let items = runs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{runs}");
+    let run = &items[0];
+    assert!(run["id"].as_str().unwrap().starts_with("run_"), "{run}");
+    assert!(run["error"].as_str().unwrap().contains("`old-run`"), "the ledger's name for it: {run}");
+    let flow_id = run["flow_id"].as_str().unwrap().to_owned();
+    assert_eq!(flow_id, "(ledger)", "{run}");
+    let by_flow = get(format!("/v1/teams/sim/usage/flows?period={label}")).await;
+    let flows = by_flow["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{by_flow}");
+    assert_eq!((flows[0]["flow_id"].as_str(), flows[0]["runs"].as_u64(), flows[0]["credits"].clone()), (Some(flow_id.as_str()), Some(1), run["credits"].clone()), "{by_flow}");
+    assert!(flows[0]["name"].as_str().is_some_and(|name| name.contains("ledger")), "{by_flow}");
+    let filtered = get(format!("/v1/teams/sim/runs?flow_id={}", "%28ledger%29")).await;
+    assert_eq!(filtered["items"][0]["id"], run["id"], "{filtered}");
+    let one = get(format!("/v1/teams/sim/runs/{}", run["id"].as_str().unwrap())).await;
+    assert_eq!(one["flow_id"], "(ledger)", "{one}");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // Started again, the server finds the run recorded and records it no second time.
+    let (mut again, base, _) = start(&db, false);
+    let runs = call(&client, reqwest::Method::GET, format!("{base}/v1/teams/sim/runs"), &keys[0], Value::Null).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1, "{runs}");
+    let _ = again.kill();
+    let _ = again.wait();
+}

@@ -97,6 +97,10 @@ const SCHEMA: &[&str] = &[
      INSERT INTO flow_usage (team, day, flow_id, runs, credits)
         SELECT team, created_ms / 86400000, flow_id, COUNT(*), SUM(credits) FROM run_history WHERE status NOT IN ('running', 'paused')
         GROUP BY team, created_ms / 86400000, flow_id;",
+    // 12: runs recorded from the ledger alone (`runner::restore_lost_history`) had an empty
+    // flow id; they now have `history::LEDGER_FLOW_ID`.
+    "UPDATE run_history SET flow_id = '(ledger)' WHERE flow_id = '';
+     UPDATE flow_usage SET flow_id = '(ledger)' WHERE flow_id = '';",
 ];
 
 /// A key's `last_used_ms` is written at most once per this many milliseconds: keys are checked

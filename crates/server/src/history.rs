@@ -394,10 +394,33 @@ pub fn add_omitted_blocks(connection: &Connection, run: &str, omitted: usize) ->
     Ok(())
 }
 
+/// The flow id of runs recorded from the ledger alone (their history lost in a crash, or made
+/// by another process on the ledger file: `simulate --db`, `run --db`), whose flow the server
+/// never knew: the runs list filters on it and usage by flow counts them under it.
+pub const LEDGER_FLOW_ID: &str = "(ledger)";
+/// What usage by flow names [`LEDGER_FLOW_ID`].
+pub const LEDGER_FLOW_NAME: &str = "runs recorded from the ledger (no flow known)";
+
+/// The history id of the ledger's run `run` of `team`, admitted at `created_ms`: its own id
+/// when it is named as the server names runs (`run_…`: one the server made and may have
+/// handed out); else (`simulate --db` names runs as its scenario does,
+/// `run --db` `local-…`) one made like the server's from when it was admitted and a digest of
+/// team and run, the same at every start, so that it is unique across teams, sorts by time
+/// and pages like the others.
+pub fn ledger_run_history_id(team: &str, run: &str, created_ms: i64) -> String {
+    if run.starts_with("run_") {
+        return run.to_owned();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{team}\0{run}").as_bytes());
+    let bits = u64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 32 bytes")) >> 24;
+    format!("run_{:011x}{bits:010x}", created_ms.max(0))
+}
+
 /// One flow's runs in a period and the credits history shows for them.
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowUsage {
-    /// Empty for runs recorded from the ledger after their history was lost.
+    /// [`LEDGER_FLOW_ID`] for runs recorded from the ledger alone.
     pub flow_id: String,
     /// `None` when the flow was deleted or is unknown.
     pub name: Option<String>,
@@ -421,7 +444,11 @@ pub fn usage_by_flow(connection: &Connection, team: &str, start_ms: i64, end_ms:
     let (first_day, end_day) = (start_ms.div_euclid(FLOW_USAGE_DAY_MS), end_ms.div_euclid(FLOW_USAGE_DAY_MS));
     let mut statement = connection.prepare_cached(sql)?;
     let rows = statement.query_map(params![team, first_day, end_day, from, to], |row| Ok(FlowUsage { flow_id: row.get(0)?, name: row.get(1)?, runs: row.get::<_, i64>(2)? as u64, credits: row.get::<_, i64>(3)? as u64 }))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut flows: Vec<FlowUsage> = rows.collect::<Result<_, _>>()?;
+    for flow in flows.iter_mut().filter(|flow| flow.flow_id == LEDGER_FLOW_ID && flow.name.is_none()) {
+        flow.name = Some(LEDGER_FLOW_NAME.to_owned());
+    }
+    Ok(flows)
 }
 
 /// Deletes at most `limit` finished runs made before `before_ms` (and their blocks), oldest

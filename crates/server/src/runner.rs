@@ -367,11 +367,12 @@ async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize,
     let since_ms = since_ms.max(state.history_cutoff_ms(now).unwrap_or(0));
     let since = Timestamp::from_millisecond(since_ms).unwrap_or(Timestamp::UNIX_EPOCH);
     let runs = state.ledger.runs_since(since, LOST_HISTORY_RUNS_MAX).await?;
-    let ids = runs.iter().map(|run| run.run.to_string()).collect();
+    let history_ids: Vec<String> = runs.iter().map(|run| history::ledger_run_history_id(run.team.as_str(), run.run.as_str(), run.created_at.as_millisecond())).collect();
+    let ids = history_ids.clone();
     let missing: std::collections::HashSet<String> = state.catalog.call(move |connection| history::without_rows(connection, ids)).await?.into_iter().collect();
     let mut interrupted = 0;
     let mut rows = Vec::new();
-    for run in runs.into_iter().filter(|run| missing.contains(run.run.as_str())) {
+    for (run, history_id) in runs.into_iter().zip(history_ids).filter(|(_, history_id)| missing.contains(history_id)) {
         let (team, id) = (run.team.to_string(), run.run.to_string());
         let mut ended_ms = run.ended_at.map(|at| at.as_millisecond());
         let (status, error) = match run.info.status {
@@ -394,7 +395,9 @@ async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize,
         };
         tracing::debug!(team = %team, run = %id, status = status.as_str(), "a run's history was lost; it is recorded from the ledger");
         let ended_ms = ended_ms.unwrap_or_else(catalog::now_ms);
-        rows.push((team, id, run.info.context, run.info.credits.0, run.created_at.as_millisecond(), ended_ms, status, error));
+        // A run the server did not name is listed under an id of the server's: say which it is.
+        let error = if history_id == id { error.to_owned() } else { format!("{error} (the ledger's run `{id}`)") };
+        rows.push((team, history_id, run.info.context, run.info.credits.0, run.created_at.as_millisecond(), ended_ms, status, error));
     }
     if rows.is_empty() {
         return Ok(0);
@@ -406,8 +409,8 @@ async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize,
             let transaction = connection.transaction()?;
             for (team, id, context, credits, created_ms, ended_ms, status, error) in &rows {
                 let (trigger, location) = (context.trigger().as_str(), context.location().as_str());
-                let row = history::NewRun { id, team, flow_id: "", snapshot: None, deployment_id: None, trigger, location, status: RunState::Running, input: &Value::Null, at_ms: *created_ms };
-                let end = history::RunEnd { state: *status, at_ms: *ended_ms, credits: *credits, output: &Value::Null, error: Some(error), response: None };
+                let row = history::NewRun { id, team, flow_id: history::LEDGER_FLOW_ID, snapshot: None, deployment_id: None, trigger, location, status: RunState::Running, input: &Value::Null, at_ms: *created_ms };
+                let end = history::RunEnd { state: *status, at_ms: *ended_ms, credits: *credits, output: &Value::Null, error: Some(error.as_str()), response: None };
                 history::insert_run(&transaction, &row, Some(&end))?;
             }
             Ok(transaction.commit()?)
