@@ -80,6 +80,27 @@ fn store_error(err: StoreError) -> ApiError {
     }
 }
 
+/// A billing change the plan does not allow, said with the API field that asked for it.
+pub(crate) fn plan_lacks(field: &str, refusal: &CoreError, team: &str) -> ApiError {
+    ApiError::Forbidden(format!("{field}: {refusal}; it needs a plan that has it, which an operator sets with PUT /v1/teams/{team}/plan"))
+}
+
+/// A refused change of a billing batch, said in terms of the API field it came from.
+fn billing_refusal(err: StoreError, fields: &[&str], team: &str) -> ApiError {
+    let field = match &err {
+        StoreError::Change { index, .. } => fields.get(*index).copied(),
+        _ => None,
+    };
+    let Some(field) = field else { return store_error(err) };
+    match err.root() {
+        StoreError::Refused(core @ (CoreError::PlanHasNoPayg { .. } | CoreError::PlanCannotPurchase { .. })) => plan_lacks(field, core, team),
+        StoreError::Refused(core @ CoreError::AmountOutOfRange { .. }) => ApiError::invalid(field, core.to_string()),
+        StoreError::Invalid { problem, .. } => ApiError::invalid(field, problem.clone()),
+        StoreError::Refused(core) => ApiError::Conflict(format!("{field}: {core}")),
+        _ => store_error(err),
+    }
+}
+
 fn team_name(team: &str) -> Result<TeamName, ApiError> {
     // An impossible team name cannot name an existing team.
     TeamName::new(team).map_err(|_| ApiError::NotFound(format!("team {team}")))
@@ -236,6 +257,19 @@ impl Ledger {
         let changed = self.blocking(move |store| store.change_billing(&name, &actor, now, change)).await;
         self.teams.remove(&team.to_owned());
         changed
+    }
+
+    /// Applies a PATCH's billing changes as one ledger request, decided and committed together:
+    /// all of them, or none when one is refused (by a plan changed meanwhile, say). Each change
+    /// comes with the API field it was sent in, which a refusal names.
+    pub async fn change_billing_all(&self, team: &str, user_id: &str, changes: Vec<(&'static str, BillingChange)>) -> Result<(), ApiError> {
+        let (name, actor) = (team_name(team)?, actor(user_id)?);
+        let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).map_err(ApiError::internal)?;
+        let (fields, changes): (Vec<&'static str>, Vec<BillingChange>) = changes.into_iter().unzip();
+        let store = Arc::clone(&self.store);
+        let changed = tokio::task::spawn_blocking(move || store.change_billing_all(&name, &actor, now, changes)).await.map_err(ApiError::internal)?;
+        self.teams.remove(&team.to_owned());
+        changed.map(drop).map_err(|err| billing_refusal(err, &fields, team))
     }
 
     /// Lets the ledger see the time pass: closes ended periods (issuing invoices) and opens the

@@ -104,13 +104,15 @@ fn usd(field: &str, text: &str) -> Result<MicroUsd, ApiError> {
     Ok(amount)
 }
 
-/// Changes billing settings (owner, admin or billing). Every change is in the ledger's audit
-/// log with the user who made it. Turning pay-as-you-go on resumes paused runs.
+/// Changes billing settings (owner, admin or billing) as one ledger request: every field's
+/// change applies or none does, and each is in the ledger's audit log with the user who made
+/// it. Turning pay-as-you-go on resumes paused runs.
 pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<BillingUpdate>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Bill).await?;
     body.refuse_nulls()?;
     let (payg_enabled, payg_alerts_usd) = (body.payg_enabled.flatten(), body.payg_alerts_usd.flatten());
-    let mut changes = Vec::new();
+    // Each change with the field it was sent in, for a refusal to name.
+    let mut changes: Vec<(&'static str, BillingChange)> = Vec::new();
     // The ledger checks these bounds too; here they are said in the API's own terms (its
     // field names, dollars).
     let largest = MicroUsd(PAYG_CAP_MICRO_USD_MAX);
@@ -119,7 +121,7 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
         if let Some(cap) = cap.filter(|cap| *cap > largest) {
             return Err(ApiError::invalid("payg_cap_usd", format!("${cap} is more than the largest cap, ${largest}")));
         }
-        changes.push(BillingChange::SetPaygCap { cap });
+        changes.push(("payg_cap_usd", BillingChange::SetPaygCap { cap }));
     }
     if let Some(alerts) = &payg_alerts_usd {
         if alerts.len() > PAYG_ALERTS_MAX {
@@ -134,19 +136,20 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
             }
             amounts.push(amount);
         }
-        changes.push(BillingChange::SetPaygAlerts { amounts });
+        changes.push(("payg_alerts_usd", BillingChange::SetPaygAlerts { amounts }));
     }
     if let Some(enabled) = payg_enabled {
-        changes.push(BillingChange::SetPayg { enabled });
+        changes.push(("payg_enabled", BillingChange::SetPayg { enabled }));
     }
     // Turning pay-as-you-go on, or setting its cap or alerts, on a plan without it is refused
-    // here, before any change is made, so that a refused request changes nothing. (Clearing
-    // them is always allowed.)
+    // here first, in the API's terms. (Clearing them is always allowed.) The plan read here may
+    // change before the ledger decides; the ledger then refuses the whole request.
     let plan = state.ledger.team(&team).await?.plan;
-    let sets_payg = payg_enabled == Some(true) || matches!(body.payg_cap_usd, Some(Some(_))) || payg_alerts_usd.as_ref().is_some_and(|alerts| !alerts.is_empty());
-    if sets_payg && !state.rules.plans.get(plan).has_payg() {
-        let refusal = flowcredits_core::CoreError::PlanHasNoPayg { plan };
-        return Err(ApiError::Forbidden(format!("{refusal}; it needs a plan that has it, which an operator sets with PUT /v1/teams/{team}/plan")));
+    let sets_payg = [(payg_enabled == Some(true), "payg_enabled"), (matches!(body.payg_cap_usd, Some(Some(_))), "payg_cap_usd"), (payg_alerts_usd.as_ref().is_some_and(|alerts| !alerts.is_empty()), "payg_alerts_usd")];
+    if let Some((_, field)) = sets_payg.iter().find(|(sets, _)| *sets)
+        && !state.rules.plans.get(plan).has_payg()
+    {
+        return Err(crate::ledger::plan_lacks(field, &flowcredits_core::CoreError::PlanHasNoPayg { plan }, &team));
     }
     if let Some(Some(url)) = &body.alert_webhook_url
         && (url.len() > WEBHOOK_URL_BYTES_MAX || !(url.starts_with("http://") || url.starts_with("https://")))
@@ -156,9 +159,11 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
     if let Some(reason) = body.alert_webhook_url.as_ref().and_then(|url| url.as_deref()).and_then(|url| state.http.refusal(url)) {
         return Err(ApiError::invalid("alert_webhook_url", format!("points at {reason}")));
     }
-    // Everything is checked before anything is written; then each change is applied in order.
-    for change in changes {
-        state.ledger.change_billing(&team, &caller.user.id, change).await?;
+    // Everything is checked before anything is written; then the ledger decides every change
+    // as one request (all or none), and only once it took them is the webhook (kept in the
+    // catalog) changed.
+    if !changes.is_empty() {
+        state.ledger.change_billing_all(&team, &caller.user.id, changes).await?;
     }
     if let Some(url) = body.alert_webhook_url {
         let team_name = team.clone();

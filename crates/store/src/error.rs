@@ -15,6 +15,9 @@ pub enum StoreError {
     /// One event of a batch was refused; the whole batch was.
     #[error("event {index} of the batch: {source}")]
     Event { index: usize, source: Box<StoreError> },
+    /// One change of a billing batch was refused; the whole batch was.
+    #[error("change {index} of the batch: {source}")]
+    Change { index: usize, source: Box<StoreError> },
     #[error("team `{team}` is not known")]
     UnknownTeam { team: String },
     #[error("team `{team}` already exists with other settings")]
@@ -58,7 +61,7 @@ impl StoreError {
     /// The error itself, outside the batch position that wraps it.
     pub fn root(&self) -> &StoreError {
         match self {
-            StoreError::Event { source, .. } => source.root(),
+            StoreError::Event { source, .. } | StoreError::Change { source, .. } => source.root(),
             other => other,
         }
     }

@@ -9,7 +9,8 @@
 //! Invariants:
 //! - every charged block execution has exactly one ledger entry, and every entry names its
 //!   execution; an execution id is recorded once per team, whatever the retries;
-//! - a request the ledger refuses, or a batch with one bad event, writes nothing;
+//! - a request the ledger refuses, or a batch with one bad event or billing change, writes
+//!   nothing;
 //! - periods, grants, run totals and usage rollups equal their rebuild from the entries
 //!   (checked by [`LedgerStore::verify`]).
 
@@ -72,6 +73,12 @@ pub trait LedgerStore: Send + Sync {
     /// Pay-as-you-go, its cap and alerts, purchases and plan changes; recorded in the audit log.
     /// A purchase returns the grant it made (its id and expiry); other changes return `None`.
     fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<Option<flowcredits_core::Grant>>;
+    /// Several billing changes (at most [`limits::BILLING_CHANGES_MAX`]) decided in order as one
+    /// request and committed together: either every one applies or none does, whatever other
+    /// requests the ledger decides meanwhile (a plan change, say). A refusal names the change
+    /// that was refused ([`StoreError::Change`] with its index). Each applied change has its own
+    /// line in the audit log. Returns what [`LedgerStore::change_billing`] would for each.
+    fn change_billing_all(&self, team: &TeamName, actor: &Actor, at: Timestamp, changes: Vec<BillingChange>) -> Result<Vec<Option<flowcredits_core::Grant>>>;
     /// Moves every team's clock to `at`: periods that ended are invoiced and paused runs resume
     /// with the new period's credits. Returns how many invoices were issued.
     fn close_periods(&self, at: Timestamp) -> Result<usize>;

@@ -4,6 +4,7 @@ mod support;
 
 mod ledger {
     pub mod bad_input;
+    pub mod billing;
     pub mod concurrency;
     pub mod crash;
     pub mod idempotency;

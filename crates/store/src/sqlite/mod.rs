@@ -19,9 +19,9 @@ use std::thread::JoinHandle;
 use flowcredits_core::{PeriodUsage, Rules, RunId, Timestamp};
 use rusqlite::{Connection, OpenFlags};
 
-use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer};
+use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer, outside_batch};
 use crate::error::{Result, StoreError};
-use crate::limits::{BATCH_EVENTS_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
+use crate::limits::{BATCH_EVENTS_MAX, BILLING_CHANGES_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
 use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, WriterStats, check_instant};
 use crate::{ChargedAndEnded, Done, LedgerStore, schema};
 
@@ -342,12 +342,22 @@ impl LedgerStore for SqliteStore {
     }
 
     fn change_billing(&self, team: &TeamName, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<Option<flowcredits_core::Grant>> {
+        let mut grants = self.change_billing_all(team, actor, at, vec![change]).map_err(outside_batch)?;
+        grants.pop().ok_or_else(|| StoreError::Corrupt("the writer answered no change to one billing change".into()))
+    }
+
+    fn change_billing_all(&self, team: &TeamName, actor: &Actor, at: Timestamp, changes: Vec<BillingChange>) -> Result<Vec<Option<flowcredits_core::Grant>>> {
         check_instant("at", at)?;
-        if let BillingChange::Purchase { expires_at: Some(expires_at), .. } = &change {
-            check_instant("expires_at", *expires_at)?;
+        if changes.is_empty() || changes.len() > BILLING_CHANGES_MAX {
+            return Err(StoreError::invalid("changes", format!("{} billing changes in one request; send 1 to {BILLING_CHANGES_MAX}", changes.len())));
         }
-        match self.call(Op::Billing(team.clone(), actor.clone(), at, change))? {
-            Reply::BillingChanged(grant) => Ok(grant),
+        for (index, change) in changes.iter().enumerate() {
+            if let BillingChange::Purchase { expires_at: Some(expires_at), .. } = change {
+                check_instant("expires_at", *expires_at).map_err(|source| StoreError::Change { index, source: Box::new(source) })?;
+            }
+        }
+        match self.call(Op::Billing(team.clone(), actor.clone(), at, changes))? {
+            Reply::BillingChanged(grants) => Ok(grants),
             other => Err(unexpected(other)),
         }
     }

@@ -38,7 +38,8 @@ pub(crate) enum Op {
     End(TeamName, RunId, Timestamp, RunEnd),
     /// A run's last charges (possibly none), then its completion, whatever the charge's answer.
     ChargeAndEnd(TeamName, RunId, Vec<UsageEvent>, Timestamp),
-    Billing(TeamName, Actor, Timestamp, BillingChange),
+    /// Billing changes decided in order and applied together, or not at all.
+    Billing(TeamName, Actor, Timestamp, Vec<BillingChange>),
     CloseAll(Timestamp),
 }
 
@@ -49,8 +50,8 @@ pub(crate) enum Reply {
     /// Boxed: two results would make every reply as large as two errors.
     ChargedAndEnded(Box<crate::ChargedAndEnded>),
     Done,
-    /// A billing change, with the grant it made when it was a purchase.
-    BillingChanged(Option<flowcredits_core::Grant>),
+    /// Billing changes, each with the grant it made when it was a purchase.
+    BillingChanged(Vec<Option<flowcredits_core::Grant>>),
     Invoiced(usize),
 }
 
@@ -221,7 +222,7 @@ impl Writer {
                     ended => Ok(Reply::ChargedAndEnded(Box::new((charged, ended)))),
                 }
             }),
-            Op::Billing(team, actor, at, change) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, change)).map(Reply::BillingChanged),
+            Op::Billing(team, actor, at, changes) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, changes)).map(Reply::BillingChanged),
             Op::CloseAll(at) => self.close_all(at).map(Reply::Invoiced),
         }
     }
@@ -380,21 +381,36 @@ impl Writer {
         Ok(())
     }
 
-    fn change_billing(&mut self, team: &TeamName, state: &mut TeamState, actor: &Actor, at: Timestamp, change: BillingChange) -> Result<Option<flowcredits_core::Grant>> {
-        let command = match change {
-            BillingChange::SetPayg { enabled } => Command::SetPayg { enabled },
-            BillingChange::SetPaygCap { cap } => Command::SetPaygCap { cap },
-            BillingChange::SetPaygAlerts { amounts } => Command::SetPaygAlerts { amounts },
-            BillingChange::Purchase { credits, expires_at } => Command::Purchase { credits, expires_at },
-            BillingChange::ChangePlan { plan } => Command::ChangePlan { plan },
-        };
-        let (at, stepped) = self.step(team, state, at, command)?;
-        let grant = stepped.events.iter().find_map(|event| match event {
-            LedgerEvent::CreditsPurchased { grant } => Some(grant.clone()),
-            _ => None,
-        });
-        self.write(team, state, stepped.into_effects(at), Some(actor))?;
-        Ok(grant)
+    /// Decides `changes` in order on a copy of the team's ledger, so that a refused change
+    /// undoes the ones before it; writes them all (each event with its own audit line) only
+    /// when every one was taken.
+    fn change_billing(&mut self, team: &TeamName, state: &mut TeamState, actor: &Actor, at: Timestamp, changes: Vec<BillingChange>) -> Result<Vec<Option<flowcredits_core::Grant>>> {
+        let at = at.max(state.ledger.clock().unwrap_or(at));
+        let mut ledger = state.ledger.clone();
+        let mut effects = Effects::new(at);
+        let mut grants = Vec::with_capacity(changes.len());
+        for (index, change) in changes.into_iter().enumerate() {
+            let closing = closing_period(&ledger, at);
+            match ledger.step(&self.rules, at, billing_command(change)) {
+                Ok(events) => {
+                    grants.push(events.iter().find_map(|event| match event {
+                        LedgerEvent::CreditsPurchased { grant } => Some(grant.clone()),
+                        _ => None,
+                    }));
+                    effects.add(Stepped { events, closing });
+                }
+                Err(Refused { error, .. }) => {
+                    if state.ledger.current_period().is_none_or(|usage| !usage.period.contains(at)) {
+                        // The instant began a billing period: that happened with time and stays.
+                        self.advance(team, state, at)?;
+                    }
+                    return Err(StoreError::Change { index, source: Box::new(self.refine_unknown_run(state.id, error)) });
+                }
+            }
+        }
+        state.ledger = ledger;
+        self.write(team, state, effects, Some(actor))?;
+        Ok(grants)
     }
 
     /// Moves every team's clock to `at`, closing the periods that ended; returns how many
@@ -648,6 +664,24 @@ impl Writer {
         }
         self.conn.prepare_cached("UPDATE store_meta SET value = ?1 WHERE name = 'next_op'")?.execute([self.next_op])?;
         Ok(())
+    }
+}
+
+fn billing_command(change: BillingChange) -> Command {
+    match change {
+        BillingChange::SetPayg { enabled } => Command::SetPayg { enabled },
+        BillingChange::SetPaygCap { cap } => Command::SetPaygCap { cap },
+        BillingChange::SetPaygAlerts { amounts } => Command::SetPaygAlerts { amounts },
+        BillingChange::Purchase { credits, expires_at } => Command::Purchase { credits, expires_at },
+        BillingChange::ChangePlan { plan } => Command::ChangePlan { plan },
+    }
+}
+
+/// The refusal of a batch of one change, without the batch position that wraps it.
+pub(crate) fn outside_batch(err: StoreError) -> StoreError {
+    match err {
+        StoreError::Change { source, .. } => *source,
+        other => other,
     }
 }
 
