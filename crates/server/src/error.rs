@@ -20,6 +20,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A conflict caused by one field, parameter or header, which the answer names (a reused
+    /// `Idempotency-Key`).
+    #[error("{message}")]
+    ConflictOn { field: String, message: String },
     #[error("{0}")]
     LimitReached(String),
     #[error("the request body is larger than {limit} bytes, the most this endpoint accepts (a team's plan sets it for hooks)")]
@@ -55,7 +59,7 @@ impl ApiError {
             ApiError::Unauthenticated | ApiError::UnknownRunnerToken { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Conflict(_) | ApiError::ConflictOn { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::LimitReached(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_reached"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -71,7 +75,7 @@ impl IntoResponse for ApiError {
             tracing::error!(detail = %detail, "request failed with an internal error");
         }
         let mut body = json!({"error": {"code": code, "message": self.to_string()}});
-        if let ApiError::Invalid { field, .. } = &self {
+        if let ApiError::Invalid { field, .. } | ApiError::ConflictOn { field, .. } = &self {
             body["error"]["field"] = json!(field);
         }
         let mut response = (status, Json(body)).into_response();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use flowcredits_core::{AnchorDay, CoreError, Credits, MicroUsd, PlanId, Rules, RunContext, RunId, RunStatus, TeamSettings, Timestamp};
 use flowcredits_engine::BlockCharge;
-use flowcredits_store::{Actor, BillingChange, Done, LedgerStore, NewTeam, StartRun, StoreError, TeamInfo, TeamName, UsageEvent, UsageReport};
+use flowcredits_store::{Actor, BillingChange, Done, IdempotencyKey, LedgerStore, NewTeam, Purchase, Purchased, StartRun, StoreError, TeamInfo, TeamName, UsageEvent, UsageReport};
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -76,9 +76,13 @@ fn store_error(err: StoreError) -> ApiError {
         StoreError::BadPeriod { .. } => ApiError::invalid("period", err.to_string()),
         StoreError::UnknownTeam { team } => ApiError::NotFound(format!("team {team}")),
         StoreError::TeamExists { .. } | StoreError::ExecutionConflict { .. } | StoreError::RunConflict { .. } => ApiError::Conflict(err.to_string()),
+        StoreError::IdempotencyConflict { .. } => ApiError::ConflictOn { field: IDEMPOTENCY_KEY_HEADER.into(), message: format!("{IDEMPOTENCY_KEY_HEADER}: {err}") },
         _ => ApiError::internal(err),
     }
 }
+
+/// The request header that makes a purchase safe to retry.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 
 /// A billing change the plan does not allow, said with the API field that asked for it.
 pub(crate) fn plan_lacks(field: &str, refusal: &CoreError, team: &str) -> ApiError {
@@ -270,6 +274,18 @@ impl Ledger {
         let changed = tokio::task::spawn_blocking(move || store.change_billing_all(&name, &actor, now, changes)).await.map_err(ApiError::internal)?;
         self.teams.remove(&team.to_owned());
         changed.map(drop).map_err(|err| billing_refusal(err, &fields, team))
+    }
+
+    /// Buys credits; with an idempotency key, a retry of a purchase the ledger already made is
+    /// answered with its grant (`replayed`) instead of buying again.
+    pub async fn purchase(&self, team: &str, user_id: &str, credits: Credits, expires_at: Option<Timestamp>, key: Option<IdempotencyKey>) -> Result<Purchased, ApiError> {
+        let (name, actor) = (team_name(team)?, actor(user_id)?);
+        // To the millisecond, as the ledger keeps instants: what a purchase answers is what its
+        // list shows later.
+        let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).map_err(ApiError::internal)?;
+        let purchased = self.blocking(move |store| store.purchase(&name, &actor, now, Purchase { credits, expires_at, key })).await;
+        self.teams.remove(&team.to_owned());
+        purchased
     }
 
     /// Lets the ledger see the time pass: closes ended periods (issuing invoices) and opens the

@@ -214,7 +214,7 @@ const ROUTES: &[Route] = &[
         query: &[],
         success: "200", answer: Answer::Json("Billing"),
     },
-    Route { method: "post", path: "/v1/teams/{team}/purchases", summary: "Buy credits (Enterprise)", access: "owner, admin, billing", body: Some(|| object(&["credits"], json!({"credits": {"type": "integer", "minimum": 1}, "expires_at": string()}))), query: &[], success: "201", answer: Answer::Json("Purchase") },
+    Route { method: "post", path: "/v1/teams/{team}/purchases", summary: "Buy credits (Enterprise); send an `Idempotency-Key` to make retries safe", access: "owner, admin, billing", body: Some(|| object(&["credits"], json!({"credits": {"type": "integer", "minimum": 1}, "expires_at": string()}))), query: &[], success: "201", answer: Answer::Json("Purchase") },
     Route { method: "get", path: "/v1/teams/{team}/purchases", summary: "Credits bought, oldest first, with what remains of each and when it expires", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("PurchasePage") },
     Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("InvoicePage") },
     Route { method: "get", path: "/v1/teams/{team}/alerts", summary: "Usage alerts and their deliveries", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("AlertPage") },
@@ -273,6 +273,19 @@ fn operation(route: &Route) -> Value {
     }
     if route.path.ends_with("/jobs/claim") {
         operation["responses"]["204"] = json!({"description": "No job waited within `wait_s`"});
+    }
+    if route.path == "/v1/teams/{team}/purchases" && route.method == "post" {
+        operation["parameters"].as_array_mut().expect("parameters are a list").push(json!({
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": false,
+            "description": "Makes a retry safe (after a timeout, say): the team's first purchase with this key is answered again to the same key with the same body (same grant, nothing bought again, `Idempotent-Replayed: true`), also after a restart, since the ledger keeps the key with the grant it bought; the same key with another body is refused with 409 naming the header. 1 to 255 visible ASCII characters, such as a UUID; anything else is refused with 400 naming the header.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        }));
+        operation["responses"]["201"]["headers"] = json!({
+            "Idempotent-Replayed": {"description": "`true` when this answer repeats an earlier purchase made with the same `Idempotency-Key` (nothing was bought); absent otherwise", "schema": {"type": "string", "enum": ["true"]}},
+        });
+        operation["responses"]["409"] = json_answer("The `Idempotency-Key` was used by the team for a purchase with another body (`field`: `Idempotency-Key`)", "Error");
     }
     if route.path == "/healthz" {
         operation["responses"]["503"] = json_answer("The ledger can no longer write (the disk did not confirm a commit): what is wrong and what to do", "Unhealthy");
@@ -421,7 +434,7 @@ fn period() -> Value {
 }
 
 fn error_body() -> Value {
-    record(json!({"code": {"type": "string", "description": "stable: match on it"}, "message": {"type": "string", "description": "safe to show"}, "field": {"type": "string", "description": "the field, parameter or header at fault (400 only)"}}), &["field"])
+    record(json!({"code": {"type": "string", "description": "stable: match on it"}, "message": {"type": "string", "description": "safe to show"}, "field": {"type": "string", "description": "the field, parameter or header at fault (400, and 409 for a reused `Idempotency-Key`)"}}), &["field"])
 }
 
 /// Every named response schema.

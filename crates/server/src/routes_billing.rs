@@ -2,10 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use flowcredits_core::ledger::{PAYG_ALERTS_MAX, PAYG_CAP_MICRO_USD_MAX};
 use flowcredits_core::{Credits, MicroUsd};
-use flowcredits_store::BillingChange;
+use flowcredits_store::{BillingChange, IdempotencyKey, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -182,19 +182,43 @@ pub struct Purchase {
     expires_at: Option<String>,
 }
 
-pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, JsonBody(body): JsonBody<Purchase>) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// The purchase's `Idempotency-Key` header, if it has one: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let header = crate::ledger::IDEMPOTENCY_KEY_HEADER;
+    let mut values = headers.get_all(header).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::invalid(header, "is sent more than once; send one key per purchase"));
+    }
+    let text = value.to_str().map_err(|_| ApiError::invalid(header, "must be 1 to 255 visible ASCII characters (`!` to `~`), such as a UUID"))?;
+    IdempotencyKey::new(text).map(Some).map_err(|err| match err {
+        StoreError::Invalid { problem, .. } => ApiError::invalid(header, format!("{problem}; it must be 1 to 255 visible ASCII characters (`!` to `~`), such as a UUID")),
+        other => ApiError::internal(other),
+    })
+}
+
+/// Buys credits (Enterprise). With an `Idempotency-Key` header a retry is safe: the same key
+/// with the same body is answered with the first purchase (same grant, nothing bought again,
+/// marked `Idempotent-Replayed: true`), also after a restart since the ledger keeps the key;
+/// with another body it is refused (409 naming the header).
+pub async fn purchase(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, headers: HeaderMap, JsonBody(body): JsonBody<Purchase>) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
     caller.authorize(&state, &team, Action::Bill).await?;
+    let key = idempotency_key(&headers)?;
     let expires_at = body.expires_at.as_deref().map(|text| text.parse::<jiff::Timestamp>().map_err(|err| ApiError::invalid("expires_at", format!("`{text}` is not an RFC 3339 time: {err}")))).transpose()?;
     if let Some(at) = expires_at {
         flowcredits_core::check_supported(at).map_err(|err| ApiError::invalid("expires_at", err.to_string()))?;
     }
-    let grant = state.ledger.change_billing(&team, &caller.user.id, BillingChange::Purchase { credits: Credits(body.credits), expires_at }).await?;
-    let grant = grant.ok_or_else(|| ApiError::internal("the ledger recorded a purchase without a grant"))?;
+    let purchased = state.ledger.purchase(&team, &caller.user.id, Credits(body.credits), expires_at, key).await?;
+    // A replay dispatches too: the first answer may have been lost before its runs started.
     let resumed = state.runner.dispatch_resumed(&state, &team).await?;
-    // The purchase as `GET …/purchases` lists it, and how many paused runs it resumed.
-    let mut answer = crate::ledger::purchase_json(&grant, flowcredits_core::Timestamp::now());
+    // The purchase as `GET …/purchases` lists it, and how many paused runs this request resumed.
+    let mut answer = crate::ledger::purchase_json(&purchased.grant, flowcredits_core::Timestamp::now());
     answer["runs_resumed"] = json!(resumed);
-    Ok((StatusCode::CREATED, Json(answer)))
+    let mut answer_headers = HeaderMap::new();
+    if purchased.replayed {
+        answer_headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok((StatusCode::CREATED, answer_headers, Json(answer)))
 }
 
 pub async fn purchases(State(state): State<AppState>, caller: Caller, Path(team): Path<String>, Query(page): Query<PageQuery>) -> Result<Json<catalog::Page<Value>>, ApiError> {

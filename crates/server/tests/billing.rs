@@ -9,7 +9,7 @@ use flowcredits_core::{PlanId, Rules, Timestamp};
 use flowcredits_server::ledger::Ledger;
 use flowcredits_store::{Actor, BillingChange, LedgerStore, SqliteStore, TeamName};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A server whose ledger the test holds too, to change and read it underneath the server.
 async fn server_with_ledger(dir: &std::path::Path) -> (support::Server, SqliteStore) {
@@ -63,4 +63,68 @@ async fn a_billing_patch_applies_all_its_changes_or_none() {
     assert_eq!((settings.plan, settings.payg_cap.map(|cap| cap.to_string()), settings.payg_alerts.len(), settings.payg_enabled), (PlanId::Free, Some("25.000".to_owned()), 1, false), "the cap and alerts before the refused change were not kept");
     let after: Vec<(String, String)> = audit_lines(&store, "acme").split_off(changes.len());
     assert_eq!(after, [("plan_changed".to_owned(), "usr_other_admin".to_owned()), ("payg_disabled".to_owned(), "usr_other_admin".to_owned())], "nothing of the refused PATCH is in the log");
+}
+
+async fn buy(server: &support::Server, key: &str, idempotency_key: Option<&str>, body: Value) -> (StatusCode, Option<String>, Value) {
+    let mut request = server.client.post(format!("{}/v1/teams/big/purchases", server.base)).bearer_auth(key).json(&body);
+    if let Some(idempotency_key) = idempotency_key {
+        request = request.header("Idempotency-Key", idempotency_key);
+    }
+    let response = request.send().await.unwrap();
+    let (status, replayed) = (response.status(), response.headers().get("idempotent-replayed").map(|value| value.to_str().unwrap().to_owned()));
+    (status, replayed, response.json().await.unwrap())
+}
+
+/// A client that retries a purchase after a timeout, with the `Idempotency-Key` it sent the
+/// first time, gets the first purchase's answer back and buys nothing more, also after the
+/// server restarted (the key is in the ledger); the key with another body is refused naming the
+/// header; a malformed key is refused before anything is bought.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_retried_with_its_idempotency_key_buys_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _store) = server_with_ledger(dir.path()).await;
+    let owner = server.team("big", "enterprise").await;
+    let body = json!({"credits": 1000, "expires_at": "2099-01-01T00:00:00Z"});
+    let (status, replayed, first) = buy(&server, &owner, Some("order-7f3a"), body.clone()).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, None), "{first}");
+    for _ in 0..2 {
+        let (status, replayed, again) = buy(&server, &owner, Some("order-7f3a"), body.clone()).await;
+        assert_eq!((status, replayed.as_deref()), (StatusCode::CREATED, Some("true")), "{again}");
+        assert_eq!((again["id"].clone(), again["bought_at"].clone(), again["expires_at"].clone(), again["credits"].clone()), (first["id"].clone(), first["bought_at"].clone(), first["expires_at"].clone(), json!(1000)), "{again}");
+    }
+    // The same instant written another way is the same body.
+    let (status, replayed, _) = buy(&server, &owner, Some("order-7f3a"), json!({"expires_at": "2099-01-01T01:00:00+01:00", "credits": 1000})).await;
+    assert_eq!((status, replayed.as_deref()), (StatusCode::CREATED, Some("true")));
+
+    for other in [json!({"credits": 999, "expires_at": "2099-01-01T00:00:00Z"}), json!({"credits": 1000})] {
+        let (status, replayed, refused) = buy(&server, &owner, Some("order-7f3a"), other.clone()).await;
+        assert_eq!((status, replayed), (StatusCode::CONFLICT, None), "{other}: {refused}");
+        assert_eq!(refused["error"]["field"], "Idempotency-Key", "{refused}");
+        assert!(refused["error"]["message"].as_str().unwrap().starts_with("Idempotency-Key: "), "{refused}");
+    }
+    let long = "k".repeat(256);
+    for bad in ["", "two words", long.as_str()] {
+        let (status, _, refused) = buy(&server, &owner, Some(bad), body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad:?}: {refused}");
+        assert_eq!(refused["error"]["field"], "Idempotency-Key", "{refused}");
+    }
+    let (_, listed) = server.get("/v1/teams/big/purchases", &owner).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "bought once: {listed}");
+    // Without a key every request buys, as before; a new key buys too.
+    assert_eq!(buy(&server, &owner, None, body.clone()).await.0, StatusCode::CREATED);
+    assert_eq!(buy(&server, &owner, Some("order-8b21"), body.clone()).await.0, StatusCode::CREATED);
+
+    // A restart: the ledger as the disk holds it, under a new server process's state.
+    let copy = dir.path().join("restarted.db");
+    rusqlite::Connection::open(dir.path().join("ledger.db")).unwrap().execute("VACUUM INTO ?1", [copy.to_str().unwrap()]).unwrap();
+    let restarted = SqliteStore::open(&copy, Rules::shipped()).unwrap();
+    let ledger = Ledger::new(Arc::new(restarted));
+    let server = support::start_with(Rules::shipped(), move |state| state.ledger = ledger).await;
+    let operator = server.operator.clone();
+    let (status, replayed, again) = buy(&server, &operator, Some("order-7f3a"), body.clone()).await;
+    assert_eq!((status, replayed.as_deref(), again["id"].clone()), (StatusCode::CREATED, Some("true"), first["id"].clone()), "{again}");
+    let (status, _, refused) = buy(&server, &operator, Some("order-7f3a"), json!({"credits": 5})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (_, listed) = server.get("/v1/teams/big/purchases", &operator).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed}");
 }

@@ -1,7 +1,7 @@
 use flowcredits_core::CoreError;
 
 /// Everything the store refuses or fails at. `Refused`, `Invalid`, `UnknownTeam`,
-/// `TeamExists` and `ExecutionConflict` are the caller's to fix and safe to show; `Storage`
+/// `TeamExists`, `ExecutionConflict` and `IdempotencyConflict` are the caller's to fix and safe to show; `Storage`
 /// and `Closed` are the operator's.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -18,6 +18,9 @@ pub enum StoreError {
     /// One change of a billing batch was refused; the whole batch was.
     #[error("change {index} of the batch: {source}")]
     Change { index: usize, source: Box<StoreError> },
+    /// A purchase's idempotency key was used before by the team for another purchase.
+    #[error("idempotency key `{key}` was already used for a purchase with different {difference}; a retry must resend the same purchase, a new purchase needs a new key")]
+    IdempotencyConflict { key: String, difference: &'static str },
     #[error("team `{team}` is not known")]
     UnknownTeam { team: String },
     #[error("team `{team}` already exists with other settings")]

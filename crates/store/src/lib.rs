@@ -28,7 +28,7 @@ use flowcredits_core::{PeriodUsage, RunId, Timestamp};
 
 pub use error::{Result, StoreError};
 pub use ids::ExecutionIds;
-pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport, WriterStats};
+pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, IdempotencyKey, Invoice, LedgerRun, NewTeam, Purchase, Purchased, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport, WriterStats};
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore, migrate};
 
@@ -79,6 +79,10 @@ pub trait LedgerStore: Send + Sync {
     /// that was refused ([`StoreError::Change`] with its index). Each applied change has its own
     /// line in the audit log. Returns what [`LedgerStore::change_billing`] would for each.
     fn change_billing_all(&self, team: &TeamName, actor: &Actor, at: Timestamp, changes: Vec<BillingChange>) -> Result<Vec<Option<flowcredits_core::Grant>>>;
+    /// Buys credits, as [`BillingChange::Purchase`] does, under an optional idempotency key: the
+    /// key is looked up and recorded in the same request as the purchase, so two concurrent
+    /// retries buy once.
+    fn purchase(&self, team: &TeamName, actor: &Actor, at: Timestamp, purchase: Purchase) -> Result<Purchased>;
     /// Moves every team's clock to `at`: periods that ended are invoiced and paused runs resume
     /// with the new period's credits. Returns how many invoices were issued.
     fn close_periods(&self, at: Timestamp) -> Result<usize>;

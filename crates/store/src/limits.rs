@@ -10,6 +10,8 @@ pub const QUEUE_REQUESTS_MAX: usize = 16_384;
 pub const TEAM_NAME_BYTES_MAX: usize = 64;
 /// Longest actor (who made a billing change), in bytes.
 pub const ACTOR_BYTES_MAX: usize = 128;
+/// Longest idempotency key of a purchase, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// Most billing changes decided together in one request (`LedgerStore::change_billing_all`).
 pub const BILLING_CHANGES_MAX: usize = 16;
 /// Longest model name on a usage event, in bytes.

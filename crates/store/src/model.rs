@@ -6,7 +6,7 @@ use std::fmt;
 use flowcredits_core::{BlockKind, BlockUsage, Credits, ExecutionId, MicroUsd, Period, PlanId, RunContext, RunId, RunStatus, TeamSettings, Timestamp, Trigger};
 
 use crate::error::{Result, StoreError};
-use crate::limits::{ACTOR_BYTES_MAX, INSTANT_MS_MAX, INSTANT_MS_MIN, MODEL_BYTES_MAX, TEAM_NAME_BYTES_MAX, TOOL_NAME_BYTES_MAX};
+use crate::limits::{ACTOR_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX, INSTANT_MS_MAX, INSTANT_MS_MIN, MODEL_BYTES_MAX, TEAM_NAME_BYTES_MAX, TOOL_NAME_BYTES_MAX};
 
 /// A team's name: 1 to 64 bytes of letters, digits, `-`, `_` and `.`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,6 +152,48 @@ pub enum BillingChange {
     SetPaygAlerts { amounts: Vec<MicroUsd> },
     Purchase { credits: Credits, expires_at: Option<Timestamp> },
     ChangePlan { plan: PlanId },
+}
+
+/// A purchase of credits (Enterprise), optionally under the caller's idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purchase {
+    pub credits: Credits,
+    /// When the credits expire; `None` for the ledger's default (the end of the current period).
+    pub expires_at: Option<Timestamp>,
+    /// Makes a retry safe: a purchase with a key the team used before, with the same credits
+    /// and expiry, is answered with the first purchase's grant and buys nothing; with another
+    /// credits or expiry it is refused ([`crate::StoreError::IdempotencyConflict`]). Keys are
+    /// kept in the ledger with the grant they bought, for as long as the grant.
+    pub key: Option<IdempotencyKey>,
+}
+
+/// What a [`Purchase`] answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purchased {
+    /// The grant the purchase made, as it stands now (for a replay, with what remains of it).
+    pub grant: flowcredits_core::Grant,
+    /// The key was used before with the same purchase: nothing new was bought.
+    pub replayed: bool,
+}
+
+/// A caller's idempotency key for a purchase: 1 to 255 bytes of visible ASCII (`!` to `~`), as
+/// payment APIs take them (a UUID, say).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn new(key: impl Into<String>) -> Result<IdempotencyKey> {
+        let key = key.into();
+        check_len("idempotency key", &key, IDEMPOTENCY_KEY_BYTES_MAX)?;
+        if let Some(bad) = key.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(StoreError::invalid("idempotency key", format!("character {bad:?} is not allowed (visible ASCII only, `!` to `~`, no spaces)")));
+        }
+        Ok(IdempotencyKey(key))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// A run as the store knows it.

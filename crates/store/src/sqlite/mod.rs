@@ -22,7 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer, outside_batch};
 use crate::error::{Result, StoreError};
 use crate::limits::{BATCH_EVENTS_MAX, BILLING_CHANGES_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
-use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, WriterStats, check_instant};
+use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, Purchase, Purchased, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, WriterStats, check_instant};
 use crate::{ChargedAndEnded, Done, LedgerStore, schema};
 
 /// How the store is opened.
@@ -274,6 +274,7 @@ fn unexpected(reply: Reply) -> StoreError {
         Reply::ChargedAndEnded(..) => "charged and ended",
         Reply::Done => "done",
         Reply::BillingChanged(_) => "billing changed",
+        Reply::Purchased(_) => "purchased",
         Reply::Invoiced(_) => "invoiced",
     };
     StoreError::Corrupt(format!("the writer answered `{name}` to another request"))
@@ -358,6 +359,17 @@ impl LedgerStore for SqliteStore {
         }
         match self.call(Op::Billing(team.clone(), actor.clone(), at, changes))? {
             Reply::BillingChanged(grants) => Ok(grants),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn purchase(&self, team: &TeamName, actor: &Actor, at: Timestamp, purchase: Purchase) -> Result<Purchased> {
+        check_instant("at", at)?;
+        if let Some(expires_at) = purchase.expires_at {
+            check_instant("expires_at", expires_at)?;
+        }
+        match self.call(Op::Purchase(team.clone(), actor.clone(), at, purchase))? {
+            Reply::Purchased(purchased) => Ok(purchased),
             other => Err(unexpected(other)),
         }
     }

@@ -22,7 +22,7 @@ use crate::bulk::insert_rows;
 use crate::codec::{alert_code, detail_hash, execution_key, kind_code, location_code, ms, plan_code, status_code, status_from, to_i64, trigger_code};
 use crate::error::{Result, StoreError};
 use crate::limits::GROUP_REQUESTS_MAX;
-use crate::model::{Actor, Admission, BillingChange, ChargeOutcome, NewTeam, StartRun, TeamName, UsageEvent};
+use crate::model::{Actor, Admission, BillingChange, ChargeOutcome, IdempotencyKey, NewTeam, Purchase, Purchased, StartRun, TeamName, UsageEvent};
 
 /// How a run ends.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +40,7 @@ pub(crate) enum Op {
     ChargeAndEnd(TeamName, RunId, Vec<UsageEvent>, Timestamp),
     /// Billing changes decided in order and applied together, or not at all.
     Billing(TeamName, Actor, Timestamp, Vec<BillingChange>),
+    Purchase(TeamName, Actor, Timestamp, Purchase),
     CloseAll(Timestamp),
 }
 
@@ -52,6 +53,7 @@ pub(crate) enum Reply {
     Done,
     /// Billing changes, each with the grant it made when it was a purchase.
     BillingChanged(Vec<Option<flowcredits_core::Grant>>),
+    Purchased(Purchased),
     Invoiced(usize),
 }
 
@@ -223,6 +225,7 @@ impl Writer {
                 }
             }),
             Op::Billing(team, actor, at, changes) => self.with_team(&team, |writer, state| writer.change_billing(&team, state, &actor, at, changes)).map(Reply::BillingChanged),
+            Op::Purchase(team, actor, at, purchase) => self.with_team(&team, |writer, state| writer.purchase(&team, state, &actor, at, purchase)).map(Reply::Purchased),
             Op::CloseAll(at) => self.close_all(at).map(Reply::Invoiced),
         }
     }
@@ -411,6 +414,41 @@ impl Writer {
         state.ledger = ledger;
         self.write(team, state, effects, Some(actor))?;
         Ok(grants)
+    }
+
+    /// A purchase, looked up first by its idempotency key: a key the team used before answers
+    /// with the grant it bought (the same request) or is refused (another request); a new key
+    /// is recorded with the grant, in the same transaction as the purchase.
+    fn purchase(&mut self, team: &TeamName, state: &mut TeamState, actor: &Actor, at: Timestamp, purchase: Purchase) -> Result<Purchased> {
+        let Purchase { credits, expires_at, key } = purchase;
+        let expires_ms = expires_at.map(ms);
+        if let Some(key) = &key
+            && let Some(prior) = self.find_purchase_key(state.id, key)?
+        {
+            let difference = if prior.credits != to_i64(credits.0) {
+                "credits"
+            } else if prior.expires_ms != expires_ms {
+                "expires_at"
+            } else {
+                let grant = state.ledger.grants().iter().find(|grant| to_i64(grant.id) == prior.grant_no).cloned();
+                let grant = grant.ok_or_else(|| StoreError::Corrupt(format!("idempotency key `{}` names grant {}, which the team lacks", key.as_str(), prior.grant_no)))?;
+                return Ok(Purchased { grant, replayed: true });
+            };
+            return Err(StoreError::IdempotencyConflict { key: key.as_str().to_owned(), difference });
+        }
+        let grants = self.change_billing(team, state, actor, at, vec![BillingChange::Purchase { credits, expires_at }]).map_err(outside_batch)?;
+        let grant = grants.into_iter().next().flatten().ok_or_else(|| StoreError::Corrupt("the ledger recorded a purchase without a grant".into()))?;
+        if let Some(key) = key {
+            let sql = "INSERT INTO purchase_keys (team_id, key, credits, expires_ms, grant_no, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+            self.conn.prepare_cached(sql)?.execute(params![state.id, key.as_str(), to_i64(credits.0), expires_ms, to_i64(grant.id), ms(grant.granted_at)])?;
+        }
+        Ok(Purchased { grant, replayed: false })
+    }
+
+    fn find_purchase_key(&self, team_id: i64, key: &IdempotencyKey) -> Result<Option<PurchaseKey>> {
+        let sql = "SELECT credits, expires_ms, grant_no FROM purchase_keys WHERE team_id = ?1 AND key = ?2";
+        let found = self.conn.prepare_cached(sql)?.query_row(params![team_id, key.as_str()], |row| Ok(PurchaseKey { credits: row.get(0)?, expires_ms: row.get(1)?, grant_no: row.get(2)? })).optional()?;
+        Ok(found)
     }
 
     /// Moves every team's clock to `at`, closing the periods that ended; returns how many
@@ -665,6 +703,13 @@ impl Writer {
         self.conn.prepare_cached("UPDATE store_meta SET value = ?1 WHERE name = 'next_op'")?.execute([self.next_op])?;
         Ok(())
     }
+}
+
+/// A purchase's idempotency key as recorded: the request it was first used with, and its grant.
+struct PurchaseKey {
+    credits: i64,
+    expires_ms: Option<i64>,
+    grant_no: i64,
 }
 
 fn billing_command(change: BillingChange) -> Command {

@@ -1,7 +1,8 @@
-//! Billing changes sent together are decided and committed as one.
+//! Billing changes sent together are decided and committed as one; purchases under an
+//! idempotency key buy once, however often they are retried, across restarts.
 
-use flowcredits_core::{CoreError, MicroUsd, PlanId};
-use flowcredits_store::{BillingChange, LedgerStore, StoreError};
+use flowcredits_core::{CoreError, Credits, MicroUsd, PlanId};
+use flowcredits_store::{BillingChange, IdempotencyKey, LedgerStore, Purchase, StoreError};
 
 use crate::support::*;
 
@@ -64,4 +65,75 @@ fn a_billing_batch_applies_every_change_with_an_audit_line_each() {
     let err = store.change_billing_all(&team("t"), &actor(), ts("2026-03-02T10:00:01Z"), Vec::new()).unwrap_err();
     assert!(err.to_string().contains("changes: 0 billing changes"), "{err}");
     assert_verified(&store);
+}
+
+fn purchase(credits: u64, expires_at: Option<&str>, key: &str) -> Purchase {
+    Purchase { credits: Credits(credits), expires_at: expires_at.map(ts), key: Some(IdempotencyKey::new(key).unwrap()) }
+}
+
+/// A purchase retried with its key is answered with the first one's grant and buys nothing
+/// more, also after the store is reopened; the key with another purchase is refused, naming
+/// what differs; another key buys again.
+#[test]
+fn a_purchase_retried_with_its_key_buys_once_across_restarts() {
+    let dir = TempDir::new("purchase-key");
+    let big = team("big");
+    let first = {
+        let store = open(&dir.db());
+        create(&store, "big", PlanId::Enterprise);
+        let first = store.purchase(&big, &actor(), ts("2026-03-02T10:00:00Z"), purchase(1_000, Some("2027-01-01T00:00:00Z"), "order-1")).unwrap();
+        assert!(!first.replayed);
+        let again = store.purchase(&big, &actor(), ts("2026-03-02T10:00:30Z"), purchase(1_000, Some("2027-01-01T00:00:00Z"), "order-1")).unwrap();
+        assert_eq!((again.grant.clone(), again.replayed), (first.grant.clone(), true));
+        first
+    };
+    let store = open(&dir.db());
+    let again = store.purchase(&big, &actor(), ts("2026-03-03T10:00:00Z"), purchase(1_000, Some("2027-01-01T00:00:00Z"), "order-1")).unwrap();
+    assert_eq!((again.grant, again.replayed), (first.grant.clone(), true), "the key outlives the process");
+    assert_eq!(store.grants(&big).unwrap().len(), 1, "bought once");
+
+    let before = dump(&dir.db());
+    for (other, difference) in [(purchase(999, Some("2027-01-01T00:00:00Z"), "order-1"), "credits"), (purchase(1_000, None, "order-1"), "expires_at")] {
+        let err = store.purchase(&big, &actor(), ts("2026-03-03T10:00:01Z"), other).unwrap_err();
+        assert!(matches!(&err, StoreError::IdempotencyConflict { key, difference: found } if key == "order-1" && *found == difference), "{err:?}");
+        assert_eq!(dump(&dir.db()), before);
+    }
+    // Keys are the team's: another key, or the same key on another team, is a new purchase.
+    let second = store.purchase(&big, &actor(), ts("2026-03-03T10:00:02Z"), purchase(1_000, Some("2027-01-01T00:00:00Z"), "order-2")).unwrap();
+    assert_eq!((second.grant.id, second.replayed), (2, false));
+    create(&store, "other", PlanId::Enterprise);
+    assert!(!store.purchase(&team("other"), &actor(), ts("2026-03-03T10:00:03Z"), purchase(5, None, "order-1")).unwrap().replayed);
+    // A refused purchase keeps no key: the same key buys once the refusal is mended.
+    create(&store, "small", PlanId::Team);
+    let err = store.purchase(&team("small"), &actor(), ts("2026-03-03T10:00:04Z"), purchase(5, None, "order-3")).unwrap_err();
+    assert!(err.to_string().contains("plan team cannot buy credits"), "{err}");
+    assert_eq!(count(&dir.db(), "SELECT count(*) FROM purchase_keys"), 3);
+    assert_verified(&store);
+}
+
+/// Retries racing each other (a client that timed out and tried again while the first was
+/// still queued) buy once.
+#[test]
+fn concurrent_retries_of_a_keyed_purchase_buy_once() {
+    let dir = TempDir::new("purchase-race");
+    let store = open(&dir.db());
+    create(&store, "big", PlanId::Enterprise);
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| store.purchase(&team("big"), &actor(), ts("2026-03-02T10:00:00Z"), purchase(50, None, "retry-me")).unwrap())).collect();
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    });
+    assert_eq!(answers.iter().filter(|answer| !answer.replayed).count(), 1);
+    assert!(answers.iter().all(|answer| answer.grant.id == 1));
+    assert_eq!(store.grants(&team("big")).unwrap().len(), 1);
+}
+
+#[test]
+fn idempotency_keys_are_1_to_255_visible_ascii_bytes() {
+    for good in ["a", "0b8e4c5e-6f1a-4c1e-9a77-8d6f0c1e2b3a", &"k".repeat(255), "!~"] {
+        assert!(IdempotencyKey::new(good).is_ok(), "{good:?}");
+    }
+    for (bad, problem) in [("", "is empty"), (&"k".repeat(256) as &str, "256 bytes long"), ("a b", "' '"), ("naïve", "'ï'"), ("tab\t", "'\\t'")] {
+        let err = IdempotencyKey::new(bad).unwrap_err().to_string();
+        assert!(err.starts_with("idempotency key: ") && err.contains(problem), "{bad:?}: {err}");
+    }
 }
