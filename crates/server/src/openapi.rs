@@ -504,7 +504,9 @@ fn schemas() -> Value {
     let billing = record(
         json!({
             "plan": plan_ids(), "payg_available": flag(), "payg_enabled": flag(), "payg_cap_usd": nullable(string()), "payg_alerts_usd": list(string()), "can_purchase_credits": flag(),
-            "alert_webhook_url": nullable(string()), "alert_signing_secret": nullable(json!({"type": "string", "description": "only for owner, admin and billing"})),
+            "alert_webhook_set": json!({"type": "boolean", "description": "whether alerts are delivered to a webhook (for every member)"}),
+            "alert_webhook_url": nullable(json!({"type": "string", "description": "only for owner, admin and billing (every member on plans without roles); null for the others, and when none is set"})),
+            "alert_signing_secret": nullable(json!({"type": "string", "description": "only for owner, admin and billing (every member on plans without roles)"})),
         }),
         &[],
     );

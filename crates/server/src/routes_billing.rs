@@ -43,12 +43,15 @@ pub async fn get_billing(State(state): State<AppState>, caller: Caller, Path(tea
     billing_view(&state, &team, role.allows(Action::Bill)).await.map(Json)
 }
 
-/// The team's billing settings; the alerts' signing secret only for those who manage billing.
-async fn billing_view(state: &AppState, team: &str, with_secret: bool) -> Result<Value, ApiError> {
+/// The team's billing settings. The alerts' webhook URL (a chat webhook's URL is itself a
+/// credential: whoever has it can post there) and their signing secret only for those who
+/// may change billing; everyone else sees only whether a webhook is set.
+async fn billing_view(state: &AppState, team: &str, manages_billing: bool) -> Result<Value, ApiError> {
     let info = state.ledger.team(team).await?;
     let team_name = team.to_owned();
     let webhook = state.catalog.call(move |connection| catalog::alert_webhook(connection, &team_name)).await?;
-    let (webhook, secret) = webhook.map_or((None, None), |webhook| (Some(webhook.url), webhook.signing_secret.filter(|_| with_secret)));
+    let webhook_set = webhook.is_some();
+    let (webhook, secret) = webhook.filter(|_| manages_billing).map_or((None, None), |webhook| (Some(webhook.url), webhook.signing_secret));
     let plan = state.rules.plans.get(info.plan);
     Ok(json!({
         "plan": info.plan.as_str(),
@@ -57,6 +60,7 @@ async fn billing_view(state: &AppState, team: &str, with_secret: bool) -> Result
         "payg_cap_usd": info.payg_cap.map(|cap| cap.to_string()),
         "payg_alerts_usd": info.payg_alerts.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "can_purchase_credits": plan.can_purchase_credits,
+        "alert_webhook_set": webhook_set,
         "alert_webhook_url": webhook,
         "alert_signing_secret": secret,
     }))

@@ -415,10 +415,10 @@ async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
     let (status, billing) = server.call(Method::PATCH, "/v1/teams/acme/billing", &owner, Some(json!({"alert_webhook_url": hook_url, "payg_enabled": true, "payg_alerts_usd": ["0.020"]}))).await;
     assert_eq!(status, StatusCode::OK);
     let secret = billing["alert_signing_secret"].as_str().expect("setting a webhook makes its signing secret").to_owned();
-    // Only those who manage billing see the secret.
+    // Only those who manage billing see the webhook and its secret; others see that one is set.
     let viewer = server.member("acme", &owner, "viewer").await;
     let (_, seen) = server.get("/v1/teams/acme/billing", &viewer).await;
-    assert_eq!((seen["alert_webhook_url"].clone(), seen["alert_signing_secret"].clone()), (json!(hook_url), Value::Null), "{seen}");
+    assert_eq!((seen["alert_webhook_set"].clone(), seen["alert_webhook_url"].clone(), seen["alert_signing_secret"].clone()), (json!(true), Value::Null, Value::Null), "{seen}");
     server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
     for _ in 0..5 {
         let (status, _) = server.call_hook("acme", "work", &owner, json!({})).await;

@@ -128,3 +128,35 @@ async fn a_purchase_retried_with_its_idempotency_key_buys_once() {
     let (_, listed) = server.get("/v1/teams/big/purchases", &operator).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed}");
 }
+
+/// A chat-style webhook URL is itself a secret (whoever has it can post there): like the
+/// signing secret, it is shown only to roles that may change billing. Viewers and editors see
+/// whether one is set. On a plan without roles every member acts as an admin and sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_webhook_url_is_shown_only_to_those_who_manage_billing() {
+    let server = support::start().await;
+    let hook = "https://hooks.example.com/services/T000/B000/XXXXSECRET";
+    for (team, plan) in [("acme", "team"), ("tiny", "free")] {
+        let owner = server.team(team, plan).await;
+        let path = format!("/v1/teams/{team}/billing");
+        let viewer = server.member(team, &owner, "viewer").await;
+        let (_, unset) = server.get(&path, &viewer).await;
+        assert_eq!((unset["alert_webhook_set"].clone(), unset["alert_webhook_url"].clone()), (json!(false), Value::Null), "{unset}");
+        let (status, set) = server.call(Method::PATCH, &path, &owner, Some(json!({"alert_webhook_url": hook}))).await;
+        assert_eq!(status, StatusCode::OK, "{set}");
+        assert_eq!((set["alert_webhook_set"].clone(), set["alert_webhook_url"].clone()), (json!(true), json!(hook)), "{set}");
+        let secret = set["alert_signing_secret"].clone();
+        assert!(secret.is_string(), "{set}");
+
+        let manages = |role: &str| plan == "free" || matches!(role, "owner" | "admin" | "billing");
+        for role in ["admin", "billing", "editor", "viewer"] {
+            let key = server.member(team, &owner, role).await;
+            let (status, seen) = server.get(&path, &key).await;
+            assert_eq!(status, StatusCode::OK, "{seen}");
+            let (url, shown_secret) = if manages(role) { (json!(hook), secret.clone()) } else { (Value::Null, Value::Null) };
+            assert_eq!((seen["alert_webhook_set"].clone(), seen["alert_webhook_url"].clone(), seen["alert_signing_secret"].clone()), (json!(true), url, shown_secret), "{plan} {role}: {seen}");
+        }
+        let (_, seen) = server.get(&path, &owner).await;
+        assert_eq!(seen["alert_webhook_url"], json!(hook), "{seen}");
+    }
+}
