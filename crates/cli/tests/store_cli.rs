@@ -61,7 +61,7 @@ fn simulate_on_the_store_gives_the_golden_reports() {
 fn teams_usage_invoices_and_verify() {
     let dir = TempDir::new("office");
     let db = dir.file("ledger.db");
-    assert!(ok(&["migrate", "--db", &db]).contains("schema version 1"));
+    assert!(ok(&["migrate", "--db", &db]).contains(&format!("schema version {}", flowcredits_store::SCHEMA_VERSION)));
     assert!(ok(&["teams", "create", "acme", "--plan", "team", "--payg", "--payg-cap-usd", "12.5", "--db", &db]).contains("cap $12.500"));
     let scenario = dir.file("payg.json");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/scenarios/payg_billing.json"), &scenario).unwrap();
@@ -105,7 +105,7 @@ fn teams_usage_invoices_and_verify() {
     let created: serde_json::Value = serde_json::from_str(&ok(&["teams", "create", "beta", "--plan", "solo", "--anchor-day", "9", "--json", "--db", &db])).unwrap();
     assert_eq!((created["name"].as_str(), created["plan"].as_str(), created["anchor_day"].as_u64()), (Some("beta"), Some("solo"), Some(9)), "{created}");
     let migrated: serde_json::Value = serde_json::from_str(&ok(&["migrate", "--json", "--db", &db])).unwrap();
-    assert_eq!((migrated["schema_version"].as_u64(), migrated["migrations_applied"].as_u64()), (Some(1), Some(0)), "{migrated}");
+    assert_eq!((migrated["schema_version"].as_i64(), migrated["migrations_applied"].as_u64()), (Some(flowcredits_store::SCHEMA_VERSION), Some(0)), "{migrated}");
 
     // A command that only reads does not make a ledger at a mistyped path.
     let typo = dir.file("typo.db");

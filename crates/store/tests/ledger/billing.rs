@@ -137,3 +137,26 @@ fn idempotency_keys_are_1_to_255_visible_ascii_bytes() {
         assert!(err.starts_with("idempotency key: ") && err.contains(problem), "{bad:?}: {err}");
     }
 }
+
+/// A ledger written by a build before purchase keys (schema version 1) is brought up to date
+/// when opened: its teams and grants stay, and keyed purchases work on it.
+#[test]
+fn a_ledger_from_before_purchase_keys_is_migrated_on_open() {
+    let dir = TempDir::new("purchase-key-upgrade");
+    {
+        let store = open(&dir.db());
+        create(&store, "big", PlanId::Enterprise);
+        store.purchase(&team("big"), &actor(), ts("2026-03-02T10:00:00Z"), Purchase { credits: Credits(10), expires_at: None, key: None }).unwrap();
+    }
+    // What a version-1 build left: no purchase_keys table, user_version 1.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute_batch("DROP TABLE purchase_keys; PRAGMA user_version = 1;").unwrap();
+    drop(conn);
+    assert_eq!(flowcredits_store::migrate(&dir.db()).unwrap(), 1, "one migration applied");
+    assert_eq!(count(&dir.db(), "PRAGMA user_version"), flowcredits_store::SCHEMA_VERSION);
+    let store = open(&dir.db());
+    let bought = store.purchase(&team("big"), &actor(), ts("2026-03-02T10:00:01Z"), purchase(20, None, "after-upgrade")).unwrap();
+    assert_eq!((bought.grant.id, bought.replayed), (2, false));
+    assert!(store.purchase(&team("big"), &actor(), ts("2026-03-02T10:00:02Z"), purchase(20, None, "after-upgrade")).unwrap().replayed);
+    assert_verified(&store);
+}
