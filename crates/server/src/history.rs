@@ -147,25 +147,46 @@ impl RunEnd<'_> {
 /// per-flow usage rollup. Billing periods start at 00:00 UTC, so whole days tile them exactly.
 const FLOW_USAGE_DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Adds a run that ended (`runs` 1), or a change to a finished run's credits (`runs` 0), to
-/// its flow's usage on the day it was admitted: the rollup usage by flow reads, which pruning
-/// history leaves alone.
-fn roll_up(connection: &Connection, run: &str, runs: i64, credits: i64) -> Result<(), ApiError> {
-    if runs == 0 && credits == 0 {
-        return Ok(());
+/// Changes to the per-flow usage rollup, summed by team, day and flow until written: the
+/// history writer writes a batch's in one upsert per flow and day rather than one per run.
+#[derive(Default)]
+pub struct FlowUsageTally(std::collections::HashMap<(String, i64, String), (i64, i64)>);
+
+impl FlowUsageTally {
+    /// Adds a run that ended (`runs` 1), or a change to a finished run's credits (`runs` 0),
+    /// to its flow's usage on the day it was admitted.
+    fn add(&mut self, team: &str, created_ms: i64, flow_id: &str, runs: i64, credits: i64) {
+        if runs == 0 && credits == 0 {
+            return;
+        }
+        let sums = self.0.entry((team.to_owned(), created_ms.div_euclid(FLOW_USAGE_DAY_MS), flow_id.to_owned())).or_default();
+        sums.0 += runs;
+        sums.1 += credits;
     }
-    connection
-        .prepare_cached(
-            "INSERT INTO flow_usage (team, day, flow_id, runs, credits) SELECT team, created_ms / ?4, flow_id, ?2, ?3 FROM run_history WHERE id = ?1
+
+    /// Adds the sums to the rollup usage by flow reads, which pruning history leaves alone.
+    pub fn write(self, connection: &Connection) -> Result<(), ApiError> {
+        let mut upsert = connection.prepare_cached(
+            "INSERT INTO flow_usage (team, day, flow_id, runs, credits) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (team, day, flow_id) DO UPDATE SET runs = runs + excluded.runs, credits = credits + excluded.credits",
-        )?
-        .execute(params![run, runs, credits, FLOW_USAGE_DAY_MS])?;
-    Ok(())
+        )?;
+        for ((team, day, flow_id), (runs, credits)) in self.0 {
+            upsert.execute(params![team, day, flow_id, runs, credits])?;
+        }
+        Ok(())
+    }
 }
 
 /// Inserts a run's row; with `ended` when the run has already ended, so that its row is
 /// written once.
 pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunEnd<'_>>) -> Result<(), ApiError> {
+    let mut tally = FlowUsageTally::default();
+    insert_run_tallied(connection, run, ended, &mut tally)?;
+    tally.write(connection)
+}
+
+/// [`insert_run`], its per-flow usage added to `tally` for the caller to write.
+pub fn insert_run_tallied(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunEnd<'_>>, tally: &mut FlowUsageTally) -> Result<(), ApiError> {
     let started = (run.status == RunState::Running).then_some(run.at_ms);
     let status = ended.map_or(run.status, |end| end.state);
     connection
@@ -192,7 +213,7 @@ pub fn insert_run(connection: &Connection, run: &NewRun<'_>, ended: Option<&RunE
             ended.and_then(RunEnd::response_json)
         ])?;
     if let Some(end) = ended {
-        roll_up(connection, run.id, 1, end.credits as i64)?;
+        tally.add(run.team, run.at_ms, run.flow_id, 1, end.credits as i64);
     }
     Ok(())
 }
@@ -204,20 +225,31 @@ pub fn mark_started(connection: &Connection, run: &str, at_ms: i64) -> Result<()
 }
 
 pub fn finish_run(connection: &Connection, run: &str, end: &RunEnd<'_>) -> Result<(), ApiError> {
+    let mut tally = FlowUsageTally::default();
+    finish_run_tallied(connection, run, end, &mut tally)?;
+    tally.write(connection)
+}
+
+/// [`finish_run`], its per-flow usage added to `tally` for the caller to write.
+pub fn finish_run_tallied(connection: &Connection, run: &str, end: &RunEnd<'_>, tally: &mut FlowUsageTally) -> Result<(), ApiError> {
     debug_assert!(end.state.is_finished());
     // A run counts once in its flow's usage, with its last credits, however often its end is
     // recorded.
-    let before: Option<(String, i64)> = connection.prepare_cached("SELECT status, credits FROM run_history WHERE id = ?1")?.query_row([run], |row| Ok((row.get(0)?, row.get(1)?))).optional()?;
-    let Some((status, credits_before)) = before else { return Ok(()) };
+    let before: Option<(String, i64, String, i64, String)> = connection
+        .prepare_cached("SELECT status, credits, team, created_ms, flow_id FROM run_history WHERE id = ?1")?
+        .query_row([run], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+        .optional()?;
+    let Some((status, credits_before, team, created_ms, flow_id)) = before else { return Ok(()) };
     let was_finished = RunState::parse(&status).is_none_or(RunState::is_finished);
     connection
         .prepare_cached("UPDATE run_history SET status = ?2, ended_ms = ?3, credits = ?4, output = ?5, error = ?6, response = ?7 WHERE id = ?1")?
         .execute(params![run, end.state.as_str(), end.at_ms, end.credits as i64, end.output.to_string(), end.error, end.response_json()])?;
     if was_finished {
-        roll_up(connection, run, 0, end.credits as i64 - credits_before)
+        tally.add(&team, created_ms, &flow_id, 0, end.credits as i64 - credits_before);
     } else {
-        roll_up(connection, run, 1, end.credits as i64)
+        tally.add(&team, created_ms, &flow_id, 1, end.credits as i64);
     }
+    Ok(())
 }
 
 /// One block execution as history shows it.

@@ -268,12 +268,16 @@ fn write_batch(connection: &mut Connection, batch: Vec<Entry>, kept: &mut KeptBl
             return flushes;
         }
     };
+    let mut tally = history::FlowUsageTally::default();
     for (run, entries) in runs.order {
         // No savepoint per run: a failure (there is none but a bug or a full disk) leaves at worst
         // part of one run's history, and savepoints cost a statement journal per run.
-        if let Err(err) = write_run(&transaction, &run, entries, kept) {
+        if let Err(err) = write_run(&transaction, &run, entries, kept, &mut tally) {
             tracing::error!(run = %run, error = %err, "recording run history failed");
         }
+    }
+    if let Err(err) = tally.write(&transaction) {
+        tracing::error!(error = %err, "recording usage by flow failed");
     }
     if let Err(err) = transaction.commit() {
         tracing::error!(error = %err, "committing run history failed; this batch's rows are lost");
@@ -281,7 +285,7 @@ fn write_batch(connection: &mut Connection, batch: Vec<Entry>, kept: &mut KeptBl
     flushes
 }
 
-fn write_run(connection: &Connection, run: &str, entries: RunEntries, kept: &mut KeptBlocks) -> Result<(), ApiError> {
+fn write_run(connection: &Connection, run: &str, entries: RunEntries, kept: &mut KeptBlocks, tally: &mut history::FlowUsageTally) -> Result<(), ApiError> {
     let RunEntries { admitted, mut blocks, mut finished } = entries;
     let finishes = finished.is_some();
     let mut new_row = false;
@@ -294,7 +298,7 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries, kept: &mut
             }
         } else {
             let new_run = NewRun { id: run, team: &admitted.team, flow_id: &admitted.flow_id, snapshot: admitted.snapshot, deployment_id: admitted.deployment_id.as_deref(), trigger: admitted.trigger, location: admitted.location, status: admitted.status, input: &admitted.input, at_ms };
-            history::insert_run(connection, &new_run, finished.take().as_ref().map(end).as_ref())?;
+            history::insert_run_tallied(connection, &new_run, finished.take().as_ref().map(end).as_ref(), tally)?;
             if let Some(http) = &admitted.paused_http {
                 history::keep_paused_http(connection, run, http)?;
             }
@@ -313,7 +317,7 @@ fn write_run(connection: &Connection, run: &str, entries: RunEntries, kept: &mut
         history::insert_blocks(connection, run, &blocks, new_row)?;
     }
     if let Some(finished) = &finished {
-        history::finish_run(connection, run, &end(finished))?;
+        history::finish_run_tallied(connection, run, &end(finished), tally)?;
     }
     if finishes {
         kept.forget(run);
