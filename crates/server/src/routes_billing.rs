@@ -175,7 +175,7 @@ pub async fn update_billing(State(state): State<AppState>, caller: Caller, Path(
     }
     state.runner.dispatch_resumed(&state, &team).await?;
     // An alert amount set below what the period has spent fires now.
-    crate::scheduler::check_alerts(&state, &team).await;
+    crate::scheduler::check_alerts_before_answering(&state, &team).await;
     billing_view(&state, &team, true).await.map(Json)
 }
 

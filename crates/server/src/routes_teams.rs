@@ -171,7 +171,7 @@ pub async fn change_plan(State(state): State<AppState>, caller: Caller, Path(tea
     state.ledger.change_billing(&team, &caller.user.id, flowcredits_store::BillingChange::ChangePlan { plan }).await?;
     state.runner.dispatch_resumed(&state, &team).await?;
     // A smaller allowance may already be 75% or all used.
-    crate::scheduler::check_alerts(&state, &team).await;
+    crate::scheduler::check_alerts_before_answering(&state, &team).await;
     Ok(Json(state.ledger.team(&team).await?.to_json(&state.rules)))
 }
 

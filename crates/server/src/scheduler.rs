@@ -204,6 +204,15 @@ pub async fn check_alerts(state: &AppState, team: &str) {
     });
 }
 
+/// Records the alerts a billing or plan change made pass before its answer, so that the alerts
+/// list read right after it shows them; a failure is logged (the change itself stands, and the
+/// minute's check records them later).
+pub async fn check_alerts_before_answering(state: &AppState, team: &str) {
+    if let Err(err) = check_alerts_now(state, team).await {
+        tracing::warn!(team = %team, error = %err, "checking usage alerts failed");
+    }
+}
+
 /// Records the alerts a team's usage has crossed this period (each once) and delivers the new
 /// ones to the team's webhook in the background.
 pub async fn check_alerts_now(state: &AppState, team: &str) -> Result<(), crate::ApiError> {

@@ -140,3 +140,23 @@ async fn a_future_months_usage_counts_only_purchases_still_valid_then() {
     assert_eq!(status, StatusCode::OK, "{current}");
     assert_eq!((current["purchased_remaining"].clone(), current["remaining"].clone()), (json!(80), json!(580)), "{current}");
 }
+
+/// An alert a billing or plan change makes pass (an amount set below what the period has spent,
+/// an allowance already 75% used) is in the alerts list as soon as the change is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_a_billing_change_passes_are_listed_when_it_is_answered() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    let (status, _) = server.call(Method::PATCH, "/v1/teams/acme/billing", &owner, Some(json!({"payg_enabled": true}))).await;
+    assert_eq!(status, StatusCode::OK);
+    for _ in 0..5 {
+        assert_eq!(server.call_hook("acme", "work", &owner, json!({})).await.0, StatusCode::OK);
+    }
+    // 125 credits against 100 included: $0.025 of pay-as-you-go so far.
+    let (status, body) = server.call(Method::PATCH, "/v1/teams/acme/billing", &owner, Some(json!({"payg_alerts_usd": ["0.010"]}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, alerts) = server.get("/v1/teams/acme/alerts", &owner).await;
+    let kinds: Vec<&str> = alerts["items"].as_array().unwrap().iter().filter_map(|alert| alert["alert"].as_str()).collect();
+    assert!(kinds.contains(&"payg_0.010"), "listed at once: {alerts}");
+}
