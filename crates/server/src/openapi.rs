@@ -563,7 +563,7 @@ fn schemas() -> Value {
         ("Job", job),
         ("Lease", record(json!({"run_id": string(), "lease_expires_at": instant()}), &[])),
         ("Usage", usage),
-        ("UsageByFlow", record(json!({"period": period(), "flows": list(record(json!({"flow_id": string(), "name": nullable(string()), "runs": count(), "credits": count()}), &[]))}), &[])),
+        ("UsageByFlow", record(json!({"period": period(), "flows": list(record(json!({"flow_id": {"type": "string", "description": "the flow's id; `(ledger)` for runs known only from the ledger (made by `simulate --db` or `run --db`), whose flow is unknown"}, "name": nullable(string()), "runs": count(), "credits": count()}), &[]))}), &[])),
         ("Billing", billing),
         ("Purchase", purchase),
         ("PurchasePage", page("Purchase")),
