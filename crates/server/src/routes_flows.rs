@@ -145,6 +145,15 @@ fn check_path(path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The schedule a flow's `schedule` block gives a deployment that sets none: `(every_s, cron)`.
+fn flow_block_schedule(definition: &Value) -> (Option<u32>, Option<String>) {
+    match runner::flow_schedule(definition) {
+        Some(runner::FlowSchedule::EverySeconds(every)) => (Some(every), None),
+        Some(runner::FlowSchedule::Cron(cron)) => (None, Some(cron)),
+        None => (None, None),
+    }
+}
+
 /// A deployment's schedule: an interval of at least a minute, or a cron expression that names
 /// a coming day; not both.
 fn check_schedule(every_s: Option<u32>, cron: Option<&str>) -> Result<(), ApiError> {
@@ -183,10 +192,9 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
         .call(move |connection| {
             let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot)?;
             // A flow with a `schedule` trigger runs on its own schedule unless the deployment sets one.
-            let (schedule_every_s, schedule_cron) = match (body.schedule_every_s, body.schedule_cron, runner::flow_schedule(&snapshot.definition)) {
-                (None, None, Some(runner::FlowSchedule::EverySeconds(every))) => (Some(every), None),
-                (None, None, Some(runner::FlowSchedule::Cron(cron))) => (None, Some(cron)),
-                (every, cron, _) => (every, cron),
+            let (schedule_every_s, schedule_cron) = match (body.schedule_every_s, body.schedule_cron) {
+                (None, None) => flow_block_schedule(&snapshot.definition),
+                given => given,
             };
             if trigger == "mcp" {
                 runner::mcp_tool(&snapshot.definition, "trigger")?;
@@ -262,6 +270,15 @@ pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team,
                 })?;
                 if deployment.trigger == "mcp" {
                     runner::mcp_tool(&snapshot.definition, "snapshot")?;
+                }
+                // A schedule taken from the served flow's `schedule` block follows that block: the
+                // new snapshot's block (or none) replaces it, unless this PATCH sets one itself.
+                if reschedule.is_none() {
+                    let served = catalog::snapshot(connection, &team_name, &deployment.flow_id, Some(deployment.snapshot))?;
+                    let current = (deployment.schedule_every_s, deployment.schedule_cron.clone());
+                    if current != (None, None) && current == flow_block_schedule(&served.definition) {
+                        (deployment.schedule_every_s, deployment.schedule_cron) = flow_block_schedule(&snapshot.definition);
+                    }
                 }
                 deployment.snapshot = snapshot.number;
             }

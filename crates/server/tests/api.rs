@@ -578,6 +578,43 @@ async fn a_flow_with_a_schedule_block_is_scheduled_when_deployed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploying_a_snapshot_follows_its_schedule_block_unless_the_deployment_set_one() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let every = |minutes: u64| json!({
+        "name": "tick",
+        "blocks": [{"id": "every", "kind": "schedule", "config": {"every_minutes": minutes}}, {"id": "show", "kind": "display"}],
+        "edges": [{"from": "every.time", "to": "show.value"}]
+    });
+    let flow_id = server.deploy("acme", &owner, "tick", every(1)).await;
+    // A second deployment of the same flow sets its own schedule.
+    let (status, own) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "own", "schedule_cron": "0 9 * * *"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{own}");
+    let (_, deployments) = server.get("/v1/teams/acme/deployments", &owner).await;
+    let inherited = deployments["items"].as_array().unwrap().iter().find(|deployment| deployment["path"] == "tick").unwrap().clone();
+    assert_eq!(inherited["schedule_every_s"], 60, "{inherited}");
+    // The flow now asks for hourly runs; its new snapshot goes live at both paths.
+    let (status, _) = server.call(Method::PUT, &format!("/v1/teams/acme/flows/{flow_id}"), &owner, Some(json!({"definition": every(60)}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, redeployed) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{}", inherited["id"].as_str().unwrap()), &owner, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{redeployed}");
+    // It used to keep running every minute, 60 times what the served flow asks for.
+    assert_eq!((redeployed["snapshot"].clone(), redeployed["schedule_every_s"].clone(), redeployed["schedule_cron"].clone()), (json!(2), json!(3600), Value::Null), "{redeployed}");
+    let (status, kept) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{}", own["id"].as_str().unwrap()), &owner, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert_eq!((kept["snapshot"].clone(), kept["schedule_every_s"].clone(), kept["schedule_cron"].clone()), (json!(2), Value::Null, json!("0 9 * * *")), "{kept}");
+    // A schedule given with the new snapshot wins over the block's.
+    let (status, _) = server.call(Method::PUT, &format!("/v1/teams/acme/flows/{flow_id}"), &owner, Some(json!({"definition": every(5)}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, given) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{}", inherited["id"].as_str().unwrap()), &owner, Some(json!({"snapshot": 3, "schedule_every_s": 120}))).await;
+    assert_eq!((status, given["snapshot"].clone(), given["schedule_every_s"].clone()), (StatusCode::OK, json!(3), json!(120)), "{given}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synchronous_call_is_answered_by_the_response_block_while_the_flow_goes_on() {
     let server = support::start().await;
     let owner = server.team("acme", "team").await;
