@@ -22,8 +22,9 @@ pub struct Estimate {
     pub exact: Option<Credits>,
     /// The least the run can cost.
     pub minimum: Credits,
-    /// The most it can cost, when that is bounded: every branch taken, and no loop of unknown
-    /// length or agent's MCP tools adding to it. Equal to `exact` when that is known.
+    /// The most it can cost, when that is bounded: no loop of unknown length or agent's MCP
+    /// tools adding to it. The most over the ways the routing blocks can emit (every branch
+    /// taken at once when there are too many ways to try). Equal to `exact` when that is known.
     pub maximum: Option<Credits>,
     /// Loops whose iteration count is known only at run time, and what one iteration of each
     /// costs at most (its paid blocks, taken branches or not).
@@ -67,12 +68,25 @@ pub fn estimate(rules: &Rules, at: Timestamp, context: RunContext, flow: &Flow, 
     let maximum = if walk.exact {
         Some(walk.estimate.minimum)
     } else if walk.bounded && walk.estimate.per_iteration.is_empty() {
-        // Only branches are left open: the most is every branch taken.
-        walk.upper_bound(flow, "")?
+        // Only branches are left open: the least and the most over the ways they can go (a
+        // routing block emits on one of its ports, never on all of them), or, for a flow with
+        // too many ways to try, the most with every branch taken.
+        match walk.branch_bounds(flow)? {
+            Some((least, most)) => {
+                walk.estimate.minimum = least;
+                walk.exact = least == most;
+                Some(most)
+            }
+            None => walk.upper_bound(flow, "")?,
+        }
     } else {
         None
     };
     let mut estimate = walk.estimate;
+    if estimate.maximum.is_none() && walk.exact {
+        // The branches left open all cost the same: nothing about them needs a note.
+        estimate.notes.retain(|note| !note.ends_with("when its branch is taken"));
+    }
     let certain = certain_executions(flow, &flows);
     if certain >= crate::exec::RUN_EXECUTIONS_MAX {
         estimate.notes.push(format!("every run makes at least {certain} block executions and a run is stopped at {}: runs are refused before they start", crate::exec::RUN_EXECUTIONS_MAX));
@@ -157,6 +171,67 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// The least and the most one run of `flow` costs over every way its routing blocks can
+    /// emit, when no loop of unknown length nor agent is in it (the caller checks). A routing
+    /// block inside a loop of fixed length is given one way for all its iterations: every
+    /// iteration costs the same function of the ways, so the extremes are reached that way too.
+    /// Nested flows add their own extremes (their routing does not depend on the caller's).
+    /// `None` when the flow has too many ways to try them all.
+    fn branch_bounds(&mut self, flow: &Flow) -> Result<Option<(Credits, Credits)>, EngineError> {
+        let mut costs: Vec<(Credits, Credits)> = Vec::with_capacity(flow.blocks.len());
+        for (b, block) in flow.blocks.iter().enumerate() {
+            let (known, _) = multiplicity(flow, b);
+            let once = match &block.op {
+                Op::Flow { name } => {
+                    let child = Arc::clone(&self.flows[name]);
+                    match self.branch_bounds(&child)? {
+                        Some(bounds) => bounds,
+                        None => return Ok(None),
+                    }
+                }
+                Op::Ai(spec) => {
+                    let price = self.rules.block_price(self.at, self.context, &spec.planned_usage())?;
+                    (price, price)
+                }
+                _ => {
+                    let price = self.rules.block_price(self.at, self.context, &flowcredits_core::BlockUsage::of_kind(block.kind))?;
+                    (price, price)
+                }
+            };
+            costs.push((Credits(once.0.0.saturating_mul(known)), Credits(once.1.0.saturating_mul(known))));
+        }
+        let routers: Vec<(BlockIx, Vec<Vec<usize>>)> = (0..flow.blocks.len()).filter_map(|b| ways(flow, b).map(|ways| (b, ways))).collect();
+        let mut scenarios = 1usize;
+        for (_, ways) in &routers {
+            scenarios = scenarios.saturating_mul(ways.len());
+        }
+        if scenarios > BRANCH_SCENARIOS_MAX || scenarios.saturating_mul(flow.blocks.len().max(1)) > BRANCH_WORK_MAX {
+            return Ok(None);
+        }
+        let mut chosen: Vec<Option<&[usize]>> = vec![None; flow.blocks.len()];
+        let mut bounds: Option<(Credits, Credits)> = None;
+        for scenario in 0..scenarios {
+            let mut rest = scenario;
+            for (b, ways) in &routers {
+                chosen[*b] = Some(ways[rest % ways.len()].as_slice());
+                rest /= ways.len();
+            }
+            let mut memo = vec![None; flow.blocks.len()];
+            let (mut least, mut most) = (Credits::ZERO, Credits::ZERO);
+            for (b, (low, high)) in costs.iter().enumerate() {
+                if runs_in(flow, b, &chosen, &mut memo) {
+                    least += *low;
+                    most += *high;
+                }
+            }
+            bounds = Some(match bounds {
+                None => (least, most),
+                Some((low, high)) => (low.min(least), high.max(most)),
+            });
+        }
+        Ok(bounds)
+    }
+
     /// Adds `cost` to what one iteration of the loop at `loop_at` costs.
     fn per_iteration(&mut self, loop_at: String, cost: Credits) {
         match self.estimate.per_iteration.iter_mut().find(|line| line.at == loop_at) {
@@ -198,6 +273,78 @@ impl Walk<'_> {
         }
         Ok(total)
     }
+}
+
+/// Most combinations of routing choices `estimate` tries to bound a flow's cost tightly, and
+/// most blocks visited doing it; past either it takes every branch as taken.
+const BRANCH_SCENARIOS_MAX: usize = 4096;
+const BRANCH_WORK_MAX: usize = 4_000_000;
+
+/// The ways a routing block can emit: for each, its routed outputs that fire. `None` for a
+/// block that always emits on all its outputs.
+fn ways(flow: &Flow, b: BlockIx) -> Option<Vec<Vec<usize>>> {
+    let block = &flow.blocks[b];
+    let port = |name: &str| block.output(name).expect("routing blocks have their ports");
+    match &block.op {
+        Op::If { .. } => Some(vec![vec![port("then")], vec![port("else")]]),
+        Op::Condition { .. } => Some((0..block.outputs.len()).map(|out| vec![out]).collect()),
+        Op::Validate { .. } => Some(vec![vec![port("pass")], vec![port("fail"), port("errors")]]),
+        Op::Http(_) => {
+            let answered = [port("status"), port("headers"), port("body")];
+            Some(vec![[&answered[..], &[port("success")]].concat(), [&answered[..], &[port("failure")]].concat(), vec![port("failure")]])
+        }
+        _ if block.outputs.iter().any(|out| out.routed) => {
+            // A routing block this walk does not know: its ports may all fire, or none.
+            Some(vec![block.outputs.iter().enumerate().filter(|(_, out)| out.routed).map(|(out, _)| out).collect(), Vec::new()])
+        }
+        _ => None,
+    }
+}
+
+/// Whether block `b` runs when each routing block emits on the ports `chosen` for it: as
+/// `is_certain`, with the chosen ports firing and the others not.
+fn runs_in(flow: &Flow, b: BlockIx, chosen: &[Option<&[usize]>], memo: &mut Vec<Option<bool>>) -> bool {
+    if let Some(known) = memo[b] {
+        return known;
+    }
+    // Settled first, so that a `stop` edge back into a loop cannot recurse forever.
+    memo[b] = Some(false);
+    let fires = |from: BlockIx, out: usize, memo: &mut Vec<Option<bool>>| {
+        let port_fires = !flow.blocks[from].outputs[out].routed || chosen[from].is_some_and(|ports| ports.contains(&out));
+        port_fires && runs_in(flow, from, chosen, memo)
+    };
+    let block = &flow.blocks[b];
+    let mut runs = if let Some(owner) = flow.collect_owner[b] {
+        runs_in(flow, owner, chosen, memo)
+    } else {
+        let ports: Vec<usize> = block.inputs.iter().enumerate().filter(|(port, spec)| !spec.stop && !flow.sources[b][*port].is_empty()).map(|(port, _)| port).collect();
+        let multi = ports.first().is_some_and(|&port| block.inputs[port].multi);
+        let mut all = true;
+        let mut any = false;
+        for port in ports {
+            for &(from, out) in &flow.sources[b][port] {
+                let fired = fires(from, out, memo);
+                all &= fired;
+                any |= fired;
+            }
+        }
+        if multi { any } else { all }
+    };
+    if runs && flow.body_of[b].is_some() {
+        // A loop waits for every outside value its body reads.
+        for (from, ports) in flow.routes.iter().enumerate() {
+            for (out, route) in ports.iter().enumerate() {
+                if route.waiters.contains(&b) && !fires(from, out, memo) {
+                    runs = false;
+                }
+            }
+        }
+    }
+    if runs && let Some(owner) = flow.scopes[flow.scope_of[b]].owner {
+        runs = runs_in(flow, owner, chosen, memo);
+    }
+    memo[b] = Some(runs);
+    runs
 }
 
 /// How many block executions every run of `flow` surely makes, as far as the graph fixes it

@@ -282,8 +282,9 @@ edges:
   - { from: route.else, to: small.input }
   - { from: big.pass, to: tail.value }
 "#, cloud());
-    // `route` always runs; one of `big` and `small` runs, and `tail` only after `big`.
-    assert_eq!((branches.exact, branches.minimum, branches.maximum), (None, Credits(1), Some(Credits(4))), "{:?}", branches.notes);
+    // `route` always runs; one of `big` and `small` runs, and `tail` only after `big`: 2 (route
+    // and small) to 3 (route, big and tail), not 1 to 4 (all branches taken at once).
+    assert_eq!((branches.exact, branches.minimum, branches.maximum), (None, Credits(2), Some(Credits(3))), "{:?}", branches.notes);
     // A loop whose body reads a value from a branch waits for it: when the branch is not taken,
     // neither the loop nor what follows it runs, so the cost is not fixed.
     let waiting = estimate(r#"
@@ -357,4 +358,44 @@ blocks:
   - { id: sub, kind: flow, config: { flow: realname } }
 "), &resolver).unwrap_err().to_string();
     assert!(err.contains("again.yaml") && err.contains("renamed.yaml") && err.contains("all hold a flow named `realname`"), "{err}");
+}
+
+/// An `if` whose two branches cost the same, and a `condition` with three exits (2, 1 and 0
+/// credits behind them): one branch runs, never all of them.
+const EXCLUSIVE_BRANCHES: &str = r#"
+name: exclusive
+blocks:
+  - { id: start, kind: start }
+  - { id: big, kind: if, config: { test: { path: n, op: gt, value: 5 } } }
+  - { id: calc, kind: evaluate, config: { code: "return input.n * 2" } }
+  - { id: check, kind: validate, config: { schema: { type: object } } }
+  - { id: route, kind: condition, config: { branches: [ { name: pkg, test: { path: k, op: eq, value: a } }, { name: js, test: { path: k, op: eq, value: b } } ] } }
+  - { id: chunk, kind: evaluate_with_packages, config: { code: "return 1" } }
+  - { id: plain, kind: evaluate, config: { code: "return 2" } }
+edges:
+  - { from: start.input, to: big.value }
+  - { from: big.then, to: calc.input }
+  - { from: big.else, to: check.value }
+  - { from: start.input, to: route.value }
+  - { from: route.pkg, to: chunk.input }
+  - { from: route.js, to: plain.input }
+"#;
+
+#[tokio::test]
+async fn estimates_of_branches_that_exclude_each_other_are_the_costs_a_run_can_have() {
+    let estimated = estimate(EXCLUSIVE_BRANCHES, cloud());
+    // if 1 + calc or check 1 + condition 1 + chunk 2, plain 1 or nothing: 3 to 5, never 6 (every branch taken).
+    assert_eq!((estimated.exact, estimated.minimum, estimated.maximum), (None, Credits(3), Some(Credits(5))), "{:?}", estimated.notes);
+    let engine = Engine::default();
+    let mut charged = Vec::new();
+    for (run, input) in [("r1", json!({"n": 9, "k": "a"})), ("r2", json!({"n": 1, "k": "b"})), ("r3", json!({"n": 1, "k": "c"}))] {
+        let report = engine.run(&flow(EXCLUSIVE_BRANCHES), request(run, cloud(), input), &meter(PlanId::Team)).await.unwrap();
+        assert_eq!(report.outcome, RunOutcome::Completed);
+        charged.push(report.total);
+    }
+    assert_eq!(charged, vec![Credits(5), Credits(4), Credits(3)], "the runs reach the estimate's least and most");
+    // Only the `if` part: both branches cost 1, so the graph fixes the cost.
+    let fixed = estimate(&EXCLUSIVE_BRANCHES.replace("  - { from: start.input, to: route.value }\n", "").replace("  - { id: route, kind: condition, config: { branches: [ { name: pkg, test: { path: k, op: eq, value: a } }, { name: js, test: { path: k, op: eq, value: b } } ] } }\n", "").replace("  - { from: route.pkg, to: chunk.input }\n  - { from: route.js, to: plain.input }\n", "").replace("  - { id: chunk, kind: evaluate_with_packages, config: { code: \"return 1\" } }\n  - { id: plain, kind: evaluate, config: { code: \"return 2\" } }\n", ""), cloud());
+    assert_eq!((fixed.exact, fixed.minimum, fixed.maximum), (Some(Credits(2)), Credits(2), Some(Credits(2))), "{:?}", fixed.notes);
+    assert!(fixed.notes.is_empty(), "{:?}", fixed.notes);
 }
