@@ -82,6 +82,8 @@ impl Script {
         for name in imported {
             match PACKAGES.iter().position(|(package, _, _)| *package == name) {
                 Some(_) if !with_packages => cfg.problem("code", format!("imports `{name}`, but evaluate runs without packages; use an evaluate_with_packages block")),
+                // Not a vetted package: an evaluate_with_packages block would not have it either.
+                None if !with_packages => cfg.problem("code", format!("imports `{name}`, but evaluate runs without packages, modules, file system or network; compute the value in the script, or fetch it with an http_request block")),
                 Some(index) => script.packages.push(index),
                 None => cfg.problem("code", format!("imports `{name}`, which is not in the vetted package set ({})", PACKAGES.iter().map(|(name, _, _)| *name).collect::<Vec<_>>().join(", "))),
             }

@@ -101,6 +101,9 @@ fn imports_are_checked_when_the_flow_loads() {
     };
     let plain = load("evaluate", "const _ = require('lodash'); return 1");
     assert!(plain.contains("block `js`, config.code") && plain.contains("evaluate_with_packages"), "{plain}");
+    // A module that no block kind has is not offered from the vetted set to a plain evaluate.
+    let module = load("evaluate", "const fs = require('fs'); return 1");
+    assert!(module.contains("block `js`, config.code: imports `fs`, but evaluate runs without packages") && !module.contains("vetted"), "{module}");
     let unknown = load("evaluate_with_packages", "import x from 'left-pad'\nreturn 1");
     assert!(unknown.contains("left-pad") && unknown.contains("lodash, dayjs"), "{unknown}");
     assert_eq!(load("evaluate_with_packages", "import * as _ from 'lodash'\nreturn 1"), "");
