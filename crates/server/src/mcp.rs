@@ -1,5 +1,6 @@
 //! `/mcp`: the Model Context Protocol over streamable HTTP, answering each JSON-RPC request
-//! with one JSON response (the transport allows that instead of an event stream). A team's
+//! with one JSON response (the transport allows that instead of an event stream), and a batch
+//! with a JSON array of its requests' answers. A team's
 //! deployments with the `mcp` trigger are its tools; calling one runs the flow (trigger mcp).
 //!
 //! Hand-written rather than through an SDK: the server side needs four methods, and this keeps
@@ -21,6 +22,8 @@ use crate::{ApiError, AppState, Query};
 /// Protocol versions this server speaks, newest first: `initialize` answers the client's
 /// when it is one of them, else the newest (the client then decides whether to go on).
 const PROTOCOL_VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
+/// Messages in one batch at most: each may start a run, and they are answered together.
+const BATCH_MESSAGES_MAX: usize = 100;
 /// Tools listed per `tools/list` page; `nextCursor` leads to the next.
 const TOOLS_PER_PAGE: u32 = 200;
 /// Longest tool name MCP clients accept (`^[A-Za-z0-9._-]{1,128}$`).
@@ -42,10 +45,9 @@ struct RpcRequest {
 
 /// `Ok(None)` for a JSON-RPC response the client sends (to a request of the server's; this
 /// server makes none): it is taken, as notifications are, with no answer.
-fn parse_request(body: &[u8]) -> Result<Option<RpcRequest>, Value> {
-    let value: Value = serde_json::from_slice(body).map_err(|err| rpc_error(Value::Null, -32700, format!("parse error: {err}")))?;
+fn parse_request(value: Value) -> Result<Option<RpcRequest>, Value> {
     let Value::Object(mut request) = value else {
-        let what = if value.is_array() { "a batch; this server answers one request at a time" } else { "not a request object" };
+        let what = if value.is_array() { "a batch inside a batch" } else { "not a request object" };
         return Err(rpc_error(Value::Null, -32600, format!("invalid request: {what}")));
     };
     if !request.contains_key("method") && (request.contains_key("result") || request.contains_key("error")) {
@@ -90,13 +92,35 @@ pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query):
     {
         return Err(ApiError::invalid("MCP-Protocol-Version", format!("`{version}` is not a version this server speaks ({})", PROTOCOL_VERSIONS.join(", "))));
     }
-    let request = match parse_request(&body) {
-        Ok(Some(request)) => request,
-        // A response or a notification (no id) gets no answer.
-        Ok(None) => return Ok(StatusCode::ACCEPTED.into_response()),
-        Err(refusal) => return Ok(Json(refusal).into_response()),
+    let message: Value = match serde_json::from_slice(&body) {
+        Ok(message) => message,
+        Err(err) => return Ok(Json(rpc_error(Value::Null, -32700, format!("parse error: {err}"))).into_response()),
     };
-    let Some(id) = request.id else { return Ok(StatusCode::ACCEPTED.into_response()) };
+    // A batch (an array of messages, which 2025-03-26 clients may send) is answered with the
+    // array of its requests' answers, in order; its notifications and responses get none.
+    let Value::Array(batch) = message else {
+        return Ok(match answer(&state, &query.team, role, message).await? {
+            Some(answer) => Json(answer).into_response(),
+            // A response or a notification (no id) gets no answer.
+            None => StatusCode::ACCEPTED.into_response(),
+        });
+    };
+    if batch.is_empty() || batch.len() > BATCH_MESSAGES_MAX {
+        return Ok(Json(rpc_error(Value::Null, -32600, format!("invalid request: a batch holds 1 to {BATCH_MESSAGES_MAX} messages; this one holds {}", batch.len()))).into_response());
+    }
+    let answers = futures_util::future::join_all(batch.into_iter().map(|message| answer(&state, &query.team, role, message))).await;
+    let answers: Vec<Value> = answers.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
+    Ok(if answers.is_empty() { StatusCode::ACCEPTED.into_response() } else { Json(Value::Array(answers)).into_response() })
+}
+
+/// The answer to one JSON-RPC message: `None` for a notification or a response.
+async fn answer(state: &AppState, team: &str, role: crate::auth::Role, message: Value) -> Result<Option<Value>, ApiError> {
+    let request = match parse_request(message) {
+        Ok(Some(request)) => request,
+        Ok(None) => return Ok(None),
+        Err(refusal) => return Ok(Some(refusal)),
+    };
+    let Some(id) = request.id else { return Ok(None) };
     let answer = match request.method.as_str() {
         "initialize" => {
             let asked = request.params.get("protocolVersion").and_then(Value::as_str);
@@ -111,7 +135,7 @@ pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query):
         "tools/list" => match request.params.get("cursor") {
             Some(cursor) if cursor.as_str().is_none_or(|cursor| catalog::check_id_cursor("dep", Some(cursor)).is_err()) => rpc_error(id, -32602, "params.cursor is not a nextCursor this server gave"),
             cursor => {
-                let (tools, next) = tools(&state, &query.team, cursor.and_then(Value::as_str)).await?;
+                let (tools, next) = tools(state, team, cursor.and_then(Value::as_str)).await?;
                 // `nextCursor` is a string or absent (clients refuse null): absent on the last page.
                 let mut result = json!({"tools": tools});
                 if let Some(next) = next {
@@ -120,20 +144,20 @@ pub async fn handle(State(state): State<AppState>, caller: Caller, Query(query):
                 json!({"jsonrpc": "2.0", "id": id, "result": result})
             }
         },
-        "tools/call" if !role.allows(Action::Build) => rpc_error(id, -32001, format!("your role in team {} is {role}; it cannot {}", query.team, Action::Build.describe())),
+        "tools/call" if !role.allows(Action::Build) => rpc_error(id, -32001, format!("your role in team {team} is {role}; it cannot {}", Action::Build.describe())),
         // A failure to start or finish the run is the call's error, in JSON-RPC with its id,
         // not an HTTP error the client cannot tie to the request.
-        "tools/call" => match call_tool(&state, &query.team, id.clone(), &request.params).await {
+        "tools/call" => match call_tool(state, team, id.clone(), &request.params).await {
             Ok(answer) => answer,
             Err(ApiError::Internal(detail)) => {
-                tracing::error!(error = %detail, team = %query.team, "an MCP tool call failed");
+                tracing::error!(error = %detail, team = %team, "an MCP tool call failed");
                 rpc_error(id, -32603, "internal error; the server's log has the details")
             }
             Err(err) => rpc_error(id, -32000, err.to_string()),
         },
         other => rpc_error(id, -32601, format!("method `{other}` is not supported (initialize, ping, tools/list, tools/call)")),
     };
-    Ok(Json(answer).into_response())
+    Ok(Some(answer))
 }
 
 /// A deployment's tool name: its path with `/` as `_` (kept unique in a team when deployed).

@@ -219,7 +219,7 @@ const ROUTES: &[Route] = &[
     Route { method: "get", path: "/v1/teams/{team}/invoices", summary: "Invoices of closed periods", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("InvoicePage") },
     Route { method: "get", path: "/v1/teams/{team}/alerts", summary: "Usage alerts and their deliveries", access: "member", body: None, query: PAGE, success: "200", answer: Answer::Json("AlertPage") },
     Route { method: "post", path: "/hooks/{team}/{path}", summary: "Call a deployed flow (sync: 30 s then 408; `?async=true`: 202)", access: "owner, admin, editor", body: Some(|| json!({})), query: &[("async", "boolean")], success: "200", answer: Answer::Json("HookAnswer") },
-    Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member (calling a tool: owner, admin, editor); `?team=` names the team", body: Some(|| json!({"type": "object"})), query: &[("team", "string")], success: "200", answer: Answer::Json("JsonRpcResponse") },
+    Route { method: "post", path: "/mcp", summary: "Model Context Protocol (streamable HTTP, JSON responses): the team's MCP deployments as tools", access: "member (calling a tool: owner, admin, editor); `?team=` names the team", body: Some(|| json!({"description": "a JSON-RPC message, or a batch of them (an array, as protocol version 2025-03-26 allows)", "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]})), query: &[("team", "string")], success: "200", answer: Answer::Json("JsonRpcAnswer") },
 ];
 
 /// The routes that start a run, and so answer as a run's start does (`routes_runs::answer_started`).
@@ -575,6 +575,10 @@ fn schemas() -> Value {
             json!({"jsonrpc": one_of(["2.0"]), "id": anything("the request's id"), "result": {"type": "object"}, "error": record(json!({"code": {"type": "integer"}, "message": string()}), &[])}),
             &["result", "error"],
         )),
+        ("JsonRpcAnswer", json!({
+            "description": "a request's answer; for a batch, the answers of its requests in order (its notifications and responses get none)",
+            "oneOf": [{"$ref": "#/components/schemas/JsonRpcResponse"}, {"type": "array", "items": {"$ref": "#/components/schemas/JsonRpcResponse"}}],
+        })),
         ("OpenApi", record(json!({"openapi": string(), "info": {"type": "object"}, "paths": {"type": "object", "additionalProperties": {"type": "object"}}, "components": {"type": "object"}}), &[])),
     ];
     Value::Object(named.into_iter().map(|(name, schema)| (name.to_owned(), schema)).collect())

@@ -156,7 +156,7 @@ async fn mcp_lists_deployed_tools_and_calling_one_runs_the_flow() {
         ("{oops", -32700, Value::Null),
         (r#"{"jsonrpc": "2.0", "id": 7}"#, -32600, json!(7)),
         (r#"{"id": "a", "method": "ping"}"#, -32600, json!("a")),
-        (r#"[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]"#, -32600, Value::Null),
+        (r#"[]"#, -32600, Value::Null),
         (r#"{"jsonrpc": "2.0", "id": 1.5, "method": "ping"}"#, -32600, Value::Null),
         (r#"{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}"#, -32600, Value::Null),
     ] {
@@ -195,6 +195,51 @@ async fn mcp_lists_deployed_tools_and_calling_one_runs_the_flow() {
     assert_eq!(unsupported.status(), StatusCode::BAD_REQUEST);
     let anonymous = client.post(format!("{}/mcp?team=acme", server.base)).json(&rpc(12, "ping", Value::Null)).send().await.unwrap();
     assert_eq!((anonymous.status(), anonymous.headers().get("www-authenticate").map(|value| value.to_str().unwrap().to_owned())), (StatusCode::UNAUTHORIZED, Some("Bearer".to_owned())));
+}
+
+/// Protocol version 2025-03-26, which the server answers as asked, has clients send batches (a
+/// JSON array of requests and notifications); they were refused as invalid requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_batch_is_answered_with_its_requests_answers_in_order() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let tool = json!({
+        "name": "greet",
+        "blocks": [
+            {"id": "args", "kind": "mcp", "config": {"input_schema": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}},
+            {"id": "greet", "kind": "template", "config": {"template": "Hello, {{input.name}}!"}},
+            {"id": "reply", "kind": "response"}
+        ],
+        "edges": [{"from": "args.arguments", "to": "greet.input"}, {"from": "greet.text", "to": "reply.body"}]
+    });
+    let (_, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": "greet", "definition": tool})).await;
+    let flow_id = flow["id"].as_str().unwrap();
+    server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    let (status, _) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "greet", "trigger": "mcp"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, answers) = server
+        .post(
+            "/mcp?team=acme",
+            &owner,
+            json!([
+                {"jsonrpc": "2.0", "id": "a", "method": "tools/call", "params": {"name": "greet", "arguments": {"name": "Ada"}}},
+                {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "greet", "arguments": {"name": 5}}},
+                {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+                "not a message"
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answers}");
+    let answers = answers.as_array().unwrap_or_else(|| panic!("a batch is answered with an array: {answers}"));
+    assert_eq!(answers.len(), 4, "one answer per request, none for the notification: {answers:?}");
+    assert_eq!(answers[0], json!({"jsonrpc": "2.0", "id": "a", "result": {"content": [{"type": "text", "text": "Hello, Ada!"}], "isError": false}}));
+    assert_eq!((answers[1]["id"].clone(), answers[1]["error"]["code"].clone()), (json!(2), json!(-32602)), "{answers:?}");
+    assert_eq!(answers[2], json!({"jsonrpc": "2.0", "id": 3, "result": {}}));
+    assert_eq!((answers[3]["id"].clone(), answers[3]["error"]["code"].clone()), (Value::Null, json!(-32600)), "{answers:?}");
+    // A batch of notifications only is taken with 202 and no body, as a single one is.
+    let (status, _) = server.post("/mcp?team=acme", &owner, json!([{"jsonrpc": "2.0", "method": "notifications/initialized"}])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
 }
 
 /// Every mcp deployment is a tool, however many other deployments the team has: tools/list

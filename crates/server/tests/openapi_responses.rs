@@ -25,6 +25,20 @@ fn problems(document: &Value, schema: &Value, value: &Value, at: &str, found: &m
         let resolved = document.pointer(pointer).unwrap_or_else(|| panic!("{target} is not in the document"));
         return problems(document, resolved, value, at, found);
     }
+    if let Some(alternatives) = schema.get("oneOf").and_then(Value::as_array) {
+        // One alternative fits (the document's alternatives never overlap).
+        let mut misfits = Vec::new();
+        for alternative in alternatives {
+            let mut problems_here = Vec::new();
+            problems(document, alternative, value, at, &mut problems_here);
+            if problems_here.is_empty() {
+                return;
+            }
+            misfits.extend(problems_here);
+        }
+        found.push(format!("{at}: {value} fits none of the alternatives ({})", misfits.join("; ")));
+        return;
+    }
     if value.is_null() {
         // No type: any value. A typed schema takes null only when it says so.
         if schema.get("type").is_some() && schema.get("nullable") != Some(&json!(true)) {
@@ -267,6 +281,8 @@ async fn every_answer_is_what_the_document_describes() {
     c.expect(StatusCode::OK, Method::GET, "/hooks/{team}/{path}", "/hooks/acme/work", &ada, None).await;
     let ping = c.expect(StatusCode::OK, Method::POST, "/mcp", "/mcp?team=acme", &ada, Some(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))).await;
     assert_eq!(ping["result"], json!({}));
+    let batch = c.expect(StatusCode::OK, Method::POST, "/mcp", "/mcp?team=acme", &ada, Some(json!([{"jsonrpc": "2.0", "id": 3, "method": "ping"}, {"jsonrpc": "2.0", "method": "notifications/initialized"}]))).await;
+    assert_eq!(batch, json!([{"jsonrpc": "2.0", "id": 3, "result": {}}]));
     c.expect(StatusCode::OK, Method::POST, "/mcp", "/mcp?team=acme", &ada, Some(json!({"jsonrpc": "2.0", "id": 2, "method": "nonsense"}))).await;
     let listed = c.get("/v1/teams/{team}/runs", "/v1/teams/acme/runs?limit=2", &ada).await;
     assert!(listed["next"].is_string(), "{listed}");
