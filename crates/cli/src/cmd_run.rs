@@ -182,7 +182,7 @@ fn meter(args: &RunArgs, rules: Rules, flow: &Flow, input: &Value) -> anyhow::Re
     let store = crate::cmd_store::DbArgs { db: db.clone() }.open_existing(rules.clone())?;
     let team = TeamName::new(args.team.clone()).context(BadArgument("--team".into()))?;
     let settings = store.team(&team).map_err(|err| match err {
-        StoreError::UnknownTeam { .. } => anyhow::anyhow!("team `{}` is not in the ledger {}; create it first: flowcredits teams create {} --plan free|solo|team|enterprise --db {}", args.team, db.display(), args.team, db.display()),
+        StoreError::UnknownTeam { .. } => BadArgument(format!("--team: `{}` is not in the ledger {}; create it first: flowcredits teams create {} --plan free|solo|team|enterprise --db {}", args.team, db.display(), args.team, db.display())).into(),
         other => anyhow::Error::new(other).context(format!("cannot read team `{}` from {}", args.team, db.display())),
     })?.settings;
     let advice = rules.plans.get(settings.plan).ways_to_more_credits(settings.payg_enabled, settings.payg_cap.is_some());

@@ -159,6 +159,8 @@ fn run_with_db_meters_against_the_durable_ledger_and_pauses_at_the_limit() {
     assert!(flowcredits(&["teams", "create", "acme", "--plan", "free", "--db", db]).status.success());
     let stranger = flowcredits(&["run", path, "--team", "zeta", "--db", db]);
     assert!(String::from_utf8_lossy(&stranger.stderr).contains("create it first: flowcredits teams create zeta"), "{}", String::from_utf8_lossy(&stranger.stderr));
+    assert_eq!(stranger.status.code(), Some(2), "a team not in the ledger is a bad --team, as the help says");
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("--team"), "{}", String::from_utf8_lossy(&stranger.stderr));
     let first = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 30}"#, "--cloud-run", "--run-id", "d1", "--json"]);
     assert_eq!(stdout_json(&first)["total"], 30, "the first run finishes past Free's 25 credits");
     let second = flowcredits(&["run", path, "--team", "acme", "--db", db, "--input", r#"{"n": 1}"#, "--cloud-run", "--run-id", "d2", "--json"]);
