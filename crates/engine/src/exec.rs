@@ -884,7 +884,7 @@ impl<'a> Frame<'a> {
             Op::Repeat { times } => {
                 let count = match (times, input_named("times")) {
                     (Some(times), _) => Ok(*times),
-                    (None, Some(value)) => value.as_u64().filter(|n| *n <= LOOP_ITERATIONS_MAX).ok_or_else(|| format!("`times` must be a whole number from 0 to {LOOP_ITERATIONS_MAX}, not {value}")),
+                    (None, Some(value)) => whole_number(&value).filter(|n| *n <= LOOP_ITERATIONS_MAX).ok_or_else(|| format!("`times` must be a whole number from 0 to {LOOP_ITERATIONS_MAX}, not {value}")),
                     (None, None) => Ok(0),
                 };
                 match count {
@@ -1005,4 +1005,14 @@ fn date(value: &Value, add_ms: i64) -> Result<(String, i64), String> {
     };
     let moved = at.as_millisecond().checked_add(add_ms).and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).ok_or("the date moves out of the supported range")?;
     Ok((moved.to_string(), moved.as_millisecond()))
+}
+
+/// A JSON number that is a whole number at least 0, however written: `1e3` and `1000.0` are
+/// 1000 (JSON has one number type, and other tools write whole numbers so).
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        let float = value.as_f64()?;
+        // 2^53: past it a float no longer tells neighbouring whole numbers apart.
+        (float >= 0.0 && float.fract() == 0.0 && float <= 9_007_199_254_740_992.0).then_some(float as u64)
+    })
 }

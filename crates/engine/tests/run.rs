@@ -154,6 +154,32 @@ edges:
     assert_eq!(shown(&report), vec![("show".to_owned(), json!([0, 1, 2]))]);
 }
 
+/// A repeat's `times` input takes a whole number however JSON writes it (`3`, `3.0`, `3e0`) and
+/// refuses a fraction or a negative number, naming `times`.
+#[tokio::test]
+async fn repeat_times_from_input_takes_whole_numbers_however_written() {
+    let flow = r#"
+name: times-from-input
+blocks:
+  - { id: start, kind: start }
+  - { id: loop, kind: repeat }
+  - { id: seen, kind: collect }
+  - { id: show, kind: display }
+edges:
+  - { from: start.input, to: loop.times }
+  - { from: loop.index, to: seen.item }
+  - { from: seen.list, to: show.value }
+"#;
+    for times in [json!(3), serde_json::from_str("3.0").unwrap(), serde_json::from_str("3e0").unwrap()] {
+        let report = run(flow, local(), times.clone()).await;
+        assert_eq!(shown(&report), vec![("show".to_owned(), json!([0, 1, 2]))], "times {times}");
+    }
+    for times in [json!(2.5), json!(-1)] {
+        let report = run(flow, local(), times.clone()).await;
+        assert!(format!("{:?}", report.outcome).contains("`times` must be a whole number"), "times {times}: {:?}", report.outcome);
+    }
+}
+
 #[tokio::test]
 async fn variables_and_or_and_constants() {
     let report = run(r#"
