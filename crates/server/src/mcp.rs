@@ -222,7 +222,8 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
     let started = crate::jobs::start_deployed(state, deployment.runs_on, request).await?;
     let text_result = |text: String, is_error: bool| json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": text}], "isError": is_error}});
     if started.status == RunStatus::Paused {
-        return Ok(text_result(format!("run {} is paused: the team is out of credits; it will run when credits return", started.run_id), true));
+        let advice = crate::routes_runs::advice_for(state, team).await;
+        return Ok(text_result(format!("run {} is paused: the team has used its credits; it will run when credits return ({advice})", started.run_id), true));
     }
     let reply = started.reply.ok_or_else(|| ApiError::internal("an admitted run has a reply"))?;
     match tokio::time::timeout(state.sync_wait, reply).await {
@@ -237,6 +238,6 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
             Ok(text_result(reply.error.unwrap_or(text), failed))
         }
         Ok(Err(_)) => Err(ApiError::internal("a run stopped without a result")),
-        Err(_) => Ok(text_result(format!("run {} is still going after 30 s; its result will be in the run history", started.run_id), true)),
+        Err(_) => Ok(text_result(format!("run {run} is still going after {:?}; read its result from /v1/teams/{team}/runs/{run}", state.sync_wait, run = started.run_id), true)),
     }
 }

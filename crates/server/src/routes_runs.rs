@@ -142,7 +142,7 @@ async fn answer_started(state: &AppState, started: Started, team: &str, wait: Op
 }
 
 /// What brings credits back for `team`, as its plan and settings allow now.
-async fn advice_for(state: &AppState, team: &str) -> String {
+pub(crate) async fn advice_for(state: &AppState, team: &str) -> String {
     match state.ledger.team(team).await {
         Ok(info) => state.rules.plans.get(info.plan).ways_to_more_credits(info.payg_enabled, info.payg_cap.is_some()),
         Err(_) => "wait for the next billing period".to_owned(),

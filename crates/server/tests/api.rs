@@ -242,6 +242,57 @@ async fn an_mcp_batch_is_answered_with_its_requests_answers_in_order() {
     assert_eq!(status, StatusCode::ACCEPTED);
 }
 
+/// A tool call that cannot answer now says what to do next, as a hook's answer does: a paused
+/// run names what brings credits back, a slow one where its result will be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_call_that_pauses_or_outlasts_the_wait_says_what_to_do_next() {
+    let mut server = support::start().await;
+    server.state.sync_wait = Duration::from_millis(300);
+    let server = support::restart_with(server).await;
+    let owner = server.team("acme", "team").await;
+    let tool = |name: &str, body: Value, edges: Value| json!({"name": name, "blocks": body, "edges": edges});
+    let costly = tool(
+        "costly",
+        json!([
+            {"id": "args", "kind": "mcp", "config": {"input_schema": {"type": "object"}}},
+            {"id": "loop", "kind": "repeat", "config": {"times": 60}},
+            {"id": "work", "kind": "evaluate", "config": {"code": "return input;"}},
+            {"id": "reply", "kind": "response"}
+        ]),
+        json!([{"from": "args.arguments", "to": "loop.after"}, {"from": "loop.index", "to": "work.input"}, {"from": "loop.done", "to": "reply.body"}]),
+    );
+    let slow = tool(
+        "slow",
+        json!([
+            {"id": "args", "kind": "mcp", "config": {"input_schema": {"type": "object"}}},
+            {"id": "wait", "kind": "delay", "config": {"ms": 1500}},
+            {"id": "reply", "kind": "response"}
+        ]),
+        json!([{"from": "args.arguments", "to": "wait.value"}, {"from": "wait.value", "to": "reply.body"}]),
+    );
+    for (name, definition) in [("costly", costly), ("slow", slow)] {
+        let (status, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": name, "definition": definition})).await;
+        assert_eq!(status, StatusCode::CREATED, "{flow}");
+        let flow_id = flow["id"].as_str().unwrap();
+        server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+        let (status, deployed) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": name, "trigger": "mcp"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    }
+    let call = |id: u64, name: &str| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": {}}});
+    let (_, slow) = server.post("/mcp?team=acme", &owner, call(1, "slow")).await;
+    let text = slow["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("{slow}"));
+    assert!(slow["result"]["isError"] == true && text.contains("/v1/teams/acme/runs/run_"), "the answer says where the result will be: {slow}");
+    // The team's 100 credits go in two calls; the third pauses.
+    for id in 2..4 {
+        let (_, spent) = server.post("/mcp?team=acme", &owner, call(id, "costly")).await;
+        assert_eq!(spent["result"]["isError"], false, "{spent}");
+    }
+    let (_, paused) = server.post("/mcp?team=acme", &owner, call(4, "costly")).await;
+    let text = paused["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("{paused}"));
+    assert!(paused["result"]["isError"] == true && text.contains("paused") && text.contains("run_"), "{paused}");
+    assert!(text.contains("turn on pay-as-you-go"), "the answer says what brings credits back: {paused}");
+}
+
 /// Every mcp deployment is a tool, however many other deployments the team has: tools/list
 /// pages with `nextCursor`, and a call finds its tool by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
