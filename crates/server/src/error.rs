@@ -18,6 +18,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// Not found, with a message that says why and what to do instead.
+    #[error("{0}")]
+    NotFoundBecause(String),
     #[error("{0}")]
     Conflict(String),
     /// A conflict caused by one field, parameter or header, which the answer names (a reused
@@ -58,7 +61,7 @@ impl ApiError {
             ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::Unauthenticated | ApiError::UnknownRunnerToken { .. } => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFound(_) | ApiError::NotFoundBecause(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) | ApiError::ConflictOn { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::LimitReached(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_reached"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

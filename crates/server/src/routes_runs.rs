@@ -186,9 +186,17 @@ async fn hook_target(state: &AppState, team: &str, path: &str) -> Result<HookTar
     let (deployment, definition) = state
         .catalog
         .call(move |connection| {
-            let Some(deployment) = catalog::deployment_by_path(connection, &team_name, &hook_path)?.filter(|deployment| deployment.trigger == "api") else {
+            let Some(deployment) = catalog::deployment_by_path(connection, &team_name, &hook_path)? else {
                 return Ok(None);
             };
+            // An MCP tool is deployed at a path too, but it is called over MCP, not as a hook.
+            if deployment.trigger != "api" {
+                let tool = crate::mcp::tool_name(&deployment.path);
+                return Err(ApiError::NotFoundBecause(format!(
+                    "no hook at /hooks/{team_name}/{hook_path}: deployment {} there has trigger {}; call it as MCP tool `{tool}` (tools/call at /mcp?team={team_name})",
+                    deployment.id, deployment.trigger
+                )));
+            }
             let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, Some(deployment.snapshot))?;
             Ok(Some((deployment, snapshot.definition)))
         })

@@ -293,6 +293,33 @@ async fn an_mcp_call_that_pauses_or_outlasts_the_wait_says_what_to_do_next() {
     assert!(text.contains("turn on pay-as-you-go"), "the answer says what brings credits back: {paused}");
 }
 
+/// A hook call to the path of an MCP tool said only "deployment not found", though a deployment
+/// is there: the answer says it is a tool and how to call it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_call_to_an_mcp_tools_path_says_how_to_call_the_tool() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let tool = json!({
+        "name": "echo",
+        "blocks": [{"id": "args", "kind": "mcp", "config": {"input_schema": {"type": "object"}}}, {"id": "reply", "kind": "response"}],
+        "edges": [{"from": "args.arguments", "to": "reply.body"}]
+    });
+    let (_, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": "echo", "definition": tool})).await;
+    let flow_id = flow["id"].as_str().unwrap();
+    server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    let (status, deployed) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "tools/echo", "trigger": "mcp"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    let (status, refused) = server.post("/hooks/acme/tools/echo", &owner, json!({"a": 1})).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")), "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("MCP tool `tools_echo`") && message.contains("/mcp?team=acme") && message.contains(deployed["id"].as_str().unwrap()), "{refused}");
+    let (_, runs) = server.get("/v1/teams/acme/runs", &owner).await;
+    assert_eq!(runs["items"], json!([]), "the refused call ran nothing: {runs}");
+    // A path with nothing deployed is still plainly not found.
+    let (status, missing) = server.post("/hooks/acme/tools/nothing", &owner, json!({})).await;
+    assert_eq!((status, missing["error"]["message"].clone()), (StatusCode::NOT_FOUND, json!("deployment at /hooks/acme/tools/nothing not found")), "{missing}");
+}
+
 /// Every mcp deployment is a tool, however many other deployments the team has: tools/list
 /// pages with `nextCursor`, and a call finds its tool by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
