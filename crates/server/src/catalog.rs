@@ -550,14 +550,14 @@ pub fn create_snapshot(connection: &mut Connection, team: &str, flow_id: &str, s
 /// Snapshot `number` of a flow of `team`, or its newest with `None`.
 pub fn snapshot(connection: &Connection, team: &str, flow_id: &str, number: Option<u32>) -> Result<Snapshot, ApiError> {
     let current = flow(connection, team, flow_id)?;
-    let latest = current.latest_snapshot.ok_or_else(|| ApiError::NotFound(format!("snapshot of flow {flow_id} (it has none yet: take one with POST /v1/teams/{team}/flows/{flow_id}/snapshots)")))?;
+    let latest = current.latest_snapshot.ok_or_else(|| ApiError::NotFoundBecause(format!("flow {flow_id} has no snapshot yet: take one with POST /v1/teams/{team}/flows/{flow_id}/snapshots")))?;
     let number = number.unwrap_or(latest);
     connection
         .query_row("SELECT definition, created_ms FROM snapshots WHERE flow_id = ?1 AND number = ?2", params![flow_id, number], |row| {
             Ok(Snapshot { flow_id: flow_id.to_owned(), number, latest: number == latest, definition: json_column(row.get(0)?), created_at: ms_to_text(row.get(1)?) })
         })
         .optional()?
-        .ok_or_else(|| ApiError::NotFound(format!("snapshot {number} of flow {flow_id}")))
+        .ok_or_else(|| ApiError::NotFoundBecause(format!("flow {flow_id} has no snapshot {number}; its latest is {latest} (GET /v1/teams/{team}/flows/{flow_id}/snapshots lists those it keeps)")))
 }
 
 /// The definition a run of a flow uses: snapshot `number`, or the working definition.

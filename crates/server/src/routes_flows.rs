@@ -266,6 +266,7 @@ pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team,
             if resnapshot {
                 let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, body.snapshot).map_err(|err| match err {
                     ApiError::NotFound(what) => ApiError::invalid("snapshot", format!("the flow has no {what}")),
+                    ApiError::NotFoundBecause(why) => ApiError::invalid("snapshot", why),
                     other => other,
                 })?;
                 if deployment.trigger == "mcp" {

@@ -320,6 +320,31 @@ async fn a_hook_call_to_an_mcp_tools_path_says_how_to_call_the_tool() {
     assert_eq!((status, missing["error"]["message"].clone()), (StatusCode::NOT_FOUND, json!("deployment at /hooks/acme/tools/nothing not found")), "{missing}");
 }
 
+/// Deploying a flow with no snapshot, or a snapshot it does not have, said "snapshot of flow …
+/// (it has none yet: …) not found" or only "snapshot 7 of flow … not found": the answer now says
+/// what the flow has and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploying_a_missing_snapshot_says_what_the_flow_has() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let (status, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": "work", "definition": support::flow_costing_25()})).await;
+    assert_eq!(status, StatusCode::CREATED, "{flow}");
+    let flow_id = flow["id"].as_str().unwrap();
+    let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "work"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
+    assert_eq!(refused["error"]["message"], format!("flow {flow_id} has no snapshot yet: take one with POST /v1/teams/acme/flows/{flow_id}/snapshots"), "{refused}");
+    server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "work", "snapshot": 7})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().starts_with(&format!("flow {flow_id} has no snapshot 7; its latest is 1")), "{refused}");
+    // A PATCH names the field, with the same words.
+    let (status, deployed) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "work"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{deployed}");
+    let (status, refused) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{}", deployed["id"].as_str().unwrap()), &owner, Some(json!({"snapshot": 7}))).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("snapshot")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("has no snapshot 7; its latest is 1"), "{refused}");
+}
+
 /// Every mcp deployment is a tool, however many other deployments the team has: tools/list
 /// pages with `nextCursor`, and a call finds its tool by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
