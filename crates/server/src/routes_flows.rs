@@ -145,6 +145,22 @@ fn check_path(path: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A scheduled run of an MCP tool gives it `{"scheduled_at": …}` as its arguments; a tool whose
+/// input schema refuses them would fail every run, so such a schedule is refused (`field`: the
+/// request's field that set it).
+fn check_scheduled_tool(definition: &Value, schedule: &(Option<u32>, Option<String>), field: &str) -> Result<(), ApiError> {
+    if *schedule == (None, None) {
+        return Ok(());
+    }
+    let flow = runner::load_flow(definition)?;
+    flow.check_tool_arguments(&serde_json::json!({"scheduled_at": jiff::Timestamp::now().to_string()})).map_err(|problem| {
+        ApiError::invalid(
+            field,
+            format!("a scheduled run gives the tool the arguments {{\"scheduled_at\": \"<time>\"}}, which its input schema refuses ({problem}), so every scheduled run would fail; let the schema take `scheduled_at`, or schedule the flow in a deployment with trigger api"),
+        )
+    })
+}
+
 /// The schedule a flow's `schedule` block gives a deployment that sets none: `(every_s, cron)`.
 fn flow_block_schedule(definition: &Value) -> (Option<u32>, Option<String>) {
     match runner::flow_schedule(definition) {
@@ -192,12 +208,14 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
         .call(move |connection| {
             let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot)?;
             // A flow with a `schedule` trigger runs on its own schedule unless the deployment sets one.
+            let schedule_field = if body.schedule_cron.is_some() { "schedule_cron" } else if body.schedule_every_s.is_some() { "schedule_every_s" } else { "trigger" };
             let (schedule_every_s, schedule_cron) = match (body.schedule_every_s, body.schedule_cron) {
                 (None, None) => flow_block_schedule(&snapshot.definition),
                 given => given,
             };
             if trigger == "mcp" {
                 runner::mcp_tool(&snapshot.definition, "trigger")?;
+                check_scheduled_tool(&snapshot.definition, &(schedule_every_s, schedule_cron.clone()), schedule_field)?;
                 // A tool is called by its name: two deployments may not share one.
                 let name = crate::mcp::tool_name(&body.path);
                 if name.len() > crate::mcp::TOOL_NAME_BYTES_MAX {
@@ -252,6 +270,7 @@ pub struct Redeploy {
 /// path, id and trigger: how a new snapshot goes live without the deployment's URL changing.
 pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team, id)): Path<(String, String)>, JsonBody(body): JsonBody<Redeploy>) -> Result<Json<Deployment>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
+    let schedule_field = if body.schedule_cron.is_some() { "schedule_cron" } else if body.schedule_every_s.is_some() { "schedule_every_s" } else { "snapshot" };
     let reschedule = (body.schedule_every_s.is_some() || body.schedule_cron.is_some()).then(|| (body.schedule_every_s.flatten(), body.schedule_cron.flatten()));
     if let Some((every_s, cron)) = &reschedule {
         check_schedule(*every_s, cron.as_deref())?;
@@ -285,6 +304,10 @@ pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team,
             }
             if let Some((every_s, cron)) = reschedule {
                 (deployment.schedule_every_s, deployment.schedule_cron) = (every_s, cron);
+            }
+            if deployment.trigger == "mcp" {
+                let served = catalog::snapshot(connection, &team_name, &deployment.flow_id, Some(deployment.snapshot))?;
+                check_scheduled_tool(&served.definition, &(deployment.schedule_every_s, deployment.schedule_cron.clone()), schedule_field)?;
             }
             // One statement: a refused snapshot changes no schedule, and the other way round.
             catalog::update_deployment(connection, &deployment)?;

@@ -345,6 +345,44 @@ async fn deploying_a_missing_snapshot_says_what_the_flow_has() {
     assert!(refused["error"]["message"].as_str().unwrap().contains("has no snapshot 7; its latest is 1"), "{refused}");
 }
 
+/// A scheduled run of an MCP tool gives it `{"scheduled_at": …}` as arguments. A tool whose
+/// schema refuses them was deployed on a schedule all the same, and every run failed; such a
+/// schedule is refused by name, on POST and PATCH alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_whose_runs_an_mcp_tools_schema_refuses_is_refused() {
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    let tool = |name: &str, schema: Value| {
+        json!({
+            "name": name,
+            "blocks": [{"id": "args", "kind": "mcp", "config": {"input_schema": schema}}, {"id": "reply", "kind": "response"}],
+            "edges": [{"from": "args.arguments", "to": "reply.body"}]
+        })
+    };
+    let mut flows = Vec::new();
+    for (name, schema) in [("strict", json!({"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}})), ("open", json!({"type": "object"}))] {
+        let (_, flow) = server.post("/v1/teams/acme/flows", &owner, json!({"name": name, "definition": tool(name, schema)})).await;
+        let flow_id = flow["id"].as_str().unwrap().to_owned();
+        server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+        flows.push(flow_id);
+    }
+    let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flows[0], "path": "strict", "trigger": "mcp", "schedule_every_s": 60})).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_every_s")), "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("scheduled_at") && message.contains("\"name\" is a required property") && message.contains("trigger api"), "{refused}");
+    let (status, open) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flows[1], "path": "open", "trigger": "mcp", "schedule_every_s": 60})).await;
+    assert_eq!(status, StatusCode::CREATED, "a schema that takes the scheduled arguments may be scheduled: {open}");
+    // Unscheduled, the strict tool deploys; a schedule added later is refused and changes nothing.
+    let (status, strict) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flows[0], "path": "strict", "trigger": "mcp"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{strict}");
+    let id = strict["id"].as_str().unwrap();
+    let (status, refused) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{id}"), &owner, Some(json!({"schedule_cron": "* * * * *"}))).await;
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("schedule_cron")), "{refused}");
+    let (_, listed) = server.get("/v1/teams/acme/deployments", &owner).await;
+    let stored = listed["items"].as_array().unwrap().iter().find(|deployment| deployment["id"] == id).unwrap().clone();
+    assert_eq!(stored, strict, "{listed}");
+}
+
 /// Every mcp deployment is a tool, however many other deployments the team has: tools/list
 /// pages with `nextCursor`, and a call finds its tool by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
