@@ -275,10 +275,13 @@ pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'d
 /// The field a deserialization error is about: its path, completed by the name of a missing
 /// field (serde reports those at the enclosing object), or `whole` for the input as a whole.
 fn field_of(path: &str, message: &str, whole: &str) -> String {
-    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split_once('`')).map(|(name, _)| name);
+    let named = |prefix: &str| message.strip_prefix(prefix).and_then(|rest| rest.split_once('`')).map(|(name, _)| name);
+    // A missing field's path stops at the object that lacks it; a field given twice at the
+    // top (`?team=a&team=b`) is named only by the message.
+    let missing = named("missing field `");
     match (path, missing) {
         (".", Some(name)) => name.to_owned(),
-        (".", None) => whole.to_owned(),
+        (".", None) => named("duplicate field `").unwrap_or(whole).to_owned(),
         (path, Some(name)) => format!("{path}.{name}"),
         (path, None) => path.to_owned(),
     }

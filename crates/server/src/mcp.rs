@@ -187,8 +187,10 @@ async fn tools(state: &AppState, team: &str, cursor: Option<&str>) -> Result<(Ve
 }
 
 async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> Result<Value, ApiError> {
-    let Some(name) = params.get("name").and_then(Value::as_str) else {
-        return Ok(rpc_error(id, -32602, "params.name is missing"));
+    let name = match params.get("name") {
+        Some(Value::String(name)) => name.as_str(),
+        None | Some(Value::Null) => return Ok(rpc_error(id, -32602, "params.name is missing: give the name of a tool from tools/list")),
+        Some(other) => return Ok(rpc_error(id, -32602, format!("params.name must be a string (a tool's name from tools/list), not {other}"))),
     };
     let (team_name, tool) = (team.to_owned(), name.to_owned());
     let found = state
@@ -202,7 +204,8 @@ async fn call_tool(state: &AppState, team: &str, id: Value, params: &Value) -> R
     let Some((deployment, definition)) = found else {
         return Ok(rpc_error(id, -32602, format!("no tool named `{name}`")));
     };
-    let arguments = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
+    // Arguments left out, or null, are none: `{}`.
+    let arguments = params.get("arguments").filter(|arguments| !arguments.is_null()).cloned().unwrap_or_else(|| json!({}));
     let flow = crate::runner::load_flow(&definition)?;
     // Arguments the tool's schema refuses start no run (and so pause none).
     if let Err(problem) = flow.check_tool_arguments(&arguments) {

@@ -142,6 +142,12 @@ async fn mcp_lists_deployed_tools_and_calling_one_runs_the_flow() {
     assert_eq!(runs["items"].as_array().unwrap().len(), 1, "the call ran the flow with trigger mcp");
     let (_, unknown) = server.post("/mcp?team=acme", &owner, rpc(4, "tools/call", json!({"name": "nope"}))).await;
     assert_eq!(unknown["error"]["code"], -32602);
+    let (_, numbered) = server.post("/mcp?team=acme", &owner, rpc(4, "tools/call", json!({"name": 5}))).await;
+    assert!(numbered["error"]["message"].as_str().is_some_and(|message| message.contains("params.name must be a string")), "{numbered}");
+    // Arguments given as null are none (`{}`): the schema's own complaint, not one about null.
+    let (_, no_arguments) = server.post("/mcp?team=acme", &owner, rpc(4, "tools/call", json!({"name": "tools_greet", "arguments": null}))).await;
+    let message = no_arguments["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("input schema") && !message.contains("null"), "{no_arguments}");
     // A viewer sees the tools but may not run one.
     let viewer = server.member("acme", &owner, "viewer").await;
     let (_, listed) = server.post("/mcp?team=acme", &viewer, rpc(5, "tools/list", json!({}))).await;
@@ -1430,7 +1436,7 @@ async fn bad_bodies_and_queries_name_the_field() {
     let server = support::start().await;
     let owner = server.team("fields", "team").await;
     let many: Vec<String> = (1..=17).map(|amount| format!("{amount}")).collect();
-    let cases: [(Method, &str, Option<Value>, &str, &str); 17] = [
+    let cases: [(Method, &str, Option<Value>, &str, &str); 18] = [
         (Method::GET, "/v1/teams/fields/flows/flw_00000000000000000000/estimate?trigger=mcp&cloud_run=true", None, "cloud_run", "manual runs only"),
         (Method::GET, "/v1/teams/fields/runs?after=zzz", None, "after", "not a cursor"),
         // Every list ordered by ids takes only an id of its own kind as a cursor.
@@ -1449,6 +1455,7 @@ async fn bad_bodies_and_queries_name_the_field() {
         (Method::GET, "/v1/teams/fields/runs?limit=-1", None, "limit", "invalid digit"),
         (Method::GET, "/v1/teams/fields/runs?limit=0", None, "limit", ""),
         (Method::POST, "/mcp", Some(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})), "team", "missing field"),
+        (Method::POST, "/mcp?team=fields&team=other", Some(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})), "team", "duplicate field"),
     ];
     for (method, path, body, field, problem) in cases {
         let (status, refused) = server.call(method.clone(), path, &owner, body).await;
