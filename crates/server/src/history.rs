@@ -79,6 +79,19 @@ pub struct RunView {
     /// job is done).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runner: Option<RunnerHold>,
+    /// A paused run's reason and what brings the team's credits back, as its plan and settings
+    /// allow when read (absent for other runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for_credits: Option<String>,
+}
+
+impl RunView {
+    /// Says why a paused run waits, with `advice` (what brings credits back).
+    pub fn explain_pause(&mut self, advice: &str) {
+        if self.status == RunState::Paused {
+            self.waiting_for_credits = Some(format!("the team is out of credits; the run starts by itself when credits return: {advice}"));
+        }
+    }
 }
 
 /// Who has a private run's job. A run is `running` from its admission (it holds credits from
@@ -367,6 +380,7 @@ fn run_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunView> {
         blocks: None,
         blocks_omitted: None,
         runner,
+        waiting_for_credits: None,
     })
 }
 

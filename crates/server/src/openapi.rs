@@ -480,8 +480,9 @@ fn schemas() -> Value {
             "input": anything("the run's input"), "output": anything("the run's output"), "response": nullable(flow_response()),
             "blocks": list(reference("Block")), "blocks_omitted": count(),
             "runner": record(json!({"id": nullable(string()), "waiting_for_runner": flag(), "claims": count()}), &[]),
+            "waiting_for_credits": {"type": "string", "description": "a paused run: why it waits and what brings the team's credits back"},
         }),
-        &["blocks", "blocks_omitted", "runner"],
+        &["blocks", "blocks_omitted", "runner", "waiting_for_credits"],
     );
     let runner = record(json!({"id": string(), "team": string(), "name": string(), "created_at": instant(), "last_seen_at": nullable(instant()), "jobs_running": count()}), &[]);
     let job = record(

@@ -319,12 +319,23 @@ pub async fn list_runs(State(state): State<AppState>, caller: Caller, Path(team)
     }
     let filter = RunFilter { flow_id: query.flow_id.clone(), status, trigger: query.trigger.clone(), since_ms: instant("since", &query.since)?, until_ms: instant("until", &query.until)? };
     let page = crate::PageQuery { after: query.after, limit: query.limit }.request_by_id("run")?;
-    Ok(Json(state.history.read(&state.catalog, move |connection| history::runs(connection, &team, &filter, &page)).await?))
+    let team_name = team.clone();
+    let mut runs = state.history.read(&state.catalog, move |connection| history::runs(connection, &team_name, &filter, &page)).await?;
+    if runs.items.iter().any(|run| run.status == RunState::Paused) {
+        let advice = advice_for(&state, &team).await;
+        runs.items.iter_mut().for_each(|run| run.explain_pause(&advice));
+    }
+    Ok(Json(runs))
 }
 
 pub async fn get_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>) -> Result<Json<history::RunView>, ApiError> {
     caller.authorize(&state, &team, Action::Read).await?;
-    Ok(Json(state.history.read(&state.catalog, move |connection| history::run(connection, &team, &run)).await?))
+    let team_name = team.clone();
+    let mut view = state.history.read(&state.catalog, move |connection| history::run(connection, &team_name, &run)).await?;
+    if view.status == RunState::Paused {
+        view.explain_pause(&advice_for(&state, &team).await);
+    }
+    Ok(Json(view))
 }
 
 pub async fn cancel_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(NoFields {}): JsonBody<NoFields>) -> Result<Json<Value>, ApiError> {

@@ -160,3 +160,27 @@ async fn alerts_a_billing_change_passes_are_listed_when_it_is_answered() {
     let kinds: Vec<&str> = alerts["items"].as_array().unwrap().iter().filter_map(|alert| alert["alert"].as_str()).collect();
     assert!(kinds.contains(&"payg_0.010"), "listed at once: {alerts}");
 }
+
+/// A paused run says in history why it waits and what brings the credits back (what the 402
+/// said), in the run and in lists; other runs carry no such note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_run_says_why_it_waits_and_what_brings_credits_back() {
+    let server = support::start().await;
+    let owner = server.team("acme", "free").await;
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    let (status, done) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    let (status, paused) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "Free's 25 credits are spent");
+    let (said, paused) = (paused["error"]["message"].as_str().unwrap_or_default().to_owned(), paused["run_id"].as_str().unwrap().to_owned());
+    let (_, run) = server.get(&format!("/v1/teams/acme/runs/{paused}"), &owner).await;
+    let note = run["waiting_for_credits"].as_str().unwrap_or_else(|| panic!("no reason: {run}"));
+    let advice = note.split_once("credits return: ").map(|(_, advice)| advice).unwrap_or_else(|| panic!("{note}"));
+    assert!(note.contains("out of credits") && said.contains(advice), "history: {note}; the 402: {said}");
+    let (_, runs) = server.get("/v1/teams/acme/runs", &owner).await;
+    let items = runs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{runs}");
+    for item in items {
+        assert_eq!(item["waiting_for_credits"].is_string(), item["status"] == "paused", "{item}");
+    }
+}
