@@ -250,8 +250,13 @@ where
             if matches!(inner.classify(), serde_json::error::Category::Syntax | serde_json::error::Category::Eof) {
                 return not_json(inner);
             }
-            let message = inner.to_string();
-            ApiError::invalid(field_of(&path, &message, "body"), message)
+            let mut message = inner.to_string();
+            let field = field_of(&path, &message, "body");
+            // Money is exact: dollar amounts are decimal strings, never JSON numbers.
+            if field.contains("_usd") && message.contains("expected a string") {
+                message.push_str("; write dollars as a string with at most three decimals, such as \"0.200\"");
+            }
+            ApiError::invalid(field, message)
         })?;
         // Text after the value is refused, not ignored.
         deserializer.end().map_err(not_json)?;

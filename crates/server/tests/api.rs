@@ -1436,7 +1436,7 @@ async fn bad_bodies_and_queries_name_the_field() {
     let server = support::start().await;
     let owner = server.team("fields", "team").await;
     let many: Vec<String> = (1..=17).map(|amount| format!("{amount}")).collect();
-    let cases: [(Method, &str, Option<Value>, &str, &str); 18] = [
+    let cases: [(Method, &str, Option<Value>, &str, &str); 20] = [
         (Method::GET, "/v1/teams/fields/flows/flw_00000000000000000000/estimate?trigger=mcp&cloud_run=true", None, "cloud_run", "manual runs only"),
         (Method::GET, "/v1/teams/fields/runs?after=zzz", None, "after", "not a cursor"),
         // Every list ordered by ids takes only an id of its own kind as a cursor.
@@ -1455,6 +1455,8 @@ async fn bad_bodies_and_queries_name_the_field() {
         (Method::GET, "/v1/teams/fields/runs?limit=-1", None, "limit", "invalid digit"),
         (Method::GET, "/v1/teams/fields/runs?limit=0", None, "limit", ""),
         (Method::POST, "/mcp", Some(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})), "team", "missing field"),
+        (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_cap_usd": 0.2})), "payg_cap_usd", "write dollars as a string with at most three decimals, such as \"0.200\""),
+        (Method::PATCH, "/v1/teams/fields/billing", Some(json!({"payg_alerts_usd": ["1.000", 5]})), "payg_alerts_usd[1]", "write dollars as a string"),
         (Method::POST, "/mcp?team=fields&team=other", Some(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})), "team", "duplicate field"),
     ];
     for (method, path, body, field, problem) in cases {
