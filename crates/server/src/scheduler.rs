@@ -28,6 +28,7 @@ pub const ALERT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let mut next_due: HashMap<String, Timestamp> = HashMap::new();
     let mut ticks: u64 = 0;
+    let mut last_tick = Timestamp::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
@@ -37,14 +38,20 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             return;
         }
         ticks += 1;
-        if let Err(err) = run_due_schedules(&state, &mut next_due, Timestamp::now()).await {
+        let now = Timestamp::now();
+        // A new billing period may have started for a team with paused runs: looked at on the
+        // tick a period can begin (before that tick's scheduled runs, so the paused ones go
+        // first), and once a minute as a safety net (a clock that jumped).
+        if (periods_may_have_begun(last_tick, now) || ticks.is_multiple_of(60))
+            && let Err(err) = resume_for_new_periods(&state).await
+        {
+            tracing::warn!(error = %err, "resuming paused runs for new periods failed");
+        }
+        last_tick = now;
+        if let Err(err) = run_due_schedules(&state, &mut next_due, now).await {
             tracing::warn!(error = %err, "running scheduled deployments failed");
         }
-        // Once a minute: a new billing period may have started for a team with paused runs.
         if ticks.is_multiple_of(60) {
-            if let Err(err) = resume_for_new_periods(&state).await {
-                tracing::warn!(error = %err, "resuming paused runs for new periods failed");
-            }
             if let Err(err) = check_every_teams_alerts(&state).await {
                 tracing::warn!(error = %err, "checking usage alerts failed");
             }
@@ -64,6 +71,13 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Whether a billing period may have begun after `previous` and by `now`: every period starts at
+/// 00:00 UTC (on its team's anchor day), so only ticks that cross a midnight need to look.
+fn periods_may_have_begun(previous: Timestamp, now: Timestamp) -> bool {
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+    previous.as_millisecond().div_euclid(DAY_MS) != now.as_millisecond().div_euclid(DAY_MS)
 }
 
 /// When a scheduled deployment next runs after `now`: its cron expression's next minute, or
@@ -345,6 +359,19 @@ async fn attempt_delivery(state: &AppState, team: &str, id: &str, body: &str) ->
 mod tests {
     use super::*;
     use crate::auth::Role;
+
+    /// Paused runs are resumed on the first tick past 00:00 UTC, when periods begin, not up to
+    /// a minute later; ticks within a day do not look.
+    #[test]
+    fn only_ticks_that_cross_midnight_utc_look_for_new_periods() {
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        assert!(periods_may_have_begun(at("2026-03-31T23:59:59.600Z"), at("2026-04-01T00:00:00.600Z")));
+        assert!(periods_may_have_begun(at("2026-03-31T23:59:59Z"), at("2026-04-01T00:00:00Z")));
+        assert!(!periods_may_have_begun(at("2026-04-01T00:00:00Z"), at("2026-04-01T00:00:01Z")));
+        assert!(!periods_may_have_begun(at("2026-04-01T11:59:59Z"), at("2026-04-01T12:00:00Z")));
+        // A tick late by more than a day still crosses.
+        assert!(periods_may_have_begun(at("2026-04-01T23:00:00Z"), at("2026-04-03T01:00:00Z")));
+    }
     use crate::catalog::Deployment;
     use crate::history::RunState;
 
