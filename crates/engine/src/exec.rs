@@ -826,10 +826,7 @@ impl<'a> Frame<'a> {
             Op::Evaluate(script) => {
                 let (script, input) = (Arc::clone(script), input_named("input").unwrap_or(Value::Null));
                 async move {
-                    let result = match tokio::task::spawn_blocking(move || script.run(&input)).await {
-                        Ok(result) => result,
-                        Err(err) => Err(format!("the script engine stopped unexpectedly: {err}")),
-                    };
+                    let result = script.run_in_turn(input).await;
                     single(result.map(|value| vec![(0, value)]), usage)
                 }
                 .boxed()

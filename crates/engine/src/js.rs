@@ -24,6 +24,20 @@ pub const EVALUATE_MEMORY_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const EVALUATE_STACK_BYTES_MAX: usize = 512 * 1024;
 /// Longest script source, in bytes.
 pub const EVALUATE_SOURCE_BYTES_MAX: usize = 256 * 1024;
+/// Scripts running at once in this process, at most; more wait their turn (their time limit
+/// starts when they run). Each may use [`EVALUATE_MEMORY_BYTES_MAX`], so this bounds what
+/// scripts take together (1 GiB), however many runs and parallel branches there are.
+pub const EVALUATE_CONCURRENT_MAX: usize = 16;
+
+static SCRIPT_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(EVALUATE_CONCURRENT_MAX);
+/// Scripts running now, and the most that ever ran at once (for tests and monitoring).
+static SCRIPTS_RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SCRIPTS_RUNNING_PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most scripts that have run at once in this process.
+pub fn scripts_running_peak() -> usize {
+    SCRIPTS_RUNNING_PEAK.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The vetted packages: name, version and the built single-file source shipped in the crate.
 pub const PACKAGES: &[(&str, &str, &str)] = &[
@@ -95,6 +109,18 @@ impl Script {
         }
         script.body = body;
         script
+    }
+
+    /// Runs the script on `input` on the blocking pool once one of the process's
+    /// [`EVALUATE_CONCURRENT_MAX`] turns is free.
+    pub async fn run_in_turn(self: std::sync::Arc<Self>, input: Value) -> Result<Value, String> {
+        use std::sync::atomic::Ordering;
+        let _turn = SCRIPT_TURNS.acquire().await.map_err(|err| format!("the script engine stopped unexpectedly: {err}"))?;
+        let running = SCRIPTS_RUNNING.fetch_add(1, Ordering::Relaxed) + 1;
+        SCRIPTS_RUNNING_PEAK.fetch_max(running, Ordering::Relaxed);
+        let result = tokio::task::spawn_blocking(move || self.run(&input)).await;
+        SCRIPTS_RUNNING.fetch_sub(1, Ordering::Relaxed);
+        result.unwrap_or_else(|err| Err(format!("the script engine stopped unexpectedly: {err}")))
     }
 
     /// Runs the script on `input`. Blocking: call it off the async threads.

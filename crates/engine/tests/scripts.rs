@@ -141,3 +141,24 @@ async fn a_result_nested_too_deep_says_so() {
     let error = error(&report);
     assert!(error.contains("the result is nested more than 128 levels deep"), "{error}");
 }
+
+/// Scripts from many runs at once take turns: never more than the process's limit run
+/// together (each may use the whole memory limit), and every one still gets its result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_from_many_runs_take_turns_within_the_process_limit() {
+    let limit = flowcredits_engine::js::EVALUATE_CONCURRENT_MAX;
+    let mut runs = tokio::task::JoinSet::new();
+    for n in 0..3 * limit {
+        // Busy for 200 ms, so that the runs overlap.
+        let config = "{ code: 'const until = Date.now() + 200; while (Date.now() < until) {} return input + 1;', timeout_ms: 5000 }";
+        runs.spawn(async move { (n, result(&script("evaluate", config, json!(n)).await)) });
+    }
+    let mut seen = 0;
+    while let Some(joined) = runs.join_next().await {
+        let (n, value) = joined.unwrap();
+        assert_eq!(value, json!(n + 1));
+        seen += 1;
+    }
+    assert_eq!(seen, 3 * limit);
+    assert_eq!(flowcredits_engine::js::scripts_running_peak(), limit, "as many as the limit ran at once, and no more");
+}
