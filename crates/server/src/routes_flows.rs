@@ -206,7 +206,9 @@ pub async fn create_deployment(State(state): State<AppState>, caller: Caller, Pa
     let deployment = state
         .catalog
         .call(move |connection| {
-            let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot)?;
+            // A snapshot named in the body that the flow lacks is that field's problem; with
+            // none named, a flow without any snapshot is not found (nothing to deploy).
+            let snapshot = catalog::snapshot(connection, &team, &body.flow_id, body.snapshot).map_err(|err| if body.snapshot.is_some() { snapshot_field_error(err) } else { err })?;
             // A flow with a `schedule` trigger runs on its own schedule unless the deployment sets one.
             let schedule_field = if body.schedule_cron.is_some() { "schedule_cron" } else if body.schedule_every_s.is_some() { "schedule_every_s" } else { "trigger" };
             let (schedule_every_s, schedule_cron) = match (body.schedule_every_s, body.schedule_cron) {
@@ -283,11 +285,7 @@ pub async fn redeploy(State(state): State<AppState>, caller: Caller, Path((team,
         .call(move |connection| {
             let mut deployment = catalog::deployment(connection, &team_name, &id)?;
             if resnapshot {
-                let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, body.snapshot).map_err(|err| match err {
-                    ApiError::NotFound(what) => ApiError::invalid("snapshot", format!("the flow has no {what}")),
-                    ApiError::NotFoundBecause(why) => ApiError::invalid("snapshot", why),
-                    other => other,
-                })?;
+                let snapshot = catalog::snapshot(connection, &team_name, &deployment.flow_id, body.snapshot).map_err(snapshot_field_error)?;
                 if deployment.trigger == "mcp" {
                     runner::mcp_tool(&snapshot.definition, "snapshot")?;
                 }
@@ -332,4 +330,13 @@ pub async fn delete_deployment(State(state): State<AppState>, caller: Caller, Pa
         state.runner.cancel(&state, &team, &run, "cancelled: its deployment was deleted before credits returned").await?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A missing snapshot, named by a request's `snapshot` field, as that field's error.
+fn snapshot_field_error(err: ApiError) -> ApiError {
+    match err {
+        ApiError::NotFound(what) => ApiError::invalid("snapshot", format!("the flow has no {what}")),
+        ApiError::NotFoundBecause(why) => ApiError::invalid("snapshot", why),
+        other => other,
+    }
 }

@@ -340,10 +340,10 @@ async fn deploying_a_missing_snapshot_says_what_the_flow_has() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
     assert_eq!(refused["error"]["message"], format!("flow {flow_id} has no snapshot yet: take one with POST /v1/teams/acme/flows/{flow_id}/snapshots"), "{refused}");
     server.post(&format!("/v1/teams/acme/flows/{flow_id}/snapshots"), &owner, json!(null)).await;
+    // A snapshot the body names and the flow lacks is that field's problem, on POST as on PATCH.
     let (status, refused) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "work", "snapshot": 7})).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
-    assert!(refused["error"]["message"].as_str().unwrap().starts_with(&format!("flow {flow_id} has no snapshot 7; its latest is 1")), "{refused}");
-    // A PATCH names the field, with the same words.
+    assert_eq!((status, refused["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("snapshot")), "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains(&format!("flow {flow_id} has no snapshot 7; its latest is 1")), "{refused}");
     let (status, deployed) = server.post("/v1/teams/acme/deployments", &owner, json!({"flow_id": flow_id, "path": "work"})).await;
     assert_eq!(status, StatusCode::CREATED, "{deployed}");
     let (status, refused) = server.call(Method::PATCH, &format!("/v1/teams/acme/deployments/{}", deployed["id"].as_str().unwrap()), &owner, Some(json!({"snapshot": 7}))).await;
