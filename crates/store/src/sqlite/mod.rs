@@ -70,9 +70,7 @@ struct Shared {
     stats: Arc<stats::StatCounters>,
     checkpointer: Option<Checkpointer>,
     /// Why the writer refuses every write until the store is opened again (a sync the disk did
-    /// not confirm), set by the first write answered so; never cleared. Shared with the
-    /// callbacks that see the answers, not the store itself: a callback may run last on the
-    /// writer's thread, which must not be the one to drop the store.
+    /// not confirm), set by the syncer when a sync fails; never cleared.
     write_failure: Arc<OnceLock<String>>,
     /// Held while the store is open: the writer's cached team states are only right while it
     /// is the file's one writer. The operating system releases it if the process dies.
@@ -194,16 +192,17 @@ impl SqliteStore {
         let rules = Arc::new(options.rules.clone());
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
         let stats = Arc::new(stats::StatCounters::default());
+        let write_failure = Arc::new(OnceLock::new());
         let syncer = match options.durability {
             // The WAL is named after the file SQLite opened, which is the database's real path
             // (SQLite follows symbolic links); a WAL looked for beside a link would not exist.
-            Durability::Full => Some(syncer::Syncer::start(conn.path().map_or_else(|| real_path(&path), std::path::PathBuf::from), Arc::clone(&stats))?),
+            Durability::Full => Some(syncer::Syncer::start(conn.path().map_or_else(|| real_path(&path), std::path::PathBuf::from), Arc::clone(&stats), Arc::clone(&write_failure))?),
             Durability::Normal => None,
         };
         let writer = Writer::new(conn, rules, decision_ns.clone(), syncer, Arc::clone(&stats))?;
         let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
-        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), write_failure: Arc::default(), _writer_lock: writer_lock };
+        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), write_failure, _writer_lock: writer_lock };
         Ok(SqliteStore { shared: Arc::new(shared) })
     }
 
@@ -222,8 +221,7 @@ impl SqliteStore {
     }
 
     fn call(&self, op: Op) -> Result<Reply> {
-        let failure = Arc::clone(&self.shared.write_failure);
-        crate::wait_for(|done: Done<Reply>| self.submit(op, Box::new(move |reply| done(noting_failure(&failure, reply)))))
+        crate::wait_for(|done| self.submit(op, done))
     }
 
     /// Queues `op` for the writer; `done` gets the writer's reply once the op's group is
@@ -237,8 +235,7 @@ impl SqliteStore {
 
     /// Submits `op` and hands `done` the reply as `T`, or `Reply`'s mismatch as corruption.
     fn submit_expecting<T: 'static>(&self, op: Op, expect: fn(Reply) -> std::result::Result<T, Reply>, done: Done<T>) {
-        let failure = Arc::clone(&self.shared.write_failure);
-        self.submit(op, Box::new(move |reply| done(noting_failure(&failure, reply).and_then(|reply| expect(reply).map_err(unexpected)))));
+        self.submit(op, Box::new(move |reply| done(reply.and_then(|reply| expect(reply).map_err(unexpected)))));
     }
 
     /// Runs `f` on an idle read connection (opening one if none is idle).
@@ -255,15 +252,6 @@ impl SqliteStore {
         }
         result
     }
-}
-
-/// Passes `reply` on, first keeping the cause of the first [`StoreError::SyncFailed`]: from then
-/// on the writer refuses every write (see `syncer`), and [`LedgerStore::write_failure`] says so.
-fn noting_failure(failure: &OnceLock<String>, reply: Result<Reply>) -> Result<Reply> {
-    if let Err(StoreError::SyncFailed(cause)) = &reply {
-        let _ = failure.set(cause.clone());
-    }
-    reply
 }
 
 fn unexpected(reply: Reply) -> StoreError {

@@ -19,8 +19,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
@@ -34,28 +33,28 @@ pub(crate) type Answers = Vec<(ReplyTo, Result<Reply>)>;
 pub(crate) struct Syncer {
     groups: Option<Sender<Answers>>,
     thread: Option<JoinHandle<()>>,
-    /// Set once a sync failed; never cleared.
-    failed: Arc<AtomicBool>,
+    /// Why a sync failed, set by the first that did; never cleared.
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Syncer {
-    /// Starts the syncer for the WAL file of the database at `database`.
-    pub(crate) fn start(database: PathBuf, stats: Arc<StatCounters>) -> Result<Syncer> {
+    /// Starts the syncer for the WAL file of the database at `database`. The cause of the
+    /// first failed sync goes into `failure`, which the store reads for health checks.
+    pub(crate) fn start(database: PathBuf, stats: Arc<StatCounters>, failure: Arc<OnceLock<String>>) -> Result<Syncer> {
         let mut wal = database.into_os_string();
         wal.push("-wal");
         let (groups, queue) = mpsc::channel();
-        let failed = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&failed);
+        let noted = Arc::clone(&failure);
         let thread = std::thread::Builder::new()
             .name("ledger-sync".into())
-            .spawn(move || sync_loop(PathBuf::from(wal), queue, &flag, &stats))
+            .spawn(move || sync_loop(PathBuf::from(wal), queue, &noted, &stats))
             .map_err(|err| StoreError::Aborted(format!("cannot start the sync thread: {err}")))?;
-        Ok(Syncer { groups: Some(groups), thread: Some(thread), failed })
+        Ok(Syncer { groups: Some(groups), thread: Some(thread), failure })
     }
 
     /// Whether a sync failed: what the disk holds past it is unknown.
     pub(crate) fn failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        self.failure.get().is_some()
     }
 
     /// Answers a committed group's callers once the WAL holding it is on disk.
@@ -77,25 +76,26 @@ impl Drop for Syncer {
     }
 }
 
-fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failed: &AtomicBool, stats: &StatCounters) {
+fn sync_loop(wal: PathBuf, queue: Receiver<Answers>, failure: &OnceLock<String>, stats: &StatCounters) {
     // Opened on first use, and kept: the same file while the writer's connection is open.
     let mut file: Option<File> = None;
     while let Ok(first) = queue.recv() {
         let mut groups = vec![first];
         groups.extend(queue.try_iter());
-        let failure = if failed.load(Ordering::SeqCst) {
+        let unconfirmed = if failure.get().is_some() {
             Some(Unconfirmed::SyncFailed("an earlier sync failed".into()))
         } else {
             let started = std::time::Instant::now();
             let synced = sync(&wal, &mut file);
             stats.synced(started.elapsed());
             synced.err().map(|err| {
-                failed.store(true, Ordering::SeqCst);
-                Unconfirmed::SyncFailed(format!("fdatasync of {}: {err}", wal.display()))
+                let cause = format!("fdatasync of {}: {err}", wal.display());
+                let _ = failure.set(cause.clone());
+                Unconfirmed::SyncFailed(cause)
             })
         };
         for answers in groups {
-            answer(answers, failure.as_ref());
+            answer(answers, unconfirmed.as_ref());
         }
     }
 }
@@ -161,7 +161,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let database = dir.join("ledger.db");
         std::fs::write(dir.join("ledger.db-wal"), b"frames").unwrap();
-        let syncer = Syncer::start(database, Arc::default()).unwrap();
+        let syncer = Syncer::start(database, Arc::default(), Arc::default()).unwrap();
         let (group, heard) = answers();
         syncer.acknowledge(group);
         assert!(matches!(heard.recv().unwrap(), Ok(Reply::Done)));
@@ -177,7 +177,7 @@ mod tests {
         // A directory where the WAL file should be: it cannot be opened for writing.
         let dir = std::env::temp_dir().join(format!("flowcredits-syncer-fails-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("ledger.db-wal")).unwrap();
-        let syncer = Syncer::start(dir.join("ledger.db"), Arc::default()).unwrap();
+        let syncer = Syncer::start(dir.join("ledger.db"), Arc::default(), Arc::default()).unwrap();
         for _ in 0..2 {
             let (group, heard) = answers();
             syncer.acknowledge(group);
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn a_missing_wal_file_confirms_nothing() {
         let database = std::env::temp_dir().join(format!("flowcredits-syncer-nowal-{}", std::process::id())).join("ledger.db");
-        let syncer = Syncer::start(database, Arc::default()).unwrap();
+        let syncer = Syncer::start(database, Arc::default(), Arc::default()).unwrap();
         let (group, heard) = answers();
         syncer.acknowledge(group);
         assert!(matches!(heard.recv().unwrap(), Err(StoreError::SyncFailed(cause)) if cause.contains("ledger.db-wal")));
