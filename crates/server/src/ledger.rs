@@ -105,6 +105,12 @@ fn billing_refusal(err: StoreError, fields: &[&str], team: &str) -> ApiError {
     }
 }
 
+/// Now, to the millisecond, as the ledger keeps instants: what a billing change or purchase
+/// answers is what its lists show later.
+fn now_to_the_millisecond() -> Result<Timestamp, ApiError> {
+    Timestamp::from_millisecond(Timestamp::now().as_millisecond()).map_err(ApiError::internal)
+}
+
 fn team_name(team: &str) -> Result<TeamName, ApiError> {
     // An impossible team name cannot name an existing team.
     TeamName::new(team).map_err(|_| ApiError::NotFound(format!("team {team}")))
@@ -255,9 +261,7 @@ impl Ledger {
     /// Applies one billing change; a purchase returns the grant it made.
     pub async fn change_billing(&self, team: &str, user_id: &str, change: BillingChange) -> Result<Option<flowcredits_core::Grant>, ApiError> {
         let (name, actor) = (team_name(team)?, actor(user_id)?);
-        // To the millisecond, as the ledger keeps instants: what a purchase answers is what its
-        // list shows later.
-        let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).map_err(ApiError::internal)?;
+        let now = now_to_the_millisecond()?;
         let changed = self.blocking(move |store| store.change_billing(&name, &actor, now, change)).await;
         self.teams.remove(&team.to_owned());
         changed
@@ -268,7 +272,7 @@ impl Ledger {
     /// comes with the API field it was sent in, which a refusal names.
     pub async fn change_billing_all(&self, team: &str, user_id: &str, changes: Vec<(&'static str, BillingChange)>) -> Result<(), ApiError> {
         let (name, actor) = (team_name(team)?, actor(user_id)?);
-        let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).map_err(ApiError::internal)?;
+        let now = now_to_the_millisecond()?;
         let (fields, changes): (Vec<&'static str>, Vec<BillingChange>) = changes.into_iter().unzip();
         let store = Arc::clone(&self.store);
         let changed = tokio::task::spawn_blocking(move || store.change_billing_all(&name, &actor, now, changes)).await.map_err(ApiError::internal)?;
@@ -280,9 +284,7 @@ impl Ledger {
     /// answered with its grant (`replayed`) instead of buying again.
     pub async fn purchase(&self, team: &str, user_id: &str, credits: Credits, expires_at: Option<Timestamp>, key: Option<IdempotencyKey>) -> Result<Purchased, ApiError> {
         let (name, actor) = (team_name(team)?, actor(user_id)?);
-        // To the millisecond, as the ledger keeps instants: what a purchase answers is what its
-        // list shows later.
-        let now = Timestamp::from_millisecond(Timestamp::now().as_millisecond()).map_err(ApiError::internal)?;
+        let now = now_to_the_millisecond()?;
         let purchased = self.blocking(move |store| store.purchase(&name, &actor, now, Purchase { credits, expires_at, key })).await;
         self.teams.remove(&team.to_owned());
         purchased
