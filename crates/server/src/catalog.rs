@@ -198,6 +198,14 @@ pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// The UTC day (days since the Unix epoch) of an instant in Unix milliseconds. Billing periods
+/// begin at 00:00 UTC, so whole days tile them: the unit of the per-flow usage rollup, and the
+/// only ticks at which a period can begin.
+pub(crate) fn utc_day(ms: i64) -> i64 {
+    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+    ms.div_euclid(DAY_MS)
+}
+
 pub(crate) fn ms_to_text(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|at| at.to_string()).unwrap_or_default()
 }

@@ -156,10 +156,6 @@ impl RunEnd<'_> {
     }
 }
 
-/// A UTC day, as [`FLOW_USAGE_DAY_MS`] milliseconds since the Unix epoch: the unit of the
-/// per-flow usage rollup. Billing periods start at 00:00 UTC, so whole days tile them exactly.
-const FLOW_USAGE_DAY_MS: i64 = 24 * 60 * 60 * 1000;
-
 /// Changes to the per-flow usage rollup, summed by team, day and flow until written: the
 /// history writer writes a batch's in one upsert per flow and day rather than one per run.
 #[derive(Default)]
@@ -172,7 +168,7 @@ impl FlowUsageTally {
         if runs == 0 && credits == 0 {
             return;
         }
-        let sums = self.0.entry((team.to_owned(), created_ms.div_euclid(FLOW_USAGE_DAY_MS), flow_id.to_owned())).or_default();
+        let sums = self.0.entry((team.to_owned(), crate::catalog::utc_day(created_ms), flow_id.to_owned())).or_default();
         sums.0 += runs;
         sums.1 += credits;
     }
@@ -487,7 +483,7 @@ pub fn usage_by_flow(connection: &Connection, team: &str, start_ms: i64, end_ms:
                SELECT u.flow_id, f.name, SUM(u.runs), SUM(u.credits) FROM usage u LEFT JOIN flows f ON f.id = u.flow_id AND f.team = ?1
                GROUP BY u.flow_id ORDER BY SUM(u.credits) DESC, u.flow_id";
     let (from, to) = (crate::catalog::first_id_at("run", start_ms), crate::catalog::first_id_at("run", end_ms));
-    let (first_day, end_day) = (start_ms.div_euclid(FLOW_USAGE_DAY_MS), end_ms.div_euclid(FLOW_USAGE_DAY_MS));
+    let (first_day, end_day) = (crate::catalog::utc_day(start_ms), crate::catalog::utc_day(end_ms));
     let mut statement = connection.prepare_cached(sql)?;
     let rows = statement.query_map(params![team, first_day, end_day, from, to], |row| Ok(FlowUsage { flow_id: row.get(0)?, name: row.get(1)?, runs: row.get::<_, i64>(2)? as u64, credits: row.get::<_, i64>(3)? as u64 }))?;
     let mut flows: Vec<FlowUsage> = rows.collect::<Result<_, _>>()?;

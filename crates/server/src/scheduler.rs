@@ -76,8 +76,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
 /// Whether a billing period may have begun after `previous` and by `now`: every period starts at
 /// 00:00 UTC (on its team's anchor day), so only ticks that cross a midnight need to look.
 fn periods_may_have_begun(previous: Timestamp, now: Timestamp) -> bool {
-    const DAY_MS: i64 = 24 * 60 * 60 * 1000;
-    previous.as_millisecond().div_euclid(DAY_MS) != now.as_millisecond().div_euclid(DAY_MS)
+    catalog::utc_day(previous.as_millisecond()) != catalog::utc_day(now.as_millisecond())
 }
 
 /// When a scheduled deployment next runs after `now`: its cron expression's next minute, or
