@@ -407,12 +407,14 @@ async fn restore_lost_history(state: &AppState, now: Timestamp) -> Result<usize,
         .catalog
         .call(move |connection| {
             let transaction = connection.transaction()?;
+            let mut tally = history::FlowUsageTally::default();
             for (team, id, context, credits, created_ms, ended_ms, status, error) in &rows {
                 let (trigger, location) = (context.trigger().as_str(), context.location().as_str());
                 let row = history::NewRun { id, team, flow_id: history::LEDGER_FLOW_ID, snapshot: None, deployment_id: None, trigger, location, status: RunState::Running, input: &Value::Null, at_ms: *created_ms };
                 let end = history::RunEnd { state: *status, at_ms: *ended_ms, credits: *credits, output: &Value::Null, error: Some(error.as_str()), response: None };
-                history::insert_run(&transaction, &row, Some(&end))?;
+                history::insert_run_tallied(&transaction, &row, Some(&end), &mut tally)?;
             }
+            tally.write(&transaction)?;
             Ok(transaction.commit()?)
         })
         .await?;
