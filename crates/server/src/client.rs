@@ -27,7 +27,6 @@ use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::history::RunState;
-use crate::jobs::COMPLETION_ERROR_BYTES_MAX;
 use crate::routes_runs::{LOCAL_CHARGES_MAX, LOCAL_RUN_VALUE_BYTES_MAX};
 use crate::runner::{RunReply, reply_from_report};
 
@@ -189,7 +188,7 @@ impl ServerMeter {
         };
         let mut body = json!({"output": kept_value(&output)});
         if let Some(error) = error {
-            body["error"] = json!(truncated(error, COMPLETION_ERROR_BYTES_MAX));
+            body["error"] = json!(crate::jobs::error_within_limit(error));
         }
         let server_run = self.server_run(run)?;
         self.post(&format!("/local-runs/{server_run}/end"), body).await.map(drop)
@@ -218,18 +217,6 @@ fn kept_value(value: &Value) -> Value {
         return value.clone();
     }
     json!({"omitted": format!("{bytes} bytes of JSON, more than the server keeps ({LOCAL_RUN_VALUE_BYTES_MAX})")})
-}
-
-/// `text` cut to at most `bytes_max` bytes, on a character boundary.
-fn truncated(mut text: String, bytes_max: usize) -> String {
-    if text.len() > bytes_max {
-        let mut end = bytes_max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// One execution as the charges endpoints read it, with its trace when the engine kept one.

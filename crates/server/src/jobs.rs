@@ -49,6 +49,27 @@ pub const JOB_CLAIMS_MAX: u32 = 5;
 pub const QUEUED_JOBS_PER_TEAM_MAX: u32 = 1_000;
 /// Longest error message a runner may report, in bytes.
 pub const COMPLETION_ERROR_BYTES_MAX: usize = 64 * 1024;
+
+/// Refuses a reported run error longer than [`COMPLETION_ERROR_BYTES_MAX`], naming `error`.
+pub(crate) fn check_completion_error(error: Option<&str>) -> Result<(), ApiError> {
+    if error.is_some_and(|error| error.len() > COMPLETION_ERROR_BYTES_MAX) {
+        return Err(ApiError::invalid("error", format!("is longer than {COMPLETION_ERROR_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+/// A run error cut to [`COMPLETION_ERROR_BYTES_MAX`] bytes (on a character boundary), as a
+/// client reports it so that the server takes it.
+pub(crate) fn error_within_limit(mut text: String) -> String {
+    if text.len() > COMPLETION_ERROR_BYTES_MAX {
+        let mut end = COMPLETION_ERROR_BYTES_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
 /// Most jobs one sweep gives up (the rest wait for the next sweep).
 const SWEEP_JOBS_MAX: u32 = 100;
 
@@ -471,9 +492,7 @@ pub async fn complete(State(state): State<AppState>, bearer: Bearer, Path((team,
     if let Some(response) = body.response.as_ref().filter(|response| !(100..=599).contains(&response.status)) {
         return Err(ApiError::invalid("response.status", format!("{} is not an HTTP status (100 to 599)", response.status)));
     }
-    if body.error.as_ref().is_some_and(|error| error.len() > COMPLETION_ERROR_BYTES_MAX) {
-        return Err(ApiError::invalid("error", format!("is longer than {COMPLETION_ERROR_BYTES_MAX} bytes")));
-    }
+    check_completion_error(body.error.as_deref())?;
     renew_lease(&state, &team, &run, &runner.id).await?;
     state.ledger.end_run(&team, &run).await?;
     let credits = state.ledger.run_credits(&team, &run).await?;

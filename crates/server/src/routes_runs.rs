@@ -566,9 +566,7 @@ pub async fn charge_local_run(State(state): State<AppState>, caller: Caller, Pat
 pub async fn end_local_run(State(state): State<AppState>, caller: Caller, Path((team, run)): Path<(String, String)>, JsonBody(body): JsonBody<LocalRunEnd>) -> Result<Json<Value>, ApiError> {
     caller.authorize(&state, &team, Action::Build).await?;
     check_value_size("output", &body.output)?;
-    if body.error.as_ref().is_some_and(|error| error.len() > crate::jobs::COMPLETION_ERROR_BYTES_MAX) {
-        return Err(ApiError::invalid("error", format!("is longer than {} bytes", crate::jobs::COMPLETION_ERROR_BYTES_MAX)));
-    }
+    crate::jobs::check_completion_error(body.error.as_deref())?;
     local_run_declared(&state, &team, &run).await?;
     state.ledger.end_run(&team, &run).await?;
     let credits = state.ledger.run_credits(&team, &run).await?;
