@@ -288,7 +288,8 @@ pub fn completion_json(reply: &RunReply) -> Value {
         "state": reply.state.as_str(),
         "response": reply.response.as_ref().map(|(status, body)| json!({"status": status, "body": body})),
         "output": reply.output,
-        "error": reply.error,
+        // Cut to what the server takes: a longer one would refuse the whole completion.
+        "error": reply.error.clone().map(error_within_limit),
     })
 }
 
@@ -546,4 +547,23 @@ pub async fn sweep(state: &AppState, team: Option<&str>) -> Result<usize, ApiErr
         finish_job(state, team, RunReply { run_id: run.clone(), state: run_state, credits, response: None, output: Value::Null, error: Some(error) }).await;
     }
     Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A runner reports a run's error however long it was, cut to what the server takes (on a
+    /// character boundary), so that the completion is not refused for it.
+    #[test]
+    fn a_completion_carries_an_error_the_server_takes() {
+        let error = format!("{}é", "x".repeat(COMPLETION_ERROR_BYTES_MAX - 1));
+        let reply = RunReply { run_id: "run_1".into(), state: RunState::Failed, credits: flowcredits_core::Credits(3), response: None, output: Value::Null, error: Some(error) };
+        let sent = completion_json(&reply);
+        let sent_error = sent["error"].as_str().unwrap();
+        assert_eq!(sent_error.len(), COMPLETION_ERROR_BYTES_MAX - 1, "the two-byte character that would cross the limit is left out");
+        assert!(check_completion_error(Some(sent_error)).is_ok());
+        let short = RunReply { error: Some("boom".into()), ..reply };
+        assert_eq!(completion_json(&short)["error"], "boom");
+    }
 }
