@@ -2,7 +2,7 @@
 //! exact when the graph fixes it, otherwise a minimum plus the cost of each iteration of the
 //! loops whose length is only known at run time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flowcredits_core::{BlockKind, Credits, RunContext, Rules, Timestamp};
@@ -110,7 +110,7 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// Adds one flow's blocks, each run `times` times (when `certain`) per run.
     fn flow(&mut self, flow: &Flow, at: &str, times: u64, certain: bool) -> Result<(), EngineError> {
-        let mut memo = HashMap::new();
+        let mut memo = vec![None; flow.blocks.len()];
         for (b, block) in flow.blocks.iter().enumerate() {
             let usage = match &block.op {
                 Op::Ai(spec) => spec.planned_usage(),
@@ -126,7 +126,7 @@ impl Walk<'_> {
             if price.is_zero() && !is_flow {
                 continue;
             }
-            let runs_surely = certain && is_certain(flow, b, &mut memo) && flow_loops_certain(flow, b, &mut memo);
+            let runs_surely = certain && surely_runs(flow, b, &mut memo);
             let (known, unknown_loop) = multiplicity(flow, b);
             let count = times.saturating_mul(known);
             if let Op::Flow { name } = &block.op {
@@ -301,8 +301,10 @@ fn ways(flow: &Flow, b: BlockIx) -> Option<Vec<Vec<usize>>> {
     }
 }
 
-/// Whether block `b` runs when each routing block emits on the ports `chosen` for it: as
-/// `is_certain`, with the chosen ports firing and the others not.
+/// Whether block `b` runs when each routing block emits on the ports `chosen` for it (a
+/// routing block not in `chosen` fires none of its routed ports): every input it takes has
+/// arrived (one of a multi-input's), every outside value its loop body reads too, and its
+/// enclosing loop runs.
 fn runs_in(flow: &Flow, b: BlockIx, chosen: &[Option<&[usize]>], memo: &mut Vec<Option<bool>>) -> bool {
     if let Some(known) = memo[b] {
         return known;
@@ -310,7 +312,7 @@ fn runs_in(flow: &Flow, b: BlockIx, chosen: &[Option<&[usize]>], memo: &mut Vec<
     // Settled first, so that a `stop` edge back into a loop cannot recurse forever.
     memo[b] = Some(false);
     let fires = |from: BlockIx, out: usize, memo: &mut Vec<Option<bool>>| {
-        let port_fires = !flow.blocks[from].outputs[out].routed || chosen[from].is_some_and(|ports| ports.contains(&out));
+        let port_fires = !flow.blocks[from].outputs[out].routed || chosen.get(from).copied().flatten().is_some_and(|ports| ports.contains(&out));
         port_fires && runs_in(flow, from, chosen, memo)
     };
     let block = &flow.blocks[b];
@@ -352,11 +354,11 @@ fn runs_in(flow: &Flow, b: BlockIx, chosen: &[Option<&[usize]>], memo: &mut Vec<
 /// included). A run is stopped when it reaches its execution limit, so a flow whose fixed
 /// count reaches it can never finish: it is refused before it is admitted and charged anything.
 pub(crate) fn certain_executions(flow: &Flow, flows: &BTreeMap<String, Arc<Flow>>) -> u64 {
-    let mut memo = HashMap::new();
+    let mut memo = vec![None; flow.blocks.len()];
     let mut total = 0u64;
     for (b, block) in flow.blocks.iter().enumerate() {
         let (known, unknown_loop) = multiplicity(flow, b);
-        if unknown_loop.is_some() || !(is_certain(flow, b, &mut memo) && flow_loops_certain(flow, b, &mut memo)) {
+        if unknown_loop.is_some() || !surely_runs(flow, b, &mut memo) {
             continue;
         }
         let once = match &block.op {
@@ -368,60 +370,10 @@ pub(crate) fn certain_executions(flow: &Flow, flows: &BTreeMap<String, Arc<Flow>
     total
 }
 
-/// Whether a block runs every time its scope runs: nothing upstream of it (in its flow) is a
-/// routing port that might not fire.
-fn is_certain(flow: &Flow, b: BlockIx, memo: &mut HashMap<BlockIx, bool>) -> bool {
-    if let Some(&known) = memo.get(&b) {
-        return known;
-    }
-    let block = &flow.blocks[b];
-    let certain = if let Some(owner) = flow.collect_owner[b] {
-        is_certain(flow, owner, memo)
-    } else {
-        let mut ports = block.inputs.iter().enumerate().filter(|(port, spec)| !spec.stop && !flow.sources[b][*port].is_empty()).peekable();
-        let mut all = true;
-        let mut any = false;
-        let multi = ports.peek().is_some_and(|(_, spec)| spec.multi);
-        for (port, _) in ports {
-            for &(from, out) in &flow.sources[b][port] {
-                let sure = !flow.blocks[from].outputs[out].routed && is_certain(flow, from, memo);
-                all &= sure;
-                any |= sure;
-            }
-        }
-        if multi { any } else { all }
-    };
-    // A loop starts only once every outside value its body reads has arrived: one from a
-    // branch that may not fire may keep it (and all after it) from running.
-    let certain = certain && body_reads_are_certain(flow, b, memo);
-    memo.insert(b, certain);
-    certain
-}
-
-/// Whether every outside value a loop's body reads surely arrives (true for other blocks).
-fn body_reads_are_certain(flow: &Flow, l: BlockIx, memo: &mut HashMap<BlockIx, bool>) -> bool {
-    if flow.body_of[l].is_none() {
-        return true;
-    }
-    let read: Vec<(BlockIx, usize)> = flow
-        .routes
-        .iter()
-        .enumerate()
-        .flat_map(|(from, ports)| ports.iter().enumerate().filter(|(_, route)| route.waiters.contains(&l)).map(move |(out, _)| (from, out)))
-        .collect();
-    read.into_iter().all(|(from, out)| !flow.blocks[from].outputs[out].routed && is_certain(flow, from, memo))
-}
-
-/// Whether every loop enclosing a block surely runs.
-fn flow_loops_certain(flow: &Flow, b: BlockIx, memo: &mut HashMap<BlockIx, bool>) -> bool {
-    let mut scope = flow.scope_of[b];
-    while let Some(owner) = flow.scopes[scope].owner {
-        if !is_certain(flow, owner, memo) {
-            return false;
-        }
-        scope = flow.scope_of[owner];
-    }
-    true
+/// Whether block `b` runs in every run of its flow, as far as the graph fixes it: no routed
+/// port is known to fire.
+fn surely_runs(flow: &Flow, b: BlockIx, memo: &mut Vec<Option<bool>>) -> bool {
+    runs_in(flow, b, &[], memo)
 }
 
 /// How many times a block runs per run of its flow, as far as the graph fixes it, and the
