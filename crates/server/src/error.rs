@@ -33,6 +33,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: u64 },
     #[error("this route does not take that method (see /openapi.json)")]
     MethodNotAllowed,
+    /// Not allowed, with a message that says which methods the route takes.
+    #[error("{0}")]
+    MethodNotAllowedFor(String),
     #[error("internal error; the server log has the details")]
     Internal(String),
 }
@@ -65,7 +68,7 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::ConflictOn { .. } => (StatusCode::CONFLICT, "conflict"),
             ApiError::LimitReached(_) => (StatusCode::UNPROCESSABLE_ENTITY, "limit_reached"),
             ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::MethodNotAllowed | ApiError::MethodNotAllowedFor(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

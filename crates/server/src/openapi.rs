@@ -313,13 +313,15 @@ pub fn build() -> Value {
         let entry = paths.entry(route.path).or_insert_with(|| json!({}));
         entry[route.method] = operation(route);
     }
-    // A hook answers every method (its flow reads `request.method`); the others are
-    // documented as POST is, a body being optional.
+    // A hook is called with GET, POST, PUT, PATCH or DELETE (its flow reads `request.method`);
+    // the others are documented as POST is, a body being optional. Any other method (HEAD,
+    // OPTIONS) starts no run and is answered 405 (`routes_runs::HOOK_METHODS`).
     if let Some(hook) = paths.get_mut("/hooks/{team}/{path}") {
+        hook["post"]["responses"]["405"] = json_answer("HEAD, OPTIONS or another method that does not call a hook: no run started; `Allow` lists the methods that do", "Error");
         let mut post = hook["post"].clone();
         post["requestBody"]["required"] = json!(false);
-        for method in ["get", "put", "patch", "delete"] {
-            hook[method] = post.clone();
+        for method in crate::routes_runs::HOOK_METHODS.iter().filter(|method| **method != axum::http::Method::POST) {
+            hook[method.as_str().to_ascii_lowercase()] = post.clone();
         }
     }
     json!({

@@ -74,6 +74,36 @@ async fn hook_bodies_are_limited_by_plan() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_and_options_on_a_hook_start_no_run_and_say_which_methods_do() {
+    let server = support::start().await;
+    let owner = server.team("probe", "team").await;
+    server.deploy("probe", &owner, "work", support::flow_costing_25()).await;
+    let client = reqwest::Client::new();
+    for method in [Method::HEAD, Method::OPTIONS, Method::TRACE] {
+        let response = client.request(method.clone(), format!("{}/hooks/probe/work", server.base)).bearer_auth(&owner).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        let allow = response.headers().get("allow").map(|value| value.to_str().unwrap().to_owned());
+        assert_eq!(allow.as_deref(), Some("GET, POST, PUT, PATCH, DELETE"), "{method}");
+        if method != Method::HEAD {
+            let answer: Value = response.json().await.unwrap();
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains(method.as_str()) && message.contains("no run started"), "{answer}");
+        }
+    }
+    let (_, runs) = server.get("/v1/teams/probe/runs", &owner).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 0, "no probe started a run: {runs}");
+    let (_, usage) = server.get("/v1/teams/probe/usage", &owner).await;
+    assert_eq!(usage["used"], 0, "{usage}");
+    // The methods that call a hook still do.
+    for method in [Method::GET, Method::DELETE] {
+        let response = client.request(method.clone(), format!("{}/hooks/probe/work", server.base)).bearer_auth(&owner).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{method}");
+    }
+    let (_, runs) = server.get("/v1/teams/probe/runs", &owner).await;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 2, "{runs}");
+}
+
 fn slow_flow(delay_ms: u64) -> Value {
     json!({
         "name": "slow",
