@@ -6,7 +6,8 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -52,7 +53,7 @@ async fn a_private_runner_answers_a_hook_call_and_the_server_meters_it() {
     let answer = call(&client, Method::POST, format!("{base}/hooks/demo/hello-private"), &owner, json!({"name": "Ada"})).await;
     assert_eq!(answer, json!({"greeting": "Hello, Ada!"}), "the runner's engine ran the flow and its response answered the call");
     let status = wait_for_exit(&mut runner, Duration::from_secs(30));
-    let events: Vec<Value> = lines_rx.try_iter().collect();
+    let events = lines_until_closed(&lines_rx, Duration::from_secs(30));
     assert!(status.success(), "{status}: {events:?} {}", std::io::read_to_string(runner.stderr.take().unwrap()).unwrap_or_default());
     let finished = events.iter().find(|event| event["event"] == "finished").expect("the runner logs the finished job");
     assert_eq!((finished["state"].clone(), finished["credits"].clone()), (json!("succeeded"), json!(2)), "{events:?}");
@@ -65,4 +66,19 @@ async fn a_private_runner_answers_a_hook_call_and_the_server_meters_it() {
     assert_eq!((runs["items"][0]["location"].clone(), runs["items"][0]["status"].clone()), (json!("private"), json!("succeeded")), "{runs}");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// Every line the reader thread passes on until the runner's stdout closes (the thread drops
+/// its sender at end of file). The runner having exited does not mean the thread has read its
+/// last lines yet: taking only what the channel holds at that moment can miss them.
+fn lines_until_closed(lines: &Receiver<Value>, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => out.push(line),
+            Err(RecvTimeoutError::Disconnected) => return out,
+            Err(RecvTimeoutError::Timeout) => panic!("the runner's stdout did not close within {limit:?} of its exit; read so far: {out:?}"),
+        }
+    }
 }
