@@ -143,13 +143,15 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
 /// What the ledger's writer did for the hook calls: how many requests each commit carried and
 /// how many commits and syncs each call cost (group commit shares both among calls).
 fn ledger_work_per_call(before: flowcredits_store::WriterStats, after: flowcredits_store::WriterStats, calls: usize) -> Value {
-    let (commits, requests, syncs) = (after.commits - before.commits, after.requests - before.requests, after.syncs - before.syncs);
+    let (commits, requests, syncs, rewinds) = (after.commits - before.commits, after.requests - before.requests, after.syncs - before.syncs, after.wal_rewinds - before.wal_rewinds);
     let ratio = |count: u64, per: u64| (count as f64 / per.max(1) as f64 * 1000.0).round() / 1000.0;
     json!({
         "requests_per_call": ratio(requests, calls as u64),
         "requests_per_commit": ratio(requests, commits),
         "commits_per_call": ratio(commits, calls as u64),
         "syncs_per_call": ratio(syncs, calls as u64),
+        "wal_rewinds": rewinds,
+        "wal_rewind_ms_mean": ratio(after.wal_rewind_ns - before.wal_rewind_ns, rewinds * 1_000_000),
     })
 }
 

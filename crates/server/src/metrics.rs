@@ -152,6 +152,8 @@ fn render_backends(out: &mut String, ledger: &flowcredits_store::WriterStats, hi
         ("flowcredits_ledger_commit_seconds_total", "Time the ledger writer spent deciding and committing groups.", (ledger.commit_ns as f64 / 1e9).to_string()),
         ("flowcredits_ledger_syncs_total", "Syncs of the ledger's committed groups to disk.", ledger.syncs.to_string()),
         ("flowcredits_ledger_sync_seconds_total", "Time spent syncing the ledger to disk.", (ledger.sync_ns as f64 / 1e9).to_string()),
+        ("flowcredits_ledger_wal_rewinds_total", "Times the ledger writer copied the rest of a long WAL into the database between two groups, so that the WAL started over.", ledger.wal_rewinds.to_string()),
+        ("flowcredits_ledger_wal_rewind_seconds_total", "Time those copies took (ledger writes waited meanwhile).", (ledger.wal_rewind_ns as f64 / 1e9).to_string()),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");

@@ -26,5 +26,9 @@ pub const INSTANT_MS_MAX: i64 = 7_258_118_400_000;
 pub const READERS_IDLE_MAX: usize = 8;
 /// WAL pages (4 KiB each) written before SQLite copies them back into the database file.
 pub const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+/// WAL frames past which the writer finishes a checkpoint itself between two groups, so that
+/// the WAL starts again from its beginning under steady load (64 MiB of 4 KiB pages); the WAL
+/// file is cut back to twice this after a spike.
+pub const WAL_RESTART_FRAMES: u32 = 16_384;
 /// How often the store's checkpoint thread copies the WAL back into the database file.
 pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);

@@ -228,6 +228,11 @@ pub struct WriterStats {
     pub syncs: u64,
     /// Time spent in those syncs, in nanoseconds.
     pub sync_ns: u64,
+    /// Times the writer copied the rest of a long WAL into the database file between two
+    /// groups, so that the WAL started again from its beginning.
+    pub wal_rewinds: u64,
+    /// Time spent in those copies (requests waited meanwhile), in nanoseconds.
+    pub wal_rewind_ns: u64,
 }
 
 /// A run as the ledger recorded it, with its team and when it was admitted and ended (see

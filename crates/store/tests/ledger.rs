@@ -9,4 +9,5 @@ mod ledger {
     pub mod crash;
     pub mod idempotency;
     pub mod lifecycle;
+    pub mod wal;
 }

@@ -13,6 +13,7 @@ mod writer;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
@@ -21,7 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use self::writer::{DecisionTimes, Op, Reply, Request, RunEnd, Writer, outside_batch};
 use crate::error::{Result, StoreError};
-use crate::limits::{BATCH_EVENTS_MAX, BILLING_CHANGES_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES};
+use crate::limits::{BATCH_EVENTS_MAX, BILLING_CHANGES_MAX, CHECKPOINT_INTERVAL, QUEUE_REQUESTS_MAX, READERS_IDLE_MAX, WAL_CHECKPOINT_PAGES, WAL_RESTART_FRAMES};
 use crate::model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, Invoice, LedgerRun, NewTeam, Purchase, Purchased, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageReport, VerifyReport, WriterStats, check_instant};
 use crate::{ChargedAndEnded, Done, LedgerStore, schema};
 
@@ -34,6 +35,10 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// Keep how long each admission decision took (for `bench ledger`).
     pub record_decision_times: bool,
+    /// WAL frames (pages written) past which the writer finishes a checkpoint between two
+    /// groups, so that the WAL is copied whole and starts again from its beginning
+    /// ([`WAL_RESTART_FRAMES`] unless a test wants it sooner).
+    pub wal_restart_frames: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +49,7 @@ pub enum Durability {
 
 impl SqliteOptions {
     pub fn new(rules: Rules) -> SqliteOptions {
-        SqliteOptions { rules, durability: Durability::Full, record_decision_times: false }
+        SqliteOptions { rules, durability: Durability::Full, record_decision_times: false, wal_restart_frames: WAL_RESTART_FRAMES }
     }
 }
 
@@ -93,13 +98,31 @@ impl Drop for Shared {
 /// Copies the WAL back into the database file from a thread of its own, every
 /// [`CHECKPOINT_INTERVAL`], so that the writer's commits never stop for a checkpoint (a long
 /// one would hold up every caller in the group). Passive: it never blocks the writer.
+///
+/// Under steady load that alone never lets the WAL start over: SQLite rewinds the WAL only
+/// when a write begins after every frame was copied, and a pass here always ends behind the
+/// commits made during it, so the WAL would grow for as long as the load lasts (by about
+/// 100 MB a second at full speed) and every sync would extend the file. So once the WAL holds
+/// more than `restart_frames`, this thread makes a second pass at once, which leaves only the
+/// commits made during it, and asks the writer (`restart_due`) to copy that remainder itself
+/// between two groups: nothing commits meanwhile, the copy is whole, and the writer's next
+/// commit starts the WAL again from its beginning, overwriting the file in place.
 struct Checkpointer {
     stop: SyncSender<()>,
     thread: JoinHandle<()>,
 }
 
+/// A passive checkpoint: how many frames the WAL holds and how many of them are now copied
+/// into the database file; `None` when it could not run (another checkpoint was running, or
+/// the database is unreadable: the next pass retries).
+pub(crate) fn checkpoint_passive(conn: &Connection) -> Option<(i64, i64)> {
+    // The pragma answers (busy, frames in the WAL, frames copied).
+    let (busy, frames, copied) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))).ok()?;
+    (busy == 0).then_some((frames, copied))
+}
+
 impl Checkpointer {
-    fn start(path: &Path, durability: Durability) -> Result<Checkpointer> {
+    fn start(path: &Path, durability: Durability, restart_frames: u32, restart_due: Arc<AtomicBool>) -> Result<Checkpointer> {
         let conn = open_connection(path, durability)?;
         let (stop, stopped) = mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
@@ -108,7 +131,9 @@ impl Checkpointer {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
                     // A checkpoint that cannot finish (a reader on an old snapshot) is retried
                     // at the next interval; nothing is lost meanwhile, the WAL only grows.
-                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if checkpoint_passive(&conn).is_some_and(|(frames, _)| frames >= i64::from(restart_frames)) && checkpoint_passive(&conn).is_some() {
+                        restart_due.store(true, Ordering::Release);
+                    }
                 }
             })
             .map_err(|err| StoreError::Aborted(format!("cannot start the checkpoint thread: {err}")))?;
@@ -188,7 +213,11 @@ impl SqliteStore {
         let mut conn = open_connection(&path, Durability::Normal)?;
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = Checkpointer::start(&path, options.durability)?;
+        // After a load spike left a long WAL, its first rewind cuts the file back to this.
+        let page_bytes: i64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        conn.pragma_update(None, "journal_size_limit", i64::from(options.wal_restart_frames).saturating_mul(2 * page_bytes))?;
+        let wal_restart_due = Arc::new(AtomicBool::new(false));
+        let checkpointer = Checkpointer::start(&path, options.durability, options.wal_restart_frames, Arc::clone(&wal_restart_due))?;
         let rules = Arc::new(options.rules.clone());
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
         let stats = Arc::new(stats::StatCounters::default());
@@ -199,7 +228,7 @@ impl SqliteStore {
             Durability::Full => Some(syncer::Syncer::start(conn.path().map_or_else(|| real_path(&path), std::path::PathBuf::from), Arc::clone(&stats), Arc::clone(&write_failure))?),
             Durability::Normal => None,
         };
-        let writer = Writer::new(conn, rules, decision_ns.clone(), syncer, Arc::clone(&stats))?;
+        let writer = Writer::new(conn, rules, decision_ns.clone(), syncer, Arc::clone(&stats), wal_restart_due)?;
         let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
         let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), write_failure, _writer_lock: writer_lock };

@@ -13,6 +13,8 @@ pub(crate) struct StatCounters {
     commit_ns: AtomicU64,
     syncs: AtomicU64,
     sync_ns: AtomicU64,
+    wal_rewinds: AtomicU64,
+    wal_rewind_ns: AtomicU64,
 }
 
 fn nanos(elapsed: Duration) -> u64 {
@@ -32,6 +34,13 @@ impl StatCounters {
         self.sync_ns.fetch_add(nanos(elapsed), Ordering::Relaxed);
     }
 
+    /// The writer copied the WAL whole between two groups in `elapsed`, so its next commit
+    /// rewinds the WAL.
+    pub(crate) fn wal_copied_whole(&self, elapsed: Duration) {
+        self.wal_rewinds.fetch_add(1, Ordering::Relaxed);
+        self.wal_rewind_ns.fetch_add(nanos(elapsed), Ordering::Relaxed);
+    }
+
     pub(crate) fn read(&self) -> WriterStats {
         WriterStats {
             commits: self.commits.load(Ordering::Relaxed),
@@ -39,6 +48,8 @@ impl StatCounters {
             commit_ns: self.commit_ns.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
             sync_ns: self.sync_ns.load(Ordering::Relaxed),
+            wal_rewinds: self.wal_rewinds.load(Ordering::Relaxed),
+            wal_rewind_ns: self.wal_rewind_ns.load(Ordering::Relaxed),
         }
     }
 }

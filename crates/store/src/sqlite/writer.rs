@@ -8,6 +8,7 @@
 //! reloaded from what was committed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -80,6 +81,9 @@ pub(crate) struct Writer {
     /// traded away, for benchmarks).
     syncer: Option<Syncer>,
     stats: Arc<StatCounters>,
+    /// Set by the checkpoint thread when the WAL is long and nearly all copied: the writer
+    /// copies the rest between two groups, so that its next commit rewinds the WAL.
+    wal_restart_due: Arc<AtomicBool>,
 }
 
 /// Balances and rollups changed by the current group, written once at its end rather than once
@@ -132,9 +136,9 @@ struct Content {
 }
 
 impl Writer {
-    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<Syncer>, stats: Arc<StatCounters>) -> Result<Writer> {
+    pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<Syncer>, stats: Arc<StatCounters>, wal_restart_due: Arc<AtomicBool>) -> Result<Writer> {
         let next_op = read_next_op(&conn)?;
-        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer, stats })
+        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer, stats, wal_restart_due })
     }
 
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
@@ -149,6 +153,24 @@ impl Writer {
             let (started, requests) = (Instant::now(), group.len());
             self.commit_group(group);
             self.stats.committed(requests, started.elapsed());
+            if self.wal_restart_due.swap(false, Ordering::AcqRel) {
+                self.finish_checkpoint();
+            }
+        }
+    }
+
+    /// Copies into the database file the commits the checkpoint thread's last pass left in the
+    /// WAL (those made during it), with no commit under way, so that the WAL is copied whole
+    /// and the next commit starts it again from its beginning (see `Checkpointer`). The
+    /// checkpoint syncs the WAL before copying and the database file after, so what it copied
+    /// is on disk before any frame is overwritten. Requests wait meanwhile: a few milliseconds,
+    /// once per [`crate::limits::WAL_RESTART_FRAMES`] frames.
+    fn finish_checkpoint(&mut self) {
+        let started = Instant::now();
+        // Not whole when a reader still reads an older snapshot from the WAL: the checkpoint
+        // thread asks again after its next pass.
+        if super::checkpoint_passive(&self.conn).is_some_and(|(frames, copied)| frames == copied) {
+            self.stats.wal_copied_whole(started.elapsed());
         }
     }
 
