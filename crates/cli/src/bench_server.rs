@@ -140,8 +140,9 @@ async fn measure(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the ledger's writer did for the hook calls: how many requests each commit carried and
-/// how many commits and syncs each call cost (group commit shares both among calls).
+/// What the ledger's writer did for the hook calls: how many requests each commit carried, how
+/// many commits and syncs each call cost (group commit shares both among calls), how long a
+/// commit and a sync took on average, and the WAL's rewinds (each a pause of the writer).
 fn ledger_work_per_call(before: flowcredits_store::WriterStats, after: flowcredits_store::WriterStats, calls: usize) -> Value {
     let (commits, requests, syncs, rewinds) = (after.commits - before.commits, after.requests - before.requests, after.syncs - before.syncs, after.wal_rewinds - before.wal_rewinds);
     let ratio = |count: u64, per: u64| (count as f64 / per.max(1) as f64 * 1000.0).round() / 1000.0;
@@ -150,6 +151,8 @@ fn ledger_work_per_call(before: flowcredits_store::WriterStats, after: flowcredi
         "requests_per_commit": ratio(requests, commits),
         "commits_per_call": ratio(commits, calls as u64),
         "syncs_per_call": ratio(syncs, calls as u64),
+        "commit_ms_mean": ratio(after.commit_ns - before.commit_ns, commits * 1_000_000),
+        "sync_ms_mean": ratio(after.sync_ns - before.sync_ns, syncs * 1_000_000),
         "wal_rewinds": rewinds,
         "wal_rewind_ms_mean": ratio(after.wal_rewind_ns - before.wal_rewind_ns, rewinds * 1_000_000),
     })
