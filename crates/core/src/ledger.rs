@@ -228,8 +228,11 @@ impl PeriodUsage {
 /// A threshold a team is told about once per period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Alert {
-    /// This percentage of the included credits is used.
-    IncludedPercent(u8),
+    /// This percentage of an allowance of `of` included credits is used. The allowance is part
+    /// of the threshold: when a plan change gives the period a larger allowance, its 75% and
+    /// 100% are new thresholds and fire when reached, or a team that upgraded after an alert
+    /// would run out with no warning; a smaller one fires at once what usage already passed.
+    IncludedPercent { percent: u8, of: Credits },
     /// Pay-as-you-go spending reached this amount.
     PaygAmount(MicroUsd),
 }
@@ -644,7 +647,8 @@ fn included_alerts_reached(usage: &PeriodUsage) -> Vec<Alert> {
         return Vec::new();
     }
     let used = u128::from(usage.included_used.0) * 100;
-    INCLUDED_ALERT_PERCENTS.into_iter().filter(|percent| used >= u128::from(usage.included.0) * u128::from(*percent)).map(Alert::IncludedPercent).collect()
+    let of = usage.included;
+    INCLUDED_ALERT_PERCENTS.into_iter().filter(|percent| used >= u128::from(of.0) * u128::from(*percent)).map(|percent| Alert::IncludedPercent { percent, of }).collect()
 }
 
 #[cfg(test)]

@@ -172,8 +172,8 @@ fn alerts_fire_once_per_period_at_75_and_100_percent_and_at_payg_amounts() {
     team.start("2026-03-01T00:00:00Z", "r1");
     let alerts = |events: Vec<LedgerEvent>| -> Vec<Alert> { events.into_iter().filter_map(|event| if let LedgerEvent::AlertCrossed { alert, .. } = event { Some(alert) } else { None }).collect() };
     assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 37)), []); // 74
-    assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 1)), [Alert::IncludedPercent(75)]); // 76
-    assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 12)), [Alert::IncludedPercent(100)]); // 100
+    assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 1)), [Alert::IncludedPercent { percent: 75, of: Credits(100) }]); // 76
+    assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 12)), [Alert::IncludedPercent { percent: 100, of: Credits(100) }]); // 100
     assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 1)), [Alert::PaygAmount(MicroUsd(2_000))]); // $0.002
     assert_eq!(alerts(team.charge("2026-03-02T00:00:00Z", "r1", 3)), [Alert::PaygAmount(MicroUsd(4_000))]); // $0.008
     assert_eq!(alerts(team.charge("2026-03-03T00:00:00Z", "r1", 10)), []);
@@ -184,7 +184,7 @@ fn alerts_fire_once_per_period_at_75_and_100_percent_and_at_payg_amounts() {
     assert_eq!(alerts(team.step("2026-03-03T00:00:00Z", set(vec![10_000, 28_000, 30_000])).unwrap()), []);
     assert_eq!(alerts(team.charge("2026-03-03T00:00:00Z", "r1", 1)), [Alert::PaygAmount(MicroUsd(30_000))]);
     // A new period fires again.
-    assert_eq!(alerts(team.charge("2026-04-02T00:00:00Z", "r1", 38)), [Alert::IncludedPercent(75)]);
+    assert_eq!(alerts(team.charge("2026-04-02T00:00:00Z", "r1", 38)), [Alert::IncludedPercent { percent: 75, of: Credits(100) }]);
 }
 
 #[test]
@@ -195,13 +195,28 @@ fn a_smaller_allowance_already_used_fires_its_alerts_at_the_plan_change() {
     let alerts = |events: &[LedgerEvent]| events.iter().filter_map(|event| if let LedgerEvent::AlertCrossed { alert, .. } = event { Some(*alert) } else { None }).collect::<Vec<_>>();
     // 20 of Team's 100 credits: no alert. On Free, the same 20 are 80% of 25.
     let events = team.step("2026-03-02T00:00:00Z", Command::ChangePlan { plan: PlanId::Free }).unwrap();
-    assert_eq!(alerts(&events), [Alert::IncludedPercent(75)]);
+    assert_eq!(alerts(&events), [Alert::IncludedPercent { percent: 75, of: Credits(25) }]);
     let events = team.charge("2026-03-02T00:00:00Z", "r1", 3);
-    assert_eq!(alerts(&events), [Alert::IncludedPercent(100)], "26 of 25: the running run finishes and the 100% alert fires");
+    assert_eq!(alerts(&events), [Alert::IncludedPercent { percent: 100, of: Credits(25) }], "26 of 25: the running run finishes and the 100% alert fires");
     // Back up and down again within the period: each alert fired once already.
     team.step("2026-03-03T00:00:00Z", Command::ChangePlan { plan: PlanId::Team }).unwrap();
     let events = team.step("2026-03-04T00:00:00Z", Command::ChangePlan { plan: PlanId::Free }).unwrap();
     assert_eq!(alerts(&events), []);
+}
+
+#[test]
+fn a_larger_allowance_after_its_alerts_warns_again_at_75_and_100_percent_of_it() {
+    let mut team = Team::new(PlanId::Team);
+    team.step("2026-03-01T00:00:00Z", Command::SetPayg { enabled: true }).unwrap();
+    team.start("2026-03-01T00:00:00Z", "r1");
+    let alerts = |events: &[LedgerEvent]| events.iter().filter_map(|event| if let LedgerEvent::AlertCrossed { alert, .. } = event { Some(*alert) } else { None }).collect::<Vec<_>>();
+    // 100 of Team's 100 credits (50 integration blocks): both alerts.
+    assert_eq!(alerts(&team.charge("2026-03-02T00:00:00Z", "r1", 50)), [Alert::IncludedPercent { percent: 75, of: Credits(100) }, Alert::IncludedPercent { percent: 100, of: Credits(100) }]);
+    // Enterprise's 500 for the rest of the period: 100 used is 20% of it, nothing yet.
+    assert_eq!(alerts(&team.step("2026-03-03T00:00:00Z", Command::ChangePlan { plan: PlanId::Enterprise }).unwrap()), []);
+    // 75% and 100% of the new allowance are new thresholds: the team hears before it runs out.
+    assert_eq!(alerts(&team.charge("2026-03-04T00:00:00Z", "r1", 200)), [Alert::IncludedPercent { percent: 75, of: Credits(500) }, Alert::IncludedPercent { percent: 100, of: Credits(500) }]);
+    assert_eq!(team.period().alerts_fired().count(), 4, "each threshold once: {:?}", team.period().alerts_fired().collect::<Vec<_>>());
 }
 
 #[test]

@@ -747,7 +747,7 @@ pub fn alert_webhook(connection: &Connection, team: &str) -> Result<Option<Alert
 #[derive(Clone, Debug, Serialize)]
 pub struct AlertRecord {
     pub id: String,
-    /// `included_75`, `included_100` or `payg_<dollars>`.
+    /// `included_<percent>_of_<included credits>` (75 or 100 percent) or `payg_<dollars>`.
     pub alert: String,
     pub period_start: String,
     pub created_at: String,

@@ -236,7 +236,9 @@ pub async fn check_alerts_now(state: &AppState, team: &str) -> Result<(), crate:
         let period_start = usage.period.start;
         for alert in usage.alerts_fired() {
             let (name, detail) = match *alert {
-                Alert::IncludedPercent(percent) => (format!("included_{percent}"), json!({"percent": percent, "included": usage.included.0, "used": usage.used().0})),
+                // The allowance is in the name: after a plan change to another allowance, its
+                // thresholds are new alerts of the same period.
+                Alert::IncludedPercent { percent, of } => (format!("included_{percent}_of_{}", of.0), json!({"percent": percent, "included": of.0, "used": usage.used().0})),
                 Alert::PaygAmount(amount) => (format!("payg_{amount}"), json!({"threshold_usd": amount.to_string(), "payg_amount_usd": usage.payg_amount().to_string()})),
             };
             // Already recorded by this node: no need to ask the database again.
@@ -529,7 +531,7 @@ mod tests {
             .catalog
             .call(move |connection| {
                 catalog::set_alert_webhook(connection, "acme", Some(&url))?;
-                let inserted = catalog::insert_alert(connection, "acme", "included_75", Timestamp::now(), &detail)?.expect("a new alert");
+                let inserted = catalog::insert_alert(connection, "acme", "included_75_of_100", Timestamp::now(), &detail)?.expect("a new alert");
                 // As if its first attempts had all failed, the last one just now.
                 connection.execute("UPDATE alert_deliveries SET attempts = 4, last_attempt_ms = ?2 WHERE id = ?1", rusqlite::params![inserted.0, Timestamp::now().as_millisecond()])?;
                 Ok(inserted)

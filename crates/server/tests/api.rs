@@ -657,7 +657,7 @@ async fn usage_alerts_fire_once_per_period_and_reach_the_webhook() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     kinds.sort();
-    assert_eq!(kinds, ["included_100", "included_75", "payg_0.020"]);
+    assert_eq!(kinds, ["included_100_of_100", "included_75_of_100", "payg_0.020"]);
     // Each delivery is signed: HMAC-SHA256 of "<t>.<body>" under the team's secret.
     for (body, signature) in received.lock().unwrap().iter() {
         let (t, v1) = signature.strip_prefix("t=").and_then(|rest| rest.split_once(",v1=")).unwrap_or_else(|| panic!("unsigned: {signature:?}"));

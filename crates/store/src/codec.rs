@@ -1,7 +1,7 @@
 //! How domain values become compact integer columns, and back. The integer codes are part of
 //! the file format: append new codes, never renumber.
 
-use flowcredits_core::{Alert, BlockKind, BlockUsage, CloudRun, ExecutionId, Location, MicroUsd, PlanId, RunContext, RunId, RunStatus, Timestamp, Trigger};
+use flowcredits_core::{Alert, BlockKind, BlockUsage, CloudRun, Credits, ExecutionId, Location, MicroUsd, PlanId, RunContext, RunId, RunStatus, Timestamp, Trigger};
 
 use crate::error::{Result, StoreError};
 
@@ -58,19 +58,23 @@ pub(crate) fn context_from(trigger: i64, location: i64) -> Result<RunContext> {
     context.map_err(|err| StoreError::Corrupt(err.to_string()))
 }
 
-/// Alerts as `(kind, value)`: 0 is a percentage of included credits, 1 a pay-as-you-go amount
-/// in micro-dollars.
+/// Alerts as `(kind, value)`: 1 is a pay-as-you-go amount in micro-dollars; 1000 plus a
+/// percentage is that percentage of an allowance of `value` included credits. (Kind 0, a bare
+/// percentage, was written before the allowance was part of the threshold; migration 3 turned
+/// those rows into the new kind.)
 pub(crate) fn alert_code(alert: Alert) -> (i64, i64) {
     match alert {
-        Alert::IncludedPercent(percent) => (0, i64::from(percent)),
+        Alert::IncludedPercent { percent, of } => (INCLUDED_ALERT_KIND + i64::from(percent), to_i64(of.0)),
         Alert::PaygAmount(amount) => (1, to_i64(amount.0)),
     }
 }
 
+const INCLUDED_ALERT_KIND: i64 = 1000;
+
 pub(crate) fn alert_from(kind: i64, value: i64) -> Result<Alert> {
     match kind {
-        0 => u8::try_from(value).map(Alert::IncludedPercent).map_err(|_| corrupt("alert percent", value)),
         1 => Ok(Alert::PaygAmount(MicroUsd(to_u64(value)?))),
+        1001..=1100 => Ok(Alert::IncludedPercent { percent: u8::try_from(kind - INCLUDED_ALERT_KIND).map_err(|_| corrupt("alert kind", kind))?, of: Credits(to_u64(value)?) }),
         _ => Err(corrupt("alert kind", kind)),
     }
 }
@@ -232,7 +236,7 @@ mod tests {
         for context in contexts {
             assert_eq!(context_from(trigger_code(context.trigger()), location_code(context.location())).unwrap(), context);
         }
-        for alert in [Alert::IncludedPercent(75), Alert::PaygAmount(MicroUsd(5_000_000))] {
+        for alert in [Alert::IncludedPercent { percent: 75, of: Credits(100) }, Alert::IncludedPercent { percent: 100, of: Credits(500) }, Alert::PaygAmount(MicroUsd(5_000_000))] {
             let (kind, value) = alert_code(alert);
             assert_eq!(alert_from(kind, value).unwrap(), alert);
         }

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_ledger.sql"), include_str!("../migrations/0002_purchase_keys.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_ledger.sql"), include_str!("../migrations/0002_purchase_keys.sql"), include_str!("../migrations/0003_alert_allowance.sql")];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -152,11 +152,40 @@ fn a_ledger_from_before_purchase_keys_is_migrated_on_open() {
     let conn = rusqlite::Connection::open(dir.db()).unwrap();
     conn.execute_batch("DROP TABLE purchase_keys; PRAGMA user_version = 1;").unwrap();
     drop(conn);
-    assert_eq!(flowcredits_store::migrate(&dir.db()).unwrap(), 1, "one migration applied");
+    assert_eq!(flowcredits_store::migrate(&dir.db()).unwrap() as i64, flowcredits_store::SCHEMA_VERSION - 1, "the migrations after version 1 applied");
     assert_eq!(count(&dir.db(), "PRAGMA user_version"), flowcredits_store::SCHEMA_VERSION);
     let store = open(&dir.db());
     let bought = store.purchase(&team("big"), &actor(), ts("2026-03-02T10:00:01Z"), purchase(20, None, "after-upgrade")).unwrap();
     assert_eq!((bought.grant.id, bought.replayed), (2, false));
     assert!(store.purchase(&team("big"), &actor(), ts("2026-03-02T10:00:02Z"), purchase(20, None, "after-upgrade")).unwrap().replayed);
+    assert_verified(&store);
+}
+
+/// A ledger from before alerts named their allowance (schema version 2, an included-credit
+/// alert stored as a bare percentage) keeps its fired alerts, now of the period's allowance:
+/// they do not fire again, and the next threshold still does.
+#[test]
+fn alerts_fired_before_they_named_their_allowance_stay_fired_after_migration() {
+    let dir = TempDir::new("alert-allowance-upgrade");
+    let (t, at) = (team("busy"), "2026-03-02T10:00:00Z");
+    {
+        let store = open(&dir.db());
+        create(&store, "busy", PlanId::Team);
+        store.start_run(&t, start("r1", at)).unwrap();
+        // 80 of Team's 100 credits: the 75% alert fired.
+        store.charge(&t, (0..40).map(|n| integration(&format!("a{n}"), "r1", at)).collect()).unwrap();
+    }
+    // What a version-2 build wrote: kind 0, the percentage as the value.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    assert_eq!(conn.execute("UPDATE alerts SET kind = 0, value = kind - 1000 WHERE kind > 1000", []).unwrap(), 1);
+    conn.execute_batch("PRAGMA user_version = 2;").unwrap();
+    drop(conn);
+    assert_eq!(flowcredits_store::migrate(&dir.db()).unwrap(), 1, "one migration applied");
+    let store = open(&dir.db());
+    let fired = |store: &flowcredits_store::SqliteStore| store.periods(&t).unwrap()[0].alerts_fired().copied().collect::<Vec<_>>();
+    let of_100 = |percent| flowcredits_core::Alert::IncludedPercent { percent, of: Credits(100) };
+    assert_eq!(fired(&store), [of_100(75)]);
+    store.charge(&t, (0..10).map(|n| integration(&format!("b{n}"), "r1", at)).collect()).unwrap();
+    assert_eq!(fired(&store), [of_100(75), of_100(100)], "100 of 100 used: only the 100% alert is new");
     assert_verified(&store);
 }
