@@ -101,6 +101,11 @@ const SCHEMA: &[&str] = &[
     // flow id; they now have `history::LEDGER_FLOW_ID`.
     "UPDATE run_history SET flow_id = '(ledger)' WHERE flow_id = '';
      UPDATE flow_usage SET flow_id = '(ledger)' WHERE flow_id = '';",
+    // 13: an included-credit alert's name says the allowance it is a percentage of (the ledger's
+    // migration 3), so that an upgrade's new thresholds are new deliveries. Deliveries made
+    // before are renamed from the allowance they reported, so that they are not sent again.
+    "UPDATE alert_deliveries SET alert = alert || '_of_' || json_extract(payload, '$.detail.included')
+        WHERE alert IN ('included_75', 'included_100') AND json_extract(payload, '$.detail.included') IS NOT NULL;",
 ];
 
 /// A key's `last_used_ms` is written at most once per this many milliseconds: keys are checked
@@ -810,4 +815,63 @@ pub fn alerts(connection: &Connection, team: &str, page: &PageRequest) -> Result
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Page::from_rows(rows, page.limit, |alert| alert.id.clone()))
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    /// Opens the catalog at `path` as a build that knew only the first `version` migrations
+    /// left it (undoing `undo` first), then as this build: the later migrations run on it.
+    fn reopen_from_version(path: &Path, version: i64, undo: &str) -> Catalog {
+        let connection = Catalog::connect(path).unwrap();
+        connection.execute_batch(undo).unwrap();
+        connection.execute("DELETE FROM catalog_migrations WHERE version > ?1", [version]).unwrap();
+        drop(connection);
+        Catalog::open(path).unwrap()
+    }
+
+    #[test]
+    fn alert_deliveries_from_before_allowances_are_renamed_and_not_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let catalog = Catalog::open(&path).unwrap();
+        let period = flowcredits_core::Timestamp::from_millisecond(1_772_323_200_000).unwrap();
+        let detail = serde_json::json!({"percent": 75, "included": 100, "used": 80});
+        catalog.call_here(|connection| insert_alert(connection, "acme", "included_75", period, &detail)).unwrap().expect("a new delivery");
+        drop(catalog);
+        let catalog = reopen_from_version(&path, 12, "");
+        // This build names the same threshold `included_75_of_100`: already delivered.
+        let again = catalog.call_here(|connection| insert_alert(connection, "acme", "included_75_of_100", period, &detail)).unwrap();
+        assert!(again.is_none(), "the renamed delivery stands for it: {again:?}");
+        let names: Vec<String> = catalog.call_here(|connection| Ok(connection.prepare("SELECT alert FROM alert_deliveries")?.query_map([], |row| row.get(0))?.collect::<rusqlite::Result<_>>()?)).unwrap();
+        assert_eq!(names, ["included_75_of_100"]);
+    }
+
+    #[test]
+    fn usage_by_flow_is_filled_from_the_history_kept_when_the_rollup_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let catalog = Catalog::open(&path).unwrap();
+        let day_ms: i64 = 86_400_000;
+        catalog
+            .call_here(|connection| {
+                let insert = "INSERT INTO run_history (id, team, flow_id, trigger, location, status, created_ms, credits, input) VALUES (?1, ?2, ?3, 'api', 'cloud', ?4, ?5, ?6, 'null')";
+                for (id, team, flow, status, day, credits) in [("run_a", "acme", "flw_1", "succeeded", 20_000, 3), ("run_b", "acme", "flw_1", "failed", 20_000, 2), ("run_c", "acme", "flw_1", "succeeded", 20_001, 5), ("run_d", "acme", "", "succeeded", 20_001, 1), ("run_e", "acme", "flw_1", "running", 20_001, 4), ("run_f", "beta", "flw_1", "succeeded", 20_000, 7)] {
+                    connection.execute(insert, params![id, team, flow, status, day * day_ms + 5, credits])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        drop(catalog);
+        // As a build before migration 11 left it: no rollup table.
+        let catalog = reopen_from_version(&path, 10, "DROP TABLE flow_usage;");
+        let rows: Vec<(String, i64, String, i64, i64)> = catalog
+            .call_here(|connection| Ok(connection.prepare("SELECT team, day, flow_id, runs, credits FROM flow_usage ORDER BY team, day, flow_id")?.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?.collect::<rusqlite::Result<_>>()?))
+            .unwrap();
+        // Finished runs only (a running one is added when it ends), by team, day and flow; a
+        // run recorded from the ledger alone counts under the placeholder flow (migration 12).
+        let expected = [("acme", 20_000, "flw_1", 2, 5), ("acme", 20_001, "(ledger)", 1, 1), ("acme", 20_001, "flw_1", 1, 5), ("beta", 20_000, "flw_1", 1, 7)];
+        assert_eq!(rows, expected.map(|(team, day, flow, runs, credits)| (team.to_owned(), day, flow.to_owned(), runs, credits)));
+    }
 }
