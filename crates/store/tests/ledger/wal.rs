@@ -12,7 +12,7 @@ use crate::support::*;
 
 const WRITERS: usize = 4;
 /// A small threshold, so that a test-sized load passes it many times over.
-const RESTART_FRAMES: u32 = 256;
+const RESTART_FRAMES: u32 = 64;
 const AT: &str = "2026-03-02T10:00:00Z";
 
 /// Runs on the local canvas with free blocks: every run starts, and each writes a run row, three
