@@ -330,9 +330,10 @@ fn invoices(store: SqliteStore, args: &InvoicesArgs) -> anyhow::Result<ExitCode>
         invoices
             .iter()
             .map(|invoice| {
+                let changes: String = invoice.plan_changes.iter().map(|change| format!("; {} → {} on {}", change.from, change.to, change.at)).collect();
                 format!(
-                    "{} to {}: included {} (used {}, expired {}), purchased used {}, pay-as-you-go {}, unbilled {}; amount due ${}\n",
-                    invoice.period.start, invoice.period.end, invoice.included, invoice.included_used, invoice.included_expired,
+                    "{} to {} ({} plan{changes}): included {} (used {}, expired {}), purchased used {}, pay-as-you-go {}, unbilled {}; amount due ${}\n",
+                    invoice.period.start, invoice.period.end, invoice.plan, invoice.included, invoice.included_used, invoice.included_expired,
                     invoice.purchased_used, invoice.payg_credits, invoice.unbilled_credits, invoice.amount_due,
                 )
             })

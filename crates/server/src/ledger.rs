@@ -377,5 +377,7 @@ pub fn invoice_json(invoice: &flowcredits_store::Invoice) -> Value {
         "unbilled_credits": invoice.unbilled_credits.0,
         "amount_due_usd": invoice.amount_due.to_string(),
         "issued_at": invoice.issued_at.to_string(),
+        "plan": invoice.plan.as_str(),
+        "plan_changes": invoice.plan_changes.iter().map(|change| json!({"at": change.at.to_string(), "from": change.from.as_str(), "to": change.to.as_str()})).collect::<Vec<_>>(),
     })
 }

@@ -518,7 +518,11 @@ fn schemas() -> Value {
         &["runs_resumed"],
     );
     let invoice = record(
-        json!({"period": period(), "included": count(), "included_used": count(), "included_expired": count(), "purchased_used": count(), "payg_credits": count(), "unbilled_credits": count(), "amount_due_usd": string(), "issued_at": instant()}),
+        json!({
+            "period": period(), "included": count(), "included_used": count(), "included_expired": count(), "purchased_used": count(), "payg_credits": count(), "unbilled_credits": count(), "amount_due_usd": string(), "issued_at": instant(),
+            "plan": json!({"type": "string", "enum": PlanId::ALL.map(PlanId::as_str), "description": "the plan when the period ended; `included` is its allowance"}),
+            "plan_changes": json!({"type": "array", "description": "plan changes during the period, oldest first; each gave the rest of the period the new plan's allowance (after a downgrade `included_used` may exceed `included`)", "items": record(json!({"at": instant(), "from": plan_ids(), "to": plan_ids()}), &[])}),
+        }),
         &[],
     );
     let alert = record(json!({"id": string(), "alert": string(), "period_start": instant(), "created_at": instant(), "delivered_at": nullable(instant()), "attempts": count(), "last_error": nullable(string())}), &[]);

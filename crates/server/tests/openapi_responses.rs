@@ -194,8 +194,13 @@ fn ledger_with_invoices(dir: &std::path::Path) -> Ledger {
     let team = TeamName::new("past").unwrap();
     store.create_team(NewTeam { name: team.clone(), settings, actor: Actor::new("test").unwrap(), at: created }).unwrap();
     // A run in each of the three months before this one: invoices list periods that saw use.
+    // Between the last two, the team moves up to Team: an invoice lists the change.
     for days_ago in [90, 60, 30] {
         let at = Timestamp::now() - jiff::SignedDuration::from_hours(days_ago * 24);
+        if days_ago == 30 {
+            let before = at - jiff::SignedDuration::from_hours(24);
+            store.change_billing(&team, &Actor::new("test").unwrap(), before, flowcredits_store::BillingChange::ChangePlan { plan: PlanId::Team }).unwrap();
+        }
         let run = RunId::new(format!("run_old_{days_ago}")).unwrap();
         store.start_run(&team, StartRun { run: run.clone(), context: RunContext::automated(Trigger::Api).unwrap(), needs_credits: true, at }).unwrap();
         let usage = BlockUsage::of_kind(BlockKind::Evaluate);

@@ -28,7 +28,7 @@ use flowcredits_core::{PeriodUsage, RunId, Timestamp};
 
 pub use error::{Result, StoreError};
 pub use ids::ExecutionIds;
-pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, IdempotencyKey, Invoice, LedgerRun, NewTeam, Purchase, Purchased, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport, WriterStats};
+pub use model::{Actor, Admission, AuditEntry, BillingChange, ChargeOutcome, IdempotencyKey, Invoice, LedgerRun, NewTeam, PlanChange, Purchase, Purchased, RunInfo, RunTimes, StartRun, TeamInfo, TeamName, UsageEvent, UsageLine, UsageReport, VerifyReport, WriterStats};
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::{Durability, SqliteOptions, SqliteStore, migrate};
 

@@ -316,6 +316,19 @@ pub struct Invoice {
     /// Pay-as-you-go credits at $0.001 each; purchased credits are paid when bought.
     pub amount_due: MicroUsd,
     pub issued_at: Timestamp,
+    /// The team's plan when the period ended: `included` is its allowance.
+    pub plan: PlanId,
+    /// Plan changes during the period, oldest first: each gave the rest of the period the new
+    /// plan's allowance, so `included_used` may exceed `included` after a downgrade.
+    pub plan_changes: Vec<PlanChange>,
+}
+
+/// A team's plan changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanChange {
+    pub at: Timestamp,
+    pub from: PlanId,
+    pub to: PlanId,
 }
 
 /// One line of the append-only audit log.

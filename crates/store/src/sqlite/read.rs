@@ -1,7 +1,7 @@
 //! Queries on committed data: teams, runs, usage (from the balances and rollups, never a scan
 //! of executions), invoices and the audit log.
 
-use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, Rules, RunId, RunStatus};
+use flowcredits_core::{Credits, MicroUsd, Period, PeriodUsage, PlanId, Rules, RunId, RunStatus};
 use jiff::civil::Date;
 use jiff::tz::Offset;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::team::{TEAM_COLUMNS, TeamRow, find_run, find_team, load_period, team_row};
 use crate::codec::{context_from, instant, kind_from, run_execution_keys, status_code, status_from, to_u64, trigger_from};
 use crate::error::{Result, StoreError};
-use crate::model::{AuditEntry, Invoice, LedgerRun, RunInfo, RunTimes, TeamInfo, TeamName, UsageLine, UsageReport};
+use crate::model::{AuditEntry, Invoice, LedgerRun, PlanChange, RunInfo, RunTimes, TeamInfo, TeamName, UsageLine, UsageReport};
 
 /// Runs `f` in one read transaction, so that every query sees the same commit.
 pub(super) fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -210,9 +210,44 @@ pub(super) fn invoices(conn: &Connection, team: &TeamName) -> Result<Vec<Invoice
             unbilled_credits: credits(unbilled)?,
             amount_due: MicroUsd(to_u64(due)?),
             issued_at: instant(issued)?,
+            plan: team.settings.plan,
+            plan_changes: Vec::new(),
         });
     }
+    // Each invoice's plan is the one in force when its period ended: the plan the first change
+    // at or after that end changed from, or the team's plan now.
+    let changes = plan_changes(conn, team.id)?;
+    for invoice in &mut invoices {
+        invoice.plan_changes = changes.iter().filter(|change| invoice.period.start <= change.at && change.at < invoice.period.end).copied().collect();
+        invoice.plan = changes.iter().find(|change| change.at >= invoice.period.end).map_or(team.settings.plan, |change| change.from);
+    }
     Ok(invoices)
+}
+
+/// Every plan change of a team, oldest first, from the audit log (which the writer keeps in
+/// the same transaction as the change).
+fn plan_changes(conn: &Connection, team_id: i64) -> Result<Vec<PlanChange>> {
+    let mut statement = conn.prepare_cached("SELECT at_ms, detail FROM audit_log WHERE team_id = ?1 AND action = ?2 ORDER BY id")?;
+    let rows = statement.query_map(params![team_id, PLAN_CHANGED_ACTION], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))?;
+    let mut changes = Vec::new();
+    for row in rows {
+        let (at, detail) = row?;
+        let (from, to) = parse_plan_change(&detail).ok_or_else(|| StoreError::Corrupt(format!("plan change `{detail}` in the audit log")))?;
+        changes.push(PlanChange { at: instant(at)?, from, to });
+    }
+    Ok(changes)
+}
+
+/// The audit log's action for a plan change; its detail is [`plan_change_detail`].
+pub(crate) const PLAN_CHANGED_ACTION: &str = "plan_changed";
+
+pub(crate) fn plan_change_detail(from: PlanId, to: PlanId) -> String {
+    format!("{from} to {to}")
+}
+
+fn parse_plan_change(detail: &str) -> Option<(PlanId, PlanId)> {
+    let (from, to) = detail.split_once(" to ")?;
+    Some((from.parse().ok()?, to.parse().ok()?))
 }
 
 pub(super) fn audit_log(conn: &Connection, team: &TeamName) -> Result<Vec<AuditEntry>> {

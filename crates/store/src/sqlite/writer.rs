@@ -581,7 +581,7 @@ impl Writer {
                 self.conn.prepare_cached(sql)?.execute(params![team_id, to_i64(grant.id), to_i64(grant.credits.0), ms(grant.granted_at), ms(grant.expires_at)])?;
                 self.audit(team_id, at, actor, "credits_purchased", &format!("grant {}: {} credits, expiring {}", grant.id, grant.credits, grant.expires_at))
             }
-            LedgerEvent::PlanChanged { from, to, .. } => self.audit(team_id, at, actor, "plan_changed", &format!("{from} to {to}")),
+            LedgerEvent::PlanChanged { from, to, .. } => self.audit(team_id, at, actor, super::read::PLAN_CHANGED_ACTION, &super::read::plan_change_detail(*from, *to)),
             LedgerEvent::AlertCrossed { alert, period_start, at } => {
                 let (kind, value) = alert_code(*alert);
                 let sql = "INSERT OR IGNORE INTO alerts (team_id, period_start_ms, kind, value, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)";

@@ -189,3 +189,30 @@ fn alerts_fired_before_they_named_their_allowance_stay_fired_after_migration() {
     assert_eq!(fired(&store), [of_100(75), of_100(100)], "100 of 100 used: only the 100% alert is new");
     assert_verified(&store);
 }
+
+/// An invoice says which plan its allowance is from and the plan changes during its period, so
+/// a downgrade's `included_used` above `included` is explained on the bill itself.
+#[test]
+fn an_invoice_names_its_plan_and_the_plan_changes_in_its_period() {
+    let dir = TempDir::new("invoice-plans");
+    let store = open(&dir.db());
+    create(&store, "t", PlanId::Team);
+    let t = team("t");
+    store.start_run(&t, start("r1", "2026-03-02T10:00:00Z")).unwrap();
+    // 40 of Team's 100 credits, then Free (25) for the rest of March, then Team again in April.
+    store.charge(&t, (0..20).map(|n| integration(&format!("e{n}"), "r1", "2026-03-02T10:00:00Z")).collect()).unwrap();
+    store.end_run(&t, &run("r1"), ts("2026-03-02T10:00:00Z")).unwrap();
+    let change = |at: &str, plan| store.change_billing(&t, &actor(), ts(at), BillingChange::ChangePlan { plan }).unwrap();
+    change("2026-03-15T09:00:00Z", PlanId::Free);
+    change("2026-04-10T09:00:00Z", PlanId::Team);
+    store.close_periods(ts("2026-05-01T00:00:00Z")).unwrap();
+    let invoices = store.invoices(&t).unwrap();
+    let summary: Vec<_> = invoices.iter().map(|invoice| (invoice.period.label(), invoice.plan, invoice.included, invoice.included_used, invoice.plan_changes.iter().map(|change| (change.at.to_string(), change.from, change.to)).collect::<Vec<_>>())).collect();
+    assert_eq!(
+        summary,
+        [
+            ("2026-03".to_owned(), PlanId::Free, Credits(25), Credits(40), vec![("2026-03-15T09:00:00Z".to_owned(), PlanId::Team, PlanId::Free)]),
+            ("2026-04".to_owned(), PlanId::Team, Credits(100), Credits(0), vec![("2026-04-10T09:00:00Z".to_owned(), PlanId::Free, PlanId::Team)]),
+        ]
+    );
+}
