@@ -165,3 +165,24 @@ async fn run_on_a_team_out_of_credits_says_the_run_waits_for_credits() {
     assert!(out.starts_with("muted|"), "not shown as an error: {out}");
     assert!(out.contains(&format!("Run {paused} is waiting for credits")) && out.contains("will run when credits return"), "{out}");
 }
+
+/// The invoices panel says which plan each period's allowance is from, and a plan change during
+/// the period beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_invoices_with_their_plan_and_plan_changes() {
+    if std::env::var_os("FLOWCREDITS_SKIP_BROWSER").is_some() {
+        eprintln!("SKIPPED: FLOWCREDITS_SKIP_BROWSER is set");
+        return;
+    }
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let ledger = support::ledger_with_invoices(ledger_dir.path());
+    let server = support::start_with(flowcredits_core::Rules::shipped(), move |state| state.ledger = ledger).await;
+    let url = format!("{}/dashboard?team=past#key={}", server.base, server.operator);
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url)).await.unwrap();
+    // The team moved from Solo to Team 31 days ago (`support::ledger_with_invoices`).
+    let changed = (flowcredits_core::Timestamp::now() - jiff::SignedDuration::from_hours(31 * 24)).to_string();
+    let row = format!("<td>team (solo → team on {})</td>", &changed[..10]);
+    assert!(dom.contains(&row), "{row} in {}", &dom[dom.find("invoice-rows").unwrap_or(0)..]);
+    assert!(dom.contains("<td>solo</td>"), "a period before the change is on Solo");
+    assert!(dom.contains("<td class=\"num\">1 of 50</td>"), "Solo's 50 included credits, one used");
+}

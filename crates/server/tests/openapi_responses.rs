@@ -10,9 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use flowcredits_core::{AnchorDay, BlockKind, BlockUsage, ExecutionId, PlanId, RunContext, RunId, Rules, TeamSettings, Timestamp, Trigger};
-use flowcredits_server::ledger::Ledger;
-use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, StartRun, TeamName, UsageEvent};
+use flowcredits_core::{Rules, Timestamp};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -186,35 +184,10 @@ fn echo_flow() -> Value {
     })
 }
 
-/// A ledger holding team `past`, created 100 days ago, with its ended periods invoiced.
-fn ledger_with_invoices(dir: &std::path::Path) -> Ledger {
-    let store = SqliteStore::open(dir.join("ledger.db"), Rules::shipped()).unwrap();
-    let created = Timestamp::now() - jiff::SignedDuration::from_hours(100 * 24);
-    let settings = TeamSettings { anchor_day: AnchorDay::new(1).unwrap(), ..TeamSettings::new(PlanId::Solo) };
-    let team = TeamName::new("past").unwrap();
-    store.create_team(NewTeam { name: team.clone(), settings, actor: Actor::new("test").unwrap(), at: created }).unwrap();
-    // A run in each of the three months before this one: invoices list periods that saw use.
-    // Between the last two, the team moves up to Team: an invoice lists the change.
-    for days_ago in [90, 60, 30] {
-        let at = Timestamp::now() - jiff::SignedDuration::from_hours(days_ago * 24);
-        if days_ago == 30 {
-            let before = at - jiff::SignedDuration::from_hours(24);
-            store.change_billing(&team, &Actor::new("test").unwrap(), before, flowcredits_store::BillingChange::ChangePlan { plan: PlanId::Team }).unwrap();
-        }
-        let run = RunId::new(format!("run_old_{days_ago}")).unwrap();
-        store.start_run(&team, StartRun { run: run.clone(), context: RunContext::automated(Trigger::Api).unwrap(), needs_credits: true, at }).unwrap();
-        let usage = BlockUsage::of_kind(BlockKind::Evaluate);
-        store.charge(&team, vec![UsageEvent { execution: ExecutionId::new(format!("{run}/evaluate")).unwrap(), run: run.clone(), usage, at }]).unwrap();
-        store.end_run(&team, &run, at).unwrap();
-    }
-    store.close_periods(Timestamp::now()).unwrap();
-    Ledger::new(std::sync::Arc::new(store))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_is_what_the_document_describes() {
     let ledger_dir = tempfile::tempdir().unwrap();
-    let ledger = ledger_with_invoices(ledger_dir.path());
+    let ledger = support::ledger_with_invoices(ledger_dir.path());
     let server = support::start_with(Rules::shipped(), move |state| state.ledger = ledger).await;
     let operator = server.operator.clone();
     let document = server.get("/openapi.json", "").await.1;
@@ -407,7 +380,7 @@ async fn the_document_lists_the_dashboard_and_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn team_and_invoice_cursors_are_ones_the_lists_gave() {
     let ledger_dir = tempfile::tempdir().unwrap();
-    let ledger = ledger_with_invoices(ledger_dir.path());
+    let ledger = support::ledger_with_invoices(ledger_dir.path());
     let server = support::start_with(Rules::shipped(), move |state| state.ledger = ledger).await;
     let operator = server.operator.clone();
     for name in ["b-team", "a.team"] {

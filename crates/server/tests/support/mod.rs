@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use flowcredits_core::Rules;
+use flowcredits_core::{AnchorDay, BlockKind, BlockUsage, ExecutionId, PlanId, RunContext, RunId, Rules, TeamSettings, Trigger};
+use flowcredits_server::ledger::Ledger;
 use flowcredits_server::serve::{bootstrap_operator, open_state_with};
+use flowcredits_store::{Actor, LedgerStore, NewTeam, SqliteStore, StartRun, TeamName, UsageEvent};
 use flowcredits_server::{AppState, app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -158,4 +160,29 @@ pub fn flow_costing_25() -> Value {
             {"from": "check.pass", "to": "reply.body"}
         ]
     })
+}
+
+/// A ledger holding team `past`, created 100 days ago, with its ended periods invoiced.
+pub fn ledger_with_invoices(dir: &std::path::Path) -> Ledger {
+    let store = SqliteStore::open(dir.join("ledger.db"), Rules::shipped()).unwrap();
+    let created = flowcredits_core::Timestamp::now() - jiff::SignedDuration::from_hours(100 * 24);
+    let settings = TeamSettings { anchor_day: AnchorDay::new(1).unwrap(), ..TeamSettings::new(PlanId::Solo) };
+    let team = TeamName::new("past").unwrap();
+    store.create_team(NewTeam { name: team.clone(), settings, actor: Actor::new("test").unwrap(), at: created }).unwrap();
+    // A run in each of the three months before this one: invoices list periods that saw use.
+    // Between the last two, the team moves up to Team: an invoice lists the change.
+    for days_ago in [90, 60, 30] {
+        let at = flowcredits_core::Timestamp::now() - jiff::SignedDuration::from_hours(days_ago * 24);
+        if days_ago == 30 {
+            let before = at - jiff::SignedDuration::from_hours(24);
+            store.change_billing(&team, &Actor::new("test").unwrap(), before, flowcredits_store::BillingChange::ChangePlan { plan: PlanId::Team }).unwrap();
+        }
+        let run = RunId::new(format!("run_old_{days_ago}")).unwrap();
+        store.start_run(&team, StartRun { run: run.clone(), context: RunContext::automated(Trigger::Api).unwrap(), needs_credits: true, at }).unwrap();
+        let usage = BlockUsage::of_kind(BlockKind::Evaluate);
+        store.charge(&team, vec![UsageEvent { execution: ExecutionId::new(format!("{run}/evaluate")).unwrap(), run: run.clone(), usage, at }]).unwrap();
+        store.end_run(&team, &run, at).unwrap();
+    }
+    store.close_periods(flowcredits_core::Timestamp::now()).unwrap();
+    Ledger::new(std::sync::Arc::new(store))
 }
