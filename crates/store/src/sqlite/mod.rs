@@ -78,8 +78,8 @@ struct Shared {
     /// not confirm), set by the syncer when a sync fails; never cleared.
     write_failure: Arc<OnceLock<String>>,
     /// Held while the store is open: the writer's cached team states are only right while it
-    /// is the file's one writer. The operating system releases it if the process dies.
-    _writer_lock: File,
+    /// is the file's one writer. Declared last, so dropped after every connection.
+    _writer_lock: WriterLock,
 }
 
 impl Drop for Shared {
@@ -155,18 +155,37 @@ pub fn migrate(path: &Path) -> Result<usize> {
     schema::migrate(&mut conn)
 }
 
-/// Takes the exclusive lock on `<database>-writer.lock`, or says who holds it. The lock sits
-/// beside the database's real path (symbolic links followed), so a second server cannot reach
-/// the same file under another name. (A hard link still could: it is another name of the file
-/// with nothing in common with this one's path.)
-fn lock_for_writing(path: &Path) -> Result<File> {
+/// The locks a store holds while it is the database's one writer; the operating system
+/// releases them if the process dies.
+struct WriterLock {
+    _beside: File,
+    _database: File,
+}
+
+/// Takes the exclusive locks on `<database>-writer.lock` and on the database file itself, or
+/// says who holds them. The first sits beside the database's real path (symbolic links
+/// followed); the second is the file's own, whatever name reached it, so a hard link to a
+/// served database is refused too (through another name SQLite would also keep another WAL,
+/// and the two writers would corrupt the file). The database's lock is a `flock`, which the
+/// `fcntl` locks SQLite takes on the same file do not see. Its descriptor stays open as long as
+/// the store: closing a descriptor of the file would drop every `fcntl` lock this process holds
+/// on it, SQLite's included, and the store closes its connections before it.
+fn lock_for_writing(path: &Path) -> Result<WriterLock> {
     let mut lock_path = real_path(path).into_os_string();
     lock_path.push("-writer.lock");
-    let file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|err| StoreError::Locked(format!("cannot open {}: {err}", Path::new(&lock_path).display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::InUse(path.display().to_string())),
-        Err(TryLockError::Error(err)) => Err(StoreError::Locked(format!("cannot lock {}: {err}", Path::new(&lock_path).display()))),
+    let beside = lock_exclusively(path, Path::new(&lock_path))?;
+    let database = lock_exclusively(path, path)?;
+    Ok(WriterLock { _beside: beside, _database: database })
+}
+
+/// Opens (creating if needed) `file` and takes its exclusive lock without waiting; `database`
+/// names the database the lock stands for.
+fn lock_exclusively(database: &Path, file: &Path) -> Result<File> {
+    let opened = File::options().create(true).truncate(false).read(true).write(true).open(file).map_err(|err| StoreError::Locked(format!("cannot open {}: {err}", file.display())))?;
+    match opened.try_lock() {
+        Ok(()) => Ok(opened),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse(database.display().to_string())),
+        Err(TryLockError::Error(err)) => Err(StoreError::Locked(format!("cannot lock {}: {err}", file.display()))),
     }
 }
 

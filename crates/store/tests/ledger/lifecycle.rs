@@ -238,9 +238,26 @@ fn one_writer_per_database_file() {
         std::os::unix::fs::symlink(dir.db(), &alias).unwrap();
         let err = flowcredits_store::SqliteStore::open(&alias, Rules::shipped()).err().expect("a writer through a link is refused");
         assert!(err.to_string().contains("open in another process"), "{err}");
+        // A hard link too: another name for the same file, in another directory.
+        let other_dir = dir.db().with_file_name("elsewhere");
+        std::fs::create_dir(&other_dir).unwrap();
+        let hard = other_dir.join("copy.db");
+        std::fs::hard_link(dir.db(), &hard).unwrap();
+        let err = flowcredits_store::SqliteStore::open(&hard, Rules::shipped()).err().expect("a writer through a hard link is refused");
+        assert!(err.to_string().contains("open in another process"), "{err}");
+        assert!(flowcredits_store::migrate(&hard).is_err(), "nor migrated through it");
     }
     drop(store);
-    open(&dir.db());
+    let reopened = open(&dir.db());
+    create(&reopened, "after", PlanId::Team);
+    drop(reopened);
+    // Once the writer closed, the file is free under any name.
+    #[cfg(unix)]
+    {
+        let hard = dir.db().with_file_name("elsewhere").join("copy.db");
+        let store = open(&hard);
+        assert!(store.team(&team("after")).is_ok(), "the same database through its other name");
+    }
 }
 
 /// Through a symbolic link, SQLite writes the WAL beside the real file; the syncer must sync
