@@ -525,7 +525,8 @@ fn schemas() -> Value {
         }),
         &[],
     );
-    let alert = record(json!({"id": string(), "alert": string(), "period_start": instant(), "created_at": instant(), "delivered_at": nullable(instant()), "attempts": count(), "last_error": nullable(string())}), &[]);
+    let alert_name = json!({"type": "string", "description": "`included_<percent>_of_<included credits>` (75 or 100 percent of that allowance; after a plan change to another allowance its thresholds are new alerts) or `payg_<dollars>` (a pay-as-you-go amount the team set)"});
+    let alert = record(json!({"id": string(), "alert": alert_name, "period_start": instant(), "created_at": instant(), "delivered_at": nullable(instant()), "attempts": count(), "last_error": nullable(string())}), &[]);
     let named: Vec<(&str, Value)> = vec![
         ("Error", record(json!({"error": error_body()}), &[])),
         ("HookAnswer", anything("what the flow's `response` block answered, whatever its shape")),
