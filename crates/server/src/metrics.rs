@@ -158,6 +158,7 @@ fn render_backends(out: &mut String, ledger: &flowcredits_store::WriterStats, hi
     for (name, help, value) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
     }
+    let _ = writeln!(out, "# HELP flowcredits_ledger_wal_bytes The ledger's WAL file now; it stays near 64 MiB under steady load (it starts over past that), so steady growth means a reader holds an old snapshot.\n# TYPE flowcredits_ledger_wal_bytes gauge\nflowcredits_ledger_wal_bytes {}", ledger.wal_bytes);
     let _ = writeln!(out, "# HELP flowcredits_history_queue_entries Run history entries waiting to be written.\n# TYPE flowcredits_history_queue_entries gauge\nflowcredits_history_queue_entries {history_backlog}");
 }
 

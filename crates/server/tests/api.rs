@@ -691,6 +691,8 @@ async fn health_metrics_and_the_openapi_document() {
     let (commits, requests, syncs) = (value("flowcredits_ledger_commits_total"), value("flowcredits_ledger_requests_total"), value("flowcredits_ledger_syncs_total"));
     assert!(requests >= 3.0 && commits >= 1.0 && commits <= requests && syncs >= 1.0 && syncs <= commits, "{metrics}");
     assert!(value("flowcredits_ledger_sync_seconds_total") > 0.0 && value("flowcredits_ledger_commit_seconds_total") > 0.0, "{metrics}");
+    // Those commits are in the WAL, which this little load never rewinds.
+    assert!(value("flowcredits_ledger_wal_bytes") > 0.0 && value("flowcredits_ledger_wal_rewinds_total") == 0.0, "{metrics}");
     assert_eq!(value("flowcredits_history_queue_entries"), 0.0, "the run's history was read, so it was written");
     let (_, document) = server.get("/openapi.json", "").await;
     assert_eq!(document["openapi"], "3.0.3");

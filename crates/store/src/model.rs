@@ -233,6 +233,9 @@ pub struct WriterStats {
     pub wal_rewinds: u64,
     /// Time spent in those copies (requests waited meanwhile), in nanoseconds.
     pub wal_rewind_ns: u64,
+    /// The WAL file's size now, in bytes (0 when there is none): it stays near the rewind
+    /// threshold under steady load, and a reader holding an old snapshot makes it grow.
+    pub wal_bytes: u64,
 }
 
 /// A run as the ledger recorded it, with its team and when it was admitted and ended (see

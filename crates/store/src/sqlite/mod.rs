@@ -431,7 +431,10 @@ impl LedgerStore for SqliteStore {
     }
 
     fn writer_stats(&self) -> WriterStats {
-        self.shared.stats.read()
+        // The WAL SQLite writes is beside the database's real file (links followed).
+        let mut wal = real_path(&self.shared.path).into_os_string();
+        wal.push("-wal");
+        WriterStats { wal_bytes: std::fs::metadata(wal).map_or(0, |metadata| metadata.len()), ..self.shared.stats.read() }
     }
 
     fn write_failure(&self) -> Option<String> {

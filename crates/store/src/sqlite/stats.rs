@@ -50,6 +50,7 @@ impl StatCounters {
             sync_ns: self.sync_ns.load(Ordering::Relaxed),
             wal_rewinds: self.wal_rewinds.load(Ordering::Relaxed),
             wal_rewind_ns: self.wal_rewind_ns.load(Ordering::Relaxed),
+            wal_bytes: 0,
         }
     }
 }

@@ -64,6 +64,11 @@ fn steady_writing_rewinds_the_wal_and_loses_nothing() {
     let runs: usize = writers.into_iter().map(|writer| writer.join().unwrap()).sum();
     let stats = store.writer_stats();
     assert!(stats.wal_rewinds >= 3, "the writer never copied the WAL whole while writes went on: {stats:?}");
+    // The size it reports is the file's (for `/metrics`).
+    let mut wal = dir.db().into_os_string();
+    wal.push("-wal");
+    assert_eq!(stats.wal_bytes, std::fs::metadata(&wal).unwrap().len());
+    assert!(stats.wal_bytes > 0);
     // Each time, the writer's next commit started the WAL over (without that the WAL would
     // hold every frame written since the store opened).
     assert!(wal_restarts(&dir.db()) >= 3, "the WAL started over {} times ({runs} runs, {stats:?})", wal_restarts(&dir.db()));
