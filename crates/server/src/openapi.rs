@@ -410,6 +410,12 @@ fn run_states() -> Value {
     one_of(RunState::ALL.iter().map(|state| state.as_str()))
 }
 
+/// `schema` with a description.
+fn described(mut schema: Value, description: &str) -> Value {
+    schema["description"] = json!(description);
+    schema
+}
+
 fn plan_ids() -> Value {
     one_of(PlanId::ALL.iter().map(|plan| plan.as_str()))
 }
@@ -520,7 +526,7 @@ fn schemas() -> Value {
     let invoice = record(
         json!({
             "period": period(), "included": count(), "included_used": count(), "included_expired": count(), "purchased_used": count(), "payg_credits": count(), "unbilled_credits": count(), "amount_due_usd": string(), "issued_at": instant(),
-            "plan": json!({"type": "string", "enum": PlanId::ALL.map(PlanId::as_str), "description": "the plan when the period ended; `included` is its allowance"}),
+            "plan": described(plan_ids(), "the plan when the period ended; `included` is its allowance"),
             "plan_changes": json!({"type": "array", "description": "plan changes during the period, oldest first; each gave the rest of the period the new plan's allowance (after a downgrade `included_used` may exceed `included`)", "items": record(json!({"at": instant(), "from": plan_ids(), "to": plan_ids()}), &[])}),
         }),
         &[],

@@ -249,8 +249,6 @@ fn hook_headers(headers: &HeaderMap) -> Map<String, Value> {
     map
 }
 
-/// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
-/// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
 /// The methods that call a hook (its flow reads `request.method`). HEAD and OPTIONS are asked
 /// by monitors, crawlers and browsers' preflights that expect nothing to happen, so they never
 /// start a run (which would spend credits); nor do TRACE, CONNECT or made-up methods.
@@ -258,15 +256,17 @@ pub const HOOK_METHODS: [Method; 5] = [Method::GET, Method::POST, Method::PUT, M
 
 /// 405 naming the methods that call a hook, in the `Allow` header as HTTP asks and in the message.
 fn hook_method_refused(method: &Method) -> Response {
-    let allowed: Vec<&str> = HOOK_METHODS.iter().map(Method::as_str).collect();
-    let message = format!("{method} does not call a hook, so no run started; call it with {}", allowed.join(", "));
+    let allowed = HOOK_METHODS.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    let message = format!("{method} does not call a hook, so no run started; call it with {allowed}");
     let mut response = ApiError::MethodNotAllowedFor(message).into_response();
-    if let Ok(allow) = axum::http::HeaderValue::from_str(&allowed.join(", ")) {
+    if let Ok(allow) = axum::http::HeaderValue::from_str(&allowed) {
         response.headers_mut().insert(axum::http::header::ALLOW, allow);
     }
     response
 }
 
+/// `POST|GET|… /hooks/{team}/{path}`: calls a deployed flow. An automated run (trigger api).
+/// `?async=true` or `Prefer: respond-async` answers 202 with the run id at once.
 pub async fn call_hook(State(state): State<AppState>, caller: Caller, Path((team, path)): Path<(String, String)>, method: Method, headers: HeaderMap, uri: axum::http::Uri, body: Body) -> Result<Response, ApiError> {
     if !HOOK_METHODS.contains(&method) {
         return Ok(hook_method_refused(&method));

@@ -77,6 +77,8 @@ struct Shared {
     /// Why the writer refuses every write until the store is opened again (a sync the disk did
     /// not confirm), set by the syncer when a sync fails; never cleared.
     write_failure: Arc<OnceLock<String>>,
+    /// The WAL file, whose size `writer_stats` reports.
+    wal: PathBuf,
     /// Held while the store is open: the writer's cached team states are only right while it
     /// is the file's one writer. Declared last, so dropped after every connection.
     _writer_lock: WriterLock,
@@ -241,16 +243,18 @@ impl SqliteStore {
         let decision_ns = options.record_decision_times.then(DecisionTimes::default);
         let stats = Arc::new(stats::StatCounters::default());
         let write_failure = Arc::new(OnceLock::new());
+        // The WAL is named after the file SQLite opened, which is the database's real path
+        // (SQLite follows symbolic links); a WAL looked for beside a link would not exist.
+        let opened = conn.path().map_or_else(|| real_path(&path), std::path::PathBuf::from);
+        let wal = syncer::wal_path(&opened);
         let syncer = match options.durability {
-            // The WAL is named after the file SQLite opened, which is the database's real path
-            // (SQLite follows symbolic links); a WAL looked for beside a link would not exist.
-            Durability::Full => Some(syncer::Syncer::start(conn.path().map_or_else(|| real_path(&path), std::path::PathBuf::from), Arc::clone(&stats), Arc::clone(&write_failure))?),
+            Durability::Full => Some(syncer::Syncer::start(opened, Arc::clone(&stats), Arc::clone(&write_failure))?),
             Durability::Normal => None,
         };
         let writer = Writer::new(conn, rules, decision_ns.clone(), syncer, Arc::clone(&stats), wal_restart_due)?;
         let (requests, queue) = mpsc::sync_channel(QUEUE_REQUESTS_MAX);
         let thread = std::thread::Builder::new().name("ledger-writer".into()).spawn(move || writer.run(queue)).map_err(|err| StoreError::Aborted(format!("cannot start the writer thread: {err}")))?;
-        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), write_failure, _writer_lock: writer_lock };
+        let shared = Shared { path, rules: options.rules, requests: Some(requests), writer: Some(thread), readers: Mutex::new(Vec::new()), decision_ns, stats, checkpointer: Some(checkpointer), write_failure, wal, _writer_lock: writer_lock };
         Ok(SqliteStore { shared: Arc::new(shared) })
     }
 
@@ -431,10 +435,7 @@ impl LedgerStore for SqliteStore {
     }
 
     fn writer_stats(&self) -> WriterStats {
-        // The WAL SQLite writes is beside the database's real file (links followed).
-        let mut wal = real_path(&self.shared.path).into_os_string();
-        wal.push("-wal");
-        WriterStats { wal_bytes: std::fs::metadata(wal).map_or(0, |metadata| metadata.len()), ..self.shared.stats.read() }
+        WriterStats { wal_bytes: std::fs::metadata(&self.shared.wal).map_or(0, |metadata| metadata.len()), ..self.shared.stats.read() }
     }
 
     fn write_failure(&self) -> Option<String> {

@@ -18,7 +18,7 @@
 //! again.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
@@ -37,17 +37,24 @@ pub(crate) struct Syncer {
     failure: Arc<OnceLock<String>>,
 }
 
+/// The WAL SQLite keeps for the database file at `database` (the file it opened: links
+/// followed, since SQLite follows them).
+pub(crate) fn wal_path(database: &Path) -> PathBuf {
+    let mut wal = database.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 impl Syncer {
     /// Starts the syncer for the WAL file of the database at `database`. The cause of the
     /// first failed sync goes into `failure`, which the store reads for health checks.
     pub(crate) fn start(database: PathBuf, stats: Arc<StatCounters>, failure: Arc<OnceLock<String>>) -> Result<Syncer> {
-        let mut wal = database.into_os_string();
-        wal.push("-wal");
+        let wal = wal_path(&database);
         let (groups, queue) = mpsc::channel();
         let noted = Arc::clone(&failure);
         let thread = std::thread::Builder::new()
             .name("ledger-sync".into())
-            .spawn(move || sync_loop(PathBuf::from(wal), queue, &noted, &stats))
+            .spawn(move || sync_loop(wal, queue, &noted, &stats))
             .map_err(|err| StoreError::Aborted(format!("cannot start the sync thread: {err}")))?;
         Ok(Syncer { groups: Some(groups), thread: Some(thread), failure })
     }

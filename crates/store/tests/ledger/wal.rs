@@ -32,12 +32,17 @@ fn write_runs(store: &SqliteStore, writer: usize, stop: &AtomicBool) -> usize {
     runs
 }
 
+/// The WAL beside the database file at `db`.
+fn wal_of(db: &std::path::Path) -> std::path::PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
 /// How many times the WAL has started over from its beginning: SQLite counts them in the WAL
 /// file's header (bytes 12 to 15, big-endian, the checkpoint sequence number).
 fn wal_restarts(db: &std::path::Path) -> u32 {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let header = std::fs::read(wal).map(|bytes| bytes.get(..32).map(<[u8]>::to_vec)).ok().flatten().unwrap_or_default();
+    let header = std::fs::read(wal_of(db)).map(|bytes| bytes.get(..32).map(<[u8]>::to_vec)).ok().flatten().unwrap_or_default();
     header.get(12..16).map_or(0, |bytes| u32::from_be_bytes(bytes.try_into().unwrap()))
 }
 
@@ -65,9 +70,7 @@ fn steady_writing_rewinds_the_wal_and_loses_nothing() {
     let stats = store.writer_stats();
     assert!(stats.wal_rewinds >= 3, "the writer never copied the WAL whole while writes went on: {stats:?}");
     // The size it reports is the file's (for `/metrics`).
-    let mut wal = dir.db().into_os_string();
-    wal.push("-wal");
-    assert_eq!(stats.wal_bytes, std::fs::metadata(&wal).unwrap().len());
+    assert_eq!(stats.wal_bytes, std::fs::metadata(wal_of(&dir.db())).unwrap().len());
     assert!(stats.wal_bytes > 0);
     // Each time, the writer's next commit started the WAL over (without that the WAL would
     // hold every frame written since the store opened).
