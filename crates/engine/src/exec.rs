@@ -14,6 +14,7 @@ use flowcredits_core::{BlockKind, BlockUsage, Credits, ExecutionId, RunContext, 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::error::{EngineError, Problem, Problems};
@@ -451,7 +452,7 @@ struct Frame<'a> {
     collected: Vec<Vec<Value>>,
     stop: bool,
     /// With block traces on: inputs and start of blocks that are executing.
-    started: HashMap<BlockIx, (Value, Timestamp, Instant)>,
+    started: HashMap<BlockIx, (Box<RawValue>, Timestamp, Instant)>,
 }
 
 impl<'a> Frame<'a> {
@@ -567,8 +568,8 @@ impl<'a> Frame<'a> {
         let base = self.flow.slot[b];
         let inputs = base..base + block.inputs.len();
         if self.run.engine.traces {
-            let input: Map<String, Value> = block.inputs.iter().zip(&self.slots[inputs.clone()]).filter_map(|(port, value)| Some((port.name.clone(), value.clone()?))).collect();
-            self.started.insert(b, (Value::Object(input), Timestamp::now(), Instant::now()));
+            let input = ports_json(block.inputs.iter().zip(&self.slots[inputs.clone()]).filter_map(|(port, value)| Some((port.name.as_str(), value.as_ref()?))));
+            self.started.insert(b, (input, Timestamp::now(), Instant::now()));
         }
         // The slots are lent to the block rather than copied out: no allocation per block.
         let mut slots = std::mem::take(&mut self.slots);
@@ -623,15 +624,15 @@ impl<'a> Frame<'a> {
     }
 
     /// The trace of block `b`'s execution that just ended, when traces are on.
-    fn trace<'v>(&mut self, b: BlockIx, result: Result<impl Iterator<Item = (usize, &'v Value)>, &str>) -> Option<Box<BlockTrace>> {
+    fn trace<'v>(&mut self, b: BlockIx, result: Result<impl Iterator<Item = (usize, &'v Value)> + Clone, &str>) -> Option<Box<BlockTrace>> {
         if !self.run.engine.traces {
             return None;
         }
-        let (input, started_at, started) = self.started.remove(&b).unwrap_or_else(|| (Value::Null, Timestamp::now(), Instant::now()));
+        let (input, started_at, started) = self.started.remove(&b).unwrap_or_else(|| (RawValue::NULL.to_owned(), Timestamp::now(), Instant::now()));
         let outputs = &self.flow.blocks[b].outputs;
         let (output, error) = match result {
-            Ok(sent) => (Value::Object(sent.map(|(port, value)| (outputs[port].name.clone(), value.clone())).collect()), None),
-            Err(message) => (Value::Null, Some(message.to_owned())),
+            Ok(sent) => (ports_json(sent.map(|(port, value)| (outputs[port].name.as_str(), value))), None),
+            Err(message) => (RawValue::NULL.to_owned(), Some(message.to_owned())),
         };
         let duration_us = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
         Some(Box::new(BlockTrace { input, output, error, started_at, duration_us }))
@@ -1012,4 +1013,17 @@ fn whole_number(value: &Value) -> Option<u64> {
         // 2^53: past it a float no longer tells neighbouring whole numbers apart.
         (float >= 0.0 && float.fract() == 0.0 && float <= 9_007_199_254_740_992.0).then_some(float as u64)
     })
+}
+
+/// Port values by port name, written as JSON text straight from the values (a trace's input or
+/// output): nothing is copied into a map first.
+fn ports_json<'v>(ports: impl Iterator<Item = (&'v str, &'v Value)> + Clone) -> Box<RawValue> {
+    struct Ports<I>(I);
+    impl<'v, I: Iterator<Item = (&'v str, &'v Value)> + Clone> serde::Serialize for Ports<I> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.clone())
+        }
+    }
+    // Values have text keys and finite numbers: writing them cannot fail.
+    serde_json::value::to_raw_value(&Ports(ports)).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }

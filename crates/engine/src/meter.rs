@@ -21,7 +21,7 @@ pub enum Admission {
 
 /// One block execution to charge. The execution id is deterministic
 /// (`run/block`, `run/loop#3/block`, `run/subflow/block`), so a retried charge is counted once.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct BlockCharge {
     pub execution: ExecutionId,
     pub usage: BlockUsage,
@@ -36,13 +36,15 @@ impl BlockCharge {
     }
 }
 
-/// One block execution as run history shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One block execution as run history shows it. Its values are kept as JSON text, written from
+/// the values themselves when the block ran: a trace copies no value, and history stores the
+/// text as it is.
+#[derive(Clone, Debug)]
 pub struct BlockTrace {
-    /// The values on its input ports, by port name.
-    pub input: serde_json::Value,
-    /// The values it sent, by output port name.
-    pub output: serde_json::Value,
+    /// The values on its input ports, by port name (a JSON object).
+    pub input: Box<serde_json::value::RawValue>,
+    /// The values it sent, by output port name (a JSON object), or `null` when it failed.
+    pub output: Box<serde_json::value::RawValue>,
     pub error: Option<String>,
     pub started_at: Timestamp,
     pub duration_us: u64,

@@ -230,9 +230,9 @@ fn charge_json(charge: &BlockCharge, run_prefix: &str) -> Value {
         "internal_mcp_tools": usage.internal_mcp_tools,
     });
     if let Some(trace) = &charge.trace {
-        let size = trace.input.to_string().len() + trace.output.to_string().len();
+        let size = trace.input.get().len() + trace.output.get().len();
         let (input, output) = if size <= TRACE_BYTES_MAX {
-            (trace.input.clone(), trace.output.clone())
+            (json!(trace.input), json!(trace.output))
         } else {
             let omitted = json!({"omitted": format!("{size} bytes of values, more than a runner sends ({TRACE_BYTES_MAX})")});
             (omitted.clone(), omitted)

@@ -4,6 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::catalog::{Page, PageRequest, json_column, ms_to_text};
 use crate::error::ApiError;
@@ -266,8 +267,9 @@ pub struct BlockRecord {
     pub block_id: String,
     pub kind: &'static str,
     pub failed: bool,
-    pub input: Value,
-    pub output: Value,
+    /// JSON text, as the engine's trace wrote it.
+    pub input: Box<RawValue>,
+    pub output: Box<RawValue>,
     pub started_ms: i64,
     pub duration_us: i64,
     pub credits: u64,
@@ -291,14 +293,14 @@ struct StoredBlock<B, V> {
 /// Records block executions as the run's next batch (one row whatever their number).
 pub fn insert_blocks(connection: &Connection, run: &str, blocks: &[BlockRecord], run_is_new: bool) -> Result<(), ApiError> {
     let batch: i64 = if run_is_new { 0 } else { connection.prepare_cached("SELECT COALESCE(MAX(batch) + 1, 0) FROM run_history_batches WHERE run_id = ?1")?.query_row([run], |row| row.get(0))? };
-    let stored: Vec<StoredBlock<&str, &Value>> = blocks
+    let stored: Vec<StoredBlock<&str, &RawValue>> = blocks
         .iter()
         .map(|block| StoredBlock {
             block_id: block.block_id.as_str(),
             kind: block.kind,
             status: if block.failed { "failed" } else { "completed" },
-            input: &block.input,
-            output: &block.output,
+            input: &*block.input,
+            output: &*block.output,
             started_ms: block.started_ms,
             duration_us: block.duration_us,
             credits: block.credits,

@@ -557,7 +557,8 @@ pub(crate) async fn charge_reported(state: &AppState, team: &str, run: &str, bod
             .trace
             .map(|trace| {
                 let started_at = trace.started_at.parse::<jiff::Timestamp>().map_err(|err| ApiError::invalid(format!("charges[{index}].trace.started_at"), format!("`{}` is not an RFC 3339 time: {err}", trace.started_at)))?;
-                Ok::<_, ApiError>(Box::new(BlockTrace { input: trace.input, output: trace.output, error: trace.error, started_at, duration_us: trace.duration_us }))
+                let text = |value: &Value| serde_json::value::to_raw_value(value).map_err(ApiError::internal);
+                Ok::<_, ApiError>(Box::new(BlockTrace { input: text(&trace.input)?, output: text(&trace.output)?, error: trace.error, started_at, duration_us: trace.duration_us }))
             })
             .transpose()?;
         let usage = BlockUsage { kind, model: charge.model, external_mcp_tools: charge.external_mcp_tools, internal_mcp_tools: charge.internal_mcp_tools };

@@ -607,7 +607,8 @@ fn record_charged(state: &AppState, run_id: &str, charges: &mut [BlockCharge], c
             // The trace is taken, not copied: nothing reads it after the charge.
             let trace = charge.trace.take().map(|trace| *trace);
             let (started_ms, duration_us) = trace.as_ref().map_or_else(|| (catalog::now_ms(), 0), |trace| (trace.started_at.as_millisecond(), trace.duration_us.min(i64::MAX as u64) as i64));
-            let (input, output, error) = trace.map_or((Value::Null, Value::Null, None), |trace| (trace.input, trace.output, trace.error));
+            let null = || serde_json::value::RawValue::NULL.to_owned();
+            let (input, output, error) = trace.map_or_else(|| (null(), null(), None), |trace| (trace.input, trace.output, trace.error));
             BlockRecord {
                 block_id: charge.execution.as_str().strip_prefix(&prefix).unwrap_or(charge.execution.as_str()).to_owned(),
                 kind: charge.usage.kind.as_str(),
