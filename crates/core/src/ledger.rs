@@ -7,7 +7,9 @@
 //! and returns the [`LedgerEvent`]s that describe the change. Storage persists those events;
 //! balances are always derivable from them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::fmt;
 
 use jiff::Timestamp;
@@ -331,7 +333,7 @@ pub struct TeamLedger {
 
 impl TeamLedger {
     pub fn new(settings: TeamSettings) -> TeamLedger {
-        TeamLedger { settings, clock: None, current: None, periods: BTreeMap::new(), grants: Vec::new(), runs: HashMap::new(), paused: BTreeMap::new(), next_run_seq: 1 }
+        TeamLedger { settings, clock: None, current: None, periods: BTreeMap::new(), grants: Vec::new(), runs: HashMap::default(), paused: BTreeMap::new(), next_run_seq: 1 }
     }
 
     /// A ledger picked up where a store left it: `current` is the period the clock is in, `runs`

@@ -452,7 +452,7 @@ struct Frame<'a> {
     collected: Vec<Vec<Value>>,
     stop: bool,
     /// With block traces on: inputs and start of blocks that are executing.
-    started: HashMap<BlockIx, (Box<RawValue>, Timestamp, Instant)>,
+    started: foldhash::HashMap<BlockIx, (Box<RawValue>, Timestamp, Instant)>,
 }
 
 impl<'a> Frame<'a> {
@@ -474,7 +474,7 @@ impl<'a> Frame<'a> {
             captured: HashMap::new(),
             collected: vec![Vec::new(); info.collects.len()],
             stop: false,
-            started: HashMap::new(),
+            started: foldhash::HashMap::default(),
         }
     }
 

@@ -192,7 +192,7 @@ struct RunEntries {
 #[derive(Default)]
 struct BatchRuns {
     order: Vec<(String, RunEntries)>,
-    index: std::collections::HashMap<String, usize>,
+    index: foldhash::HashMap<String, usize>,
 }
 
 impl BatchRuns {
@@ -216,7 +216,7 @@ impl BatchRuns {
 /// at [`history::BLOCKS_PER_RUN_MAX`]. A run is counted from the database when first seen here
 /// (after a restart, or a run charged from another machine) and forgotten when it finishes.
 #[derive(Default)]
-struct KeptBlocks(std::collections::HashMap<String, usize>);
+struct KeptBlocks(foldhash::HashMap<String, usize>);
 
 impl KeptBlocks {
     /// Keeps what room is left of `blocks` and counts the rest as omitted in the run's row.

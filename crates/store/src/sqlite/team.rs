@@ -1,6 +1,6 @@
 //! Loading one team's ledger from the database, exactly where the last commit left it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use flowcredits_core::{AnchorDay, Credits, Grant, LedgerSnapshot, MicroUsd, Period, PeriodUsage, RunId, RunRecord, TeamLedger, TeamSettings};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -108,7 +108,7 @@ fn load_open_runs(conn: &Connection, team_id: i64) -> Result<OpenRuns> {
     let sql = "SELECT id, run_key, seq, trigger, location, needs_credits, status, created_ms, credits FROM runs WHERE team_id = ?1 AND status IN (0, 1) ORDER BY seq";
     let mut statement = conn.prepare_cached(sql)?;
     let rows = statement.query_map([team_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?, [row.get::<_, i64>(2)?, row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?, row.get(8)?])))?;
-    let (mut runs, mut open) = (Vec::new(), HashMap::new());
+    let (mut runs, mut open) = (Vec::new(), HashMap::default());
     for row in rows {
         let (row_id, key, [seq, trigger, location, needs_credits, status, created_ms, credits]) = row?;
         let run = RunId::new(key).map_err(|err| StoreError::Corrupt(err.to_string()))?;

@@ -7,7 +7,7 @@
 //! database failure rolls the whole group back and drops the cached team states, which are then
 //! reloaded from what was committed.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -138,7 +138,7 @@ struct Content {
 impl Writer {
     pub(crate) fn new(conn: Connection, rules: Arc<Rules>, decision_ns: Option<DecisionTimes>, syncer: Option<Syncer>, stats: Arc<StatCounters>, wal_restart_due: Arc<AtomicBool>) -> Result<Writer> {
         let next_op = read_next_op(&conn)?;
-        Ok(Writer { conn, rules, teams: HashMap::new(), next_op, pending: Pending::default(), decision_ns, syncer, stats, wal_restart_due })
+        Ok(Writer { conn, rules, teams: HashMap::default(), next_op, pending: Pending::default(), decision_ns, syncer, stats, wal_restart_due })
     }
 
     pub(crate) fn run(mut self, requests: Receiver<Request>) {
