@@ -25,6 +25,10 @@ const REPETITIONS: usize = 7;
 
 #[derive(clap::Args)]
 pub struct BenchEngineArgs {
+    /// Keep a trace of every block execution (its inputs, outputs and timing), as the server
+    /// does for run history.
+    #[arg(long)]
+    pub traces: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -40,7 +44,7 @@ struct Workload {
 }
 
 pub fn run(args: BenchEngineArgs) -> anyhow::Result<ExitCode> {
-    let engine = Engine::default();
+    let engine = if args.traces { Engine::default().with_block_traces() } else { Engine::default() };
     let workloads = [chain()?, looped()?];
     let mut rows = Vec::new();
     for workload in &workloads {
@@ -69,6 +73,7 @@ pub fn run(args: BenchEngineArgs) -> anyhow::Result<ExitCode> {
             "engine_vs_baseline": blocks_per_s as f64 / baseline_blocks_per_s as f64,
             "repetitions": REPETITIONS,
             "metered": true,
+            "traces": args.traces,
             "workloads": workloads,
         }));
     } else {
