@@ -15,6 +15,10 @@ pub(crate) struct TeamState {
     pub id: i64,
     pub ledger: TeamLedger,
     pub open_runs: HashMap<RunId, i64>,
+    /// The largest execution key stored for the team, read on the first charge and kept up to
+    /// date as executions are written (the writer is the only one writing them), so that a
+    /// charge does not ask the database for it again. `None` until read.
+    pub largest_key: Option<Option<Vec<u8>>>,
 }
 
 /// The columns of `teams` that make a team's settings.
@@ -68,7 +72,7 @@ pub(crate) fn load_team(conn: &Connection, team: &TeamName) -> Result<TeamState>
     };
     let (runs, open_runs) = load_open_runs(conn, row.id)?;
     let snapshot = LedgerSnapshot { settings: row.settings, clock, current, grants: load_grants(conn, row.id)?, runs, next_run_seq: to_u64(row.next_run_seq)? };
-    Ok(TeamState { id: row.id, ledger: TeamLedger::restore(snapshot), open_runs })
+    Ok(TeamState { id: row.id, ledger: TeamLedger::restore(snapshot), open_runs, largest_key: None })
 }
 
 /// One period's balances and the alerts it fired; `None` when the ledger never opened it.

@@ -320,7 +320,8 @@ impl Writer {
         let mut effects = Effects::new(at);
         if events.len() == 1 {
             // One charge is one core step, which undoes itself when refused: no copy needed.
-            let decided = self.decide_charges(state.id, &state.open_runs, &mut state.ledger, events, &mut effects);
+            let largest_stored = self.largest_key(state)?;
+            let decided = self.decide_charges(state.id, &state.open_runs, largest_stored, &mut state.ledger, events, &mut effects);
             // A refusal leaves only the opening of a period that began, in `effects`.
             if decided.is_ok() || !effects.events.is_empty() {
                 self.write(team, state, effects, None)?;
@@ -330,7 +331,8 @@ impl Writer {
         // A batch is decided on a copy of the ledger, so that a refused event undoes the
         // events before it.
         let mut ledger = state.ledger.clone();
-        match self.decide_charges(state.id, &state.open_runs, &mut ledger, events, &mut effects) {
+        let largest_stored = self.largest_key(state)?;
+        match self.decide_charges(state.id, &state.open_runs, largest_stored, &mut ledger, events, &mut effects) {
             Ok(outcomes) => {
                 state.ledger = ledger;
                 self.write(team, state, effects, None)?;
@@ -346,10 +348,19 @@ impl Writer {
         }
     }
 
-    fn decide_charges(&self, team_id: i64, open_runs: &HashMap<RunId, i64>, ledger: &mut TeamLedger, events: Vec<UsageEvent>, effects: &mut Effects) -> Result<Vec<ChargeOutcome>> {
+    /// The largest execution key stored for the team: read once, then kept by
+    /// [`Self::write_executions`].
+    fn largest_key(&self, state: &mut TeamState) -> Result<Option<Vec<u8>>> {
+        if state.largest_key.is_none() {
+            let stored: Option<Vec<u8>> = self.conn.prepare_cached("SELECT max(key) FROM executions WHERE team_id = ?1")?.query_row([state.id], |row| row.get(0))?;
+            state.largest_key = Some(stored);
+        }
+        Ok(state.largest_key.clone().flatten())
+    }
+
+    fn decide_charges(&self, team_id: i64, open_runs: &HashMap<RunId, i64>, largest_stored: Option<Vec<u8>>, ledger: &mut TeamLedger, events: Vec<UsageEvent>, effects: &mut Effects) -> Result<Vec<ChargeOutcome>> {
         let mut outcomes = Vec::with_capacity(events.len());
         let mut find_execution = self.conn.prepare_cached("SELECT run_id, kind, detail_hash, credits FROM executions WHERE team_id = ?1 AND key = ?2")?;
-        let largest_stored: Option<Vec<u8>> = self.conn.prepare_cached("SELECT max(key) FROM executions WHERE team_id = ?1")?.query_row([team_id], |row| row.get(0))?;
         let mut batch = BatchKeys::new(largest_stored);
         for (index, event) in events.into_iter().enumerate() {
             let in_event = |source: StoreError| StoreError::Event { index, source: Box::new(source) };
@@ -613,9 +624,13 @@ impl Writer {
 
     /// Writes executions and their ledger entries; balances and rollups go to [`Pending`]. An
     /// entry's id is its execution's op number.
-    fn write_executions(&mut self, state: &TeamState, executions: &[NewExecution]) -> Result<()> {
-        if executions.is_empty() {
-            return Ok(());
+    fn write_executions(&mut self, state: &mut TeamState, executions: &[NewExecution]) -> Result<()> {
+        let Some(largest_written) = executions.iter().map(|execution| &execution.key).max() else { return Ok(()) };
+        // Kept only once read: until then the database answers, these rows included.
+        if let Some(largest) = &mut state.largest_key
+            && largest.as_ref().is_none_or(|stored| largest_written > stored)
+        {
+            *largest = Some(largest_written.clone());
         }
         let first_op = self.next_op;
         self.next_op += executions.len() as i64;
