@@ -42,6 +42,8 @@ pub enum CoreError {
     RunNotRunning { run: String, status: RunStatus },
     #[error("run {run} is {status}")]
     RunAlreadyFinished { run: String, status: RunStatus },
+    #[error("the team already has {max} runs waiting for credits, the most it may have; a new run that needs credits can wait only once credits come back (pay-as-you-go, a purchase or the next period) or waiting runs are cancelled")]
+    TooManyPausedRuns { max: usize },
     #[error("plan {plan} cannot buy credits")]
     PlanCannotPurchase { plan: PlanId },
     #[error("plan {plan} has no pay-as-you-go")]

@@ -27,6 +27,11 @@ pub const PURCHASE_CREDITS_MAX: u64 = 1_000_000_000;
 pub const PAYG_CAP_MICRO_USD_MAX: u64 = 10_000_000 * 1_000_000;
 /// Most pay-as-you-go alert amounts a team may set.
 pub const PAYG_ALERTS_MAX: usize = 16;
+/// Most runs one team may have waiting for credits. Past it a run that would wait is refused
+/// instead: every open run is held in memory by the ledger, and a team out of credits whose
+/// hooks keep being called would otherwise grow it (and the burst of runs that starts when
+/// credits return) without bound.
+pub const PAUSED_RUNS_MAX: usize = 10_000;
 /// Percentages of included credits at which a team is alerted.
 pub const INCLUDED_ALERT_PERCENTS: [u8; 2] = [75, 100];
 
@@ -510,6 +515,9 @@ impl TeamLedger {
             return Err(CoreError::DuplicateRun { run: run.0 });
         }
         let admitted = !needs_credits || self.has_credits_left(rules, at);
+        if !admitted && self.paused.len() >= PAUSED_RUNS_MAX {
+            return Err(CoreError::TooManyPausedRuns { max: PAUSED_RUNS_MAX });
+        }
         let seq = self.next_run_seq;
         self.next_run_seq += 1;
         let status = if admitted { RunStatus::Running } else { RunStatus::Paused };

@@ -1,6 +1,7 @@
 //! The ledger's rules, one behaviour per test: draw-down order, admission, pausing and resuming,
 //! pay-as-you-go and its cap, purchases, alerts, plan changes and refusals.
 
+use flowcredits_core::ledger::PAUSED_RUNS_MAX;
 use flowcredits_core::{Alert, BlockKind, BlockUsage, CloudRun, Command, CoreError, Credits, ExecutionId, LedgerEvent, MicroUsd, PlanId, RunContext, RunId, RunStatus, Rules, TeamLedger, TeamSettings, Timestamp, Trigger};
 
 struct Team {
@@ -98,6 +99,31 @@ fn a_free_team_at_its_limit_finishes_running_runs_and_pauses_new_ones() {
     // Free has no pay-as-you-go and cannot buy credits.
     assert_eq!(team.step("2026-03-02T00:00:07Z", Command::SetPayg { enabled: true }).unwrap_err().to_string(), "plan free has no pay-as-you-go");
     assert_eq!(team.step("2026-03-02T00:00:07Z", Command::Purchase { credits: Credits(10), expires_at: None }).unwrap_err().to_string(), "plan free cannot buy credits");
+}
+
+#[test]
+fn past_the_most_paused_runs_a_run_that_would_wait_is_refused_and_changes_nothing() {
+    let mut team = Team::new(PlanId::Free);
+    team.start("2026-03-02T00:00:00Z", "r1");
+    team.charge("2026-03-02T00:00:00Z", "r1", 13); // past the 25 included
+    for n in 0..PAUSED_RUNS_MAX {
+        assert_eq!(team.start("2026-03-02T00:00:01Z", &format!("p{n}")), RunStatus::Paused);
+    }
+    let seq_before = team.ledger.next_run_seq();
+    let one_more = Command::StartRun { run: run("late"), context: RunContext::automated(Trigger::Api).unwrap(), needs_credits: true };
+    let refused = team.step("2026-03-02T00:00:02Z", one_more.clone()).unwrap_err();
+    assert_eq!(refused, CoreError::TooManyPausedRuns { max: PAUSED_RUNS_MAX });
+    assert!(refused.to_string().starts_with("the team already has 10000 runs waiting for credits"), "{refused}");
+    assert!(team.ledger.run(&run("late")).is_none());
+    assert_eq!((team.ledger.next_run_seq(), team.ledger.paused_runs().count()), (seq_before, PAUSED_RUNS_MAX));
+    // A run that needs no credits is not one that waits: it starts.
+    let free_run = Command::StartRun { run: run("free"), context: RunContext::manual(CloudRun::Off), needs_credits: false };
+    team.step("2026-03-02T00:00:03Z", free_run).unwrap();
+    assert_eq!(team.status("free"), RunStatus::Running);
+    // A cancelled waiting run makes room for one more.
+    team.step("2026-03-02T00:00:04Z", Command::CancelRun { run: run("p0") }).unwrap();
+    team.step("2026-03-02T00:00:05Z", one_more).unwrap();
+    assert_eq!(team.status("late"), RunStatus::Paused);
 }
 
 #[test]

@@ -69,6 +69,7 @@ fn store_error(err: StoreError) -> ApiError {
             CoreError::AmountOutOfRange { field, .. } => ApiError::invalid(*field, core.to_string()),
             CoreError::ExpiryNotAfterPurchase { .. } => ApiError::invalid("expires_at", core.to_string()),
             CoreError::UnknownRun { run } => ApiError::NotFound(format!("run {run}")),
+            CoreError::TooManyPausedRuns { .. } => ApiError::LimitReached(err.to_string()),
             CoreError::UnknownModel { .. } | CoreError::MissingModel { .. } | CoreError::TooManyTools { .. } | CoreError::UnknownBlockKind { .. } => ApiError::invalid("usage", core.to_string()),
             _ => ApiError::Conflict(err.to_string()),
         },

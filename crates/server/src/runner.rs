@@ -286,7 +286,7 @@ impl Runner {
     async fn execute(&self, state: &AppState, job: Job, admitted: Option<oneshot::Sender<Result<RunStatus, ApiError>>>, reply: ReplySlot) -> Option<RunReply> {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job.run_id.clone(), cancel_tx);
-        let meter = StoreMeter { state, job: &job, admitted: Mutex::new(admitted) };
+        let meter = StoreMeter { state, job: &job, admitted: Mutex::new(admitted), refusal: Mutex::new(None) };
         let engine = self.inner.engine.with_resolver(Arc::new(TeamFlows { catalog: state.catalog.clone(), team: job.team.clone() }));
         let run_id = job.run_id.clone();
         let on_response = ResponseHook(Arc::new(move |response: &flowcredits_engine::Response| {
@@ -303,10 +303,11 @@ impl Runner {
         self.inner.cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&job.run_id);
         // A run refused before admission tells the waiting caller why.
         if let Some(sender) = meter.admitted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
-            let error = match &outcome {
+            let refusal = meter.refusal.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            let error = refusal.unwrap_or_else(|| match &outcome {
                 Ok(Err(err)) => engine_error(err),
                 _ => ApiError::internal("the run stopped before admission"),
-            };
+            });
             let _ = sender.send(Err(error));
             return None;
         }
@@ -493,6 +494,9 @@ struct StoreMeter<'j> {
     state: &'j AppState,
     job: &'j Job,
     admitted: Mutex<Option<oneshot::Sender<Result<RunStatus, ApiError>>>>,
+    /// Why the ledger refused the admission, in the API's terms, for the waiting caller: the
+    /// engine's error carries only its text.
+    refusal: Mutex<Option<ApiError>>,
 }
 
 impl StoreMeter<'_> {
@@ -502,7 +506,14 @@ impl StoreMeter<'_> {
 
     async fn admit_inner(&self, run: &RunId, context: RunContext, planned: &[BlockUsage]) -> Result<Admission, EngineError> {
         let needs_credits = self.state.rules.run_needs_credits(Timestamp::now(), context, planned)?;
-        let status = admit(self.state, &self.job.team, run.as_str(), context, needs_credits).await.map_err(|err| EngineError::Store(err.to_string()))?;
+        let status = match admit(self.state, &self.job.team, run.as_str(), context, needs_credits).await {
+            Ok(status) => status,
+            Err(refused) => {
+                let message = refused.to_string();
+                *self.refusal.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(refused);
+                return Err(EngineError::Store(message));
+            }
+        };
         let job = self.job;
         self.state.history.admitted(AdmittedRun {
             id: job.run_id.clone(),

@@ -184,3 +184,43 @@ async fn a_paused_run_says_why_it_waits_and_what_brings_credits_back() {
         assert_eq!(item["waiting_for_credits"].is_string(), item["status"] == "paused", "{item}");
     }
 }
+
+/// A team out of credits whose hook keeps being called holds at most `PAUSED_RUNS_MAX` waiting
+/// runs: the call past it is refused with 422 saying why and what brings room back, and no run
+/// is made for it; once credits return the waiting runs resume and new calls run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_most_waiting_runs_a_hook_call_is_refused_and_makes_no_run() {
+    use flowcredits_core::ledger::PAUSED_RUNS_MAX;
+    use flowcredits_core::{RunContext, RunStatus, Trigger};
+
+    let server = support::start().await;
+    let owner = server.team("acme", "team").await;
+    server.deploy("acme", &owner, "work", support::flow_costing_25()).await;
+    // The Team plan's 100 included credits go in 4 calls of 25.
+    for _ in 0..4 {
+        assert_eq!(server.call_hook("acme", "work", &owner, json!({})).await.0, StatusCode::OK);
+    }
+    let (status, _) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "out of credits, a call waits");
+    // The rest of the waiting runs straight through the ledger: 10,000 hook calls would be slow.
+    let ledger = &server.state.ledger;
+    let waiting = (1..PAUSED_RUNS_MAX).map(|n| async move { ledger.start_run("acme", &format!("run_filler{n:05}"), RunContext::automated(Trigger::Api).unwrap(), true).await.unwrap() });
+    let statuses = futures_util::future::join_all(waiting).await;
+    assert!(statuses.iter().all(|status| *status == RunStatus::Paused));
+
+    let (_, before) = server.get("/v1/teams/acme/runs?limit=100", &owner).await;
+    let (status, refused) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["code"], "limit_reached", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("10000 runs waiting for credits") && message.contains("pay-as-you-go"), "{message}");
+    assert!(refused["run_id"].is_null(), "no run is made: {refused}");
+    let (_, after) = server.get("/v1/teams/acme/runs?limit=100", &owner).await;
+    assert_eq!(before["items"], after["items"], "history lists no new run");
+
+    // Pay-as-you-go turned on resumes the waiting runs; a new call then runs.
+    let (status, body) = server.call(Method::PATCH, "/v1/teams/acme/billing", &owner, Some(json!({"payg_enabled": true}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, done) = server.call_hook("acme", "work", &owner, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+}
