@@ -8,10 +8,9 @@
 //! balances are always derivable from them.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use foldhash::HashMap;
 use std::fmt;
 
+use foldhash::HashMap;
 use jiff::Timestamp;
 
 use crate::pricing::{block_price, run_needs_credits};

@@ -270,7 +270,8 @@ fn operation(route: &Route) -> Value {
         responses["202"] = json_answer("Accepted without waiting: `{run_id, status}`, running or paused", "RunAccepted");
         responses["402"] = json_answer("The team is out of credits: the run is paused (`run_id`) and runs when credits return", "RunPaused");
         responses["408"] = json_answer("Still running after 30 s: `run_id` and where to read the result", "RunStillGoing");
-        responses["422"] = json_answer("No run was made (`limit_reached`): the team already has the most runs waiting for credits (10,000), or the most jobs queued for its private runners", "Error");
+        let limited = format!("No run was made (`limit_reached`): the team already has the most runs waiting for credits ({}), or the most jobs queued for its private runners", flowcredits_core::ledger::PAUSED_RUNS_MAX);
+        responses["422"] = json_answer(&limited, "Error");
     }
     if route.path.ends_with("/jobs/claim") {
         operation["responses"]["204"] = json!({"description": "No job waited within `wait_s`"});

@@ -7,13 +7,13 @@
 //! database failure rolls the whole group back and drops the cached team states, which are then
 //! reloaded from what was committed.
 
-use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use flowcredits_core::{Charge, Command, CoreError, Credits, LedgerEvent, Period, PeriodUsage, Refused, Rules, RunId, RunStatus, TeamLedger, TeamSettings, Timestamp};
+use foldhash::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::stats::StatCounters;
