@@ -321,6 +321,16 @@ pub struct LedgerSnapshot {
     pub next_run_seq: u64,
 }
 
+/// What charges within one period can change in a [`TeamLedger`], saved to be put back
+/// ([`TeamLedger::charge_savepoint`]).
+#[derive(Debug)]
+pub struct ChargeSavepoint {
+    clock: Option<Timestamp>,
+    usage: PeriodUsage,
+    grants: Vec<Grant>,
+    run_credits: Vec<(RunId, Credits)>,
+}
+
 /// One team's ledger and run admission state.
 #[derive(Clone, Debug)]
 pub struct TeamLedger {
@@ -388,6 +398,33 @@ impl TeamLedger {
     /// Paused runs, oldest first.
     pub fn paused_runs(&self) -> impl Iterator<Item = &RunId> {
         self.paused.values()
+    }
+
+    /// Saves what charges of `runs` at instants before the current period's end can change: the
+    /// clock, the period's usage and alerts, the grants and those runs' credits. A store deciding
+    /// a batch of charges all or nothing takes them back with [`Self::roll_back_charges`] when
+    /// one is refused, instead of deciding on a copy of the whole ledger, whose open runs (paused
+    /// ones included) may be thousands. `None` when there is no current period or an instant
+    /// up to `latest` would open the next one (that resumes paused runs, which this does not save).
+    pub fn charge_savepoint<'r>(&self, runs: impl IntoIterator<Item = &'r RunId>, latest: Timestamp) -> Option<ChargeSavepoint> {
+        let usage = self.current_period().filter(|usage| latest < usage.period.end && self.clock.is_some_and(|clock| clock < usage.period.end))?;
+        let run_credits = runs.into_iter().filter_map(|run| Some((run.clone(), self.runs.get(run)?.credits))).collect();
+        Some(ChargeSavepoint { clock: self.clock, usage: usage.clone(), grants: self.grants.clone(), run_credits })
+    }
+
+    /// Puts back what [`Self::charge_savepoint`] saved. Only charges of its runs, in its period,
+    /// may have been applied since.
+    pub fn roll_back_charges(&mut self, savepoint: ChargeSavepoint) {
+        let ChargeSavepoint { clock, usage, grants, run_credits } = savepoint;
+        debug_assert_eq!(self.current, Some(usage.period), "charges since the savepoint stayed in its period");
+        self.clock = clock;
+        self.periods.insert(usage.period.start, usage);
+        self.grants = grants;
+        for (run, credits) in run_credits {
+            if let Some(record) = self.runs.get_mut(&run) {
+                record.credits = credits;
+            }
+        }
     }
 
     /// Drops finished runs from memory (a store keeps them on disk). Later commands naming

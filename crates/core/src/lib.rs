@@ -13,7 +13,7 @@ mod pricing;
 pub use amount::{Credits, MICRO_USD_PER_CREDIT, MicroUsd};
 pub use block::{BlockFamily, BlockKind};
 pub use error::CoreError;
-pub use ledger::{Alert, Charge, ChargeSplit, Command, ExecutionId, Grant, LedgerEvent, LedgerSnapshot, PeriodUsage, Refused, RunId, RunRecord, RunStatus, Rules, TeamLedger, TeamSettings};
+pub use ledger::{Alert, Charge, ChargeSavepoint, ChargeSplit, Command, ExecutionId, Grant, LedgerEvent, LedgerSnapshot, PeriodUsage, Refused, RunId, RunRecord, RunStatus, Rules, TeamLedger, TeamSettings};
 pub use period::{AnchorDay, LATEST_INSTANT, Period, check_supported};
 pub use plan::{Plan, PlanCatalog, PlanId};
 pub use price_book::{BlockPrice, PriceBook, PriceVersion};

@@ -126,6 +126,32 @@ fn past_the_most_paused_runs_a_run_that_would_wait_is_refused_and_changes_nothin
     assert_eq!(team.status("late"), RunStatus::Paused);
 }
 
+/// Charges taken back to a savepoint leave the ledger as it was, alerts and grants included;
+/// no savepoint is given when the charges could open the next period.
+#[test]
+fn charges_rolled_back_to_a_savepoint_leave_the_ledger_as_it_was() {
+    let mut team = Team::new(PlanId::Enterprise);
+    team.step("2026-03-02T00:00:00Z", Command::SetPayg { enabled: true }).unwrap();
+    team.step("2026-03-02T00:00:00Z", Command::Purchase { credits: Credits(30), expires_at: None }).unwrap();
+    team.start("2026-03-02T00:00:00Z", "r1");
+    team.start("2026-03-02T00:00:00Z", "r2");
+    team.charge("2026-03-02T00:00:01Z", "r1", 180); // 360 of the 500 included, past 75%
+    let (clock, usage, grants) = (team.ledger.clock(), team.period().clone(), team.ledger.grants().to_vec());
+    let savepoint = team.ledger.charge_savepoint([&run("r1"), &run("r2")], ts("2026-03-20T00:00:00Z")).unwrap();
+    // Past the included credits, through the grant, into pay-as-you-go, firing the 100% alert.
+    let events = [team.charge("2026-03-03T00:00:00Z", "r1", 60), team.charge("2026-03-04T00:00:00Z", "r2", 30)].concat();
+    assert!(events.iter().any(|event| matches!(event, LedgerEvent::AlertCrossed { alert: Alert::IncludedPercent { percent: 100, .. }, .. })));
+    assert!(team.period().payg_credits > Credits(0) && team.ledger.grants()[0].remaining == Credits(0));
+    team.ledger.roll_back_charges(savepoint);
+    assert_eq!((team.ledger.clock(), team.period(), team.ledger.grants()), (clock, &usage, &grants[..]));
+    assert_eq!((team.ledger.run(&run("r1")).unwrap().credits, team.ledger.run(&run("r2")).unwrap().credits), (Credits(360), Credits(0)));
+    // The same charges again give the same events: nothing of them was left behind.
+    let again = [team.charge("2026-03-03T00:00:00Z", "r1", 60), team.charge("2026-03-04T00:00:00Z", "r2", 30)].concat();
+    assert_eq!(charges(&again), charges(&events));
+    // Charges that may reach the next period (April 1st) get no savepoint.
+    assert!(team.ledger.charge_savepoint([&run("r1")], ts("2026-04-01T00:00:00Z")).is_none());
+}
+
 #[test]
 fn paused_runs_resume_oldest_first_when_payg_is_turned_on() {
     let mut team = Team::new(PlanId::Solo);

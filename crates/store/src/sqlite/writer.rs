@@ -328,10 +328,24 @@ impl Writer {
             }
             return decided;
         }
-        // A batch is decided on a copy of the ledger, so that a refused event undoes the
-        // events before it.
-        let mut ledger = state.ledger.clone();
+        // A batch is all or nothing: a refused event takes back the ones before it. Within the
+        // current period that is a few balances (`charge_savepoint`); a batch that reaches into
+        // the next period is decided on a copy of the whole ledger, open runs and all.
         let largest_stored = self.largest_key(state)?;
+        let latest = events.iter().map(|event| event.at).max().unwrap_or(at);
+        if let Some(savepoint) = state.ledger.charge_savepoint(events.iter().map(|event| &event.run), latest) {
+            return match self.decide_charges(state.id, &state.open_runs, largest_stored, &mut state.ledger, events, &mut effects) {
+                Ok(outcomes) => {
+                    self.write(team, state, effects, None)?;
+                    Ok(outcomes)
+                }
+                Err(refusal) => {
+                    state.ledger.roll_back_charges(savepoint);
+                    Err(refusal)
+                }
+            };
+        }
+        let mut ledger = state.ledger.clone();
         match self.decide_charges(state.id, &state.open_runs, largest_stored, &mut ledger, events, &mut effects) {
             Ok(outcomes) => {
                 state.ledger = ledger;
