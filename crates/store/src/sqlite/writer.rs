@@ -318,9 +318,9 @@ impl Writer {
         let first_at = events.first().map(|event| event.at).ok_or_else(|| StoreError::invalid("events", "the batch is empty"))?;
         let at = first_at.max(state.ledger.clock().unwrap_or(first_at));
         let mut effects = Effects::new(at);
+        let largest_stored = self.largest_key(state)?;
         if events.len() == 1 {
             // One charge is one core step, which undoes itself when refused: no copy needed.
-            let largest_stored = self.largest_key(state)?;
             let decided = self.decide_charges(state.id, &state.open_runs, largest_stored, &mut state.ledger, events, &mut effects);
             // A refusal leaves only the opening of a period that began, in `effects`.
             if decided.is_ok() || !effects.events.is_empty() {
@@ -331,31 +331,24 @@ impl Writer {
         // A batch is all or nothing: a refused event takes back the ones before it. Within the
         // current period that is a few balances (`charge_savepoint`); a batch that reaches into
         // the next period is decided on a copy of the whole ledger, open runs and all.
-        let largest_stored = self.largest_key(state)?;
         let latest = events.iter().map(|event| event.at).max().unwrap_or(at);
-        if let Some(savepoint) = state.ledger.charge_savepoint(events.iter().map(|event| &event.run), latest) {
-            return match self.decide_charges(state.id, &state.open_runs, largest_stored, &mut state.ledger, events, &mut effects) {
-                Ok(outcomes) => {
-                    self.write(team, state, effects, None)?;
-                    Ok(outcomes)
-                }
-                Err(refusal) => {
-                    state.ledger.roll_back_charges(savepoint);
-                    Err(refusal)
-                }
-            };
-        }
-        let mut ledger = state.ledger.clone();
-        match self.decide_charges(state.id, &state.open_runs, largest_stored, &mut ledger, events, &mut effects) {
+        let savepoint = state.ledger.charge_savepoint(events.iter().map(|event| &event.run), latest);
+        let mut copy = savepoint.is_none().then(|| state.ledger.clone());
+        let ledger = copy.as_mut().unwrap_or(&mut state.ledger);
+        match self.decide_charges(state.id, &state.open_runs, largest_stored, ledger, events, &mut effects) {
             Ok(outcomes) => {
-                state.ledger = ledger;
+                if let Some(copy) = copy {
+                    state.ledger = copy;
+                }
                 self.write(team, state, effects, None)?;
                 Ok(outcomes)
             }
             Err(refusal) => {
-                if state.ledger.current_period().is_none_or(|usage| !usage.period.contains(at)) {
+                match savepoint {
+                    Some(savepoint) => state.ledger.roll_back_charges(savepoint),
                     // The batch's first instant began a period: that stays.
-                    self.advance(team, state, at)?;
+                    None if state.ledger.current_period().is_none_or(|usage| !usage.period.contains(at)) => self.advance(team, state, at)?,
+                    None => {}
                 }
                 Err(refusal)
             }
